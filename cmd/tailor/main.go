@@ -1,0 +1,10 @@
+// Command tailor trains multi-label image classifiers.
+package main
+
+import (
+	"os"
+
+	"github.com/tailorml/tailor/internal/cli"
+)
+
+func main() { os.Exit(cli.Run(os.Args[1:])) }

@@ -1,0 +1,116 @@
+// Package cli implements the tailor command line: one binary, many subcommands.
+// Each subcommand lives in its own file and registers itself in init; main only
+// calls Run.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+// Env is what a subcommand gets: its arguments and where to write.
+type Env struct {
+	Args   []string
+	Stdout io.Writer
+	Stderr io.Writer
+	Log    *slog.Logger
+}
+
+// command is one subcommand. Run returns the process exit code.
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, env *Env) int
+}
+
+var commands = map[string]command{}
+
+func register(name, summary string, run func(ctx context.Context, env *Env) int) {
+	if _, dup := commands[name]; dup {
+		panic("cli: duplicate command " + name)
+	}
+	commands[name] = command{name: name, summary: summary, run: run}
+}
+
+// Run runs tailor with args (without the program name) and returns the exit code.
+func Run(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return RunContext(ctx, args, os.Stdout, os.Stderr)
+}
+
+// RunContext is Run with an explicit context and outputs, for tests.
+func RunContext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "tailor: unknown command %q\n\n", args[0])
+		usage(stderr)
+		return 2
+	}
+	level := slog.LevelInfo
+	if os.Getenv("TAILOR_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	return cmd.run(ctx, &Env{Args: args[1:], Stdout: stdout, Stderr: stderr, Log: log})
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "tailor trains multi-label image classifiers.")
+	fmt.Fprintln(w, "\nUsage: tailor <command> [flags] [args]\n\nCommands:")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-14s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintln(w, "\nRun 'tailor <command> --help' for a command's flags.")
+}
+
+// newFlagSet makes a FlagSet whose --help prints usage to env.Stdout.
+func newFlagSet(env *Env, name, argsUsage, description string) *flag.FlagSet {
+	fs := flag.NewFlagSet("tailor "+name, flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	fs.Usage = func() {
+		out := fs.Output()
+		fmt.Fprintf(out, "Usage: tailor %s [flags] %s\n\n%s\n\nFlags:\n", name, argsUsage, strings.TrimSpace(description))
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags; it returns (exit code, done). done is true when the caller
+// must return the code (help was asked for, or the flags were wrong).
+func parse(env *Env, fs *flag.FlagSet) (int, bool) {
+	if err := fs.Parse(env.Args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, true
+		}
+		return 2, true
+	}
+	return 0, false
+}
+
+// fail prints an error and returns exit code 1.
+func fail(env *Env, err error) int {
+	fmt.Fprintf(env.Stderr, "tailor: %v\n", err)
+	return 1
+}
