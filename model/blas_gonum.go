@@ -1,0 +1,9 @@
+//go:build !openblas
+
+package model
+
+// BLAS names the matrix-multiply backend compiled in.
+const BLAS = "gonum"
+
+// SetBLASThreads is a no-op for gonum's pure-Go BLAS.
+func SetBLASThreads(int) {}
