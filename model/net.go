@@ -41,22 +41,22 @@ func DefaultConfig(size, labels int) Config {
 // Validate reports whether the architecture can be built.
 func (c Config) Validate() error {
 	var errs []error
-	if c.Size < 12 {
-		errs = append(errs, fmt.Errorf("size %d: want at least 12 pixels (three poolings)", c.Size))
+	if c.Size < 12 || c.Size > 1024 {
+		errs = append(errs, fmt.Errorf("size %d: want 12 (three poolings) to 1024 pixels", c.Size))
 	}
-	if c.Channels < 1 {
-		errs = append(errs, fmt.Errorf("channels %d: want at least 1", c.Channels))
+	if c.Channels < 1 || c.Channels > 16 {
+		errs = append(errs, fmt.Errorf("channels %d: want 1 to 16", c.Channels))
 	}
-	if c.Labels < 1 {
-		errs = append(errs, fmt.Errorf("labels %d: want at least 1", c.Labels))
+	if c.Labels < 1 || c.Labels > 1<<16 {
+		errs = append(errs, fmt.Errorf("labels %d: want 1 to 65536", c.Labels))
 	}
 	for i, p := range c.Dropout {
 		if p < 0 || p >= 1 {
 			errs = append(errs, fmt.Errorf("dropout %d is %g: want [0, 1)", i+1, p))
 		}
 	}
-	if c.Dense < 1 {
-		errs = append(errs, fmt.Errorf("dense units %d: want at least 1", c.Dense))
+	if c.Dense < 1 || c.Dense > 1<<16 {
+		errs = append(errs, fmt.Errorf("dense units %d: want 1 to 65536", c.Dense))
 	}
 	if c.BNEps <= 0 {
 		errs = append(errs, fmt.Errorf("batchnorm epsilon %g: want > 0", c.BNEps))
@@ -68,7 +68,25 @@ func (c Config) Validate() error {
 }
 
 // FinalSide is the side of the last feature map: size → /3 → /2 → /2.
-func (c Config) FinalSide() int { return ((c.Size/3)/2)/2 }
+func (c Config) FinalSide() int { return ((c.Size / 3) / 2) / 2 }
+
+// NumParams is the number of trainable scalars of the architecture, plus
+// the BatchNorm running statistics (2 per channel) when withBN is set.
+func (c Config) NumParams(withBN bool) int {
+	t, in, bnc := 0, c.Channels, 0
+	for _, o := range convOut {
+		t += o*in*9 + o + 2*o
+		bnc += o
+		in = o
+	}
+	flat := in * c.FinalSide() * c.FinalSide()
+	t += flat*c.Dense + c.Dense + 2*c.Dense + c.Dense*c.Labels + c.Labels
+	bnc += c.Dense
+	if withBN {
+		t += 2 * bnc
+	}
+	return t
+}
 
 // InputLen is the number of floats of one input image.
 func (c Config) InputLen() int { return c.Channels * c.Size * c.Size }

@@ -1,0 +1,36 @@
+package model
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+)
+
+// BenchmarkTrainStep measures one forward+backward pass at batch 32.
+// `tailor bench` reports the same with img/s, GFLOP/s and peak RSS.
+func BenchmarkTrainStep(b *testing.B) {
+	for _, size := range []int{32, 64, 96} {
+		b.Run(fmt.Sprintf("size%d", size), func(b *testing.B) {
+			const batch = 32
+			net, err := New(DefaultConfig(size, 15), 1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(1, 1))
+			x := randData(rng, batch*net.Config().InputLen(), 1)
+			y := make([]float32, batch*15)
+			opt := StepOptions{Dropout: true, BN: BNTrain}
+			if _, _, err := net.TrainStep(x, y, batch, opt); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				opt.Step = uint64(i)
+				if _, _, err := net.TrainStep(x, y, batch, opt); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(batch*b.N)/b.Elapsed().Seconds(), "img/s")
+		})
+	}
+}

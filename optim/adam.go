@@ -1,0 +1,123 @@
+// Package optim holds the optimizers. It works on plain named float32 tensors,
+// so the single-process trainer and the parameter server (which knows nothing
+// of the net) apply exactly the same update.
+package optim
+
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
+// AdamConfig is Adam as in Keras 2 (the tutorial's optimizer), including its
+// time-based learning-rate decay: lr_t = LR / (1 + Decay·t).
+type AdamConfig struct {
+	LR      float64 `json:"lr"`
+	Beta1   float64 `json:"beta1"`
+	Beta2   float64 `json:"beta2"`
+	Epsilon float64 `json:"epsilon"`
+	Decay   float64 `json:"decay"` // per step; the tutorial uses LR/epochs
+}
+
+// DefaultAdam is the tutorial's setting for a run of epochs epochs.
+func DefaultAdam(epochs int) AdamConfig {
+	c := AdamConfig{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Epsilon: 1e-7}
+	if epochs > 0 {
+		c.Decay = c.LR / float64(epochs)
+	}
+	return c
+}
+
+// Validate reports whether the configuration makes sense.
+func (c AdamConfig) Validate() error {
+	var errs []error
+	if !(c.LR > 0) {
+		errs = append(errs, fmt.Errorf("learning rate %g: want > 0", c.LR))
+	}
+	if c.Beta1 < 0 || c.Beta1 >= 1 || c.Beta2 < 0 || c.Beta2 >= 1 {
+		errs = append(errs, fmt.Errorf("betas %g, %g: want [0, 1)", c.Beta1, c.Beta2))
+	}
+	if !(c.Epsilon > 0) {
+		errs = append(errs, fmt.Errorf("epsilon %g: want > 0", c.Epsilon))
+	}
+	if c.Decay < 0 {
+		errs = append(errs, fmt.Errorf("decay %g: want ≥ 0", c.Decay))
+	}
+	return errors.Join(errs...)
+}
+
+// Adam holds the moments of a set of tensors and updates them in place.
+type Adam struct {
+	cfg  AdamConfig
+	step int64
+	m, v [][]float32
+}
+
+// NewAdam makes an optimizer for tensors of the given sizes.
+func NewAdam(cfg AdamConfig, sizes []int) (*Adam, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("adam: %w", err)
+	}
+	a := &Adam{cfg: cfg}
+	for _, n := range sizes {
+		a.m = append(a.m, make([]float32, n))
+		a.v = append(a.v, make([]float32, n))
+	}
+	return a, nil
+}
+
+// Step is the number of updates applied so far.
+func (a *Adam) Step() int64 { return a.step }
+
+// LR is the learning rate of the next update (after decay, before bias
+// correction).
+func (a *Adam) LR() float64 { return a.cfg.LR / (1 + a.cfg.Decay*float64(a.step)) }
+
+// Update applies one step: params[i] -= lr_t · m̂/(√v̂ + ε). grads align with
+// params and are not modified.
+func (a *Adam) Update(params, grads [][]float32) error {
+	if len(params) != len(a.m) || len(grads) != len(a.m) {
+		return fmt.Errorf("adam: got %d params and %d grads, want %d", len(params), len(grads), len(a.m))
+	}
+	for i := range params {
+		if len(params[i]) != len(a.m[i]) || len(grads[i]) != len(a.m[i]) {
+			return fmt.Errorf("adam: tensor %d has %d params and %d grads, want %d", i, len(params[i]), len(grads[i]), len(a.m[i]))
+		}
+	}
+	lr := a.LR()
+	a.step++
+	t := float64(a.step)
+	lrT := lr * math.Sqrt(1-math.Pow(a.cfg.Beta2, t)) / (1 - math.Pow(a.cfg.Beta1, t))
+	b1, b2 := float32(a.cfg.Beta1), float32(a.cfg.Beta2)
+	eps, step := float32(a.cfg.Epsilon), float32(lrT)
+	for i, p := range params {
+		m, v, g := a.m[i], a.v[i], grads[i]
+		for j := range p {
+			gj := g[j]
+			m[j] = b1*m[j] + (1-b1)*gj
+			v[j] = b2*v[j] + (1-b2)*gj*gj
+			p[j] -= step * m[j] / (float32(math.Sqrt(float64(v[j]))) + eps)
+		}
+	}
+	return nil
+}
+
+// State returns the optimizer's state for a checkpoint: the step and the
+// moments (aliased, not copied).
+func (a *Adam) State() (step int64, m, v [][]float32) { return a.step, a.m, a.v }
+
+// Restore sets the state from a checkpoint.
+func (a *Adam) Restore(step int64, m, v [][]float32) error {
+	if len(m) != len(a.m) || len(v) != len(a.v) {
+		return fmt.Errorf("adam restore: %d/%d moment tensors, want %d", len(m), len(v), len(a.m))
+	}
+	for i := range m {
+		if len(m[i]) != len(a.m[i]) || len(v[i]) != len(a.v[i]) {
+			return fmt.Errorf("adam restore: tensor %d has the wrong size", i)
+		}
+		copy(a.m[i], m[i])
+		copy(a.v[i], v[i])
+	}
+	a.step = step
+	return nil
+}

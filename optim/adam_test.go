@@ -1,0 +1,96 @@
+package optim
+
+import (
+	"math"
+	"testing"
+)
+
+// A reference implementation in float64, written from Keras 2's
+// optimizers.Adam.get_updates.
+func refAdam(cfg AdamConfig, p, g []float64, steps int) []float64 {
+	m := make([]float64, len(p))
+	v := make([]float64, len(p))
+	p = append([]float64(nil), p...)
+	for it := 0; it < steps; it++ {
+		lr := cfg.LR * (1 / (1 + cfg.Decay*float64(it)))
+		t := float64(it + 1)
+		lrT := lr * math.Sqrt(1-math.Pow(cfg.Beta2, t)) / (1 - math.Pow(cfg.Beta1, t))
+		for j := range p {
+			m[j] = cfg.Beta1*m[j] + (1-cfg.Beta1)*g[j]
+			v[j] = cfg.Beta2*v[j] + (1-cfg.Beta2)*g[j]*g[j]
+			p[j] -= lrT * m[j] / (math.Sqrt(v[j]) + cfg.Epsilon)
+		}
+	}
+	return p
+}
+
+func TestAdamMatchesKeras(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  AdamConfig
+	}{
+		{"no decay", DefaultAdam(0)},
+		{"tutorial decay", DefaultAdam(75)},
+		{"big decay", AdamConfig{LR: 0.01, Beta1: 0.8, Beta2: 0.99, Epsilon: 1e-7, Decay: 0.1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := []float32{0.5, -1, 2, 0}
+			g := []float32{0.1, -0.3, 0, 2}
+			a, err := NewAdam(tc.cfg, []int{len(p)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			const steps = 10
+			for i := 0; i < steps; i++ {
+				if err := a.Update([][]float32{p}, [][]float32{g}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := refAdam(tc.cfg, []float64{0.5, -1, 2, 0}, []float64{0.1, -0.3, 0, 2}, steps)
+			for j := range p {
+				if math.Abs(float64(p[j])-want[j]) > 1e-6 {
+					t.Errorf("param %d after %d steps: got %.8f, want %.8f", j, steps, p[j], want[j])
+				}
+			}
+			if a.Step() != steps {
+				t.Errorf("step %d, want %d", a.Step(), steps)
+			}
+		})
+	}
+}
+
+func TestAdamErrors(t *testing.T) {
+	if _, err := NewAdam(AdamConfig{}, []int{1}); err == nil {
+		t.Error("zero config accepted")
+	}
+	a, _ := NewAdam(DefaultAdam(1), []int{2})
+	if err := a.Update([][]float32{{1}}, [][]float32{{1}}); err == nil {
+		t.Error("wrong tensor size accepted")
+	}
+	if err := a.Update([][]float32{{1, 2}, {3}}, [][]float32{{1, 2}}); err == nil {
+		t.Error("wrong tensor count accepted")
+	}
+}
+
+func TestAdamRestore(t *testing.T) {
+	cfg := DefaultAdam(10)
+	a, _ := NewAdam(cfg, []int{3})
+	p := []float32{1, 2, 3}
+	g := []float32{0.5, -0.5, 1}
+	for i := 0; i < 3; i++ {
+		_ = a.Update([][]float32{p}, [][]float32{g})
+	}
+	step, m, v := a.State()
+	b, _ := NewAdam(cfg, []int{3})
+	if err := b.Restore(step, m, v); err != nil {
+		t.Fatal(err)
+	}
+	q := append([]float32(nil), p...)
+	_ = a.Update([][]float32{p}, [][]float32{g})
+	_ = b.Update([][]float32{q}, [][]float32{g})
+	for i := range p {
+		if p[i] != q[i] {
+			t.Errorf("restored optimizer diverged at %d: %v vs %v", i, p[i], q[i])
+		}
+	}
+}
