@@ -430,3 +430,22 @@ func (n *Net) build(batch int, train bool) (*graph, error) {
 	gr.vm = G.NewTapeMachine(eg)
 	return gr, nil
 }
+
+// ForwardFLOPs is the multiply-add count ×2 of one image's forward pass
+// through the convolutions and dense layers (the rest is noise): 106.7 MFLOP
+// at 64 px with 15 labels. A training step costs about three times as much.
+func (c Config) ForwardFLOPs() float64 {
+	f, in, side := 0.0, c.Channels, c.Size
+	for i, o := range convOut {
+		f += 2 * float64(o*in*9*side*side)
+		in = o
+		switch i {
+		case 0:
+			side /= 3
+		case 2, 4:
+			side /= 2
+		}
+	}
+	flat := in * side * side
+	return f + 2*float64(flat*c.Dense) + 2*float64(c.Dense*c.Labels)
+}
