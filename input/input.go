@@ -306,9 +306,12 @@ func warp3(dst []float32, src []uint8, h, w int, norm *affine, fm *fixedMap) {
 			w00 := 1<<(2*fracBits) - w01 - w10 - w11
 			top, bot := r0*stride, r1*stride
 			i00, i01, i10, i11 := top+c0*3, top+c1*3, bot+c0*3, bot+c1*3
-			v0 := int32(src[i00])*w00 + int32(src[i01])*w01 + int32(src[i10])*w10 + int32(src[i11])*w11
-			v1 := int32(src[i00+1])*w00 + int32(src[i01+1])*w01 + int32(src[i10+1])*w10 + int32(src[i11+1])*w11
-			v2 := int32(src[i00+2])*w00 + int32(src[i01+2])*w01 + int32(src[i10+2])*w10 + int32(src[i11+2])*w11
+			// One bounds check per pixel instead of one per byte.
+			p00, p01 := src[i00:i00+3:i00+3], src[i01:i01+3:i01+3]
+			p10, p11 := src[i10:i10+3:i10+3], src[i11:i11+3:i11+3]
+			v0 := int32(p00[0])*w00 + int32(p01[0])*w01 + int32(p10[0])*w10 + int32(p11[0])*w11
+			v1 := int32(p00[1])*w00 + int32(p01[1])*w01 + int32(p10[1])*w10 + int32(p11[1])*w11
+			v2 := int32(p00[2])*w00 + int32(p01[2])*w01 + int32(p10[2])*w10 + int32(p11[2])*w11
 			d0[o+x] = float32(float32(v0)*s0) + b0
 			d1[o+x] = float32(float32(v1)*s1) + b1
 			d2[o+x] = float32(float32(v2)*s2) + b2
