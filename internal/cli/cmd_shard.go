@@ -1,0 +1,309 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/tailorml/tailor/shard"
+)
+
+func init() {
+	register("shard", "build and inspect image shards (shard build, shard inspect)", runShard)
+}
+
+func shardUsage(w io.Writer) {
+	fmt.Fprint(w, `Usage: tailor shard <subcommand> [flags] [args]
+
+Subcommands:
+  build SRC DST    decode, resize and pack the images under SRC into shards in DST
+  inspect DST      print a dataset's manifest summary; --verify checks every shard
+
+Run 'tailor shard <subcommand> --help' for its flags.
+`)
+}
+
+func runShard(ctx context.Context, env *Env) int {
+	if len(env.Args) == 0 {
+		shardUsage(env.Stderr)
+		return 2
+	}
+	sub := *env
+	sub.Args = env.Args[1:]
+	switch env.Args[0] {
+	case "build":
+		return runShardBuild(ctx, &sub)
+	case "inspect":
+		return runShardInspect(ctx, &sub)
+	case "-h", "--help", "help":
+		shardUsage(env.Stdout)
+		return 0
+	default:
+		fmt.Fprintf(env.Stderr, "tailor shard: unknown subcommand %q\n\n", env.Args[0])
+		shardUsage(env.Stderr)
+		return 2
+	}
+}
+
+func runShardBuild(ctx context.Context, env *Env) int {
+	cfg := shard.DefaultBuildConfig()
+	fs := newFlagSet(env, "shard build", "SRC DST", `
+Decode the JPEG, PNG and GIF images under SRC, stretch each to a size x size
+RGB square (the aspect ratio is not kept) and pack them into shard files of at
+most --max-shard-bytes in DST, with DST/manifest.json describing them.
+
+SRC is a folder of label folders (female_blue_dress/x.jpg has the labels
+blue, dress and female) or holds labels.csv (columns path and labels, labels
+separated by spaces); SRC may also be the CSV file itself. If SRC holds train/
+(and optionally val/ and test/) folders, each is a split built the same way;
+otherwise a hash of each path sends --val-fraction of the images to val.
+
+Inputs that cannot be used (corrupt, empty, not an image, bad label folder,
+...) are skipped and counted in the manifest; --strict makes them errors.
+DST is a directory or file:///path. See shard/FORMAT.md for every rule.`)
+	size := shardByteSize(cfg.MaxShardBytes)
+	fs.IntVar(&cfg.Size, "size", cfg.Size, "output width and height in `pixels`")
+	fs.Var(&size, "max-shard-bytes", "largest shard file (e.g. 64MiB, 500KB, 1048576)")
+	fs.Float64Var(&cfg.ValFraction, "val-fraction", cfg.ValFraction, "share of images sent to val when SRC has no split folders (0 for none)")
+	fs.StringVar(&cfg.Interpolation, "interpolation", cfg.Interpolation, "resampling kernel: catmullrom or bilinear")
+	fs.IntVar(&cfg.MinSide, "min-side", cfg.MinSide, "skip images whose width or height is below this many `pixels`")
+	fs.Int64Var(&cfg.MaxSourcePixels, "max-pixels", cfg.MaxSourcePixels, "skip images with more source pixels than this")
+	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "parallel decoders (0: one per CPU)")
+	fs.BoolVar(&cfg.Strict, "strict", false, "fail on any input that would be skipped (hidden files aside)")
+	fs.BoolVar(&cfg.Overwrite, "overwrite", false, "replace the dataset already in DST")
+	quiet := fs.Bool("quiet", false, "no progress bars")
+	if code, done := parse(env, fs); done {
+		return code
+	}
+	cfg.MaxShardBytes = int64(size)
+	args := fs.Args()
+	if len(args) != 2 {
+		for _, a := range args {
+			if strings.HasPrefix(a, "-") {
+				fmt.Fprintf(env.Stderr, "tailor shard build: flag %s after the arguments: flags must come before SRC and DST\n", a)
+				return 2
+			}
+		}
+		fmt.Fprintf(env.Stderr, "tailor shard build: want SRC and DST, got %d arguments\n", len(args))
+		fs.Usage()
+		return 2
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(env.Stderr, "tailor shard build: %v\n", err)
+		return 2
+	}
+	st, err := shard.OpenStore(ctx, args[1])
+	if err != nil {
+		return fail(env, err)
+	}
+	var progress io.Writer = env.Stderr
+	if *quiet {
+		progress = nil
+	}
+	m, err := shard.Build(ctx, cfg, args[0], st, progress, env.Log)
+	if err != nil {
+		if errors.Is(err, shard.ErrDestinationNotEmpty) {
+			err = fmt.Errorf("%w (use --overwrite to replace it)", err)
+		}
+		return fail(env, err)
+	}
+	fmt.Fprintf(env.Stdout, "built %s from %s\n\n", args[1], args[0])
+	writeShardSummary(env.Stdout, m)
+	return 0
+}
+
+func runShardInspect(ctx context.Context, env *Env) int {
+	fs := newFlagSet(env, "shard inspect", "DST", `
+Print the manifest of the dataset in DST: label vocabulary and counts, image
+geometry, normalisation statistics, splits, shards and skipped inputs.
+With --verify, read every shard and check its record CRCs and SHA-256.`)
+	verify := fs.Bool("verify", false, "read every shard and check its checksums")
+	if code, done := parse(env, fs); done {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintf(env.Stderr, "tailor shard inspect: want DST, got %d arguments\n", fs.NArg())
+		fs.Usage()
+		return 2
+	}
+	st, err := shard.OpenStore(ctx, fs.Arg(0))
+	if err != nil {
+		return fail(env, err)
+	}
+	m, err := shard.LoadManifest(ctx, st)
+	if err != nil {
+		return fail(env, err)
+	}
+	fmt.Fprintf(env.Stdout, "%s: %s version %d\n\n", fs.Arg(0), m.Format, m.Version)
+	writeShardSummary(env.Stdout, m)
+	if !*verify {
+		return 0
+	}
+	fmt.Fprintln(env.Stdout, "\nverify:")
+	bad := 0
+	for _, s := range m.Splits {
+		for _, info := range s.Shards {
+			var n int64
+			err := shard.ReadShard(ctx, st, info, m, func(shard.Record) error { n++; return nil })
+			if err != nil {
+				if ctx.Err() != nil {
+					return fail(env, ctx.Err())
+				}
+				bad++
+				fmt.Fprintf(env.Stdout, "  FAIL  %s: %v\n", info.Name, err)
+				continue
+			}
+			fmt.Fprintf(env.Stdout, "  ok    %s  %d records\n", info.Name, n)
+		}
+	}
+	if bad > 0 {
+		return fail(env, fmt.Errorf("%d of %d shards failed verification", bad, shardCount(m)))
+	}
+	fmt.Fprintf(env.Stdout, "all %d shards ok\n", shardCount(m))
+	return 0
+}
+
+func shardCount(m *shard.Manifest) int {
+	n := 0
+	for _, s := range m.Splits {
+		n += len(s.Shards)
+	}
+	return n
+}
+
+// writeShardSummary prints what a manifest holds.
+func writeShardSummary(w io.Writer, m *shard.Manifest) {
+	fmt.Fprintf(w, "images    %dx%dx%d, %s, %s interpolation, alpha over %s\n", m.Width, m.Height, m.Channels, m.Build.Resize, m.Build.Interpolation, m.Build.Alpha)
+	fmt.Fprintf(w, "splits    by %s", m.Build.SplitBy)
+	if m.Build.SplitBy == "path-hash" {
+		fmt.Fprintf(w, " (val fraction %g)", m.Build.ValFraction)
+	}
+	fmt.Fprintf(w, "\nmean      %.4f %.4f %.4f (train, RGB, [0,1])\n", m.Mean[0], m.Mean[1], m.Mean[2])
+	fmt.Fprintf(w, "std       %.4f %.4f %.4f\n\n", m.Std[0], m.Std[1], m.Std[2])
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "split\trecords\tids\tshards\tsize\tinput\tskipped")
+	var recs, bytes int64
+	for _, s := range m.Splits {
+		ids := "-"
+		if s.Records > 0 {
+			ids = fmt.Sprintf("%d..%d", s.FirstID, s.FirstID+uint64(s.Records)-1)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%s\n", s.Name, s.Records, ids, len(s.Shards), formatShardBytes(s.Bytes), s.Input, formatSkipped(s.Skipped))
+		recs += s.Records
+		bytes += s.Bytes
+	}
+	fmt.Fprintf(tw, "total\t%d\t\t%d\t%s\t\t%s\n", recs, shardCount(m), formatShardBytes(bytes), formatSkipped(totalSkipped(m)))
+	tw.Flush()
+	if len(m.Skipped) > 0 {
+		fmt.Fprintf(w, "outside any split: %s\n", formatSkipped(m.Skipped))
+	}
+
+	fmt.Fprintf(w, "\nlabels (%d):\n", len(m.Labels))
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(cells ...string) { fmt.Fprintln(tw, strings.Join(cells, "\t")) }
+	head := []string{"label"}
+	for _, s := range m.Splits {
+		head = append(head, s.Name)
+	}
+	row(head...)
+	for i, l := range m.Labels {
+		cells := []string{l}
+		for _, s := range m.Splits {
+			cells = append(cells, strconv.FormatInt(s.LabelCounts[i], 10))
+		}
+		row(cells...)
+	}
+	cells := []string{"(none)"}
+	for _, s := range m.Splits {
+		cells = append(cells, strconv.FormatInt(s.Unlabeled, 10))
+	}
+	row(cells...)
+	tw.Flush()
+}
+
+func totalSkipped(m *shard.Manifest) map[string]int64 {
+	t := map[string]int64{}
+	for _, s := range m.Splits {
+		for k, v := range s.Skipped {
+			t[k] += v
+		}
+	}
+	for k, v := range m.Skipped {
+		t[k] += v
+	}
+	return t
+}
+
+// formatSkipped lists skip counts sorted by reason, or "-".
+func formatSkipped(m map[string]int64) string {
+	keys := make([]string, 0, len(m))
+	for k, v := range m {
+		if v > 0 {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return "-"
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
+}
+
+func formatShardBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f, i := float64(n)/unit, 0
+	for f >= unit && i < 3 {
+		f /= unit
+		i++
+	}
+	return fmt.Sprintf("%.1f %s", f, [...]string{"KiB", "MiB", "GiB", "TiB"}[i])
+}
+
+// shardByteSize is a byte count flag: a number with an optional unit
+// (B, KB, MB, GB decimal; KiB, MiB, GiB binary; case-insensitive).
+type shardByteSize int64
+
+func (b *shardByteSize) String() string {
+	n := int64(*b)
+	for _, u := range []struct {
+		name string
+		size int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d%s", n/u.size, u.name)
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func (b *shardByteSize) Set(s string) error {
+	s = strings.TrimSpace(s)
+	i := len(s)
+	for i > 0 && (s[i-1] < '0' || s[i-1] > '9') {
+		i--
+	}
+	num, unit := strings.TrimSpace(s[:i]), strings.ToLower(strings.TrimSpace(s[i:]))
+	mult := map[string]int64{"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+	if mult == 0 {
+		return fmt.Errorf("unknown unit %q (want B, KB, MB, GB, KiB, MiB or GiB)", s[i:])
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return fmt.Errorf("bad size %q", s)
+	}
+	*b = shardByteSize(n * mult)
+	return nil
+}
