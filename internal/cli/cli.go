@@ -85,7 +85,8 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nRun 'tailor <command> --help' for a command's flags.")
 }
 
-// newFlagSet makes a FlagSet whose --help prints usage to env.Stdout.
+// newFlagSet makes a FlagSet; --help prints its usage to env.Stdout, flag
+// errors go to env.Stderr.
 func newFlagSet(env *Env, name, argsUsage, description string) *flag.FlagSet {
 	fs := flag.NewFlagSet("tailor "+name, flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
@@ -100,6 +101,16 @@ func newFlagSet(env *Env, name, argsUsage, description string) *flag.FlagSet {
 // parse parses flags; it returns (exit code, done). done is true when the caller
 // must return the code (help was asked for, or the flags were wrong).
 func parse(env *Env, fs *flag.FlagSet) (int, bool) {
+	for _, a := range env.Args {
+		if a == "--" {
+			break
+		}
+		if a == "-h" || a == "-help" || a == "--help" {
+			fs.SetOutput(env.Stdout)
+			fs.Usage()
+			return 0, true
+		}
+	}
 	if err := fs.Parse(env.Args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0, true

@@ -1,0 +1,70 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/tailorml/tailor/internal/bench"
+	"github.com/tailorml/tailor/model"
+)
+
+func init() {
+	register("bench", "measure training/inference speed, optionally against PyTorch", runBench)
+}
+
+func runBench(ctx context.Context, env *Env) int {
+	c := bench.DefaultConfig()
+	fs := newFlagSet(env, "bench", "", `
+Measures SmallerVGGNet's training step (or inference) at batch 32: img/s, effective
+GFLOP/s (a training step counts 3x the forward FLOPs) and peak RSS. Each
+measurement runs in a fresh process. With --torch PATH, PyTorch's baseline
+(shared/bench/torch_baseline.py) runs alternately with tailor, --pairs times per
+size, in both of its layouts, and the ratio is against the faster one's median.`)
+	sizes := fs.String("sizes", "32,64,96", "image sizes, comma-separated")
+	fs.IntVar(&c.Batch, "batch", c.Batch, "batch size")
+	fs.IntVar(&c.Classes, "classes", c.Classes, "labels")
+	fs.StringVar(&c.Mode, "mode", c.Mode, "train or infer")
+	fs.IntVar(&c.Iters, "iters", c.Iters, "timed steps per measurement")
+	fs.IntVar(&c.Warmup, "warmup", c.Warmup, "untimed steps first")
+	fs.IntVar(&c.Threads, "threads", c.Threads, "compute threads")
+	fs.IntVar(&c.Pairs, "pairs", c.Pairs, "measurements per size (alternating with PyTorch)")
+	fs.StringVar(&c.Torch, "torch", "", "path of torch_baseline.py to compare with (needs python3-torch)")
+	fs.StringVar(&c.Python, "python", c.Python, "python interpreter for --torch")
+	single := fs.Bool("single", false, "measure once in this process and print one BASELINE line (used by the comparison)")
+	if code, done := parse(env, fs); done {
+		return code
+	}
+	c.Sizes = nil
+	for _, s := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			return fail(env, fmt.Errorf("bad size %q", s))
+		}
+		c.Sizes = append(c.Sizes, n)
+	}
+	if *single {
+		if len(c.Sizes) != 1 {
+			return fail(env, fmt.Errorf("--single takes one size"))
+		}
+		m, err := bench.Single(c.Sizes[0], c)
+		if err != nil {
+			return fail(env, err)
+		}
+		fmt.Fprintln(env.Stdout, m.Line(c.Mode, c.Sizes[0], c.Batch, c.Threads))
+		return 0
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fail(env, err)
+	}
+	fmt.Fprintf(env.Stdout, "tailor bench: blas=%s mode=%s batch=%d threads=%d pairs=%d\n", model.BLAS, c.Mode, c.Batch, c.Threads, c.Pairs)
+	rows, err := bench.Compare(ctx, c, self, env.Stdout)
+	if err != nil {
+		return fail(env, err)
+	}
+	bench.WriteTable(env.Stdout, c, rows)
+	return 0
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what tailor needs on a fresh Debian 12 machine (idempotent):
+# Fashion-MNIST, OpenBLAS, and PyTorch for the parity tests and baselines.
+# Go 1.26 must already be on PATH; Go modules come from the module proxy.
+set -euo pipefail
+pkgs=(dataset-fashion-mnist libopenblas-dev python3-torch python3-numpy python3-pil ca-certificates git gcc)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+command -v go >/dev/null || { echo "setup: Go 1.26 is not on PATH (https://go.dev/dl/)" >&2; exit 1; }
