@@ -96,3 +96,28 @@ func checkSize(w, h int, lim imageLimits) (string, error) {
 	}
 	return "", nil
 }
+
+// DecodeImage prepares one image exactly as Build does for a shard record:
+// size×size×3 bytes of HWC RGB, with the default build limits. Prediction
+// uses it so that a model sees new images as it saw its training data.
+func DecodeImage(data []byte, size int, interpolation string) ([]byte, error) {
+	def := DefaultBuildConfig()
+	if interpolation == "" {
+		interpolation = def.Interpolation
+	}
+	interp, err := interpolator(interpolation)
+	if err != nil {
+		return nil, err
+	}
+	if size < 1 || size > MaxSide {
+		return nil, fmt.Errorf("image size %d: want 1 to %d", size, MaxSide)
+	}
+	pix, reason, err := decodeImage(data, imageLimits{size: size, minSide: def.MinSide, maxPixels: def.MaxSourcePixels, interp: interp})
+	if reason != "" {
+		if err == nil {
+			return nil, fmt.Errorf("%w: %s", ErrBadInput, reason)
+		}
+		return nil, fmt.Errorf("%w: %s: %w", ErrBadInput, reason, err)
+	}
+	return pix, err
+}

@@ -262,6 +262,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 		return nil, err
 	}
 	mean, std := toF32(man.Mean), toF32(man.Std)
+	for i, v := range std {
+		if !(v > 0) { // a constant channel: nothing to scale
+			std[i] = 1
+		}
+	}
 	adamCfg := cfg.Adam
 	if cfg.DecayAuto {
 		adamCfg.Decay = adamCfg.LR / float64(cfg.Epochs)
@@ -317,7 +322,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 			b := tr.bundle(metrics.TuneThresholds(probs, valTruth, len(valSet.Records), len(man.Labels)))
 			b.Meta = map[string]string{
 				"epoch": fmt.Sprint(epoch + 1), "val_loss": fmt.Sprintf("%.5f", ep.Val.Loss), "val_map": fmt.Sprintf("%.5f", ep.Val.MAP),
-				"seed": fmt.Sprint(cfg.Seed), "data": cfg.Data, "saved": time.Now().UTC().Format(time.RFC3339),
+				"seed": fmt.Sprint(cfg.Seed), "data": cfg.Data, "interpolation": man.Build.Interpolation, "saved": time.Now().UTC().Format(time.RFC3339),
 			}
 			if err := b.Save(res.ModelPath); err != nil {
 				return res, err

@@ -26,7 +26,7 @@ func TestDataFashion(t *testing.T) {
 		{"list", []string{"data", "--help"}, 0, "fashion", ""},
 		{"no dataset", []string{"data"}, 2, "", "fashion"},
 		{"unknown dataset", []string{"data", "cifar"}, 2, "", "unknown data set"},
-		{"help", []string{"data", "fashion", "--help"}, 0, "", "--layout"},
+		{"help", []string{"data", "fashion", "--help"}, 0, "--layout", ""},
 		{"no out", []string{"data", "fashion", "--source", fashionTestdata}, 1, "", "output folder"},
 		{"bad flag", []string{"data", "fashion", "--sizes", "3", out}, 2, "", "flag provided but not defined"},
 		{"bad colour", []string{"data", "fashion", "--colours", "red,mauve", out}, 1, "", "mauve"},
