@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs what tailor needs on a fresh Debian 12 machine (idempotent):
-# Fashion-MNIST, OpenBLAS, and PyTorch for the parity tests and baselines.
+# Installs what tailor needs on a fresh Debian 12 machine (idempotent).
+#   scripts/setup.sh          Fashion-MNIST and OpenBLAS: enough to build and run tailor
+#   scripts/setup.sh --test   also PyTorch, for the parity tests and baselines
 # Go 1.26 must already be on PATH; Go modules come from the module proxy.
 set -euo pipefail
-pkgs=(dataset-fashion-mnist libopenblas-dev python3-torch python3-numpy python3-pil ca-certificates git gcc)
+pkgs=(dataset-fashion-mnist libopenblas-dev gcc git ca-certificates)
+[ "${1:-}" = "--test" ] && pkgs+=(python3-torch python3-numpy python3-pil)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

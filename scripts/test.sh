@@ -4,7 +4,7 @@
 # and each fuzz target's seed corpus (part of go test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 go vet -tags openblas ./...
 go test -tags openblas -count=1 -timeout 20m ./...
