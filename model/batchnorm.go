@@ -53,6 +53,10 @@ type batchNorm struct {
 	mean    []float64 // statistics used by the last forward pass
 	invStd  []float64
 	batch   bool // whether the last pass used batch statistics
+	// maskInput: the input is a ReLU's output, and the gradient passed back is
+	// zeroed where the input is 0 — the ReLU's backward pass, fused (the
+	// producer then skips its own mask pass).
+	maskInput bool
 }
 
 func newBatchNorm(shape tensor.Shape, eps float64, st *bnState, mode *runMode) *batchNorm {
@@ -210,6 +214,10 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 			out := op.out[(i*c+ch)*s : (i*c+ch+1)*s]
 			if !f.batch {
 				for j, g := range gi {
+					if f.maskInput && !(xi[j] > 0) {
+						out[j] = 0
+						continue
+					}
 					out[j] = float32(k * float64(g))
 				}
 				continue
@@ -217,6 +225,13 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 			for j, g := range gi {
 				xh := (float64(xi[j]) - mean) * inv
 				out[j] = float32(k / m * (m*float64(g) - sdy - xh*sdyx))
+			}
+			if f.maskInput {
+				for j, v := range xi {
+					if !(v > 0) {
+						out[j] = 0
+					}
+				}
 			}
 		}
 	})

@@ -3,6 +3,8 @@ package model
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"testing"
 )
 
@@ -12,6 +14,10 @@ func BenchmarkTrainStep(b *testing.B) {
 	for _, size := range []int{32, 64, 96} {
 		b.Run(fmt.Sprintf("size%d", size), func(b *testing.B) {
 			const batch = 32
+			if th := os.Getenv("BLAS_THREADS"); th != "" {
+				n, _ := strconv.Atoi(th)
+				SetBLASThreads(n)
+			}
 			net, err := New(DefaultConfig(size, 15), 1)
 			if err != nil {
 				b.Fatal(err)

@@ -14,14 +14,22 @@ type conv3x3 struct {
 	opBase
 	n, c, h, w, o int
 	needDX        bool // false for the first layer: nobody wants d(loss)/d(image)
+	relu          bool // apply ReLU to the output (fused)
+	// gradMasked says the consumer's gradient is already zero where the ReLU
+	// was inactive (a BatchNorm with maskInput), so no mask pass is needed.
+	gradMasked bool
 
 	outT *tensor.Dense
 	out  []float32
 	cols []float32 // n × (c·9) × (h·w)
 }
 
-func newConv3x3(n, c, h, w, o int, needDX bool) *conv3x3 {
-	op := &conv3x3{opBase: newOpBase("conv3x3", tensor.Shape{n, o, h, w}, 4, 4, 1), n: n, c: c, h: h, w: w, o: o, needDX: needDX}
+func newConv3x3(n, c, h, w, o int, needDX, relu bool) *conv3x3 {
+	name := "conv3x3"
+	if relu {
+		name = "conv3x3_relu"
+	}
+	op := &conv3x3{opBase: newOpBase(name, tensor.Shape{n, o, h, w}, 4, 4, 1), n: n, c: c, h: h, w: w, o: o, needDX: needDX, relu: relu}
 	op.outT, op.out = newBuf(op.out0())
 	op.cols = make([]float32, n*c*9*h*w)
 	return op
@@ -54,6 +62,11 @@ func (op *conv3x3) Do(vals ...G.Value) (G.Value, error) {
 			}
 		}
 		sgemm(false, false, op.o, p, k, 1, wt, k, cols, p, 1, y, p)
+		if op.relu {
+			for j, v := range y {
+				y[j] = max(v, 0)
+			}
+		}
 	})
 	return op.outT, nil
 }
@@ -64,6 +77,11 @@ func (op *conv3x3) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error
 	x, w := inputs[0], inputs[1]
 	var dx *G.Node
 	var err error
+	if op.relu && !op.gradMasked {
+		if grad, err = reluMask(output, grad); err != nil {
+			return nil, err
+		}
+	}
 	if op.needDX {
 		if dx, err = G.ApplyOp(&convGradInput{opBase: newOpBase("conv3x3_dx", x.Shape(), 4, 4), fwd: op}, w, grad); err != nil {
 			return nil, fmt.Errorf("conv dx: %w", err)

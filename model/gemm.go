@@ -56,3 +56,15 @@ func parallelFor(n int, fn func(i int)) {
 	}
 	wg.Wait()
 }
+
+// sgemmRows computes C += A·B (A m×k, B k×n, row-major) with the rows of A
+// split across GOMAXPROCS goroutines, each a single-threaded BLAS call.
+func sgemmRows(m, n, k int, a, b, c []float32) {
+	parts := min(runtime.GOMAXPROCS(0), m)
+	parallelFor(parts, func(i int) {
+		lo, hi := i*m/parts, (i+1)*m/parts
+		if hi > lo {
+			sgemm(false, false, hi-lo, n, k, 1, a[lo*k:], k, b, n, 1, c[lo*n:], n)
+		}
+	})
+}

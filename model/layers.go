@@ -37,10 +37,16 @@ func (op *relu) Do(vals ...G.Value) (G.Value, error) {
 func (op *relu) DiffWRT(int) []bool { return []bool{true} }
 
 func (op *relu) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) {
-	g := &reluGrad{opBase: newOpBase("relu_grad", op.out0(), len(op.out0()), len(op.out0()))}
-	g.outT, g.out = newBuf(op.out0())
-	dx, err := G.ApplyOp(g, output, grad)
+	dx, err := reluMask(output, grad)
 	return G.Nodes{dx}, err
+}
+
+// reluMask zeroes grad where the ReLU output was not positive.
+func reluMask(output, grad *G.Node) (*G.Node, error) {
+	s := output.Shape()
+	g := &reluGrad{opBase: newOpBase("relu_grad", s, len(s), len(s))}
+	g.outT, g.out = newBuf(s)
+	return G.ApplyOp(g, output, grad)
 }
 
 func (op *opBase) out0() tensor.Shape { return op.out }
@@ -281,13 +287,19 @@ func (op *flatten) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error
 // dense is y = x·W + b with x (n×k), W (k×m) as in Keras, b (m).
 type dense struct {
 	opBase
-	n, k, m int
-	outT    *tensor.Dense
-	out     []float32
+	n, k, m    int
+	relu       bool // apply ReLU to the output (fused)
+	gradMasked bool // the consumer masks the gradient (see conv3x3)
+	outT       *tensor.Dense
+	out        []float32
 }
 
-func newDense(n, k, m int) *dense {
-	op := &dense{opBase: newOpBase("dense", tensor.Shape{n, m}, 2, 2, 1), n: n, k: k, m: m}
+func newDense(n, k, m int, relu bool) *dense {
+	name := "dense"
+	if relu {
+		name = "dense_relu"
+	}
+	op := &dense{opBase: newOpBase(name, tensor.Shape{n, m}, 2, 2, 1), n: n, k: k, m: m, relu: relu}
 	op.outT, op.out = newBuf(op.out0())
 	return op
 }
@@ -308,7 +320,12 @@ func (op *dense) Do(vals ...G.Value) (G.Value, error) {
 	for i := 0; i < op.n; i++ {
 		copy(op.out[i*op.m:(i+1)*op.m], b)
 	}
-	sgemm(false, false, op.n, op.m, op.k, 1, x, op.k, w, op.m, 1, op.out, op.m)
+	sgemmRows(op.n, op.m, op.k, x, w, op.out)
+	if op.relu {
+		for j, v := range op.out {
+			op.out[j] = max(v, 0)
+		}
+	}
 	return op.outT, nil
 }
 
@@ -316,6 +333,12 @@ func (op *dense) DiffWRT(int) []bool { return []bool{true, true, true} }
 
 func (op *dense) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) {
 	x, w := inputs[0], inputs[1]
+	if op.relu && !op.gradMasked {
+		var err error
+		if grad, err = reluMask(output, grad); err != nil {
+			return nil, err
+		}
+	}
 	gx := &denseGrad{opBase: newOpBase("dense_dx", x.Shape(), 2, 2), fwd: op, wrt: 0}
 	gx.outT, gx.out = newBuf(x.Shape())
 	dx, err := G.ApplyOp(gx, w, grad)

@@ -369,10 +369,14 @@ func (n *Net) build(batch int, train bool) (*graph, error) {
 	c, side := cfg.Channels, cfg.Size
 	conv := func(i int) {
 		o := convOut[i]
-		h = apply(newConv3x3(batch, c, side, side, o, i > 0), h, nodes[fmt.Sprintf("conv%d/w", i+1)], nodes[fmt.Sprintf("conv%d/b", i+1)])
-		s := tensor.Shape{batch, o, side, side}
-		h = apply(newReLU(s), h)
-		h = apply(newBatchNorm(s, cfg.BNEps, n.bn[i], &gr.mode), h, nodes[fmt.Sprintf("bn%d/gamma", i+1)], nodes[fmt.Sprintf("bn%d/beta", i+1)])
+		// conv → ReLU (fused into the conv) → BatchNorm, which also applies
+		// the ReLU's mask to the gradient it passes back.
+		cv := newConv3x3(batch, c, side, side, o, i > 0, true)
+		cv.gradMasked = true
+		h = apply(cv, h, nodes[fmt.Sprintf("conv%d/w", i+1)], nodes[fmt.Sprintf("conv%d/b", i+1)])
+		bn := newBatchNorm(tensor.Shape{batch, o, side, side}, cfg.BNEps, n.bn[i], &gr.mode)
+		bn.maskInput = true
+		h = apply(bn, h, nodes[fmt.Sprintf("bn%d/gamma", i+1)], nodes[fmt.Sprintf("bn%d/beta", i+1)])
 		c = o
 	}
 	pool := func(k int, layer uint64, p float64) {
@@ -392,11 +396,14 @@ func (n *Net) build(batch int, train bool) (*graph, error) {
 	flat := c * side * side
 	h = apply(newFlatten(batch, flat, 4), h)
 	ds := tensor.Shape{batch, cfg.Dense}
-	h = apply(newDense(batch, flat, cfg.Dense), h, nodes["dense1/w"], nodes["dense1/b"])
-	h = apply(newReLU(ds), h)
-	h = apply(newBatchNorm(ds, cfg.BNEps, n.bn[5], &gr.mode), h, nodes["bn6/gamma"], nodes["bn6/beta"])
+	d1 := newDense(batch, flat, cfg.Dense, true)
+	d1.gradMasked = true
+	h = apply(d1, h, nodes["dense1/w"], nodes["dense1/b"])
+	bn6 := newBatchNorm(ds, cfg.BNEps, n.bn[5], &gr.mode)
+	bn6.maskInput = true
+	h = apply(bn6, h, nodes["bn6/gamma"], nodes["bn6/beta"])
 	h = apply(newDropout(ds, cfg.Dropout[3], 4, &gr.mode), h)
-	logits := apply(newDense(batch, cfg.Dense, cfg.Labels), h, nodes["out/w"], nodes["out/b"])
+	logits := apply(newDense(batch, cfg.Dense, cfg.Labels, false), h, nodes["out/w"], nodes["out/b"])
 	if err != nil {
 		return nil, err
 	}

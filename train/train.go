@@ -225,7 +225,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 	}
 	if cfg.Threads > 0 {
 		runtime.GOMAXPROCS(cfg.Threads)
-		model.SetBLASThreads(cfg.Threads)
 	}
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("output folder: %w", err)

@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -67,7 +68,7 @@ type Measurement struct {
 // steps and reports the median. Run it in a fresh process so the peak RSS is
 // the benchmark's alone.
 func Single(size int, c Config) (Measurement, error) {
-	model.SetBLASThreads(c.Threads)
+	runtime.GOMAXPROCS(c.Threads)
 	net, err := model.New(model.DefaultConfig(size, c.Classes), 0)
 	if err != nil {
 		return Measurement{}, err
