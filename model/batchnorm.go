@@ -52,6 +52,9 @@ type batchNorm struct {
 	out     []float32
 	mean    []float64 // statistics used by the last forward pass
 	invStd  []float64
+	// Σdy and Σdy·x̂ per channel, from the last backward pass: computed once
+	// by the dx op and read by the dγ and dβ ops, which run after it.
+	sumDy, sumDyXh []float64
 	batch   bool // whether the last pass used batch statistics
 	// maskInput: the input is a ReLU's output, and the gradient passed back is
 	// zeroed where the input is 0 — the ReLU's backward pass, fused (the
@@ -68,6 +71,8 @@ func newBatchNorm(shape tensor.Shape, eps float64, st *bnState, mode *runMode) *
 	op.outT, op.out = newBuf(shape)
 	op.mean = make([]float64, op.c)
 	op.invStd = make([]float64, op.c)
+	op.sumDy = make([]float64, op.c)
+	op.sumDyXh = make([]float64, op.c)
 	return op
 }
 
@@ -91,27 +96,24 @@ func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
 	parallelFor(c, func(ch int) {
 		var mean, invStd float64
 		if op.batch {
-			var sum float64
+			// One pass, float64 sums of x and x²: activations here are O(1),
+			// far from where E[x²]−E[x]² loses float64 precision.
+			var sum, sumSq float64
 			for i := 0; i < n; i++ {
 				for _, v := range x[(i*c+ch)*s : (i*c+ch+1)*s] {
-					sum += float64(v)
+					f := float64(v)
+					sum += f
+					sumSq += f * f
 				}
 			}
 			mean = sum / m
-			var sq float64
-			for i := 0; i < n; i++ {
-				for _, v := range x[(i*c+ch)*s : (i*c+ch+1)*s] {
-					d := float64(v) - mean
-					sq += d * d
-				}
-			}
-			variance := sq / m
+			variance := max(sumSq/m-mean*mean, 0)
 			invStd = 1 / math.Sqrt(variance+op.eps)
 			switch op.mode.bn {
 			case BNTrain:
 				unbiased := variance
 				if m > 1 {
-					unbiased = sq / (m - 1)
+					unbiased = variance * m / (m - 1)
 				}
 				st.mean[ch] = float32(st.momentum*float64(st.mean[ch]) + (1-st.momentum)*mean)
 				st.variance[ch] = float32(st.momentum*float64(st.variance[ch]) + (1-st.momentum)*unbiased)
@@ -124,13 +126,13 @@ func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
 			invStd = 1 / math.Sqrt(float64(st.variance[ch])+op.eps)
 		}
 		op.mean[ch], op.invStd[ch] = mean, invStd
-		scale := float64(gamma[ch]) * invStd
-		shift := float64(beta[ch]) - mean*scale
+		scale := float32(float64(gamma[ch]) * invStd)
+		shift := float32(float64(beta[ch]) - mean*float64(gamma[ch])*invStd)
 		for i := 0; i < n; i++ {
 			in := x[(i*c+ch)*s : (i*c+ch+1)*s]
 			out := op.out[(i*c+ch)*s : (i*c+ch+1)*s]
 			for j, v := range in {
-				out[j] = float32(float64(v)*scale + shift)
+				out[j] = v*scale + shift
 			}
 		}
 	})
@@ -144,31 +146,36 @@ func (op *batchNorm) DiffWRT(int) []bool { return []bool{true, true, true} }
 
 func (op *batchNorm) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) {
 	x, gamma := inputs[0], inputs[1]
-	gx := &bnGrad{opBase: newOpBase("batchnorm_dx", x.Shape(), len(x.Shape()), 1, len(x.Shape())), fwd: op, wrt: 0}
-	gx.outT, gx.out = newBuf(x.Shape())
+	xs := x.Shape()
+	gx := &bnGrad{opBase: newOpBase("batchnorm_dx", xs, len(xs), 1, len(xs)), fwd: op, wrt: 0}
+	gx.outT, gx.out = newBuf(xs)
 	dx, err := G.ApplyOp(gx, x, gamma, grad)
 	if err != nil {
 		return nil, err
 	}
-	gg := &bnGrad{opBase: newOpBase("batchnorm_dgamma", tensor.Shape{op.c}, len(x.Shape()), 1, len(x.Shape())), fwd: op, wrt: 1}
+	// dγ and dβ take dx as an input only to run after it: they read the sums
+	// it computed.
+	gg := &bnGrad{opBase: newOpBase("batchnorm_dgamma", tensor.Shape{op.c}, len(xs)), fwd: op, wrt: 1}
 	gg.outT, gg.out = newBuf(tensor.Shape{op.c})
-	dgamma, err := G.ApplyOp(gg, x, gamma, grad)
+	dgamma, err := G.ApplyOp(gg, dx)
 	if err != nil {
 		return nil, err
 	}
-	gb := &biasGrad{opBase: newOpBase("bias_grad", tensor.Shape{op.c}, len(x.Shape())), n: op.n, c: op.c, s: op.s}
+	gb := &bnGrad{opBase: newOpBase("batchnorm_dbeta", tensor.Shape{op.c}, len(xs)), fwd: op, wrt: 2}
 	gb.outT, gb.out = newBuf(tensor.Shape{op.c})
-	dbeta, err := G.ApplyOp(gb, grad)
+	dbeta, err := G.ApplyOp(gb, dx)
 	return G.Nodes{dx, dgamma, dbeta}, err
 }
 
-// bnGrad computes dx (wrt 0) or dgamma (wrt 1) from x, gamma and dy, using the
-// statistics of the forward pass. With batch statistics:
+// bnGrad computes dx (wrt 0, inputs x, γ, dy), dγ (wrt 1) or dβ (wrt 2,
+// both with input dx, for ordering) using the statistics of the forward pass.
+// With batch statistics:
 //
 //	x̂ = (x−μ)·σ⁻¹, dγ = Σ dy·x̂, dβ = Σ dy,
-//	dx = γσ⁻¹/m · (m·dy − dβ − x̂·dγ).
+//	dx = γσ⁻¹/m · (m·dy − dβ − x̂·dγ),
 //
-// With running statistics (frozen), dx = γσ⁻¹·dy.
+// evaluated per element as A·dy + B·x + C with per-channel A, B, C. With
+// running statistics (frozen), dx = γσ⁻¹·dy. Sums are in float64.
 type bnGrad struct {
 	opBase
 	fwd  *batchNorm
@@ -179,6 +186,18 @@ type bnGrad struct {
 
 func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 	f := op.fwd
+	switch op.wrt {
+	case 1:
+		for ch, v := range f.sumDyXh {
+			op.out[ch] = float32(v)
+		}
+		return op.outT, nil
+	case 2:
+		for ch, v := range f.sumDy {
+			op.out[ch] = float32(v)
+		}
+		return op.outT, nil
+	}
 	x, err := f32(vals[0], len(f.out), "batchnorm input")
 	if err != nil {
 		return nil, err
@@ -200,38 +219,33 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 			xi := x[(i*c+ch)*s : (i*c+ch+1)*s]
 			for j, g := range dy[(i*c+ch)*s : (i*c+ch+1)*s] {
 				sdy += float64(g)
-				sdyx += float64(g) * (float64(xi[j]) - mean) * inv
+				sdyx += float64(g) * float64(xi[j])
 			}
 		}
-		if op.wrt == 1 {
-			op.out[ch] = float32(sdyx)
-			return
-		}
+		sdyxh := (sdyx - mean*sdy) * inv // Σ dy·x̂
+		f.sumDy[ch], f.sumDyXh[ch] = sdy, sdyxh
 		k := float64(gamma[ch]) * inv
+		a, b, cc := float32(k), float32(0), float32(0)
+		if f.batch {
+			b = float32(-k * sdyxh * inv / m)
+			cc = float32(-k*sdy/m + k*sdyxh*inv*mean/m)
+		}
 		for i := 0; i < n; i++ {
 			xi := x[(i*c+ch)*s : (i*c+ch+1)*s]
 			gi := dy[(i*c+ch)*s : (i*c+ch+1)*s]
 			out := op.out[(i*c+ch)*s : (i*c+ch+1)*s]
-			if !f.batch {
+			if f.maskInput {
 				for j, g := range gi {
-					if f.maskInput && !(xi[j] > 0) {
+					if v := xi[j]; v > 0 {
+						out[j] = a*g + b*v + cc
+					} else {
 						out[j] = 0
-						continue
 					}
-					out[j] = float32(k * float64(g))
 				}
 				continue
 			}
 			for j, g := range gi {
-				xh := (float64(xi[j]) - mean) * inv
-				out[j] = float32(k / m * (m*float64(g) - sdy - xh*sdyx))
-			}
-			if f.maskInput {
-				for j, v := range xi {
-					if !(v > 0) {
-						out[j] = 0
-					}
-				}
+				out[j] = a*g + b*xi[j] + cc
 			}
 		}
 	})
