@@ -55,7 +55,7 @@ type batchNorm struct {
 	// Σdy and Σdy·x̂ per channel, from the last backward pass: computed once
 	// by the dx op and read by the dγ and dβ ops, which run after it.
 	sumDy, sumDyXh []float64
-	batch   bool // whether the last pass used batch statistics
+	batch          bool // whether the last pass used batch statistics
 	// maskInput: the input is a ReLU's output, and the gradient passed back is
 	// zeroed where the input is 0 — the ReLU's backward pass, fused (the
 	// producer then skips its own mask pass).
@@ -100,11 +100,9 @@ func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
 			// far from where E[x²]−E[x]² loses float64 precision.
 			var sum, sumSq float64
 			for i := 0; i < n; i++ {
-				for _, v := range x[(i*c+ch)*s : (i*c+ch+1)*s] {
-					f := float64(v)
-					sum += f
-					sumSq += f * f
-				}
+				a, q := sumSq64(x[(i*c+ch)*s : (i*c+ch+1)*s])
+				sum += a
+				sumSq += q
 			}
 			mean = sum / m
 			variance := max(sumSq/m-mean*mean, 0)
@@ -216,11 +214,9 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 		mean, inv := f.mean[ch], f.invStd[ch]
 		var sdy, sdyx float64
 		for i := 0; i < n; i++ {
-			xi := x[(i*c+ch)*s : (i*c+ch+1)*s]
-			for j, g := range dy[(i*c+ch)*s : (i*c+ch+1)*s] {
-				sdy += float64(g)
-				sdyx += float64(g) * float64(xi[j])
-			}
+			a, d := sumDot64(dy[(i*c+ch)*s:(i*c+ch+1)*s], x[(i*c+ch)*s:(i*c+ch+1)*s])
+			sdy += a
+			sdyx += d
 		}
 		sdyxh := (sdyx - mean*sdy) * inv // Σ dy·x̂
 		f.sumDy[ch], f.sumDyXh[ch] = sdy, sdyxh

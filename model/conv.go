@@ -192,9 +192,7 @@ func (op *biasGrad) Do(vals ...G.Value) (G.Value, error) {
 	parallelFor(op.c, func(c int) {
 		var sum float64
 		for i := 0; i < op.n; i++ {
-			for _, v := range dy[(i*op.c+c)*op.s : (i*op.c+c+1)*op.s] {
-				sum += float64(v)
-			}
+			sum += sum64(dy[(i*op.c+c)*op.s : (i*op.c+c+1)*op.s])
 		}
 		op.out[c] = float32(sum)
 	})
