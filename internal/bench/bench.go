@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/tailorml/tailor/model"
+	"github.com/tailorml/tailor/optim"
 )
 
 // Config is one benchmark run.
@@ -85,6 +86,17 @@ func Single(size int, c Config) (Measurement, error) {
 		}
 	}
 	out := make([]float32, c.Batch*c.Classes)
+	// The optimizer is part of a training step, as in the baseline (Adam).
+	var sizes []int
+	var params [][]float32
+	for _, p := range net.Params() {
+		sizes = append(sizes, len(p.Data))
+		params = append(params, p.Data)
+	}
+	opt, err := optim.NewAdam(optim.DefaultAdam(0), sizes)
+	if err != nil {
+		return Measurement{}, err
+	}
 	step := func(i int) error {
 		if c.Mode == "infer" {
 			return net.Predict(x, c.Batch, out)
@@ -93,14 +105,7 @@ func Single(size int, c Config) (Measurement, error) {
 		if err != nil {
 			return err
 		}
-		// The optimizer's cost belongs to the step, as in the baseline: a
-		// plain SGD-sized pass over the weights approximates Adam's touch.
-		for j, p := range net.Params() {
-			for k, g := range grads[j] {
-				p.Data[k] -= 1e-6 * g
-			}
-		}
-		return nil
+		return opt.Update(params, grads)
 	}
 	for i := 0; i < c.Warmup; i++ {
 		if err := step(i); err != nil {
