@@ -7,6 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
 )
 
 // AdamConfig is Adam as in Keras 2 (the tutorial's optimizer), including its
@@ -90,16 +93,52 @@ func (a *Adam) Update(params, grads [][]float32) error {
 	lrT := lr * math.Sqrt(1-math.Pow(a.cfg.Beta2, t)) / (1 - math.Pow(a.cfg.Beta1, t))
 	b1, b2 := float32(a.cfg.Beta1), float32(a.cfg.Beta2)
 	eps, step := float32(a.cfg.Epsilon), float32(lrT)
+	// Elementwise, so any split gives the same result: chunks run on all cores.
+	type chunk struct{ t, lo, hi int }
+	var chunks []chunk
 	for i, p := range params {
-		m, v, g := a.m[i], a.v[i], grads[i]
-		for j := range p {
-			gj := g[j]
-			m[j] = b1*m[j] + (1-b1)*gj
-			v[j] = b2*v[j] + (1-b2)*gj*gj
-			p[j] -= step * m[j] / (float32(math.Sqrt(float64(v[j]))) + eps)
+		for lo := 0; lo < len(p); lo += adamChunk {
+			chunks = append(chunks, chunk{i, lo, min(lo+adamChunk, len(p))})
 		}
 	}
+	parallel(len(chunks), func(k int) {
+		c := chunks[k]
+		p, m, v, g := params[c.t][c.lo:c.hi], a.m[c.t][c.lo:c.hi], a.v[c.t][c.lo:c.hi], grads[c.t][c.lo:c.hi]
+		m, v, g = m[:len(p)], v[:len(p)], g[:len(p)]
+		for j := range p {
+			gj := g[j]
+			mj := b1*m[j] + (1-b1)*gj
+			vj := b2*v[j] + (1-b2)*gj*gj
+			m[j], v[j] = mj, vj
+			p[j] -= step * mj / (float32(math.Sqrt(float64(vj))) + eps)
+		}
+	})
 	return nil
+}
+
+const adamChunk = 1 << 16
+
+// parallel runs fn(0..n-1) on GOMAXPROCS goroutines.
+func parallel(n int, fn func(int)) {
+	workers := min(runtime.GOMAXPROCS(0), n)
+	if workers <= 1 {
+		for i := 0; i < n; i++ {
+			fn(i)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				fn(i)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // State returns the optimizer's state for a checkpoint: the step and the

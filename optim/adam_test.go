@@ -94,3 +94,17 @@ func TestAdamRestore(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkAdam(b *testing.B) {
+	sizes := []int{3_276_800, 1_048_576, 147_456, 73_728, 36_864, 18_432, 15_360, 1024}
+	var p, g [][]float32
+	for _, n := range sizes {
+		p = append(p, make([]float32, n))
+		g = append(g, make([]float32, n))
+	}
+	a, _ := NewAdam(DefaultAdam(10), sizes)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		_ = a.Update(p, g)
+	}
+}
