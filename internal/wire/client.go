@@ -1,0 +1,325 @@
+package wire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"google.golang.org/grpc"
+)
+
+// ClientConfig configures a worker's connection to the parameter servers.
+type ClientConfig struct {
+	RunID    string
+	WorkerID string
+	// Addrs holds one address per server, in server-index order; their
+	// number is the plan's server count.
+	Addrs []string
+	// Spec is the model's tensors, exactly as the servers have it.
+	Spec Spec
+	// ChunkBytes is the payload size of pushed and pulled chunks; 0 means
+	// DefaultChunkBytes. It is rounded down to a multiple of 4 and clamped
+	// to [MinChunkBytes, MaxChunkBytes].
+	ChunkBytes int
+	// DialOptions are appended to DialOptions().
+	DialOptions []grpc.DialOption
+}
+
+// Client is what a worker uses to talk to all parameter servers: it splits
+// pushes by the plan and sends to every server in parallel, and assembles
+// pulls into the caller's tensors. It keeps no per-step buffers: pushed
+// payloads are sent straight from the caller's slices and pulled payloads
+// land straight in them. A Client is safe for concurrent use, but a worker
+// normally has one Push or Pull in flight at a time.
+type Client struct {
+	runID, workerID string
+	plan            *Plan
+	chunkFloats     int
+	conns           []*grpc.ClientConn
+}
+
+// NewClient validates cfg, builds the plan and creates (lazy) connections
+// to every server.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	switch {
+	case cfg.RunID == "" || len(cfg.RunID) > MaxStringBytes:
+		return nil, fmt.Errorf("wire: run id %q: want 1..%d bytes", cfg.RunID, MaxStringBytes)
+	case cfg.WorkerID == "" || len(cfg.WorkerID) > MaxStringBytes:
+		return nil, fmt.Errorf("wire: worker id %q: want 1..%d bytes", cfg.WorkerID, MaxStringBytes)
+	case len(cfg.Addrs) == 0:
+		return nil, errors.New("wire: no server addresses")
+	}
+	plan, err := NewPlan(cfg.Spec, len(cfg.Addrs))
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{runID: cfg.RunID, workerID: cfg.WorkerID, plan: plan, chunkFloats: ClampChunkBytes(cfg.ChunkBytes) / 4}
+	opts := append(DialOptions(), cfg.DialOptions...)
+	for i, a := range cfg.Addrs {
+		conn, err := grpc.NewClient(a, opts...)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("wire: server %d at %q: %w", i, a, err)
+		}
+		c.conns = append(c.conns, conn)
+	}
+	return c, nil
+}
+
+// ClampChunkBytes is the chunk size used for a requested size n (0: the
+// default).
+func ClampChunkBytes(n int) int {
+	if n == 0 {
+		n = DefaultChunkBytes
+	}
+	return min(max(n, MinChunkBytes), MaxChunkBytes) &^ 3
+}
+
+// Plan is the partition plan the client uses.
+func (c *Client) Plan() *Plan { return c.plan }
+
+// Close closes the connections.
+func (c *Client) Close() error {
+	var errs []error
+	for _, conn := range c.conns {
+		errs = append(errs, conn.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// checkShape reports whether tensors align with the spec.
+func (c *Client) checkShape(tensors [][]float32) error {
+	if len(tensors) != len(c.plan.Spec) {
+		return fmt.Errorf("%w: %d tensors, want %d", ErrShape, len(tensors), len(c.plan.Spec))
+	}
+	for i, t := range c.plan.Spec {
+		if len(tensors[i]) != t.Size {
+			return fmt.Errorf("%w: tensor %q has %d floats, want %d", ErrShape, t.Name, len(tensors[i]), t.Size)
+		}
+	}
+	return nil
+}
+
+func (c *Client) checkPush(tensors [][]float32) error {
+	if err := c.checkShape(tensors); err != nil {
+		return err
+	}
+	for i, t := range tensors {
+		if !Finite(t) {
+			return fmt.Errorf("%w: %q", ErrNonFinite, c.plan.Spec[i].Name)
+		}
+	}
+	return nil
+}
+
+// Push sends one step's tensors, aligned with the spec: gradients for Param
+// tensors, current values for State tensors. step is the worker's step (in
+// sync mode the step being collected, which equals the version the worker
+// pulled); version is the weights version the gradients were computed
+// from. Tensors holding NaN or Inf are refused before anything is sent, so
+// that no server applies a gradient the others refuse.
+//
+// Push returns once every server has answered; the result is the smallest
+// version the servers reported. A refusal is a *RejectedError (errors.Is
+// ErrRejected); with several servers, errors are joined. The tensors are
+// read, never written, and must not change until Push returns.
+func (c *Client) Push(ctx context.Context, step, version int64, tensors [][]float32) (int64, error) {
+	if err := c.checkPush(tensors); err != nil {
+		return -1, err
+	}
+	return c.sendAll(ctx, streamPush, step, version, tensors)
+}
+
+// Init sends a run's initial weights (and State values) to every server.
+// A server accepts Init once; afterwards it answers ReasonInitialised.
+func (c *Client) Init(ctx context.Context, tensors [][]float32) error {
+	if err := c.checkPush(tensors); err != nil {
+		return err
+	}
+	_, err := c.sendAll(ctx, streamInit, 0, 0, tensors)
+	return err
+}
+
+func (c *Client) sendAll(ctx context.Context, stream int, step, version int64, tensors [][]float32) (int64, error) {
+	n := len(c.conns)
+	replies := make([]PushReply, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { errs[i] = c.sendTo(ctx, i, stream, step, version, tensors, &replies[i]) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return -1, err
+	}
+	v := replies[0].Version
+	for _, r := range replies[1:] {
+		v = min(v, r.Version)
+	}
+	return v, nil
+}
+
+func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64, tensors [][]float32, reply *PushReply) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	desc := &serviceDesc.Streams[stream]
+	st, err := c.conns[i].NewStream(ctx, desc, "/"+ServiceName+"/"+desc.StreamName)
+	if err != nil {
+		return fmt.Errorf("wire: server %d: %w", i, err)
+	}
+	if err := c.sendChunks(st, i, step, version, tensors); err != nil {
+		return fmt.Errorf("wire: push to server %d: %w", i, err)
+	}
+	// The payloads alias the caller's tensors. That is safe once the reply
+	// is in: the server answers after reading the whole push (or after
+	// refusing it, when the rest no longer matters).
+	if err := st.RecvMsg(reply); err != nil {
+		return fmt.Errorf("wire: push to server %d: %w", i, err)
+	}
+	if reply.Server != i {
+		return fmt.Errorf("wire: push to server %d: reply from server %d", i, reply.Server)
+	}
+	if !reply.Accepted {
+		e := &RejectedError{Server: i, Reason: reply.Reason, Version: reply.Version}
+		if reply.RunID != c.runID {
+			e.Detail = fmt.Sprintf("server runs %q", reply.RunID)
+		}
+		return e
+	}
+	if reply.RunID != c.runID {
+		return fmt.Errorf("wire: push to server %d: accepted by run %q", i, reply.RunID)
+	}
+	return nil
+}
+
+// sendChunks streams server i's parts. An io.EOF from SendMsg means the
+// server has answered early (a refusal); the caller reads the answer.
+func (c *Client) sendChunks(st grpc.ClientStream, i int, step, version int64, tensors [][]float32) error {
+	ch := Chunk{
+		Type: TypePushChunk, RunID: c.runID, WorkerID: c.workerID, Plan: c.plan.Fingerprint(),
+		Step: step, Version: version, Server: i,
+	}
+	for _, p := range c.plan.ServerParts(i) {
+		data := tensors[p.Tensor][p.Offset : p.Offset+p.Len]
+		for off := 0; off < p.Len; off += c.chunkFloats {
+			n := min(c.chunkFloats, p.Len-off)
+			ch.Part, ch.Offset, ch.Payload = p.ID, off, Bytes(data[off:off+n])
+			if err := st.SendMsg(&ch); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
+	}
+	return st.CloseSend()
+}
+
+// Pull waits until every server's version is at least minVersion, then
+// copies the weights (and State values) into into, aligned with the spec.
+// It returns the smallest version received (servers may differ in async
+// mode). On error into's contents are unspecified.
+func (c *Client) Pull(ctx context.Context, minVersion int64, into [][]float32) (int64, error) {
+	if err := c.checkShape(into); err != nil {
+		return -1, err
+	}
+	n := len(c.conns)
+	versions := make([]int64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { versions[i], errs[i] = c.pullFrom(ctx, i, minVersion, into) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return -1, err
+	}
+	v := versions[0]
+	for _, x := range versions[1:] {
+		v = min(v, x)
+	}
+	return v, nil
+}
+
+func (c *Client) pullFrom(ctx context.Context, i int, minVersion int64, into [][]float32) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := c.conns[i].NewStream(ctx, &serviceDesc.Streams[streamPull], MethodPull)
+	if err != nil {
+		return -1, fmt.Errorf("wire: server %d: %w", i, err)
+	}
+	req := &PullRequest{
+		RunID: c.runID, WorkerID: c.workerID, Plan: c.plan.Fingerprint(), Server: i,
+		MinVersion: minVersion, ChunkBytes: c.chunkFloats * 4,
+	}
+	if err := st.SendMsg(req); err != nil {
+		return -1, fmt.Errorf("wire: pull from server %d: %w", i, err)
+	}
+	if err := st.CloseSend(); err != nil {
+		return -1, fmt.Errorf("wire: pull from server %d: %w", i, err)
+	}
+	parts := c.plan.ServerParts(i)
+	cur, off := 0, 0
+	version := int64(-1)
+	var bad error
+	ch := &Chunk{}
+	ch.Dst = func(h *Chunk, n int) ([]byte, error) {
+		switch {
+		case h.Type != TypePullChunk || h.RunID != c.runID || h.Plan != c.plan.Fingerprint() || h.Server != i:
+			bad = fmt.Errorf("wire: pull from server %d: chunk of type %d, run %q, plan %x, server %d", i, h.Type, h.RunID, h.Plan, h.Server)
+		case version >= 0 && h.Version != version:
+			bad = fmt.Errorf("wire: pull from server %d: version %d after %d", i, h.Version, version)
+		case h.Version < minVersion:
+			bad = fmt.Errorf("wire: pull from server %d: version %d, asked for ≥ %d", i, h.Version, minVersion)
+		case cur >= len(parts) || h.Part != parts[cur].ID || h.Offset != off || n == 0 || n/4 > parts[cur].Len-off:
+			bad = fmt.Errorf("wire: pull from server %d: unexpected chunk: part %d offset %d, %d bytes", i, h.Part, h.Offset, n)
+		}
+		if bad != nil {
+			return nil, bad
+		}
+		version = h.Version
+		p := parts[cur]
+		return Bytes(into[p.Tensor][p.Offset+off : p.Offset+off+n/4]), nil
+	}
+	for {
+		err := st.RecvMsg(ch)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if bad != nil {
+				return -1, bad
+			}
+			return -1, fmt.Errorf("wire: pull from server %d: %w", i, rejectionFromStatus(i, err))
+		}
+		if off += ch.Len(); off == parts[cur].Len {
+			cur, off = cur+1, 0
+		}
+	}
+	if cur != len(parts) {
+		return -1, fmt.Errorf("wire: pull from server %d: stream ended after %d of %d parts", i, cur, len(parts))
+	}
+	return version, nil
+}
+
+// Status asks every server for its load and counters, in server order.
+func (c *Client) Status(ctx context.Context) ([]*StatusReply, error) {
+	n := len(c.conns)
+	out := make([]*StatusReply, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			r := new(StatusReply)
+			if err := c.conns[i].Invoke(ctx, MethodStatus, &StatusRequest{RunID: c.runID, WorkerID: c.workerID}, r); err != nil {
+				errs[i] = fmt.Errorf("wire: status of server %d: %w", i, rejectionFromStatus(i, err))
+				return
+			}
+			out[i] = r
+		})
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
+}

@@ -1,0 +1,55 @@
+// Package wire is the protocol between workers and parameter servers: the
+// partition plan both sides derive from the model's tensor spec, the
+// binary messages, their gRPC codec and service, and the worker's Client.
+//
+// # Transport
+//
+// gRPC over HTTP/2 with a custom codec (content-subtype "tailorwire",
+// registered in init) and a hand-written service,
+// tailor.ps.v1.ParameterServer:
+//
+//	Push   client stream of Chunk (type 1) → one PushReply
+//	Init   client stream of Chunk (type 1) → one PushReply (initial weights, once per run)
+//	Pull   PullRequest → server stream of Chunk (type 4)
+//	Status StatusRequest → StatusReply (unary)
+//
+// Flow-control windows are 16 MiB per stream and 64 MiB per connection,
+// socket buffers 1 MiB, messages up to MaxMessageBytes.
+//
+// # Messages
+//
+// Every message starts with a 4-byte prefix — magic 0xA7, the message type,
+// and the header length H (uint16, little endian, prefix included) —
+// followed by header fields up to byte H. Only chunks have bytes after the
+// header: their payload. Integers are varints (uvarint for counts and
+// indexes, zig-zag varint for steps and versions) except the plan
+// fingerprint (8 bytes LE) and the CRC (4 bytes LE); strings are a uvarint
+// length (at most 255) and the bytes. Header bytes after the known fields
+// are ignored (room for additions); every other inconsistency is an error
+// wrapping ErrCorrupt. Every message carries the run id, the worker id and
+// a step or version.
+//
+//	Chunk        run, worker, plan u64, flags, step, version, server, part,
+//	             offset (floats in the part), count (floats), crc32c u32;
+//	             payload: count float32 little endian
+//	PushReply    run, worker, server, step, version, accepted (0/1), reason
+//	PullRequest  run, worker, plan u64, server, min version, chunk bytes
+//	StatusRequest run, worker
+//	StatusReply  run, worker, server, mode, initialised, version, step,
+//	             members, pending, bytes in, bytes out, accepted, steps,
+//	             missing, n, n × (reason, count)
+//
+// A push (or pull) of server i is the server's parts in plan order, each
+// cut into chunks of at most the chunk size (1 MiB by default), with
+// consecutive offsets; the receiver insists on exactly that sequence, so
+// every float is covered exactly once. Payloads are the float32 memory
+// itself: the sender hands slices of its tensors to gRPC without copying,
+// and the receiver's Chunk.Dst puts each payload straight where it
+// belongs (one copy, out of gRPC's receive buffers).
+//
+// # Plan
+//
+// NewPlan splits the concatenated tensors into P nearly equal contiguous
+// ranges (see its documentation); a Part is one tensor's slice on one
+// server.
+package wire

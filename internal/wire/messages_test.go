@@ -1,0 +1,182 @@
+package wire
+
+import (
+	"errors"
+	"math"
+	"reflect"
+	"testing"
+
+	"google.golang.org/grpc/mem"
+)
+
+func sampleChunk() *Chunk {
+	return &Chunk{
+		Type: TypePushChunk, RunID: "run-1", WorkerID: "w3", Plan: 0x0123456789abcdef, Flags: 0,
+		Step: 41, Version: -1, Server: 2, Part: 17, Offset: 1 << 20,
+		Payload: Bytes([]float32{1, -2.5, 3e-8, 0}),
+	}
+}
+
+func sampleMessages() []message {
+	pull := sampleChunk()
+	pull.Type, pull.Step, pull.Version = TypePullChunk, 9, 9
+	empty := sampleChunk()
+	empty.Payload = nil
+	return []message{
+		sampleChunk(), pull, empty,
+		&PushReply{RunID: "run-1", WorkerID: "w3", Server: 2, Step: 41, Version: 42, Accepted: true},
+		&PushReply{RunID: "run-1", WorkerID: "w3", Server: 0, Step: -3, Version: 7, Reason: ReasonNonFinite},
+		&PullRequest{RunID: "r", WorkerID: "w", Plan: 1, Server: 5, MinVersion: 12345678901, ChunkBytes: 1 << 20},
+		&StatusRequest{RunID: "r", WorkerID: "coordinator"},
+		&StatusReply{
+			RunID: "r", WorkerID: "w", Server: 1, Mode: "sync", Initialised: true, Version: 10, Step: 10,
+			Members: 3, Pending: 2, BytesIn: 1 << 40, BytesOut: 7, Accepted: 99, Steps: 10, Missing: 1,
+			Rejected: []ReasonCount{{ReasonRunID, 1}, {ReasonNonFinite, 1 << 33}},
+		},
+		&StatusReply{RunID: "r", Mode: "async"},
+	}
+}
+
+// fresh returns a zero message of m's type.
+func fresh(m message) message {
+	return reflect.New(reflect.TypeOf(m).Elem()).Interface().(message)
+}
+
+// split cuts b into a BufferSlice of pieces of at most n bytes.
+func split(b []byte, n int) mem.BufferSlice {
+	var s mem.BufferSlice
+	for len(b) > n {
+		s = append(s, mem.SliceBuffer(b[:n]))
+		b = b[n:]
+	}
+	return append(s, mem.SliceBuffer(b))
+}
+
+func encode(t testing.TB, m message) []byte {
+	t.Helper()
+	s, err := m.marshal()
+	if err != nil {
+		t.Fatalf("marshal %T: %v", m, err)
+	}
+	return s.Materialize()
+}
+
+func normalise(m message) message {
+	if c, ok := m.(*Chunk); ok {
+		c.Dst, c.Buf = nil, nil
+		if len(c.Payload) == 0 {
+			c.Payload = nil
+		}
+	}
+	if r, ok := m.(*StatusReply); ok && len(r.Rejected) == 0 {
+		r.Rejected = nil
+	}
+	return m
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, m := range sampleMessages() {
+		b := encode(t, m)
+		for _, piece := range []int{len(b) + 1, 1, 3, 7} {
+			got := fresh(m)
+			if err := got.unmarshal(split(b, piece)); err != nil {
+				t.Fatalf("%T in pieces of %d: %v", m, piece, err)
+			}
+			if !reflect.DeepEqual(normalise(got), normalise(m)) {
+				t.Errorf("%T in pieces of %d: got %+v, want %+v", m, piece, got, m)
+			}
+		}
+	}
+}
+
+func TestChunkDst(t *testing.T) {
+	b := encode(t, sampleChunk())
+	dst := make([]float32, 6)
+	c := &Chunk{Dst: func(h *Chunk, n int) ([]byte, error) {
+		if h.Part != 17 || h.Offset != 1<<20 || n != 16 {
+			t.Errorf("Dst got part %d offset %d n %d", h.Part, h.Offset, n)
+		}
+		return Bytes(dst[1:5]), nil
+	}}
+	if err := c.UnmarshalBinary(b); err != nil {
+		t.Fatal(err)
+	}
+	if want := []float32{0, 1, -2.5, 3e-8, 0, 0}; !reflect.DeepEqual(dst, want) {
+		t.Errorf("dst %v, want %v", dst, want)
+	}
+	refuse := errors.New("no")
+	c.Dst = func(*Chunk, int) ([]byte, error) { return nil, refuse }
+	if err := c.UnmarshalBinary(b); !errors.Is(err, refuse) {
+		t.Errorf("Dst's error: got %v", err)
+	}
+	c.Dst = func(*Chunk, int) ([]byte, error) { return make([]byte, 3), nil }
+	if err := c.UnmarshalBinary(b); err == nil {
+		t.Error("short destination accepted")
+	}
+}
+
+func TestChunkCorrupt(t *testing.T) {
+	good := encode(t, sampleChunk())
+	flip := func(i int) []byte {
+		b := append([]byte(nil), good...)
+		b[i] ^= 0x10
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want error
+	}{
+		{"empty", nil, ErrTruncated},
+		{"prefix only", good[:4], ErrTruncated},
+		{"truncated payload", good[:len(good)-1], ErrTruncated},
+		{"extra byte", append(append([]byte(nil), good...), 0), ErrCorrupt},
+		{"payload bit", flip(len(good) - 3), ErrChecksum},
+		{"magic", flip(0), ErrCorrupt},
+		{"type", append([]byte{magic, byte(TypePushReply)}, good[2:]...), ErrCorrupt},
+	} {
+		var c Chunk
+		err := c.UnmarshalBinary(tc.b)
+		if !errors.Is(err, tc.want) || !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: got %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestMarshalLimits(t *testing.T) {
+	long := string(make([]byte, MaxStringBytes+1))
+	for _, m := range []message{
+		&Chunk{Type: TypePushChunk, RunID: long},
+		&Chunk{Type: TypePushChunk, Payload: make([]byte, 5)},
+		&Chunk{Type: 9},
+		&PushReply{Reason: long},
+		&StatusReply{Rejected: make([]ReasonCount, maxReasons+1)},
+	} {
+		if _, err := m.marshal(); err == nil {
+			t.Errorf("%T %+v: marshalled", m, m)
+		}
+	}
+}
+
+func TestFinite(t *testing.T) {
+	nan := float32(math.NaN())
+	inf := float32(math.Inf(1))
+	for n := 0; n < 20; n++ {
+		f := make([]float32, n)
+		for i := range f {
+			f[i] = float32(i) - 3.5
+		}
+		if !Finite(f) {
+			t.Fatalf("finite slice of %d reported non-finite", n)
+		}
+		for i := range f {
+			for _, bad := range []float32{nan, inf, -inf} {
+				g := append([]float32(nil), f...)
+				g[i] = bad
+				if Finite(g) {
+					t.Fatalf("%v at %d of %d not caught", bad, i, n)
+				}
+			}
+		}
+	}
+}

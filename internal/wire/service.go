@@ -1,0 +1,157 @@
+package wire
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/keepalive"
+)
+
+// ServiceName is the gRPC service of a parameter server.
+const ServiceName = "tailor.ps.v1.ParameterServer"
+
+// Full method names.
+const (
+	MethodPush   = "/" + ServiceName + "/Push"
+	MethodInit   = "/" + ServiceName + "/Init"
+	MethodPull   = "/" + ServiceName + "/Pull"
+	MethodStatus = "/" + ServiceName + "/Status"
+)
+
+// Handler is what a parameter server implements. The streams carry wire
+// messages: a Push or Init stream receives *Chunk and sends one *PushReply;
+// a Pull stream sends *Chunk. Handlers call RecvMsg/SendMsg themselves so
+// they can reuse messages and set Chunk.Dst.
+type Handler interface {
+	Push(stream grpc.ServerStream) error
+	Init(stream grpc.ServerStream) error
+	Pull(req *PullRequest, stream grpc.ServerStream) error
+	Status(ctx context.Context, req *StatusRequest) (*StatusReply, error)
+}
+
+// Indexes into serviceDesc.Streams.
+const (
+	streamPush = iota
+	streamInit
+	streamPull
+)
+
+var serviceDesc = grpc.ServiceDesc{
+	ServiceName: ServiceName,
+	HandlerType: (*Handler)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "Status",
+		Handler:    statusHandler,
+	}},
+	Streams: []grpc.StreamDesc{
+		streamPush: {
+			StreamName:    "Push",
+			Handler:       func(srv any, st grpc.ServerStream) error { return srv.(Handler).Push(st) },
+			ClientStreams: true,
+		},
+		streamInit: {
+			StreamName:    "Init",
+			Handler:       func(srv any, st grpc.ServerStream) error { return srv.(Handler).Init(st) },
+			ClientStreams: true,
+		},
+		streamPull: {
+			StreamName:    "Pull",
+			Handler:       pullHandler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "internal/wire",
+}
+
+func pullHandler(srv any, st grpc.ServerStream) error {
+	req := new(PullRequest)
+	if err := st.RecvMsg(req); err != nil {
+		return err
+	}
+	return srv.(Handler).Pull(req, st)
+}
+
+func statusHandler(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+	req := new(StatusRequest)
+	if err := dec(req); err != nil {
+		return nil, err
+	}
+	if icpt == nil {
+		return srv.(Handler).Status(ctx, req)
+	}
+	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodStatus}
+	return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
+		return srv.(Handler).Status(ctx, r.(*StatusRequest))
+	})
+}
+
+// Register puts a parameter server on a gRPC server built with
+// ServerOptions.
+func Register(s grpc.ServiceRegistrar, h Handler) { s.RegisterService(&serviceDesc, h) }
+
+// Transport tuning. The windows are large so that a 35 MB push or pull is
+// never throttled by HTTP/2 flow control on a fast link; the I/O buffers
+// batch the 16 KiB HTTP/2 frames into few syscalls.
+const (
+	streamWindow = 16 << 20
+	connWindow   = 64 << 20
+	ioBuffer     = 1 << 20
+)
+
+// ServerOptions are the gRPC server options a parameter server needs:
+// message size limits, flow-control windows, buffers and keepalive policy.
+// The codec is registered globally (content-subtype CodecName).
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		grpc.MaxSendMsgSize(MaxMessageBytes),
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
+		grpc.WriteBufferSize(ioBuffer),
+		grpc.ReadBufferSize(ioBuffer),
+		experimental.BufferPool(sharedPool),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	}
+}
+
+// DialOptions are the matching client options. Connections are plaintext:
+// the cluster network is trusted (see paramserver/doc.go).
+func DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(
+			grpc.CallContentSubtype(CodecName),
+			grpc.MaxCallRecvMsgSize(MaxMessageBytes),
+			grpc.MaxCallSendMsgSize(MaxMessageBytes),
+		),
+		grpc.WithInitialWindowSize(streamWindow),
+		grpc.WithInitialConnWindowSize(connWindow),
+		grpc.WithWriteBufferSize(ioBuffer),
+		grpc.WithReadBufferSize(ioBuffer),
+		experimental.WithBufferPool(sharedPool),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+	}
+}
+
+// NewStream opens a raw stream of one of the service's streaming methods
+// (MethodPush, MethodInit or MethodPull) on conn: for tests and tools that
+// need to send what Client would refuse to.
+func NewStream(ctx context.Context, conn grpc.ClientConnInterface, method string) (grpc.ClientStream, error) {
+	var d *grpc.StreamDesc
+	switch method {
+	case MethodPush:
+		d = &serviceDesc.Streams[streamPush]
+	case MethodInit:
+		d = &serviceDesc.Streams[streamInit]
+	case MethodPull:
+		d = &serviceDesc.Streams[streamPull]
+	default:
+		return nil, fmt.Errorf("wire: %q is not a streaming method", method)
+	}
+	return conn.NewStream(ctx, d, method)
+}

@@ -1,0 +1,112 @@
+package paramserver
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/tailorml/tailor/internal/wire"
+	"github.com/tailorml/tailor/optim"
+)
+
+// Mode is the update rule.
+type Mode string
+
+const (
+	// Sync collects one gradient from every active worker for step t,
+	// averages them in worker-id order and applies one optimizer step;
+	// the version becomes t+1.
+	Sync Mode = "sync"
+	// Async applies every gradient on arrival, one optimizer step each.
+	Async Mode = "async"
+	// SSP is Async with bounded staleness: a worker's push for step s is
+	// held while s > (slowest active worker's step) + Staleness.
+	SSP Mode = "ssp"
+)
+
+// Config is one parameter server. Start from DefaultConfig.
+type Config struct {
+	// RunID names the training run; messages of other runs are rejected.
+	RunID string `json:"run_id"`
+	// Index is this server's index in [0, Servers).
+	Index int `json:"index"`
+	// Servers is the number of parameter servers (P).
+	Servers int `json:"servers"`
+	// Spec is the model's tensors, exactly as the workers have it.
+	Spec wire.Spec `json:"spec"`
+	// Adam is the optimizer, the same as the single-process trainer's.
+	Adam optim.AdamConfig `json:"adam"`
+	// Mode is the update rule.
+	Mode Mode `json:"mode"`
+	// Staleness is SSP's bound: how many steps a worker may run ahead of
+	// the slowest active one.
+	Staleness int `json:"staleness"`
+	// StepDeadline bounds a sync step: once the first gradient of a step
+	// has arrived, the step is applied at the latest this much later with
+	// the gradients that arrived; the missing ones are counted.
+	StepDeadline time.Duration `json:"step_deadline"`
+	// SyncQuorum, if > 0, applies a sync step as soon as that many
+	// gradients have arrived ("backup workers"); later ones are rejected
+	// as stale and counted. 0 waits for every active worker.
+	SyncQuorum int `json:"sync_quorum"`
+	// ListenAddr is the gRPC address of ListenAndServe.
+	ListenAddr string `json:"listen_addr"`
+	// Logger receives rejections and step events; nil discards them.
+	Logger *slog.Logger `json:"-"`
+}
+
+// DefaultConfig is a single sync server for spec with the tutorial's Adam
+// (no decay) on :7410.
+func DefaultConfig(runID string, spec wire.Spec) Config {
+	return Config{
+		RunID:        runID,
+		Index:        0,
+		Servers:      1,
+		Spec:         spec,
+		Adam:         optim.DefaultAdam(0),
+		Mode:         Sync,
+		Staleness:    2,
+		StepDeadline: 2 * time.Minute,
+		ListenAddr:   ":7410",
+	}
+}
+
+// Validate reports every problem of the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.RunID == "" || len(c.RunID) > wire.MaxStringBytes {
+		errs = append(errs, fmt.Errorf("run id %q: want 1..%d bytes", c.RunID, wire.MaxStringBytes))
+	}
+	if c.Servers < 1 {
+		errs = append(errs, fmt.Errorf("servers %d: want ≥ 1", c.Servers))
+	} else if c.Index < 0 || c.Index >= c.Servers {
+		errs = append(errs, fmt.Errorf("index %d: want [0, %d)", c.Index, c.Servers))
+	}
+	if err := c.Spec.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Adam.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("adam: %w", err))
+	}
+	switch c.Mode {
+	case Sync:
+		if c.StepDeadline <= 0 {
+			errs = append(errs, fmt.Errorf("step deadline %v: want > 0 (a sync step must never wait forever)", c.StepDeadline))
+		}
+		if c.SyncQuorum < 0 {
+			errs = append(errs, fmt.Errorf("sync quorum %d: want ≥ 0", c.SyncQuorum))
+		}
+	case Async:
+	case SSP:
+		if c.Staleness < 0 {
+			errs = append(errs, fmt.Errorf("staleness %d: want ≥ 0", c.Staleness))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("mode %q: want %q, %q or %q", c.Mode, Sync, Async, SSP))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
+	}
+	return nil
+}
