@@ -15,7 +15,7 @@ import (
 
 // Store holds named objects: the manifest and the shard files. Names are
 // '/'-separated and relative to the store's root (see ValidName). A local
-// directory is one Store; an S3 bucket prefix will be another.
+// directory is one Store (LocalStore), an S3 bucket prefix another (S3Store).
 type Store interface {
 	// Put stores size bytes read from r under name, replacing any old object.
 	// Readers see either the old object or the whole new one, never a part.
@@ -258,8 +258,9 @@ func (s *LocalStore) Delete(ctx context.Context, name string) error {
 	return nil
 }
 
-// OpenStore opens the store a URL names: a local path, or file:///abs/path.
-// Other schemes (s3:// is planned) give an error.
+// OpenStore opens the store a URL names: a local path, file:///abs/path, or
+// s3://bucket/prefix?settings (see S3.md; OpenStoreWith adds settings from
+// flags). Other schemes give an error.
 func OpenStore(ctx context.Context, rawURL string) (Store, error) {
 	if rawURL == "" {
 		return nil, errors.New("open store: empty location")
@@ -282,8 +283,8 @@ func OpenStore(ctx context.Context, rawURL string) (Store, error) {
 		}
 		return NewLocalStore(filepath.FromSlash(u.Path))
 	case "s3":
-		return nil, fmt.Errorf("open store %q: s3 stores are not supported yet", rawURL)
+		return OpenStoreWith(ctx, rawURL, OpenOptions{})
 	default:
-		return nil, fmt.Errorf("open store %q: unsupported scheme %q (want a path or file:///path)", rawURL, scheme)
+		return nil, fmt.Errorf("open store %q: unsupported scheme %q (want a path, file:///path or s3://bucket/prefix)", rawURL, scheme)
 	}
 }

@@ -99,7 +99,7 @@ func TestOpenStore(t *testing.T) {
 		{url: dir, wantDir: dir},
 		{url: "file://" + dir, wantDir: dir},
 		{url: "file://localhost" + dir, wantDir: dir},
-		{url: "s3://bucket/prefix", wantErr: "not supported yet"},
+		{url: "s3://Bad_Bucket/prefix", wantErr: "bucket name"},
 		{url: "http://example.com/x", wantErr: "unsupported scheme"},
 		{url: "file://otherhost/x", wantErr: "host"},
 		{url: "", wantErr: "empty"},

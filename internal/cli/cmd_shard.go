@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -65,7 +66,10 @@ otherwise a hash of each path sends --val-fraction of the images to val.
 
 Inputs that cannot be used (corrupt, empty, not an image, bad label folder,
 ...) are skipped and counted in the manifest; --strict makes them errors.
-DST is a directory or file:///path. See shard/FORMAT.md for every rule.`)
+DST is a directory, file:///path or s3://bucket/prefix (settings in the URL's
+query or the --s3-* flags, credentials from AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY or a credentials file; see shard/S3.md).
+See shard/FORMAT.md for every rule.`)
 	size := shardByteSize(cfg.MaxShardBytes)
 	fs.IntVar(&cfg.Size, "size", cfg.Size, "output width and height in `pixels`")
 	fs.Var(&size, "max-shard-bytes", "largest shard file (e.g. 64MiB, 500KB, 1048576)")
@@ -77,6 +81,7 @@ DST is a directory or file:///path. See shard/FORMAT.md for every rule.`)
 	fs.BoolVar(&cfg.Strict, "strict", false, "fail on any input that would be skipped (hidden files aside)")
 	fs.BoolVar(&cfg.Overwrite, "overwrite", false, "replace the dataset already in DST")
 	quiet := fs.Bool("quiet", false, "no progress bars")
+	s3 := addS3Flags(fs)
 	if code, done := parse(env, fs); done {
 		return code
 	}
@@ -97,7 +102,7 @@ DST is a directory or file:///path. See shard/FORMAT.md for every rule.`)
 		fmt.Fprintf(env.Stderr, "tailor shard build: %v\n", err)
 		return 2
 	}
-	st, err := shard.OpenStore(ctx, args[1])
+	st, err := shard.OpenStoreWith(ctx, args[1], s3.options())
 	if err != nil {
 		return fail(env, err)
 	}
@@ -123,6 +128,7 @@ Print the manifest of the dataset in DST: label vocabulary and counts, image
 geometry, normalisation statistics, splits, shards and skipped inputs.
 With --verify, read every shard and check its record CRCs and SHA-256.`)
 	verify := fs.Bool("verify", false, "read every shard and check its checksums")
+	s3 := addS3Flags(fs)
 	if code, done := parse(env, fs); done {
 		return code
 	}
@@ -131,7 +137,7 @@ With --verify, read every shard and check its record CRCs and SHA-256.`)
 		fs.Usage()
 		return 2
 	}
-	st, err := shard.OpenStore(ctx, fs.Arg(0))
+	st, err := shard.OpenStoreWith(ctx, fs.Arg(0), s3.options())
 	if err != nil {
 		return fail(env, err)
 	}
@@ -166,6 +172,33 @@ With --verify, read every shard and check its record CRCs and SHA-256.`)
 	}
 	fmt.Fprintf(env.Stdout, "all %d shards ok\n", shardCount(m))
 	return 0
+}
+
+// s3Flags are the --s3-* flags: settings for s3:// locations that the
+// URL's query does not give (shard/S3.md). Credentials have no flags, so
+// they never show in a process list: use the environment or a file.
+type s3Flags struct {
+	endpoint, region, profile, credentialsFile, caFile string
+}
+
+func addS3Flags(fs *flag.FlagSet) *s3Flags {
+	f := &s3Flags{}
+	fs.StringVar(&f.endpoint, "s3-endpoint", "", "S3 `host:port`, or http(s)://host:port (default $TAILOR_S3_ENDPOINT, $AWS_ENDPOINT_URL or AWS)")
+	fs.StringVar(&f.region, "s3-region", "", "S3 region (default $AWS_REGION, or asked from the service)")
+	fs.StringVar(&f.profile, "s3-profile", "", "profile in the AWS credentials file (default $AWS_PROFILE or default)")
+	fs.StringVar(&f.credentialsFile, "s3-credentials-file", "", "AWS shared credentials `file` (default $AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials)")
+	fs.StringVar(&f.caFile, "s3-ca-file", "", "PEM `file` of CA certificates for a self-signed S3 endpoint")
+	return f
+}
+
+func (f *s3Flags) options() shard.OpenOptions {
+	m := map[string]string{}
+	for k, v := range map[string]string{"endpoint": f.endpoint, "region": f.region, "profile": f.profile, "credentials_file": f.credentialsFile, "ca_file": f.caFile} {
+		if v != "" {
+			m[k] = v
+		}
+	}
+	return shard.OpenOptions{S3: m}
 }
 
 func shardCount(m *shard.Manifest) int {

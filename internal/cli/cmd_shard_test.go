@@ -104,7 +104,8 @@ func TestShardUsageErrors(t *testing.T) {
 		{[]string{"build", "a", "b", "--size", "8"}, 2, "flags must come before"},
 		{[]string{"build", "--size", "0", "a", "b"}, 2, "size 0"},
 		{[]string{"build", "--max-shard-bytes", "12XB", "a", "b"}, 2, "unknown unit"},
-		{[]string{"build", "/nonexistent/src", "s3://bucket/x"}, 1, "not supported yet"},
+		{[]string{"build", "/nonexistent/src", "s3://Bad_Bucket/x"}, 1, "bucket name"},
+		{[]string{"build", "--s3-endpoint", "ftp://h", "/nonexistent/src", "s3://bucket/x"}, 1, `scheme "ftp"`},
 		{[]string{"inspect"}, 2, "want DST"},
 		{[]string{"inspect", "/nonexistent/ds"}, 1, "does not exist"},
 	}

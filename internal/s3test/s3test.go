@@ -15,7 +15,8 @@
 //     state), so Start starts it once, on a free 127.0.0.1 port with a random
 //     root key pair, and it runs until the test binary exits. Each test gets
 //     its own bucket instead; NewBucket removes the bucket's files when the
-//     test ends.
+//     test ends, and the next test binary removes the gateway directories
+//     of binaries that have exited.
 //   - The POSIX backend resolves buckets relative to the process's working
 //     directory: posix.New chdirs into the gateway root. Start therefore puts
 //     the working directory back at once and, for every test that calls it,
@@ -40,8 +41,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -95,7 +98,8 @@ func Start(t testing.TB) *Server {
 
 // start launches the gateway; it is called once per process.
 func start() (*Server, error) {
-	base, err := os.MkdirTemp("", "tailor-s3test-")
+	removeStale()
+	base, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", dirPrefix, os.Getpid()))
 	if err != nil {
 		return nil, err
 	}
@@ -216,6 +220,32 @@ func run(be *posix.Posix, srv *Server) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// dirPrefix starts the names of the gateways' temp directories, followed
+// by the owning process's ID.
+const dirPrefix = "tailor-s3test-"
+
+// removeStale removes the temp directories of test binaries that have
+// exited: the gateway outlives every test, so nothing else removes them.
+func removeStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, d := range dirs {
+		pidStr, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), dirPrefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid == os.Getpid() || processAlive(pid) {
+			continue
+		}
+		os.RemoveAll(d)
+	}
+}
+
+func processAlive(pid int) bool {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return false
+	}
+	return !errors.Is(p.Signal(syscall.Signal(0)), os.ErrProcessDone)
 }
 
 // probeXattr checks that user extended attributes can be set in dir.
