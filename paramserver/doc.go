@@ -34,7 +34,8 @@
 // the version counts updates. A push carries the worker's own step (its
 // count of pushes) and the version its gradient was computed from; a step
 // the worker has already pushed is rejected as a duplicate, so a retried
-// push is applied at most once.
+// push is applied at most once. A worker id must therefore keep counting
+// across reconnects (or a restarted worker must take a new id).
 //
 // Bounded staleness (Mode SSP): Async, but a worker's push for step s is
 // held while s > c + Staleness, where c is the step the slowest active

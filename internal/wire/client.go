@@ -123,8 +123,10 @@ func (c *Client) checkPush(tensors [][]float32) error {
 //
 // Push returns once every server has answered; the result is the smallest
 // version the servers reported. A refusal is a *RejectedError (errors.Is
-// ErrRejected); with several servers, errors are joined. The tensors are
-// read, never written, and must not change until Push returns.
+// ErrRejected); with several servers, errors are joined. Servers decide
+// independently: if some refuse (say, the membership changed between
+// them) the others' parts are still updated. The tensors are read, never
+// written, and must not change until Push returns.
 func (c *Client) Push(ctx context.Context, step, version int64, tensors [][]float32) (int64, error) {
 	if err := c.checkPush(tensors); err != nil {
 		return -1, err

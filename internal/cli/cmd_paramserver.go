@@ -1,0 +1,165 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/tailorml/tailor/internal/wire"
+	"github.com/tailorml/tailor/model"
+	"github.com/tailorml/tailor/paramserver"
+)
+
+func init() {
+	register("paramserver", "serve one parameter server of a distributed training run", runParamServer)
+}
+
+func runParamServer(ctx context.Context, env *Env) int {
+	cfg := paramserver.DefaultConfig("", nil)
+	var (
+		workers, initFrom, metricsAddr, mode string
+		size, labels, epochs                 int
+		seed                                 uint64
+		showPlan                             bool
+	)
+	fs := newFlagSet(env, "paramserver", "--run ID --workers W1,W2,... --labels N", `
+Serves server --index of --servers parameter servers for SmallerVGGNet at
+--size px with --labels outputs: holds its share of the weights (the plan cuts
+the concatenated tensors into equal ranges), applies the workers' gradients with
+Adam (--mode sync, async or ssp) and serves the weights over gRPC. BatchNorm
+running statistics travel as untrained "state" tensors. Initial weights come
+from --seed (every server of the run must use the same), from a model file, or
+from an Init call (--init rpc). Prometheus metrics are served at
+--metrics-listen/metrics. Workers are a fixed list for now.`)
+	fs.StringVar(&cfg.RunID, "run", "", "run id (required)")
+	fs.IntVar(&cfg.Index, "index", cfg.Index, "this server's index")
+	fs.IntVar(&cfg.Servers, "servers", cfg.Servers, "number of parameter servers")
+	fs.StringVar(&cfg.ListenAddr, "listen", cfg.ListenAddr, "gRPC listen address")
+	fs.StringVar(&metricsAddr, "metrics-listen", ":9410", "metrics HTTP listen address (empty: none)")
+	fs.StringVar(&mode, "mode", string(cfg.Mode), "update rule: sync, async or ssp")
+	fs.IntVar(&cfg.Staleness, "staleness", cfg.Staleness, "ssp: steps a worker may run ahead of the slowest")
+	fs.DurationVar(&cfg.StepDeadline, "step-deadline", cfg.StepDeadline, "sync: apply a step this long after its first gradient even if some are missing")
+	fs.IntVar(&cfg.SyncQuorum, "quorum", 0, "sync: apply a step once this many gradients are in (0: all workers)")
+	fs.StringVar(&workers, "workers", "", "comma-separated worker ids allowed to push (required)")
+	fs.IntVar(&size, "size", 64, "input size in pixels")
+	fs.IntVar(&labels, "labels", 0, "number of labels (required)")
+	fs.Float64Var(&cfg.Adam.LR, "lr", cfg.Adam.LR, "Adam learning rate")
+	fs.IntVar(&epochs, "decay-epochs", 0, "decay the learning rate as lr/(1+lr/N·step), the tutorial's with N epochs (0: no decay)")
+	fs.Uint64Var(&seed, "seed", 1, "run seed of the initial weights (with --init seed)")
+	fs.StringVar(&initFrom, "init", "seed", `initial weights: "seed", "rpc" (wait for an Init call) or a model file`)
+	fs.BoolVar(&showPlan, "plan", false, "print the partition plan and exit")
+	if code, done := parse(env, fs); done {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(env.Stderr, "tailor paramserver: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	if labels < 1 {
+		fmt.Fprintln(env.Stderr, "tailor paramserver: --labels is required")
+		return 2
+	}
+	mnet, err := model.New(model.DefaultConfig(size, labels), seed)
+	if err != nil {
+		return fail(env, err)
+	}
+	spec, weights := netTensors(mnet)
+	cfg.Spec = spec
+	if showPlan {
+		return printPlan(env, spec, cfg.Servers)
+	}
+	if cfg.RunID == "" || workers == "" {
+		fmt.Fprintln(env.Stderr, "tailor paramserver: --run and --workers are required")
+		return 2
+	}
+	cfg.Mode = paramserver.Mode(mode)
+	if epochs > 0 {
+		cfg.Adam.Decay = cfg.Adam.LR / float64(epochs)
+	}
+	cfg.Logger = env.Log
+	members := paramserver.NewStaticMembers(strings.Split(workers, ",")...)
+	srv, err := paramserver.New(cfg, members)
+	if err != nil {
+		return fail(env, err)
+	}
+	defer srv.Close()
+	switch initFrom {
+	case "rpc":
+		env.Log.Info("waiting for initial weights (Init)")
+	case "seed":
+		err = srv.SetWeights(0, weights)
+	default:
+		var b *model.Bundle
+		if b, err = model.Load(initFrom); err == nil {
+			fileSpec, w := netTensors(b.Net)
+			if fileSpec.Total() != spec.Total() || len(fileSpec) != len(spec) {
+				err = fmt.Errorf("model file %s is not a %d px, %d-label SmallerVGGNet", initFrom, size, labels)
+			} else {
+				err = srv.SetWeights(0, w)
+			}
+		}
+	}
+	if err != nil {
+		return fail(env, err)
+	}
+	if metricsAddr != "" {
+		lis, err := net.Listen("tcp", metricsAddr)
+		if err != nil {
+			return fail(env, fmt.Errorf("metrics: %w", err))
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", srv.MetricsHandler())
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				env.Log.Error("metrics server", "err", err)
+			}
+		}()
+		defer hs.Close()
+		env.Log.Info("metrics", "addr", lis.Addr().String())
+	}
+	if err := srv.ListenAndServe(ctx); err != nil {
+		return fail(env, err)
+	}
+	return 0
+}
+
+// netTensors is the net's parameter-server spec and its current values:
+// the trainable tensors in order, then each BatchNorm layer's running mean
+// and variance as State tensors (the model file's order). Workers must
+// build the same spec.
+func netTensors(n *model.Net) (wire.Spec, [][]float32) {
+	var spec wire.Spec
+	var data [][]float32
+	for _, p := range n.Params() {
+		spec = append(spec, wire.Tensor{Name: p.Name, Size: len(p.Data), Kind: wire.Param})
+		data = append(data, p.Data)
+	}
+	for _, st := range n.BN() {
+		spec = append(spec,
+			wire.Tensor{Name: st.Name + "/mean", Size: len(st.Mean), Kind: wire.State},
+			wire.Tensor{Name: st.Name + "/var", Size: len(st.Variance), Kind: wire.State})
+		data = append(data, st.Mean, st.Variance)
+	}
+	return spec, data
+}
+
+func printPlan(env *Env, spec wire.Spec, servers int) int {
+	plan, err := wire.NewPlan(spec, servers)
+	if err != nil {
+		return fail(env, err)
+	}
+	fmt.Fprintf(env.Stdout, "%d tensors, %d floats (%.1f MB), %d servers, plan %016x\n",
+		len(spec), spec.Total(), float64(spec.Total())*4/1e6, servers, plan.Fingerprint())
+	for s := range servers {
+		fmt.Fprintf(env.Stdout, "server %d: %d floats (%.1f MB)\n", s, plan.ServerLen(s), float64(plan.ServerLen(s))*4/1e6)
+		for _, p := range plan.ServerParts(s) {
+			fmt.Fprintf(env.Stdout, "  %-12s %-5s [%d, %d) of %d\n", p.Name, p.Kind, p.Offset, p.Offset+p.Len, spec[p.Tensor].Size)
+		}
+	}
+	return 0
+}
