@@ -322,7 +322,7 @@ func OpenStoreWith(ctx context.Context, rawURL string, opts OpenOptions) (Store,
 	}
 	st, err := NewS3Store(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
+		return nil, err // says "open s3://..." already
 	}
 	return st, nil
 }
@@ -559,15 +559,15 @@ var _ Store = (*S3Store)(nil)
 // unreachable endpoint ErrUnreachable.
 func NewS3Store(ctx context.Context, cfg S3Config) (*S3Store, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("open %s: %w", cfg.Location(), err)
 	}
 	creds, err := s3Credentials(&cfg)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("open %s: %w", cfg.Location(), err)
 	}
 	tr, err := minio.DefaultTransport(cfg.TLS)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", cfg.Location(), err)
+		return nil, fmt.Errorf("open %s: %w", cfg.Location(), err)
 	}
 	tr.DialContext = (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	tr.TLSHandshakeTimeout = cfg.DialTimeout
@@ -575,14 +575,14 @@ func NewS3Store(ctx context.Context, cfg S3Config) (*S3Store, error) {
 	if cfg.CAFile != "" {
 		pem, err := os.ReadFile(cfg.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("%s: ca file: %w", cfg.Location(), err)
+			return nil, fmt.Errorf("open %s: ca file: %w", cfg.Location(), err)
 		}
 		pool, err := x509.SystemCertPool()
 		if err != nil {
 			pool = x509.NewCertPool()
 		}
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s: ca file %s holds no PEM certificates", cfg.Location(), cfg.CAFile)
+			return nil, fmt.Errorf("open %s: ca file %s holds no PEM certificates", cfg.Location(), cfg.CAFile)
 		}
 		if tr.TLSClientConfig == nil {
 			tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
@@ -605,7 +605,7 @@ func NewS3Store(ctx context.Context, cfg S3Config) (*S3Store, error) {
 		MaxRetries:   cfg.MaxAttempts,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", cfg.Location(), err)
+		return nil, fmt.Errorf("open %s: %w", cfg.Location(), err)
 	}
 	s := &S3Store{cfg: cfg, client: client, core: minio.Core{Client: client}}
 	if cfg.Prefix != "" {
@@ -643,15 +643,15 @@ func s3Credentials(cfg *S3Config) (*credentials.Credentials, error) {
 		// so a secret: only file system errors are passed on.
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("%s: credentials file: %w", cfg.Location(), err)
+			return nil, fmt.Errorf("credentials file: %w", err)
 		}
 		if strings.Contains(err.Error(), "does not exist") {
-			return nil, fmt.Errorf("%s: credentials file %s has no profile %q", cfg.Location(), cfg.CredentialsFile, profile)
+			return nil, fmt.Errorf("credentials file %s has no profile %q", cfg.CredentialsFile, profile)
 		}
-		return nil, fmt.Errorf("%s: credentials file %s: cannot read profile %q (malformed file or incomplete profile)", cfg.Location(), cfg.CredentialsFile, profile)
+		return nil, fmt.Errorf("credentials file %s: cannot read profile %q (malformed file or incomplete profile)", cfg.CredentialsFile, profile)
 	}
 	if v.AccessKeyID == "" || v.SecretAccessKey == "" {
-		return nil, fmt.Errorf("%s: credentials file %s: profile %q has no aws_access_key_id and aws_secret_access_key", cfg.Location(), cfg.CredentialsFile, profile)
+		return nil, fmt.Errorf("credentials file %s: profile %q has no aws_access_key_id and aws_secret_access_key", cfg.CredentialsFile, profile)
 	}
 	return creds, nil
 }
