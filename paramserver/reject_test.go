@@ -2,10 +2,14 @@ package paramserver
 
 import (
 	"context"
+	"encoding"
 	"errors"
 	"math"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/mem"
 
 	"github.com/tailorml/tailor/internal/wire"
 )
@@ -151,4 +155,56 @@ func TestPushBeforeInit(t *testing.T) {
 	if re := (*wire.RejectedError)(nil); !errors.As(err, &re) || re.Reason != wire.ReasonUninitialised {
 		t.Errorf("got %v, want %s", err, wire.ReasonUninitialised)
 	}
+}
+
+// corruptCodec encodes like the wire codec, then flips a bit in the last
+// byte: a chunk's payload, damaged on the way.
+type corruptCodec struct{}
+
+func (corruptCodec) Name() string { return wire.CodecName }
+
+func (corruptCodec) Marshal(v any) (mem.BufferSlice, error) {
+	b, err := v.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	b[len(b)-1] ^= 0x08
+	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+}
+
+func (corruptCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	return v.(encoding.BinaryUnmarshaler).UnmarshalBinary(data.Materialize())
+}
+
+// A payload damaged on the wire fails its checksum: the push fails, is
+// counted as corrupt, and the weights do not change.
+func TestCorruptPayload(t *testing.T) {
+	c := startCluster(t, NewStaticMembers("w0"), syncConfigs(t, 1, nil)...)
+	init := initCluster(t, c)
+	conn, err := grpc.NewClient(c.addrs[0], wire.DialOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, wire.MethodPush, grpc.ForceCodecV2(corruptCodec{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range pushChunks(c.servers[0].Plan(), 0, "w0", 0, grad(c.spec, 0, 0)) {
+		if err := st.SendMsg(ch); err != nil {
+			break
+		}
+	}
+	_ = st.CloseSend()
+	if err := st.RecvMsg(new(wire.PushReply)); err == nil {
+		t.Fatal("corrupt push answered without error")
+	}
+	eventually(t, 5*time.Second, "the corrupt counter", func() bool { return rejected(c.status(t, 0), wire.ReasonCorrupt) == 1 })
+	into := zeros(c.spec)
+	if v, err := c.client(t, "w0").Pull(ctx, 0, into); err != nil || v != 0 {
+		t.Fatalf("pull: version %d, %v", v, err)
+	}
+	sameBits(t, c.spec, into, init)
 }

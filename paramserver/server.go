@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/optim"
@@ -339,9 +341,9 @@ func (s *Server) receive(st grpc.ServerStream, init bool) error {
 		if err != nil {
 			// The stream is over (gRPC has sent the client a status): count
 			// and log, no reply is possible.
-			reason = wire.ReasonCorrupt
-			if st.Context().Err() != nil {
-				reason = wire.ReasonCanceled
+			reason = wire.ReasonCanceled // the client went away
+			if c := status.Code(err); c == codes.Internal || c == codes.ResourceExhausted {
+				reason = wire.ReasonCorrupt // undecodable, bad checksum, too big
 			}
 			s.m.reject(reason)
 			s.log.Warn("push failed", "worker", h.worker, "step", h.step, "reason", reason, "err", err)
