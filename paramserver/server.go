@@ -34,6 +34,8 @@ var (
 	ErrMismatch = errors.New("paramserver: does not match the plan")
 )
 
+var _ wire.Handler = (*Server)(nil)
+
 // Server is one parameter server: it holds its parts of the model (see
 // wire.Plan), applies the update rule, and answers the wire protocol.
 type Server struct {
