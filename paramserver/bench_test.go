@@ -41,25 +41,27 @@ func netSpec(size, labels int) wire.Spec {
 // BenchmarkPushPull is one worker and one server on loopback, in sync mode:
 // each iteration pushes the whole model's gradient and pulls the new
 // weights. MB/s counts both directions (2 × 34.7 MB per iteration).
-// "wire" skips the optimizer, to measure the protocol alone; "adam"
-// includes the server's update.
+// "wire" skips the optimizer, to measure the protocol alone ("nocrc"
+// also without payload checksums); "adam" includes the server's update.
 func BenchmarkPushPull(b *testing.B) {
 	spec := netSpec(96, 11)
 	for _, bc := range []struct {
 		name       string
 		skipUpdate bool
 		chunk      int
+		noChecksum bool
 	}{
-		{"wire/chunk=1MiB", true, 1 << 20},
-		{"wire/chunk=4MiB", true, 4 << 20},
-		{"adam/chunk=1MiB", false, 1 << 20},
+		{"wire/chunk=1MiB", true, 1 << 20, false},
+		{"wire/chunk=4MiB", true, 4 << 20, false},
+		{"wire/chunk=1MiB/nocrc", true, 1 << 20, true},
+		{"adam/chunk=1MiB", false, 1 << 20, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			cfg := DefaultConfig(testRun, spec)
 			cfg.ListenAddr = "127.0.0.1:0"
 			c := startCluster(b, NewStaticMembers("w0"), cfg)
 			c.servers[0].skipUpdate = bc.skipUpdate
-			cl, err := wire.NewClient(wire.ClientConfig{RunID: testRun, WorkerID: "w0", Addrs: c.addrs, Spec: spec, ChunkBytes: bc.chunk})
+			cl, err := wire.NewClient(wire.ClientConfig{RunID: testRun, WorkerID: "w0", Addrs: c.addrs, Spec: spec, ChunkBytes: bc.chunk, NoChecksum: bc.noChecksum})
 			if err != nil {
 				b.Fatal(err)
 			}

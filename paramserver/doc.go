@@ -61,7 +61,8 @@
 // A push is read into a pooled buffer and checked before it can touch the
 // weights: run id, plan fingerprint and server index, sender in the
 // membership, step (see above), exact coverage of the server's parts in
-// order (no gap, overlap or extra), payload checksum (CRC-32C), and finite
+// order (no gap, overlap or extra), payload checksum (CRC-32C, when the
+// sender set wire.FlagChecksum, as clients do by default), and finite
 // values. A refused push is answered with its reason, counted
 // (tailor_ps_pushes_rejected_total{reason}) and logged; the weights do not
 // change.

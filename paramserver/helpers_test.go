@@ -258,7 +258,7 @@ func pushChunks(plan *wire.Plan, i int, worker string, step int64, ts [][]float3
 		for off := 0; off < p.Len; off += 1024 {
 			n := min(1024, p.Len-off)
 			out = append(out, &wire.Chunk{
-				Type: wire.TypePushChunk, RunID: testRun, WorkerID: worker, Plan: plan.Fingerprint(),
+				Type: wire.TypePushChunk, RunID: testRun, WorkerID: worker, Plan: plan.Fingerprint(), Flags: wire.FlagChecksum,
 				Step: step, Version: step, Server: i, Part: p.ID, Offset: off,
 				Payload: slices.Clone(wire.Bytes(ts[p.Tensor][p.Offset+off : p.Offset+off+n])),
 			})

@@ -45,7 +45,7 @@ func (s *Server) Pull(req *wire.PullRequest, st grpc.ServerStream) error {
 	defer snap.unref()
 	chunk := wire.ClampChunkBytes(req.ChunkBytes) / 4
 	ch := wire.Chunk{
-		Type: wire.TypePullChunk, RunID: s.cfg.RunID, WorkerID: req.WorkerID, Plan: s.plan.Fingerprint(),
+		Type: wire.TypePullChunk, RunID: s.cfg.RunID, WorkerID: req.WorkerID, Plan: s.plan.Fingerprint(), Flags: req.Flags & wire.FlagChecksum,
 		Step: snap.version, Version: snap.version, Server: s.cfg.Index,
 	}
 	for _, p := range s.parts {

@@ -23,6 +23,9 @@ type ClientConfig struct {
 	// DefaultChunkBytes. It is rounded down to a multiple of 4 and clamped
 	// to [MinChunkBytes, MaxChunkBytes].
 	ChunkBytes int
+	// NoChecksum turns off the CRC-32C of pushed and pulled payloads
+	// (FlagChecksum), trading integrity for about a quarter of the CPU.
+	NoChecksum bool
 	// DialOptions are appended to DialOptions().
 	DialOptions []grpc.DialOption
 }
@@ -37,6 +40,7 @@ type Client struct {
 	runID, workerID string
 	plan            *Plan
 	chunkFloats     int
+	flags           uint64
 	conns           []*grpc.ClientConn
 }
 
@@ -55,7 +59,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{runID: cfg.RunID, workerID: cfg.WorkerID, plan: plan, chunkFloats: ClampChunkBytes(cfg.ChunkBytes) / 4}
+	c := &Client{runID: cfg.RunID, workerID: cfg.WorkerID, plan: plan, chunkFloats: ClampChunkBytes(cfg.ChunkBytes) / 4, flags: FlagChecksum}
+	if cfg.NoChecksum {
+		c.flags = 0
+	}
 	opts := append(DialOptions(), cfg.DialOptions...)
 	for i, a := range cfg.Addrs {
 		conn, err := grpc.NewClient(a, opts...)
@@ -200,7 +207,7 @@ func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64,
 // server has answered early (a refusal); the caller reads the answer.
 func (c *Client) sendChunks(st grpc.ClientStream, i int, step, version int64, tensors [][]float32) error {
 	ch := Chunk{
-		Type: TypePushChunk, RunID: c.runID, WorkerID: c.workerID, Plan: c.plan.Fingerprint(),
+		Type: TypePushChunk, RunID: c.runID, WorkerID: c.workerID, Plan: c.plan.Fingerprint(), Flags: c.flags,
 		Step: step, Version: version, Server: i,
 	}
 	for _, p := range c.plan.ServerParts(i) {
@@ -254,7 +261,7 @@ func (c *Client) pullFrom(ctx context.Context, i int, minVersion int64, into [][
 	}
 	req := &PullRequest{
 		RunID: c.runID, WorkerID: c.workerID, Plan: c.plan.Fingerprint(), Server: i,
-		MinVersion: minVersion, ChunkBytes: c.chunkFloats * 4,
+		MinVersion: minVersion, ChunkBytes: c.chunkFloats * 4, Flags: c.flags,
 	}
 	if err := st.SendMsg(req); err != nil {
 		return -1, fmt.Errorf("wire: pull from server %d: %w", i, err)

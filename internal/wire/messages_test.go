@@ -11,7 +11,7 @@ import (
 
 func sampleChunk() *Chunk {
 	return &Chunk{
-		Type: TypePushChunk, RunID: "run-1", WorkerID: "w3", Plan: 0x0123456789abcdef, Flags: 0,
+		Type: TypePushChunk, RunID: "run-1", WorkerID: "w3", Plan: 0x0123456789abcdef, Flags: FlagChecksum,
 		Step: 41, Version: -1, Server: 2, Part: 17, Offset: 1 << 20,
 		Payload: Bytes([]float32{1, -2.5, 3e-8, 0}),
 	}
@@ -22,11 +22,13 @@ func sampleMessages() []message {
 	pull.Type, pull.Step, pull.Version = TypePullChunk, 9, 9
 	empty := sampleChunk()
 	empty.Payload = nil
+	unchecked := sampleChunk()
+	unchecked.Flags = 0
 	return []message{
-		sampleChunk(), pull, empty,
+		sampleChunk(), pull, empty, unchecked,
 		&PushReply{RunID: "run-1", WorkerID: "w3", Server: 2, Step: 41, Version: 42, Accepted: true},
 		&PushReply{RunID: "run-1", WorkerID: "w3", Server: 0, Step: -3, Version: 7, Reason: ReasonNonFinite},
-		&PullRequest{RunID: "r", WorkerID: "w", Plan: 1, Server: 5, MinVersion: 12345678901, ChunkBytes: 1 << 20},
+		&PullRequest{RunID: "r", WorkerID: "w", Plan: 1, Server: 5, MinVersion: 12345678901, ChunkBytes: 1 << 20, Flags: FlagChecksum},
 		&StatusRequest{RunID: "r", WorkerID: "coordinator"},
 		&StatusReply{
 			RunID: "r", WorkerID: "w", Server: 1, Mode: "sync", Initialised: true, Version: 10, Step: 10,
@@ -140,6 +142,15 @@ func TestChunkCorrupt(t *testing.T) {
 		if !errors.Is(err, tc.want) || !errors.Is(err, ErrCorrupt) {
 			t.Errorf("%s: got %v, want %v", tc.name, err, tc.want)
 		}
+	}
+	// Without FlagChecksum a damaged payload goes through: that is the
+	// price of turning it off.
+	c := sampleChunk()
+	c.Flags = 0
+	b := encode(t, c)
+	b[len(b)-3] ^= 0x10
+	if err := new(Chunk).UnmarshalBinary(b); err != nil {
+		t.Errorf("unchecked chunk: %v", err)
 	}
 }
 
