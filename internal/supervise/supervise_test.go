@@ -76,7 +76,7 @@ func TestStopLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	// ignores TERM and has a grandchild
-	if err := g.Start(Spec{Name: "stubborn", Path: "/bin/sh", Args: []string{"-c", "trap '' TERM; sleep 60 & wait"}}); err != nil {
+	if err := g.Start(Spec{Name: "stubborn", Path: "/bin/sh", Args: []string{"-c", "trap '' TERM; echo ready; sleep 60 & wait"}}); err != nil {
 		t.Fatal(err)
 	}
 	pids := []int{}
@@ -88,7 +88,7 @@ func TestStopLeavesNothing(t *testing.T) {
 		pids = append(pids, p)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(out.String(), "polite      | hello") {
+	for !strings.Contains(out.String(), "polite      | hello") || !strings.Contains(out.String(), "stubborn    | ready") {
 		if time.Now().After(deadline) {
 			t.Fatalf("no prefixed output: %q", out.String())
 		}
@@ -100,8 +100,9 @@ func TestStopLeavesNothing(t *testing.T) {
 	if err := g.Wait(ctx, "", nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("Wait: %v", err)
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("stop took %v", d)
+	// the stubborn child needed SIGKILL after the grace period
+	if d := time.Since(start); d < 500*time.Millisecond || d > 5*time.Second {
+		t.Errorf("stop took %v, want the 500ms grace then SIGKILL", d)
 	}
 	for _, p := range pids {
 		if alive(p) {
