@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tailorml/tailor/internal/netspec"
 	"net"
 	"net/http"
 	"strings"
@@ -67,7 +68,7 @@ from an Init call (--init rpc). Prometheus metrics are served at
 	if err != nil {
 		return fail(env, err)
 	}
-	spec, weights := netTensors(mnet)
+	spec, weights := netspec.Tensors(mnet)
 	cfg.Spec = spec
 	if showPlan {
 		return printPlan(env, spec, cfg.Servers)
@@ -95,7 +96,7 @@ from an Init call (--init rpc). Prometheus metrics are served at
 	default:
 		var b *model.Bundle
 		if b, err = model.Load(initFrom); err == nil {
-			fileSpec, w := netTensors(b.Net)
+			fileSpec, w := netspec.Tensors(b.Net)
 			if fileSpec.Total() != spec.Total() || len(fileSpec) != len(spec) {
 				err = fmt.Errorf("model file %s is not a %d px, %d-label SmallerVGGNet", initFrom, size, labels)
 			} else {
@@ -132,22 +133,6 @@ from an Init call (--init rpc). Prometheus metrics are served at
 // the trainable tensors in order, then each BatchNorm layer's running mean
 // and variance as State tensors (the model file's order). Workers must
 // build the same spec.
-func netTensors(n *model.Net) (wire.Spec, [][]float32) {
-	var spec wire.Spec
-	var data [][]float32
-	for _, p := range n.Params() {
-		spec = append(spec, wire.Tensor{Name: p.Name, Size: len(p.Data), Kind: wire.Param})
-		data = append(data, p.Data)
-	}
-	for _, st := range n.BN() {
-		spec = append(spec,
-			wire.Tensor{Name: st.Name + "/mean", Size: len(st.Mean), Kind: wire.State},
-			wire.Tensor{Name: st.Name + "/var", Size: len(st.Variance), Kind: wire.State})
-		data = append(data, st.Mean, st.Variance)
-	}
-	return spec, data
-}
-
 func printPlan(env *Env, spec wire.Spec, servers int) int {
 	plan, err := wire.NewPlan(spec, servers)
 	if err != nil {

@@ -1,0 +1,50 @@
+// Package netspec maps the net's tensors onto the parameter servers' wire
+// spec: the trainable parameters in model order (wire.Param), then each
+// BatchNorm layer's running mean and variance (wire.State). Workers, the
+// parameter servers and the coordinator build the spec here, so their plans
+// agree (the plan fingerprint in every message checks it).
+package netspec
+
+import (
+	"github.com/tailorml/tailor/internal/wire"
+	"github.com/tailorml/tailor/model"
+)
+
+// Tensors returns the net's wire spec and the slices holding each tensor's
+// values (aliases of the net's weights and statistics, in spec order).
+func Tensors(n *model.Net) (wire.Spec, [][]float32) {
+	var spec wire.Spec
+	var data [][]float32
+	for _, p := range n.Params() {
+		spec = append(spec, wire.Tensor{Name: p.Name, Size: len(p.Data), Kind: wire.Param})
+		data = append(data, p.Data)
+	}
+	for _, st := range n.BN() {
+		spec = append(spec,
+			wire.Tensor{Name: st.Name + "/mean", Size: len(st.Mean), Kind: wire.State},
+			wire.Tensor{Name: st.Name + "/var", Size: len(st.Variance), Kind: wire.State})
+		data = append(data, st.Mean, st.Variance)
+	}
+	return spec, data
+}
+
+// Spec is the wire spec of the architecture cfg.
+func Spec(cfg model.Config) (wire.Spec, error) {
+	n, err := model.New(cfg, 0)
+	if err != nil {
+		return nil, err
+	}
+	s, _ := Tensors(n)
+	return s, nil
+}
+
+// Push assembles what a worker pushes after a step: the gradients of the
+// parameters (grads, aligned with n.Params()) followed by the net's current
+// BatchNorm statistics, in spec order. The result aliases its inputs.
+func Push(n *model.Net, grads [][]float32) [][]float32 {
+	out := append([][]float32(nil), grads...)
+	for _, st := range n.BN() {
+		out = append(out, st.Mean, st.Variance)
+	}
+	return out
+}
