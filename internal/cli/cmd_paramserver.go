@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/tailorml/tailor/internal/netspec"
 	"net"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/tailorml/tailor/internal/netspec"
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/paramserver"
