@@ -113,9 +113,11 @@ type convGradInput struct {
 
 func (op *convGradInput) Do(vals ...G.Value) (G.Value, error) {
 	f := op.fwd
+	k, p := f.c*9, f.h*f.w
 	if op.outT == nil {
 		op.outT, op.out = newBuf(tensor.Shape{f.n, f.c, f.h, f.w})
-		op.dcols = make([]float32, f.n*f.c*9*f.h*f.w)
+		// scratch columns per goroutine, not per image
+		op.dcols = make([]float32, workers(f.n)*k*p)
 	}
 	wt, err := f32(vals[0], f.o*f.c*9, "conv weight")
 	if err != nil {
@@ -125,9 +127,8 @@ func (op *convGradInput) Do(vals ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, p := f.c*9, f.h*f.w
-	parallelFor(f.n, func(i int) {
-		dcols := op.dcols[i*k*p : (i+1)*k*p]
+	parallelForWorker(f.n, func(wk, i int) {
+		dcols := op.dcols[wk*k*p : (wk+1)*k*p]
 		sgemm(true, false, k, p, f.o, 1, wt, k, dy[i*f.o*p:(i+1)*f.o*p], p, 0, dcols, p)
 		col2im(op.out[i*f.c*p:(i+1)*f.c*p], dcols, f.c, f.h, f.w)
 	})

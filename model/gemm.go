@@ -3,6 +3,7 @@ package model
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
@@ -25,34 +26,32 @@ func sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 // parallelFor runs fn(i) for i in [0, n) on up to GOMAXPROCS goroutines and
 // returns when all are done.
 func parallelFor(n int, fn func(i int)) {
-	workers := runtime.GOMAXPROCS(0)
-	if workers > n {
-		workers = n
-	}
-	if workers <= 1 {
+	parallelForWorker(n, func(_, i int) { fn(i) })
+}
+
+// workers is how many goroutines parallelFor uses for n items.
+func workers(n int) int { return max(1, min(runtime.GOMAXPROCS(0), n)) }
+
+// parallelForWorker is parallelFor that also passes the goroutine's index in
+// [0, workers(n)), for per-goroutine scratch buffers.
+func parallelForWorker(n int, fn func(worker, i int)) {
+	w := workers(n)
+	if w <= 1 {
 		for i := 0; i < n; i++ {
-			fn(i)
+			fn(0, i)
 		}
 		return
 	}
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	next := 0
-	for w := 0; w < workers; w++ {
+	var next atomic.Int64
+	for k := 0; k < w; k++ {
 		wg.Add(1)
-		go func() {
+		go func(k int) {
 			defer wg.Done()
-			for {
-				mu.Lock()
-				i := next
-				next++
-				mu.Unlock()
-				if i >= n {
-					return
-				}
-				fn(i)
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				fn(k, i)
 			}
-		}()
+		}(k)
 	}
 	wg.Wait()
 }
