@@ -204,6 +204,16 @@ func (n *Net) NumParams() int {
 	return t
 }
 
+// DropoutSeed is the dropout seed of the worker with the given rank in a run
+// seeded with runSeed. Rank 0 (and the single-process trainer) use the run
+// seed itself; others mix in their rank, so workers drop different units.
+func DropoutSeed(runSeed, rank uint64) uint64 {
+	if rank == 0 {
+		return runSeed
+	}
+	return mix64(runSeed, rank)
+}
+
 // StepOptions control one training step.
 type StepOptions struct {
 	Dropout bool   // apply dropout (training); off for gradient checks

@@ -154,6 +154,22 @@ func (d *Dataset) Targets(y []float32, idx []int) {
 	}
 }
 
+// FillBatch writes a batch of records as net inputs x (NCHW, normalised,
+// augmented as a pure function of (seed, epoch, record id) when aug is
+// enabled) and 0/1 targets y (len(recs)·labels). Workers and the
+// single-process trainer prepare batches with it, so both feed the net the
+// same numbers.
+func FillBatch(x, y []float32, recs []*shard.Record, labels, h, w, c int, aug input.Augment, mean, std []float32, seed uint64, epoch int) {
+	n := c * h * w
+	clear(y[:len(recs)*labels])
+	for i, rec := range recs {
+		aug.Apply(x[i*n:(i+1)*n], rec.Pixels, h, w, c, mean, std, input.SampleSeed(seed, epoch, rec.ID))
+		for _, l := range rec.Labels {
+			y[i*labels+int(l)] = 1
+		}
+	}
+}
+
 // Truth returns the ground truth as flat bools, for metrics.
 func (d *Dataset) Truth() []bool {
 	t := make([]bool, len(d.Records)*d.Labels)
@@ -362,6 +378,7 @@ type trainer struct {
 	mean, std  []float32
 	log        *slog.Logger
 	x, y       []float32
+	recs       []*shard.Record
 }
 
 func (t *trainer) bundle(thresholds []float32) *model.Bundle {
@@ -403,11 +420,15 @@ func (t *trainer) epoch(ctx context.Context, epoch int, progressOut io.Writer) (
 		}
 		idx := order[s*cfg.Batch : min((s+1)*cfg.Batch, len(order))]
 		k := len(idx)
-		d.Inputs(t.x[:k*n], idx, cfg.Augment, t.mean, t.std, cfg.Seed, epoch)
-		d.Targets(t.y, idx)
+		recs := t.recs[:0]
+		for _, r := range idx {
+			recs = append(recs, &d.Records[r])
+		}
+		t.recs = recs
+		FillBatch(t.x, t.y, recs, d.Labels, d.H, d.W, d.C, cfg.Augment, t.mean, t.std, cfg.Seed, epoch)
 		t0 := time.Now()
 		loss, grads, err := t.net.TrainStep(t.x[:k*n], t.y[:k*d.Labels], k, model.StepOptions{
-			Dropout: true, Seed: cfg.Seed, Step: uint64(t.opt.Step()), BN: model.BNTrain,
+			Dropout: true, Seed: model.DropoutSeed(cfg.Seed, 0), Step: uint64(t.opt.Step()), BN: model.BNTrain,
 		})
 		if err != nil {
 			return Epoch{}, err

@@ -1,0 +1,103 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tailorml/tailor/input"
+	"github.com/tailorml/tailor/internal/netspec"
+	"github.com/tailorml/tailor/internal/wire"
+	"github.com/tailorml/tailor/model"
+	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/train"
+)
+
+// ComputeConfig is what a worker's step needs to know about the run.
+type ComputeConfig struct {
+	Rank    uint64 // worker rank: mixed into the dropout seed
+	Seed    uint64 // run seed
+	Augment input.Augment
+	Mean    []float32 // input normalisation, from the manifest
+	Std     []float32
+	Sync    bool // pull exactly the version after this step (sync mode)
+}
+
+// Compute is one worker's step machinery: the net, its input buffers and the
+// connection to the parameter servers. Not safe for concurrent use.
+type Compute struct {
+	cfg     ComputeConfig
+	net     *model.Net
+	client  *wire.Client
+	tensors [][]float32 // aliases of the net's weights and statistics, spec order
+	x, y    []float32
+	version int64
+
+	// time spent, for the "share of a step spent communicating" figure
+	ComputeTime, PushTime, PullTime time.Duration
+}
+
+// NewCompute wires a net to a parameter-server client built from the same
+// spec (netspec.Tensors).
+func NewCompute(cfg ComputeConfig, net *model.Net, client *wire.Client) *Compute {
+	_, tensors := netspec.Tensors(net)
+	return &Compute{cfg: cfg, net: net, client: client, tensors: tensors}
+}
+
+// Net is the worker's copy of the net.
+func (c *Compute) Net() *model.Net { return c.net }
+
+// Version is the weights version the net holds.
+func (c *Compute) Version() int64 { return c.version }
+
+// Pull loads the weights of at least version min into the net.
+func (c *Compute) Pull(ctx context.Context, min int64) error {
+	t0 := time.Now()
+	v, err := c.client.Pull(ctx, min, c.tensors)
+	c.PullTime += time.Since(t0)
+	if err != nil {
+		return fmt.Errorf("pull weights: %w", err)
+	}
+	c.version = v
+	return nil
+}
+
+// ErrEmptyBatch is returned for a step without records.
+var ErrEmptyBatch = errors.New("worker: empty batch")
+
+// Step trains on one batch: it computes the gradient of recs with the
+// current weights, pushes it (with the net's BatchNorm statistics) as the
+// given step, and pulls the weights that follow. It returns the batch loss.
+func (c *Compute) Step(ctx context.Context, step int64, epoch int, recs []*shard.Record) (float64, error) {
+	if len(recs) < 2 {
+		return 0, fmt.Errorf("%w: %d records (BatchNorm needs two)", ErrEmptyBatch, len(recs))
+	}
+	cfg := c.net.Config()
+	n := cfg.InputLen()
+	if len(c.x) < len(recs)*n {
+		c.x = make([]float32, len(recs)*n)
+		c.y = make([]float32, len(recs)*cfg.Labels)
+	}
+	t0 := time.Now()
+	k := len(recs)
+	train.FillBatch(c.x, c.y, recs, cfg.Labels, cfg.Size, cfg.Size, cfg.Channels, c.cfg.Augment, c.cfg.Mean, c.cfg.Std, c.cfg.Seed, epoch)
+	loss, grads, err := c.net.TrainStep(c.x[:k*n], c.y[:k*cfg.Labels], k, model.StepOptions{
+		Dropout: true, Seed: model.DropoutSeed(c.cfg.Seed, c.cfg.Rank), Step: uint64(step), BN: model.BNTrain,
+	})
+	c.ComputeTime += time.Since(t0)
+	if err != nil {
+		return 0, err
+	}
+	t1 := time.Now()
+	v, err := c.client.Push(ctx, step, c.version, netspec.Push(c.net, grads))
+	c.PushTime += time.Since(t1)
+	if err != nil {
+		return loss, fmt.Errorf("push step %d: %w", step, err)
+	}
+	want := v
+	if c.cfg.Sync {
+		want = step + 1
+	}
+	return loss, c.Pull(ctx, want)
+}

@@ -1,0 +1,118 @@
+package worker
+
+import (
+	"context"
+	"math"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/tailorml/tailor/input"
+	"github.com/tailorml/tailor/internal/netspec"
+	"github.com/tailorml/tailor/internal/wire"
+	"github.com/tailorml/tailor/model"
+	"github.com/tailorml/tailor/optim"
+	"github.com/tailorml/tailor/paramserver"
+	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/train"
+)
+
+// One worker in sync mode against two parameter servers does exactly what
+// the single-process trainer does: after the same batches, the weights and
+// BatchNorm statistics are equal bit for bit.
+func TestWorkerMatchesSingleProcess(t *testing.T) {
+	st, m := testData(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	recsAll, err := shard.ReadSplit(ctx, st, m, shard.SplitTrain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := model.DefaultConfig(m.Width, len(m.Labels))
+	const seed, batch, steps = 5, 8, 4
+	adam := optim.DefaultAdam(3)
+	mean, std := make([]float32, 3), make([]float32, 3)
+	for i := range mean {
+		mean[i], std[i] = float32(m.Mean[i]), float32(m.Std[i])
+	}
+	aug := input.DefaultAugment()
+
+	// the parameter servers, initialised with the seed's weights
+	initNet, _ := model.New(cfg, seed)
+	spec, initTensors := netspec.Tensors(initNet)
+	var addrs []string
+	for i := 0; i < 2; i++ {
+		pc := paramserver.DefaultConfig("run1", spec)
+		pc.Index, pc.Servers, pc.Adam, pc.Mode = i, 2, adam, paramserver.Sync
+		ps, err := paramserver.New(pc, paramserver.NewStaticMembers("w0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go ps.Serve(ctx, lis)
+		t.Cleanup(func() { ps.Close() })
+		addrs = append(addrs, lis.Addr().String())
+	}
+	client, err := wire.NewClient(wire.ClientConfig{RunID: "run1", WorkerID: "w0", Addrs: addrs, Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if err := client.Init(ctx, initTensors); err != nil {
+		t.Fatal(err)
+	}
+	wnet, _ := model.New(cfg, 999) // different weights: the pull must replace them
+	w := NewCompute(ComputeConfig{Seed: seed, Augment: aug, Mean: mean, Std: std, Sync: true}, wnet, client)
+	if err := w.Pull(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	// the single-process reference
+	ref, _ := model.New(cfg, seed)
+	var sizes []int
+	var pdata [][]float32
+	for _, p := range ref.Params() {
+		sizes = append(sizes, len(p.Data))
+		pdata = append(pdata, p.Data)
+	}
+	opt, _ := optim.NewAdam(adam, sizes)
+	x := make([]float32, batch*cfg.InputLen())
+	y := make([]float32, batch*cfg.Labels)
+
+	for step := int64(0); step < steps; step++ {
+		var recs []*shard.Record
+		for i := 0; i < batch; i++ {
+			recs = append(recs, &recsAll[(int(step)*batch+i)%len(recsAll)])
+		}
+		wl, err := w.Step(ctx, step, 0, recs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		train.FillBatch(x, y, recs, cfg.Labels, cfg.Size, cfg.Size, 3, aug, mean, std, seed, 0)
+		rl, grads, err := ref.TrainStep(x, y, batch, model.StepOptions{Dropout: true, Seed: model.DropoutSeed(seed, 0), Step: uint64(step)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := opt.Update(pdata, grads); err != nil {
+			t.Fatal(err)
+		}
+		if wl != rl {
+			t.Fatalf("step %d: worker loss %v, single-process %v", step, wl, rl)
+		}
+		if w.Version() != step+1 {
+			t.Fatalf("step %d: worker holds version %d", step, w.Version())
+		}
+	}
+	_, wt := netspec.Tensors(w.Net())
+	_, rt := netspec.Tensors(ref)
+	for i := range rt {
+		for j := range rt[i] {
+			if math.Float32bits(wt[i][j]) != math.Float32bits(rt[i][j]) {
+				t.Fatalf("%s[%d]: worker %g, single-process %g", spec[i].Name, j, wt[i][j], rt[i][j])
+			}
+		}
+	}
+}
