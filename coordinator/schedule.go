@@ -1,0 +1,157 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+)
+
+// Batch is one worker's work for one step: records of one unit, given as
+// offsets into the unit's shard.
+type Batch struct {
+	Step    int64
+	Epoch   int
+	Worker  string
+	Unit    int
+	From    int    // positions [From, To) of the unit's visiting order
+	To      int    //
+	Shard   string // shard object name
+	Offsets []int  // record offsets within the shard, in visiting order
+	IDs     []uint64
+}
+
+// Scheduler turns an epoch's ledger into lockstep (sync) steps. At the start
+// of step t it reserves the next batch of every live worker that has work:
+// those workers are the step's participants. When the step is decided, the
+// included workers' batches are consumed; a participant that was excluded
+// (late, or dead) keeps its position and is given the same records again.
+type Scheduler struct {
+	units  []Unit
+	seed   uint64
+	batch  int
+	ledger *Ledger
+	pos    map[string]position // worker → unit it works on and next position
+	res    map[string]Batch    // reservations of the open step
+	step   int64
+	open   bool
+	orders map[int][]int // unit → visiting order, this epoch
+}
+
+type position struct{ unit, next int }
+
+// Scheduler errors.
+var (
+	ErrStepOpen     = errors.New("coordinator: a step is already open")
+	ErrNoStep       = errors.New("coordinator: no step is open")
+	ErrWrongStep    = errors.New("coordinator: decision for another step")
+	ErrNotIncluded  = errors.New("coordinator: included worker was not a participant")
+	ErrEpochRunning = errors.New("coordinator: epoch is not finished")
+)
+
+// NewScheduler starts epoch with the given units, seed and per-worker batch
+// size; step is the first step number.
+func NewScheduler(units []Unit, seed uint64, epoch, batch int, step int64) *Scheduler {
+	return &Scheduler{units: units, seed: seed, batch: batch, ledger: NewLedger(units, seed, epoch),
+		pos: map[string]position{}, step: step, orders: map[int][]int{}}
+}
+
+// Ledger is the epoch's ledger (read-only use).
+func (s *Scheduler) Ledger() *Ledger { return s.ledger }
+
+// Step is the number of the open step, or of the next one.
+func (s *Scheduler) Step() int64 { return s.step }
+
+func (s *Scheduler) order(u int) []int {
+	o, ok := s.orders[u]
+	if !ok {
+		o = s.units[u].RecordOrder(s.seed, s.ledger.Epoch)
+		s.orders[u] = o
+	}
+	return o
+}
+
+// Begin opens the next step for the live workers (any order). It returns the
+// reservations, one per participant in worker order; workers without work
+// (the epoch's remaining units are held by others) get none.
+func (s *Scheduler) Begin(live []string) ([]Batch, error) {
+	if s.open {
+		return nil, ErrStepOpen
+	}
+	ws := append([]string(nil), live...)
+	sort.Strings(ws)
+	s.res = map[string]Batch{}
+	var out []Batch
+	for _, w := range ws {
+		p, ok := s.pos[w]
+		if !ok || p.next >= s.units[p.unit].Len {
+			u, from, err := s.ledger.Assign(w)
+			if errors.Is(err, ErrEpochEnded) {
+				delete(s.pos, w)
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			p = position{unit: u.ID, next: from}
+			s.pos[w] = p
+		}
+		u := s.units[p.unit]
+		to := min(p.next+s.batch, u.Len)
+		b := Batch{Step: s.step, Epoch: s.ledger.Epoch, Worker: w, Unit: u.ID, From: p.next, To: to, Shard: u.Shard}
+		for _, i := range s.order(u.ID)[p.next:to] {
+			b.Offsets = append(b.Offsets, u.Offset+i)
+			b.IDs = append(b.IDs, u.RecordID(i))
+		}
+		s.res[w] = b
+		out = append(out, b)
+	}
+	s.open = true
+	return out, nil
+}
+
+// Reservation returns worker's batch in the open step.
+func (s *Scheduler) Reservation(w string) (Batch, bool) {
+	b, ok := s.res[w]
+	return b, ok && s.open
+}
+
+// Decide closes the open step with the workers whose gradients were applied.
+// Their batches are consumed; other participants keep their positions.
+// It returns the batches consumed.
+func (s *Scheduler) Decide(step int64, included []string) ([]Batch, error) {
+	if !s.open {
+		return nil, ErrNoStep
+	}
+	if step != s.step {
+		return nil, fmt.Errorf("%w: got %d, open %d", ErrWrongStep, step, s.step)
+	}
+	for _, w := range included {
+		if _, ok := s.res[w]; !ok {
+			return nil, fmt.Errorf("%w: %s", ErrNotIncluded, w)
+		}
+	}
+	var done []Batch
+	for _, w := range included {
+		b := s.res[w]
+		if err := s.ledger.Progress(w, b.Unit, b.To); err != nil {
+			return nil, err
+		}
+		s.pos[w] = position{unit: b.Unit, next: b.To}
+		done = append(done, b)
+	}
+	s.open = false
+	s.res = nil
+	s.step++
+	return done, nil
+}
+
+// Drop forgets a dead worker: its units go back to the pool at their
+// consumed position. If a step is open, its reservation stays until the
+// decision (which will not include it).
+func (s *Scheduler) Drop(w string) {
+	s.ledger.Release(w)
+	delete(s.pos, w)
+}
+
+// Done reports whether the epoch's every record has been consumed.
+func (s *Scheduler) Done() bool { return s.ledger.Done() && !s.open }

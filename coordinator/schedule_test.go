@@ -1,0 +1,102 @@
+package coordinator
+
+import (
+	"math/rand/v2"
+	"sort"
+	"testing"
+)
+
+// Sync epochs with deaths, joins and late workers: every record is consumed
+// exactly once, and each step's batches are disjoint.
+func TestSchedulerExactlyOnce(t *testing.T) {
+	for seed := uint64(0); seed < 30; seed++ {
+		us, _ := Units(testManifest(), "train", 100)
+		s := NewScheduler(us, seed, 1, 16, 0)
+		rng := rand.New(rand.NewPCG(seed, 9))
+		live := map[string]bool{"w0": true, "w1": true, "w2": true}
+		next := 3
+		consumed := map[uint64]int{}
+		for steps := 0; !s.Done(); steps++ {
+			if steps > 5000 {
+				t.Fatalf("seed %d: epoch never ends", seed)
+			}
+			var ws []string
+			for w := range live {
+				ws = append(ws, w)
+			}
+			sort.Strings(ws)
+			res, err := s.Begin(ws)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := map[uint64]bool{}
+			var included []string
+			for _, b := range res {
+				for _, id := range b.IDs {
+					if seen[id] {
+						t.Fatalf("record %d twice in step %d", id, b.Step)
+					}
+					seen[id] = true
+				}
+				switch r := rng.Float64(); {
+				case r < 0.04 && len(live) > 1: // dies mid-step
+					delete(live, b.Worker)
+					s.Drop(b.Worker)
+				case r < 0.10: // late: excluded by the decision
+				default:
+					included = append(included, b.Worker)
+				}
+			}
+			if rng.Float64() < 0.03 {
+				live[string(rune('a'+next))] = true
+				next++
+			}
+			done, err := s.Decide(s.Step(), included)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, b := range done {
+				for _, id := range b.IDs {
+					consumed[id]++
+				}
+			}
+		}
+		if len(consumed) != 1030 {
+			t.Fatalf("seed %d: %d records consumed, want 1030", seed, len(consumed))
+		}
+		for id, n := range consumed {
+			if n != 1 {
+				t.Fatalf("seed %d: record %d consumed %d times", seed, id, n)
+			}
+		}
+	}
+}
+
+func TestSchedulerErrors(t *testing.T) {
+	us, _ := Units(testManifest(), "train", 100)
+	s := NewScheduler(us, 1, 0, 8, 5)
+	if _, err := s.Decide(5, nil); err != ErrNoStep {
+		t.Errorf("decide without a step: %v", err)
+	}
+	res, err := s.Begin([]string{"b", "a"})
+	if err != nil || len(res) != 2 || res[0].Worker != "a" || res[0].Step != 5 {
+		t.Fatalf("begin: %+v %v", res, err)
+	}
+	if _, err := s.Begin([]string{"a"}); err != ErrStepOpen {
+		t.Errorf("second begin: %v", err)
+	}
+	if _, err := s.Decide(6, nil); err == nil {
+		t.Error("decision for another step accepted")
+	}
+	if _, err := s.Decide(5, []string{"zz"}); err == nil {
+		t.Error("non-participant included")
+	}
+	// offsets point into the shard and match the record IDs
+	for _, b := range res {
+		for i, off := range b.Offsets {
+			if b.IDs[i] != us[b.Unit].FirstID+uint64(off) {
+				t.Errorf("offset %d does not match id %d", off, b.IDs[i])
+			}
+		}
+	}
+}
