@@ -35,6 +35,9 @@ type Scheduler struct {
 	step   int64
 	open   bool
 	orders map[int][]int // unit → visiting order, this epoch
+	// dropped workers whose reservation in the open step awaits the
+	// decision: their gradient may still have been applied
+	dropped map[string]bool
 }
 
 type position struct{ unit, next int }
@@ -52,7 +55,7 @@ var (
 // size; step is the first step number.
 func NewScheduler(units []Unit, seed uint64, epoch, batch int, step int64) *Scheduler {
 	return &Scheduler{units: units, seed: seed, batch: batch, ledger: NewLedger(units, seed, epoch),
-		pos: map[string]position{}, step: step, orders: map[int][]int{}}
+		pos: map[string]position{}, step: step, orders: map[int][]int{}, dropped: map[string]bool{}}
 }
 
 // Ledger is the epoch's ledger (read-only use).
@@ -139,6 +142,11 @@ func (s *Scheduler) Decide(step int64, included []string) ([]Batch, error) {
 		s.pos[w] = position{unit: b.Unit, next: b.To}
 		done = append(done, b)
 	}
+	for w := range s.dropped {
+		s.ledger.Release(w)
+		delete(s.pos, w)
+	}
+	clear(s.dropped)
 	s.open = false
 	s.res = nil
 	s.step++
@@ -146,9 +154,14 @@ func (s *Scheduler) Decide(step int64, included []string) ([]Batch, error) {
 }
 
 // Drop forgets a dead worker: its units go back to the pool at their
-// consumed position. If a step is open, its reservation stays until the
-// decision (which will not include it).
+// consumed position. If it holds a reservation in the open step, that waits
+// for the decision: a gradient it pushed completely before dying may still
+// be included, and then its records count as consumed.
 func (s *Scheduler) Drop(w string) {
+	if _, ok := s.res[w]; ok && s.open {
+		s.dropped[w] = true
+		return
+	}
 	s.ledger.Release(w)
 	delete(s.pos, w)
 }

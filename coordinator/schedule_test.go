@@ -39,9 +39,13 @@ func TestSchedulerExactlyOnce(t *testing.T) {
 					seen[id] = true
 				}
 				switch r := rng.Float64(); {
-				case r < 0.04 && len(live) > 1: // dies mid-step
+				case r < 0.04 && len(live) > 1: // dies mid-step, before its push completed
 					delete(live, b.Worker)
 					s.Drop(b.Worker)
+				case r < 0.06 && len(live) > 1: // dies after its push completed: still included
+					delete(live, b.Worker)
+					s.Drop(b.Worker)
+					included = append(included, b.Worker)
 				case r < 0.10: // late: excluded by the decision
 				default:
 					included = append(included, b.Worker)
