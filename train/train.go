@@ -298,64 +298,163 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 		return nil, err
 	}
 	tr := &trainer{cfg: cfg, net: net, opt: opt, pdata: pdata, train: trainSet, val: valSet, man: man, mean: mean, std: std, log: log}
-	res := &Result{Best: -1, ModelPath: filepath.Join(cfg.Out, "model.tailor")}
-	valTruth := valSet.Truth()
-	bestScore := math.Inf(1)
+	v := &Validator{Cfg: ValidatorConfig{Out: cfg.Out, BNEstimate: cfg.BNEstimate, BNBatches: cfg.BNBatches, Batch: cfg.Batch,
+		EvalBatch: cfg.EvalBatch, EvalRunning: cfg.EvalRunning, BestBy: cfg.BestBy, Seed: cfg.Seed,
+		Meta: map[string]string{"data": cfg.Data, "interpolation": man.Build.Interpolation}},
+		Labels: man.Labels, Mean: mean, Std: std, Train: trainSet, Val: valSet}
+	res := &Result{Best: -1, ModelPath: v.ModelPath()}
 	for epoch := 0; epoch < cfg.Epochs; epoch++ {
 		ep, err := tr.epoch(ctx, epoch, progressOut)
 		if err != nil {
 			return res, err
 		}
-		if cfg.EvalRunning {
-			probs, err := Predict(ctx, tr.bundle(nil), valSet, cfg.EvalBatch)
-			if err != nil {
-				return res, err
-			}
-			s := score(man.Labels, probs, valTruth)
-			ep.Running = &s
-		}
-		saved := tr.snapshotBN()
-		if cfg.BNEstimate {
-			if err := tr.estimateBN(ctx, epoch); err != nil {
-				return res, err
-			}
-		}
-		probs, err := Predict(ctx, tr.bundle(nil), valSet, cfg.EvalBatch)
+		ep, improved, err := v.EndEpoch(ctx, net, ep)
+		res.History, res.Best = v.History, v.Best
 		if err != nil {
 			return res, err
 		}
-		ep.Val = score(man.Labels, probs, valTruth)
-		res.History = append(res.History, ep)
-		crit := ep.Val.Loss
-		if cfg.BestBy == "map" {
-			crit = -ep.Val.MAP
-		}
-		improved := crit < bestScore
-		if improved {
-			bestScore = crit
-			res.Best = epoch + 1
-			b := tr.bundle(metrics.TuneThresholds(probs, valTruth, len(valSet.Records), len(man.Labels)))
-			b.Meta = map[string]string{
-				"epoch": fmt.Sprint(epoch + 1), "val_loss": fmt.Sprintf("%.5f", ep.Val.Loss), "val_map": fmt.Sprintf("%.5f", ep.Val.MAP),
-				"seed": fmt.Sprint(cfg.Seed), "data": cfg.Data, "interpolation": man.Build.Interpolation, "saved": time.Now().UTC().Format(time.RFC3339),
-			}
-			if err := b.Save(res.ModelPath); err != nil {
-				return res, err
-			}
-		}
-		tr.restoreBN(saved)
 		log.Info("epoch", "epoch", epoch+1, "of", cfg.Epochs, "train_loss", round(ep.TrainLoss), "val_loss", round(ep.Val.Loss),
 			"val_map", round(ep.Val.MAP), "val_macro_f1", round(ep.Val.MacroF1), "img_per_s", math.Round(ep.ImgPerSec), "saved", improved)
-		if err := WriteHistory(cfg.Out, res.History); err != nil {
-			return res, err
-		}
 	}
 	return res, nil
 }
 
+// ValidatorConfig says how a net is judged at the end of each epoch.
+type ValidatorConfig struct {
+	Out         string // folder of model.tailor, history.csv, history.png
+	BNEstimate  bool   // re-estimate BatchNorm statistics before scoring and saving
+	BNBatches   int    // training batches for the re-estimation
+	Batch       int    // their size
+	EvalBatch   int
+	EvalRunning bool   // also score with the running BatchNorm statistics
+	BestBy      string // "loss" or "map"
+	Seed        uint64
+	Meta        map[string]string // copied into saved models
+}
+
+// Validator scores a net after each epoch the same way wherever it trained
+// (single process, or the cluster's coordinator): optionally with the running
+// BatchNorm statistics, then with statistics re-estimated for the current
+// weights; it keeps the best model (with thresholds tuned on val) and writes
+// the history. The net's running statistics are left as they were.
+type Validator struct {
+	Cfg        ValidatorConfig
+	Labels     []string
+	Mean, Std  []float32
+	Train, Val *Dataset
+	History    []Epoch
+	Best       int // epoch of the saved model; 0 before any
+	bestScore  float64
+	haveBest   bool
+	truth      []bool
+	x          []float32
+}
+
+// ModelPath is where the best model is saved.
+func (v *Validator) ModelPath() string { return filepath.Join(v.Cfg.Out, "model.tailor") }
+
+// EndEpoch scores net after epoch ep (ep.Epoch counts from 1), saves it if it
+// is the best so far, appends to the history and rewrites the history files.
+func (v *Validator) EndEpoch(ctx context.Context, net *model.Net, ep Epoch) (Epoch, bool, error) {
+	if v.truth == nil {
+		v.truth = v.Val.Truth()
+	}
+	bundle := func(th []float32) *model.Bundle {
+		if th == nil {
+			th = make([]float32, len(v.Labels))
+			for i := range th {
+				th[i] = metrics.DefaultThreshold
+			}
+		}
+		return &model.Bundle{Net: net, Labels: v.Labels, Mean: v.Mean, Std: v.Std, Thresholds: th}
+	}
+	if v.Cfg.EvalRunning {
+		probs, err := Predict(ctx, bundle(nil), v.Val, v.Cfg.EvalBatch)
+		if err != nil {
+			return ep, false, err
+		}
+		s := Score(v.Labels, probs, v.truth)
+		ep.Running = &s
+	}
+	saved := snapshotBN(net)
+	defer restoreBN(net, saved)
+	if v.Cfg.BNEstimate {
+		if err := v.estimateBN(ctx, net, ep.Epoch-1); err != nil {
+			return ep, false, err
+		}
+	}
+	probs, err := Predict(ctx, bundle(nil), v.Val, v.Cfg.EvalBatch)
+	if err != nil {
+		return ep, false, err
+	}
+	ep.Val = Score(v.Labels, probs, v.truth)
+	v.History = append(v.History, ep)
+	crit := ep.Val.Loss
+	if v.Cfg.BestBy == "map" {
+		crit = -ep.Val.MAP
+	}
+	improved := !v.haveBest || crit < v.bestScore
+	if improved {
+		v.bestScore, v.haveBest, v.Best = crit, true, ep.Epoch
+		b := bundle(metrics.TuneThresholds(probs, v.truth, len(v.Val.Records), len(v.Labels)))
+		b.Meta = map[string]string{}
+		for k, val := range v.Cfg.Meta {
+			b.Meta[k] = val
+		}
+		b.Meta["epoch"] = fmt.Sprint(ep.Epoch)
+		b.Meta["val_loss"] = fmt.Sprintf("%.5f", ep.Val.Loss)
+		b.Meta["val_map"] = fmt.Sprintf("%.5f", ep.Val.MAP)
+		b.Meta["seed"] = fmt.Sprint(v.Cfg.Seed)
+		b.Meta["saved"] = time.Now().UTC().Format(time.RFC3339)
+		if err := b.Save(v.ModelPath()); err != nil {
+			return ep, false, err
+		}
+	}
+	return ep, improved, WriteHistory(v.Cfg.Out, v.History)
+}
+
+// estimateBN recomputes the BatchNorm statistics over BNBatches batches of
+// un-augmented training images (the distribution evaluation sees).
+func (v *Validator) estimateBN(ctx context.Context, net *model.Net, epoch int) error {
+	d, b := v.Train, v.Cfg.Batch
+	n := d.C * d.H * d.W
+	if len(v.x) < b*n {
+		v.x = make([]float32, b*n)
+	}
+	order := Order(len(d.Records), v.Cfg.Seed^0xb0b, epoch)
+	net.BeginBNEstimate()
+	for s := 0; s < v.Cfg.BNBatches && (s+1)*b <= len(order); s++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		d.Inputs(v.x[:b*n], order[s*b:(s+1)*b], input.Augment{}, v.Mean, v.Std, 0, 0)
+		if err := net.EstimateBNBatch(v.x[:b*n], b); err != nil {
+			return err
+		}
+	}
+	return net.EndBNEstimate()
+}
+
+func snapshotBN(net *model.Net) [][]float32 {
+	var s [][]float32
+	for _, b := range net.BN() {
+		s = append(s, append([]float32(nil), b.Mean...), append([]float32(nil), b.Variance...))
+	}
+	return s
+}
+
+func restoreBN(net *model.Net, s [][]float32) {
+	for i, b := range net.BN() {
+		copy(b.Mean, s[2*i])
+		copy(b.Variance, s[2*i+1])
+	}
+}
+
 func round(v float64) float64 { return math.Round(v*1e4) / 1e4 }
 
-func score(labels []string, probs []float32, truth []bool) Scores {
+// Score summarises predictions against the truth at threshold 0.5 (mAP is
+// threshold-free).
+func Score(labels []string, probs []float32, truth []bool) Scores {
 	rep := metrics.Evaluate(labels, probs, truth, nil)
 	return Scores{Loss: BCE(probs, truth), MAP: rep.MAP, MacroF1: rep.MacroF1, SubsetAcc: rep.SubsetAccuracy}
 }
@@ -379,16 +478,6 @@ type trainer struct {
 	log        *slog.Logger
 	x, y       []float32
 	recs       []*shard.Record
-}
-
-func (t *trainer) bundle(thresholds []float32) *model.Bundle {
-	if thresholds == nil {
-		thresholds = make([]float32, len(t.man.Labels))
-		for i := range thresholds {
-			thresholds[i] = metrics.DefaultThreshold
-		}
-	}
-	return &model.Bundle{Net: t.net, Labels: t.man.Labels, Mean: t.mean, Std: t.std, Thresholds: thresholds}
 }
 
 // Order is the epoch's shuffle: a pure function of (seed, epoch).
@@ -447,38 +536,4 @@ func (t *trainer) epoch(ctx context.Context, epoch int, progressOut io.Writer) (
 	bar.Finish()
 	return Epoch{Epoch: epoch + 1, TrainLoss: lossSum / float64(seen), LR: lr, Seconds: time.Since(start).Seconds(),
 		ImgPerSec: float64(seen) / compute.Seconds()}, nil
-}
-
-// estimateBN recomputes the BatchNorm statistics over BNBatches batches of
-// un-augmented training images (the distribution evaluation sees).
-func (t *trainer) estimateBN(ctx context.Context, epoch int) error {
-	cfg, d := t.cfg, t.train
-	order := Order(len(d.Records), cfg.Seed^0xb0b, epoch)
-	t.net.BeginBNEstimate()
-	for s := 0; s < cfg.BNBatches && (s+1)*cfg.Batch <= len(order); s++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		idx := order[s*cfg.Batch : (s+1)*cfg.Batch]
-		d.Inputs(t.x, idx, input.Augment{}, t.mean, t.std, 0, 0)
-		if err := t.net.EstimateBNBatch(t.x, cfg.Batch); err != nil {
-			return err
-		}
-	}
-	return t.net.EndBNEstimate()
-}
-
-func (t *trainer) snapshotBN() [][]float32 {
-	var s [][]float32
-	for _, b := range t.net.BN() {
-		s = append(s, append([]float32(nil), b.Mean...), append([]float32(nil), b.Variance...))
-	}
-	return s
-}
-
-func (t *trainer) restoreBN(s [][]float32) {
-	for i, b := range t.net.BN() {
-		copy(b.Mean, s[2*i])
-		copy(b.Variance, s[2*i+1])
-	}
 }

@@ -107,7 +107,7 @@ func TestRunLearnsAndSavesEstimatedBN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := score(man.Labels, probs, val.Truth())
+	got := Score(man.Labels, probs, val.Truth())
 	want := res.History[res.Best-1].Val
 	if math.Abs(got.Loss-want.Loss) > 1e-6 || math.Abs(got.MAP-want.MAP) > 1e-6 {
 		t.Errorf("saved model scores %+v on val, the history says %+v", got, want)
