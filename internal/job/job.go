@@ -1,0 +1,167 @@
+// Package job is a training run's specification: what every role of the
+// cluster reads from etcd (`/tailor/runs/<run>/spec`) before it starts. It
+// is written once, when the run is submitted, and never changes.
+package job
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tailorml/tailor/input"
+	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/optim"
+)
+
+// Update modes of a run.
+const (
+	ModeSync  = "sync"
+	ModeAsync = "async"
+	ModeSSP   = "ssp" // bounded staleness
+)
+
+// Spec is a training run.
+type Spec struct {
+	Run          string           `json:"run"`
+	Data         string           `json:"data"` // shard store URL or path, as every process sees it
+	Epochs       int              `json:"epochs"`
+	Batch        int              `json:"batch"` // per worker; global batch = Batch × participating workers
+	Seed         uint64           `json:"seed"`
+	Mode         string           `json:"mode"`
+	Staleness    int              `json:"staleness"`     // ssp: steps a worker may run ahead
+	Quorum       int              `json:"quorum"`        // sync: apply a step after this many gradients (0: all)
+	StepDeadline time.Duration    `json:"step_deadline"` // sync: bound on one step
+	ParamServers int              `json:"param_servers"`
+	UnitSize     int              `json:"unit_size"` // records per work unit
+	Augment      input.Augment    `json:"augment"`
+	Adam         optim.AdamConfig `json:"adam"` // Decay 0 with DecayAuto: LR/Epochs
+	DecayAuto    bool             `json:"decay_auto"`
+	BNEstimate   bool             `json:"bn_estimate"`
+	BNBatches    int              `json:"bn_batches"`
+	EvalRunning  bool             `json:"eval_running_bn"`
+	BestBy       string           `json:"best_by"`
+	Out          string           `json:"out"` // the coordinator's output folder (model, history)
+}
+
+// DefaultSpec is the single-process trainer's defaults, in sync mode with
+// two parameter servers.
+func DefaultSpec(run, data string) Spec {
+	return Spec{
+		Run: run, Data: data, Epochs: 30, Batch: 32, Seed: 1, Mode: ModeSync, Staleness: 2,
+		StepDeadline: 2 * time.Minute, ParamServers: 2, UnitSize: 256,
+		Augment: input.DefaultAugment(), Adam: optim.DefaultAdam(0), DecayAuto: true,
+		BNEstimate: true, BNBatches: 50, BestBy: "loss", Out: "out/" + run,
+	}
+}
+
+// AdamConfig is the optimizer with the decay resolved.
+func (s Spec) AdamConfig() optim.AdamConfig {
+	a := s.Adam
+	if s.DecayAuto {
+		a.Decay = a.LR / float64(s.Epochs)
+	}
+	return a
+}
+
+// Validate checks the spec.
+func (s Spec) Validate() error {
+	var errs []error
+	if s.Run == "" {
+		errs = append(errs, errors.New("no run id"))
+	}
+	if s.Data == "" {
+		errs = append(errs, errors.New("no data"))
+	}
+	if s.Epochs < 1 {
+		errs = append(errs, fmt.Errorf("epochs %d: want at least 1", s.Epochs))
+	}
+	if s.Batch < 2 {
+		errs = append(errs, fmt.Errorf("batch %d: want at least 2", s.Batch))
+	}
+	switch s.Mode {
+	case ModeSync, ModeAsync, ModeSSP:
+	default:
+		errs = append(errs, fmt.Errorf("mode %q: want sync, async or ssp", s.Mode))
+	}
+	if s.Staleness < 0 || s.Quorum < 0 || s.StepDeadline <= 0 {
+		errs = append(errs, errors.New("staleness and quorum must be ≥ 0, the step deadline > 0"))
+	}
+	if s.ParamServers < 1 {
+		errs = append(errs, fmt.Errorf("param servers %d: want at least 1", s.ParamServers))
+	}
+	if s.UnitSize < s.Batch {
+		errs = append(errs, fmt.Errorf("unit size %d: want at least one batch (%d)", s.UnitSize, s.Batch))
+	}
+	if s.BNEstimate && s.BNBatches < 1 {
+		errs = append(errs, errors.New("batchnorm re-estimation needs at least one batch"))
+	}
+	if s.BestBy != "loss" && s.BestBy != "map" {
+		errs = append(errs, fmt.Errorf("best-by %q: want loss or map", s.BestBy))
+	}
+	if err := s.Augment.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.AdamConfig().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// ErrExists says a run with that id was already submitted (with another spec).
+var ErrExists = errors.New("job: run already exists with a different spec")
+
+// Submit writes the spec of a new run. Submitting the same spec again is not
+// an error (a restarted `tailor local` resumes); a different one is.
+func Submit(ctx context.Context, cli *clientv3.Client, s Spec) error {
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("job spec: %w", err)
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	keys := cluster.RunKeys(s.Run)
+	if _, err := cluster.Create(ctx, cli, keys.Spec(), b); err != nil {
+		if !errors.Is(err, cluster.ErrConflict) {
+			return fmt.Errorf("submit run %s: %w", s.Run, err)
+		}
+		old, err := Load(ctx, cli, s.Run)
+		if err != nil {
+			return err
+		}
+		ob, _ := json.Marshal(old)
+		if string(ob) != string(b) {
+			return fmt.Errorf("%w: %s", ErrExists, s.Run)
+		}
+	}
+	return nil
+}
+
+// Load reads a run's spec.
+func Load(ctx context.Context, cli *clientv3.Client, run string) (Spec, error) {
+	var s Spec
+	if _, err := cluster.GetJSON(ctx, cli, cluster.RunKeys(run).Spec(), &s); err != nil {
+		return s, fmt.Errorf("load run %s: %w", run, err)
+	}
+	return s, s.Validate()
+}
+
+// Wait polls until the run's spec exists (a role may start before the run is
+// submitted), or ctx ends.
+func Wait(ctx context.Context, cli *clientv3.Client, run string) (Spec, error) {
+	for {
+		s, err := Load(ctx, cli, run)
+		if err == nil || !errors.Is(err, cluster.ErrNotFound) {
+			return s, err
+		}
+		select {
+		case <-ctx.Done():
+			return s, fmt.Errorf("waiting for run %s to be submitted: %w", run, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
