@@ -1,0 +1,309 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/job"
+	"github.com/tailorml/tailor/internal/netspec"
+	"github.com/tailorml/tailor/internal/wire"
+	"github.com/tailorml/tailor/model"
+	"github.com/tailorml/tailor/shard"
+)
+
+// Addrs keys a worker publishes in its membership record.
+const (
+	AddrGRPC    = "grpc"
+	AddrMetrics = "metrics"
+)
+
+// Config is one worker process.
+type Config struct {
+	Run         string
+	ID          string
+	Etcd        []string
+	GossipBind  string // host:port for memberlist; default a free loopback port
+	MetricsAddr string // host:port for /metrics; empty: none
+	SecretKey   []byte // gossip encryption key
+	ShardCache  int    // shards kept in memory
+	Log         *slog.Logger
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Run == "" || c.ID == "" {
+		errs = append(errs, errors.New("worker needs a run id and a worker id"))
+	}
+	if len(c.Etcd) == 0 {
+		errs = append(errs, errors.New("worker needs etcd endpoints"))
+	}
+	return errors.Join(errs...)
+}
+
+// Rank is a worker's dropout rank: a stable function of its id.
+func Rank(id string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(id))
+	return h.Sum64() | 1
+}
+
+// Run is a worker's life: join the run, then train on the batches the
+// coordinator hands out until it says the run is done or ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cli, err := cluster.NewClient(cfg.Etcd)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	spec, err := job.Wait(ctx, cli, cfg.Run)
+	if err != nil {
+		return err
+	}
+	keys := cluster.RunKeys(cfg.Run)
+	self := cluster.Member{ID: cfg.ID, Role: cluster.RoleWorker, Addrs: map[string]string{}}
+	m := newMetrics()
+	if cfg.MetricsAddr != "" {
+		lis, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		srv := &http.Server{Handler: m.handler(), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(lis)
+		defer srv.Close()
+		self.Addrs[AddrMetrics] = lis.Addr().String()
+	}
+	joinCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	mem, err := cluster.Join(joinCtx, cluster.MembershipConfig{Client: cli, Keys: keys, Self: self, GossipBind: cfg.GossipBind,
+		SecretKey: cfg.SecretKey, FastFailure: true, Log: log})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("join run %s: %w", cfg.Run, err)
+	}
+	defer func() {
+		lctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer c()
+		_ = mem.Leave(lctx)
+	}()
+
+	st, err := shard.OpenStore(ctx, spec.Data)
+	if err != nil {
+		return err
+	}
+	man, err := shard.LoadManifest(ctx, st)
+	if err != nil {
+		return err
+	}
+	net, err := model.New(model.DefaultConfig(man.Width, len(man.Labels)), spec.Seed)
+	if err != nil {
+		return err
+	}
+	wspec, _ := netspec.Tensors(net)
+	psAddrs, err := WaitParamServers(ctx, mem, spec.ParamServers)
+	if err != nil {
+		return err
+	}
+	client, err := wire.NewClient(wire.ClientConfig{RunID: cfg.Run, WorkerID: cfg.ID, Addrs: psAddrs, Spec: wspec})
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	mean, std := make([]float32, len(man.Mean)), make([]float32, len(man.Std))
+	for i := range man.Mean {
+		mean[i], std[i] = float32(man.Mean[i]), float32(man.Std[i])
+		if !(std[i] > 0) {
+			std[i] = 1
+		}
+	}
+	comp := NewCompute(ComputeConfig{Rank: Rank(cfg.ID), Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std,
+		Sync: spec.Mode == job.ModeSync}, net, client)
+	cache := NewShardCache(st, man, max(cfg.ShardCache, 2))
+	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: self})
+	if err != nil {
+		return err
+	}
+	w := &runner{cfg: cfg, spec: spec, log: log, cli: cli, elect: elect, comp: comp, cache: cache, man: man, m: m}
+	return w.loop(ctx)
+}
+
+// WaitParamServers waits until n parameter servers are live and returns
+// their gRPC addresses in rank (server index) order.
+func WaitParamServers(ctx context.Context, mem *cluster.Membership, n int) ([]string, error) {
+	for {
+		ps := mem.Members(cluster.RoleParamServer)
+		addrs := make([]string, n)
+		have := 0
+		for _, p := range ps {
+			if p.Rank >= 0 && p.Rank < n && addrs[p.Rank] == "" && p.Addrs[AddrGRPC] != "" {
+				addrs[p.Rank] = p.Addrs[AddrGRPC]
+				have++
+			}
+		}
+		if have == n {
+			return addrs, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for %d parameter servers (%d live): %w", n, have, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+type runner struct {
+	cfg   Config
+	spec  job.Spec
+	log   *slog.Logger
+	cli   *clientv3.Client
+	elect *cluster.Election
+	comp  *Compute
+	cache *ShardCache
+	man   *shard.Manifest
+	m     *metrics
+
+	conn       *grpc.ClientConn
+	coordAddr  string
+	work       *wire.WorkClient
+	firstIndex map[string]int
+}
+
+// coordinator (re)connects to the current leader.
+func (w *runner) coordinator(ctx context.Context) (*wire.WorkClient, error) {
+	for {
+		l, err := w.elect.Leader(ctx)
+		if err == nil && l.Member.Addrs[AddrGRPC] != "" {
+			addr := l.Member.Addrs[AddrGRPC]
+			if addr == w.coordAddr && w.work != nil {
+				return w.work, nil
+			}
+			if w.conn != nil {
+				w.conn.Close()
+			}
+			conn, err := grpc.NewClient(addr, wire.DialOptions()...)
+			if err != nil {
+				return nil, err
+			}
+			w.conn, w.coordAddr, w.work = conn, addr, wire.NewWorkClient(conn)
+			w.log.Info("coordinator", "addr", addr, "id", l.Member.ID)
+			return w.work, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for a coordinator: %w", ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (w *runner) loop(ctx context.Context) error {
+	defer func() {
+		if w.conn != nil {
+			w.conn.Close()
+		}
+	}()
+	// the servers accept pulls once the coordinator has initialised them
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := w.comp.Pull(pctx, 0)
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		w.log.Debug("weights not ready", "err", err)
+		time.Sleep(200 * time.Millisecond)
+	}
+	done, loss := int64(-1), 0.0
+	backoff := 100 * time.Millisecond
+	for {
+		wc, err := w.coordinator(ctx)
+		if err != nil {
+			return err
+		}
+		rep, err := wc.Next(ctx, &wire.WorkRequest{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Done: done, Version: w.comp.Version(), Loss: loss})
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// the coordinator may have died: find the new leader
+			w.log.Warn("asking for work failed; retrying", "err", err, "backoff", backoff)
+			w.work, w.coordAddr = nil, ""
+			time.Sleep(backoff)
+			backoff = min(2*backoff, 3*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		switch rep.Kind {
+		case wire.WorkDone:
+			w.log.Info("run done", "steps", done+1)
+			return nil
+		case wire.WorkWait:
+			continue
+		}
+		recs, err := w.records(ctx, rep.Shard, rep.Offsets)
+		if err != nil {
+			return err
+		}
+		if w.spec.Mode == job.ModeSync && w.comp.Version() < rep.Step {
+			if err := w.comp.Pull(ctx, rep.Step); err != nil {
+				return err
+			}
+		}
+		t0 := time.Now()
+		loss, err = w.comp.Step(ctx, rep.Step, int(rep.Epoch), recs)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// a refused push (late, or the step moved on) is not fatal: the
+			// coordinator hands the records out again
+			var rej *wire.RejectedError
+			if errors.As(err, &rej) {
+				w.log.Warn("push refused", "step", rep.Step, "reason", rej.Reason)
+				if perr := w.comp.Pull(ctx, 0); perr != nil {
+					return perr
+				}
+				continue
+			}
+			return err
+		}
+		done = rep.Step
+		w.m.step(len(recs), loss, time.Since(t0), w.comp)
+		w.m.stall.Set(w.cache.Stall().Seconds())
+	}
+}
+
+// records returns the records at offsets of a shard, prefetching the shard.
+func (w *runner) records(ctx context.Context, name string, offsets []uint64) ([]*shard.Record, error) {
+	all, err := w.cache.Records(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	recs := make([]*shard.Record, len(offsets))
+	for i, o := range offsets {
+		if o >= uint64(len(all)) {
+			return nil, fmt.Errorf("record offset %d outside shard %s (%d records)", o, name, len(all))
+		}
+		recs[i] = &all[o]
+	}
+	return recs, nil
+}
