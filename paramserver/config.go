@@ -50,6 +50,12 @@ type Config struct {
 	// gradients have arrived ("backup workers"); later ones are rejected
 	// as stale and counted. 0 waits for every active worker.
 	SyncQuorum int `json:"sync_quorum"`
+	// Decider, if set (Sync only), decides every sync step for all servers
+	// (the coordinator, in the cluster): the server reports which workers'
+	// gradients it holds and applies exactly the decided set. SyncQuorum
+	// and StepDeadline's local completion then do not apply; StepDeadline
+	// bounds each Decide call instead. Nil: the server decides alone.
+	Decider Decider `json:"-"`
 	// ListenAddr is the gRPC address of ListenAndServe.
 	ListenAddr string `json:"listen_addr"`
 	// Logger receives rejections and step events; nil discards them.
@@ -97,6 +103,9 @@ func (c *Config) Validate() error {
 		if c.SyncQuorum < 0 {
 			errs = append(errs, fmt.Errorf("sync quorum %d: want ≥ 0", c.SyncQuorum))
 		}
+		if c.Decider != nil && c.SyncQuorum > 0 {
+			errs = append(errs, fmt.Errorf("sync quorum %d with a decider: the decider's quorum applies, set 0", c.SyncQuorum))
+		}
 	case Async:
 	case SSP:
 		if c.Staleness < 0 {
@@ -104,6 +113,9 @@ func (c *Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("mode %q: want %q, %q or %q", c.Mode, Sync, Async, SSP))
+	}
+	if c.Decider != nil && c.Mode != Sync {
+		errs = append(errs, fmt.Errorf("a decider in mode %q: decisions are for sync steps", c.Mode))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))

@@ -30,6 +30,31 @@
 // A single worker in sync mode reproduces the single-process trainer
 // exactly.
 //
+// Sync with a Decider (Config.Decider; the coordinator in the cluster,
+// through wire.NewDeciderClient): with P > 1 servers each deciding alone
+// would disagree when a worker dies between its pushes, so one decider
+// chooses the step's set S_t for all of them (docs/cluster.md). The server
+// reports the sorted ids of the workers whose step-t gradient it holds
+// completely — each time that set grows or the membership changes, one
+// long-poll call at a time, each bounded by StepDeadline and retried — and
+// applies the average of exactly S_t's gradients, summed in the decision's
+// order (worker rank order), then one Adam step. Local completion (all
+// members, StepDeadline, SyncQuorum) is off. A push is answered once its
+// step is decided: accepted, at version t+1, if its gradient is in S_t;
+// otherwise refused with wire.ReasonLate (the gradient is dropped; a push
+// arriving after the step was applied is wire.ReasonStale as before).
+// Either refusal tells the worker to redo its batch at step t+1. Pushes are
+// safe to retry (a reply lost with its connection): while the step is
+// collected a retry is ReasonDuplicate (the gradient is held; ask again);
+// once applied, the server answers from its last 16 decisions — accepted
+// if the gradient made the step (not applied twice), ReasonLate if not —
+// and older steps are ReasonStale. A
+// decision naming a gradient the server does not hold is a protocol
+// error: the server applies nothing, logs it, counts it
+// (tailor_ps_decision_errors_total), refuses pushes with
+// wire.ReasonInconsistent and reports it from Err, rather than diverge
+// from the other servers.
+//
 // Async (Mode Async): every push is applied on arrival, one Adam step each;
 // the version counts updates. A push carries the worker's own step (its
 // count of pushes) and the version its gradient was computed from; a step

@@ -8,7 +8,9 @@ import (
 // Membership is the source of the active workers. The sync barrier waits
 // for exactly these, SSP measures the slowest of these, and pushes from
 // anyone else are rejected. The cluster code implements it from etcd leases
-// (and memberlist gossip); StaticMembers is a fixed or hand-driven set.
+// (and memberlist gossip), cluster.WatchIDs(m, cluster.RoleWorker): a
+// worker's id is its cluster member id, without the role; StaticMembers
+// is a fixed or hand-driven set.
 type Membership interface {
 	// Members returns the active worker ids and a channel that is closed
 	// at the next change. The slice must not be modified by the caller.

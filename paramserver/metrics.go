@@ -18,6 +18,7 @@ const (
 	endMembership = "membership" // the rest of the expected workers left
 	endDeadline   = "deadline"   // StepDeadline passed
 	endQuorum     = "quorum"     // SyncQuorum gradients arrived
+	endDecided    = "decided"    // the Decider decided the step
 )
 
 var reasonIndex = func() map[string]int {
@@ -43,6 +44,9 @@ type metrics struct {
 	version      atomic.Int64
 	members      atomic.Int64
 	pending      atomic.Int64
+
+	decisionErrors atomic.Uint64 // decisions that could not be applied
+	decideFailures atomic.Uint64 // Decide calls that failed or timed out
 
 	syncSteps     *prometheus.CounterVec
 	missingByEnd  *prometheus.CounterVec
@@ -72,7 +76,7 @@ func newMetrics(cfg *Config) *metrics {
 	m.missingByEnd = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tailor_ps_missing_gradients_total", Help: "Gradients a sync step went without, by what ended the step.", ConstLabels: labels,
 	}, []string{"end"})
-	for _, e := range []string{endAll, endMembership, endDeadline, endQuorum} {
+	for _, e := range []string{endAll, endMembership, endDeadline, endQuorum, endDecided} {
 		m.syncSteps.WithLabelValues(e)
 		m.missingByEnd.WithLabelValues(e)
 	}
@@ -96,6 +100,8 @@ func newMetrics(cfg *Config) *metrics {
 		counter("tailor_ps_bytes_received_total", "Payload bytes received in pushes.", &m.bytesIn),
 		counter("tailor_ps_bytes_sent_total", "Payload bytes sent in pulls.", &m.bytesOut),
 		counter("tailor_ps_steps_total", "Updates applied.", &m.steps),
+		counter("tailor_ps_decision_errors_total", "Sync: decisions this server could not apply (it lacked an included gradient); each stops sync.", &m.decisionErrors),
+		counter("tailor_ps_decide_failures_total", "Sync: calls to the Decider that failed or timed out (retried).", &m.decideFailures),
 		gauge("tailor_ps_version", "Current weights version.", &m.version),
 		gauge("tailor_ps_members", "Active workers.", &m.members),
 		gauge("tailor_ps_pending", "Sync: gradients held for the current step. SSP: pushes held back.", &m.pending),

@@ -72,6 +72,13 @@ type Server struct {
 	stepStart time.Time
 	timer     *time.Timer
 
+	// sync with a Decider
+	decideKick chan struct{}               // cap 1: the complete set or the membership changed
+	decideDone chan struct{}               // closed when the decide loop has ended
+	waits      map[string]chan pushOutcome // worker → its held push, waiting for the decision
+	failed     error                       // ErrDecision: sync stopped
+	recent     []wire.Decision             // the last decisions applied, oldest first
+
 	// async and SSP
 	clocks  map[string]int64 // worker → the step it is on (last accepted + 1)
 	clockCh chan struct{}    // closed at every clock or membership change
@@ -100,19 +107,20 @@ func New(cfg Config, members Membership) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		cfg:       cfg,
-		plan:      plan,
-		parts:     plan.ServerParts(cfg.Index),
-		size:      plan.ServerLen(cfg.Index),
-		members:   members,
-		log:       log.With("run", cfg.RunID, "ps", cfg.Index),
-		m:         newMetrics(&cfg),
-		done:      make(chan struct{}),
-		watchDone: make(chan struct{}),
-		verCh:     make(chan struct{}),
-		clockCh:   make(chan struct{}),
-		pending:   map[string][]float32{},
-		clocks:    map[string]int64{},
+		cfg:        cfg,
+		plan:       plan,
+		parts:      plan.ServerParts(cfg.Index),
+		size:       plan.ServerLen(cfg.Index),
+		members:    members,
+		log:        log.With("run", cfg.RunID, "ps", cfg.Index),
+		m:          newMetrics(&cfg),
+		done:       make(chan struct{}),
+		watchDone:  make(chan struct{}),
+		verCh:      make(chan struct{}),
+		clockCh:    make(chan struct{}),
+		pending:    map[string][]float32{},
+		clocks:     map[string]int64{},
+		decideDone: make(chan struct{}),
 	}
 	s.bufs.size = s.size
 	s.snaps.size = s.size
@@ -126,9 +134,18 @@ func New(cfg Config, members Membership) (*Server, error) {
 	if err := s.resetOptimizerLocked(); err != nil {
 		return nil, err
 	}
+	if s.decided() {
+		s.decideKick = make(chan struct{}, 1)
+		s.waits = map[string]chan pushOutcome{}
+	}
 	ids, changed := members.Members()
 	s.setMembersLocked(ids)
 	go s.watch(changed)
+	if s.decided() {
+		go s.decideLoop()
+	} else {
+		close(s.decideDone)
+	}
 	return s, nil
 }
 
@@ -144,6 +161,9 @@ func (s *Server) resetOptimizerLocked() error {
 	s.adam = a
 	return nil
 }
+
+// decided reports whether sync steps are decided by cfg.Decider.
+func (s *Server) decided() bool { return s.cfg.Mode == Sync && s.cfg.Decider != nil }
 
 // Plan is the partition plan; Parts returns this server's parts.
 func (s *Server) Plan() *wire.Plan { return s.plan }
@@ -211,8 +231,10 @@ func (s *Server) Close() error {
 			w.ch <- snapResult{err: ErrClosed}
 		}
 		s.waiters = nil
+		s.answerWaitsLocked(pushOutcome{version: s.version, reason: wire.ReasonClosed})
 		s.mu.Unlock()
 		<-s.watchDone
+		<-s.decideDone
 	})
 	return nil
 }
@@ -241,7 +263,10 @@ func (s *Server) setMembersLocked(ids []string) {
 	s.m.members.Store(int64(len(s.member)))
 	s.bufs.setMax(len(s.member) + 2)
 	s.log.Debug("membership", "workers", len(ids))
-	if s.cfg.Mode == Sync {
+	switch {
+	case s.decided():
+		s.kickDecider()
+	case s.cfg.Mode == Sync:
 		s.maybeCompleteLocked()
 	}
 	s.signalClocksLocked()
@@ -352,6 +377,9 @@ func (s *Server) receive(st grpc.ServerStream, init bool) error {
 			return err
 		}
 		s.m.bytesIn.Add(uint64(len(ch.Payload)))
+		if reason == reasonIncluded {
+			return s.replayIncluded(st, &h)
+		}
 		if reason != "" {
 			return s.refuse(st, &h, reason, detail)
 		}
@@ -369,7 +397,24 @@ func (s *Server) receive(st grpc.ServerStream, init bool) error {
 	if init {
 		version, reason, detail = s.applyInit(buf)
 	} else {
-		version, reason, detail, kept = s.accept(st.Context(), &h, buf)
+		var wait <-chan pushOutcome
+		version, reason, detail, kept, wait = s.accept(st.Context(), &h, buf)
+		if wait != nil {
+			// Sync with a Decider: answer once the step is decided, saying
+			// whether this gradient made it.
+			select {
+			case o := <-wait:
+				version, reason, detail = o.version, o.reason, o.detail
+			case <-st.Context().Done():
+				// The worker went away; its gradient stays held for the
+				// decision, which may still include it.
+				s.log.Debug("worker left while its push waited for the decision", "worker", h.worker, "step", h.step)
+				return st.Context().Err()
+			}
+		}
+	}
+	if reason == reasonIncluded {
+		return s.replayIncluded(st, &h)
 	}
 	if reason != "" {
 		return s.refuse(st, &h, reason, detail)
@@ -429,10 +474,15 @@ func (s *Server) checkPushLocked(h *pushHeader) (reason, detail string) {
 		return wire.ReasonUninitialised, ""
 	case !s.member[h.worker]:
 		return wire.ReasonUnknownWorker, fmt.Sprintf("worker %q", h.worker)
+	case s.failed != nil:
+		return wire.ReasonInconsistent, s.failed.Error()
 	}
 	if s.cfg.Mode == Sync {
 		switch {
 		case h.step < s.version:
+			if reason, detail = s.replayLocked(h); reason != "" {
+				return reason, detail
+			}
 			return wire.ReasonStale, fmt.Sprintf("step %d, collecting %d", h.step, s.version)
 		case h.step > s.version:
 			return wire.ReasonFuture, fmt.Sprintf("step %d, collecting %d", h.step, s.version)
@@ -454,11 +504,13 @@ func (s *Server) checkPushLocked(h *pushHeader) (reason, detail string) {
 
 // accept applies a complete, valid push according to the mode. kept
 // reports whether the server kept buf (sync: until the step is applied).
-func (s *Server) accept(ctx context.Context, h *pushHeader, buf []float32) (version int64, reason, detail string, kept bool) {
+// With a Decider, wait delivers the push's outcome once the step is
+// decided.
+func (s *Server) accept(ctx context.Context, h *pushHeader, buf []float32) (version int64, reason, detail string, kept bool, wait <-chan pushOutcome) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if reason, detail = s.checkPushLocked(h); reason != "" {
-		return s.version, reason, detail, false
+		return s.version, reason, detail, false, nil
 	}
 	if s.cfg.Mode == Sync {
 		if len(s.pending) == 0 {
@@ -466,12 +518,18 @@ func (s *Server) accept(ctx context.Context, h *pushHeader, buf []float32) (vers
 		}
 		s.pending[h.worker] = buf
 		s.m.pending.Store(int64(len(s.pending)))
+		if s.decided() {
+			ch := make(chan pushOutcome, 1)
+			s.waits[h.worker] = ch
+			s.kickDecider()
+			return s.version, "", "", true, ch
+		}
 		s.maybeCompleteLocked()
-		return s.version, "", "", true // t, or t+1 if this push completed the step
+		return s.version, "", "", true, nil // t, or t+1 if this push completed the step
 	}
 	if s.cfg.Mode == SSP {
 		if reason, detail = s.holdLocked(ctx, h); reason != "" {
-			return s.version, reason, detail, false
+			return s.version, reason, detail, false, nil
 		}
 	}
 	start := time.Now()
@@ -482,7 +540,7 @@ func (s *Server) accept(ctx context.Context, h *pushHeader, buf []float32) (vers
 	s.m.steps.Add(1)
 	s.m.stepSeconds.Observe(time.Since(start).Seconds())
 	s.weightsChangedLocked()
-	return s.version, "", "", false
+	return s.version, "", "", false, nil
 }
 
 // holdLocked waits (unlocking while it waits) until the push of step h.step
@@ -561,6 +619,9 @@ func (s *Server) applyLocked(grad []float32) {
 
 func (s *Server) startStepLocked() {
 	s.stepStart = time.Now()
+	if s.decided() {
+		return // the Decider's deadline, not ours
+	}
 	s.expected = make(map[string]bool, len(s.member))
 	for w := range s.member {
 		s.expected[w] = true
@@ -609,10 +670,6 @@ func (s *Server) completeLocked(end string) {
 		ids = append(ids, w)
 	}
 	slices.Sort(ids)
-	grads := make([][]float32, len(ids))
-	for i, w := range ids {
-		grads[i] = s.pending[w]
-	}
 	missing := 0
 	for w := range s.expected {
 		if s.pending[w] == nil {
@@ -627,6 +684,25 @@ func (s *Server) completeLocked(end string) {
 	if end == endAll && missing > 0 {
 		end = endMembership
 	}
+	s.applyPendingLocked(ids)
+	s.m.syncSteps.WithLabelValues(end).Inc()
+	if missing > 0 {
+		s.m.missing.Add(uint64(missing))
+		s.m.missingByEnd.WithLabelValues(end).Add(float64(missing))
+		s.log.Warn("sync step applied without some workers", "step", s.version-1, "gradients", len(ids), "missing", missing, "end", end)
+	}
+	s.weightsChangedLocked()
+}
+
+// applyPendingLocked applies the average of the pending gradients of ids
+// (a non-empty subset of the pending workers), summed in the order of
+// ids, recycles every pending buffer and moves to the next version. The caller counts the
+// step's end and calls weightsChangedLocked.
+func (s *Server) applyPendingLocked(ids []string) {
+	grads := make([][]float32, len(ids))
+	for i, w := range ids {
+		grads[i] = s.pending[w]
+	}
 	g := grads[0]
 	if len(grads) > 1 {
 		if s.avg == nil {
@@ -636,27 +712,20 @@ func (s *Server) completeLocked(end string) {
 		g = s.avg
 	}
 	s.applyLocked(g)
-	for _, b := range grads {
+	for w, b := range s.pending {
 		s.bufs.put(b)
+		delete(s.pending, w)
 	}
-	clear(s.pending)
 	s.expected = nil
 	s.m.pending.Store(0)
 	s.version++
 	s.m.steps.Add(1)
-	s.m.syncSteps.WithLabelValues(end).Inc()
-	if missing > 0 {
-		s.m.missing.Add(uint64(missing))
-		s.m.missingByEnd.WithLabelValues(end).Add(float64(missing))
-		s.log.Warn("sync step applied without some workers", "step", s.version-1, "gradients", len(ids), "missing", missing, "end", end)
-	}
 	s.m.stepSeconds.Observe(time.Since(s.stepStart).Seconds())
-	s.weightsChangedLocked()
 }
 
 // average sets dst to the mean of srcs: for each float, the float64 sum in
-// the order of srcs (worker-id order), divided by len(srcs), rounded to
-// float32. The result depends only on the inputs, not on arrival order.
+// the order of srcs (worker-id order, or the Decider's), divided by
+// len(srcs), rounded to float32. The result depends only on the inputs, not on arrival order.
 func average(dst []float32, srcs [][]float32) {
 	const block = 2048
 	var acc [block]float64
@@ -705,6 +774,8 @@ func (s *Server) resetLocked(version int64) {
 		panic(err) // the config was validated in New
 	}
 	s.clearPendingLocked()
+	s.recent = nil
+	s.failed = nil // consistent weights again (Restore of a checkpoint)
 	clear(s.clocks)
 	s.initialised = true
 	s.version = version
@@ -721,6 +792,7 @@ func (s *Server) clearPendingLocked() {
 	}
 	s.expected = nil
 	s.m.pending.Store(0)
+	s.answerWaitsLocked(pushOutcome{version: s.version, reason: wire.ReasonStale, detail: "the server was reset; the step's gradients were dropped"})
 }
 
 // ---- Status ----

@@ -134,6 +134,12 @@ func (c *Client) checkPush(tensors [][]float32) error {
 // independently: if some refuse (say, the membership changed between
 // them) the others' parts are still updated. The tensors are read, never
 // written, and must not change until Push returns.
+//
+// In sync mode with a decider (the coordinator decides each step for all
+// servers), every server answers once step is decided: nil (at version
+// step+1) if the gradient made the step; otherwise ReasonLate from every
+// server — the step went without it, redo the batch at step+1 — as
+// ReasonStale is for a push that arrives after the step.
 func (c *Client) Push(ctx context.Context, step, version int64, tensors [][]float32) (int64, error) {
 	if err := c.checkPush(tensors); err != nil {
 		return -1, err

@@ -1,6 +1,7 @@
-// Package wire is the protocol between workers and parameter servers: the
-// partition plan both sides derive from the model's tensor spec, the
-// binary messages, their gRPC codec and service, and the worker's Client.
+// Package wire is the protocol between workers, parameter servers and the
+// coordinator: the partition plan workers and servers derive from the
+// model's tensor spec, the binary messages, their gRPC codec and services,
+// the worker's Client and the parameter server's DeciderClient.
 //
 // # Transport
 //
@@ -15,6 +16,13 @@
 //
 // Flow-control windows are 16 MiB per stream and 64 MiB per connection,
 // socket buffers 1 MiB, messages up to MaxMessageBytes.
+//
+// The coordinator serves a second service, tailor.coord.v1.Steps, through
+// which parameter servers ask which workers' gradients make a sync step
+// (docs/cluster.md; RegisterSteps, NewDeciderClient):
+//
+//	Decide DecideRequest → DecideReply (unary long-poll: answered once the
+//	       step is decided, or ended by the caller's deadline)
 //
 // # Messages
 //
@@ -39,6 +47,13 @@
 //	StatusReply  run, worker, server, mode, initialised, version, step,
 //	             members, pending, bytes in, bytes out, accepted, steps,
 //	             missing, n, n × (reason, count)
+//	DecideRequest run, server, step, n, n × worker id (complete, sorted)
+//	DecideReply  run, server, step, n, n × worker id (included, summation
+//	             order), m, m × worker id (excluded, sorted)
+//
+// DecideRequest and DecideReply carry no worker field: the run id and the
+// server index say who asks; at most MaxDecideWorkers ids per list, and a
+// decoder refuses unsorted, repeated or empty ids and empty decisions.
 //
 // With FlagChecksum (the client's default, asked of the server in
 // PullRequest.Flags) the CRC-32C covers the payload and is checked; it

@@ -43,6 +43,14 @@ const (
 	ReasonCorrupt       = "corrupt"        // undecodable bytes or a checksum mismatch
 	ReasonCanceled      = "canceled"       // the sender gave up while the push was held (SSP)
 	ReasonClosed        = "closed"         // the server is shutting down
+	// ReasonLate: sync with a decider (the coordinator): the step was
+	// decided without this gradient (a quorum was reached without it, or
+	// the step's deadline passed). The worker redoes its batch.
+	ReasonLate = "late"
+	// ReasonInconsistent: sync with a decider: the server was told to apply
+	// a gradient it does not hold, and has stopped applying sync steps
+	// rather than diverge from the other servers.
+	ReasonInconsistent = "inconsistent"
 )
 
 // Reasons lists every rejection reason, in a fixed order.
@@ -50,6 +58,7 @@ var Reasons = []string{
 	ReasonRunID, ReasonPlan, ReasonUnknownWorker, ReasonShape, ReasonNonFinite,
 	ReasonStale, ReasonFuture, ReasonDuplicate, ReasonUninitialised,
 	ReasonInitialised, ReasonCorrupt, ReasonCanceled, ReasonClosed,
+	ReasonLate, ReasonInconsistent,
 }
 
 // RejectedError is a server's refusal of a push or a pull.
