@@ -116,7 +116,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	wspec, _ := netspec.Tensors(net)
-	psAddrs, err := WaitParamServers(ctx, mem, spec.ParamServers)
+	psAddrs, err := cluster.WaitRanks(ctx, mem, cluster.RoleParamServer, spec.ParamServers, AddrGRPC)
 	if err != nil {
 		return err
 	}
@@ -141,30 +141,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	w := &runner{cfg: cfg, spec: spec, log: log, cli: cli, elect: elect, comp: comp, cache: cache, man: man, m: m}
 	return w.loop(ctx)
-}
-
-// WaitParamServers waits until n parameter servers are live and returns
-// their gRPC addresses in rank (server index) order.
-func WaitParamServers(ctx context.Context, mem *cluster.Membership, n int) ([]string, error) {
-	for {
-		ps := mem.Members(cluster.RoleParamServer)
-		addrs := make([]string, n)
-		have := 0
-		for _, p := range ps {
-			if p.Rank >= 0 && p.Rank < n && addrs[p.Rank] == "" && p.Addrs[AddrGRPC] != "" {
-				addrs[p.Rank] = p.Addrs[AddrGRPC]
-				have++
-			}
-		}
-		if have == n {
-			return addrs, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for %d parameter servers (%d live): %w", n, have, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 type runner struct {
