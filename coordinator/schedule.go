@@ -75,7 +75,8 @@ func (s *Scheduler) order(u int) []int {
 
 // Begin opens the next step for the live workers (any order). It returns the
 // reservations, one per participant in worker order; workers without work
-// (the epoch's remaining units are held by others) get none.
+// (the epoch's remaining units are held by others) get none. When nobody
+// has work, no step opens and Begin returns none.
 func (s *Scheduler) Begin(live []string) ([]Batch, error) {
 	if s.open {
 		return nil, ErrStepOpen
@@ -107,6 +108,12 @@ func (s *Scheduler) Begin(live []string) ([]Batch, error) {
 		}
 		s.res[w] = b
 		out = append(out, b)
+	}
+	if len(out) == 0 {
+		// nobody has work in this step (the epoch's remaining records are
+		// held by workers not live right now): no step opens
+		s.res = nil
+		return nil, nil
 	}
 	s.open = true
 	return out, nil

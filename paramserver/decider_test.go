@@ -44,7 +44,7 @@ func (f *fakeDecider) callsSeen() [][]string {
 	return slices.Clone(f.calls)
 }
 
-func pushAll(t *testing.T, c *cluster, ctx context.Context, step int64, ws ...int) []error {
+func pushAll(t *testing.T, c *psCluster, ctx context.Context, step int64, ws ...int) []error {
 	t.Helper()
 	errs := make([]error, len(ws))
 	var wg sync.WaitGroup

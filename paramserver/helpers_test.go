@@ -45,16 +45,16 @@ func testConfig(tb testing.TB, mode Mode, servers, index int) Config {
 }
 
 // cluster is P servers on loopback ports.
-type cluster struct {
+type psCluster struct {
 	servers []*Server
 	addrs   []string
 	spec    wire.Spec
 }
 
 // startCluster starts one server per config; they stop when the test ends.
-func startCluster(tb testing.TB, members Membership, cfgs ...Config) *cluster {
+func startCluster(tb testing.TB, members Membership, cfgs ...Config) *psCluster {
 	tb.Helper()
-	c := &cluster{spec: cfgs[0].Spec}
+	c := &psCluster{spec: cfgs[0].Spec}
 	for _, cfg := range cfgs {
 		s, err := New(cfg, members)
 		if err != nil {
@@ -74,12 +74,12 @@ func startCluster(tb testing.TB, members Membership, cfgs ...Config) *cluster {
 	return c
 }
 
-func (c *cluster) client(tb testing.TB, worker string) *wire.Client {
+func (c *psCluster) client(tb testing.TB, worker string) *wire.Client {
 	tb.Helper()
 	return c.clientOf(tb, testRun, worker)
 }
 
-func (c *cluster) clientOf(tb testing.TB, run, worker string) *wire.Client {
+func (c *psCluster) clientOf(tb testing.TB, run, worker string) *wire.Client {
 	tb.Helper()
 	cl, err := wire.NewClient(wire.ClientConfig{RunID: run, WorkerID: worker, Addrs: c.addrs, Spec: c.spec, ChunkBytes: wire.MinChunkBytes})
 	if err != nil {
@@ -90,7 +90,7 @@ func (c *cluster) clientOf(tb testing.TB, run, worker string) *wire.Client {
 }
 
 // status returns server i's status.
-func (c *cluster) status(tb testing.TB, i int) *wire.StatusReply {
+func (c *psCluster) status(tb testing.TB, i int) *wire.StatusReply {
 	tb.Helper()
 	r, err := c.servers[i].Status(context.Background(), &wire.StatusRequest{RunID: testRun, WorkerID: "test"})
 	if err != nil {

@@ -23,7 +23,7 @@ func syncConfigs(tb testing.TB, servers int, edit func(*Config)) []Config {
 	return cfgs
 }
 
-func initCluster(tb testing.TB, c *cluster) [][]float32 {
+func initCluster(tb testing.TB, c *psCluster) [][]float32 {
 	tb.Helper()
 	init := tensors(c.spec, 42)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

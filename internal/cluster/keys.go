@@ -55,6 +55,11 @@ func (k Keys) Prefix() string { return k.prefix }
 // Spec is the job spec: the immutable description of the run.
 func (k Keys) Spec() string { return k.prefix + "spec" }
 
+// WireSpec is wirespec: the model's tensor spec (wire.Spec, JSON) that the
+// parameter servers hold, written by the first leader coordinator (Create:
+// it never changes), so that parameter servers need not know the net.
+func (k Keys) WireSpec() string { return k.prefix + "wirespec" }
+
 // Members is the prefix of all member keys.
 func (k Keys) Members() string { return k.prefix + "members/" }
 

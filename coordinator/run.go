@@ -1,0 +1,496 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/job"
+	"github.com/tailorml/tailor/internal/netspec"
+	"github.com/tailorml/tailor/internal/wire"
+	"github.com/tailorml/tailor/metrics"
+	"github.com/tailorml/tailor/model"
+	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/train"
+)
+
+// Addrs keys of the coordinator's membership record.
+const (
+	AddrGRPC    = "grpc"
+	AddrMetrics = "metrics"
+)
+
+// Config is one coordinator process (the leader or a standby).
+type Config struct {
+	Run         string
+	ID          string
+	Etcd        []string
+	Listen      string // gRPC address; default a free loopback port
+	MetricsAddr string // /metrics address; empty: none
+	GossipBind  string
+	SecretKey   []byte
+	Log         *slog.Logger
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.Run == "" || c.ID == "" || len(c.Etcd) == 0 {
+		return errors.New("coordinator needs a run id, its own id and etcd endpoints")
+	}
+	return nil
+}
+
+// Run joins the run, waits to be elected, then leads it to the end: it
+// initialises the parameter servers, hands out batches step by step, decides
+// sync steps, validates after each epoch and keeps the best model. A standby
+// waits in the election until the leader dies.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cli, err := cluster.NewClient(cfg.Etcd)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	spec, err := job.Wait(ctx, cli, cfg.Run)
+	if err != nil {
+		return err
+	}
+	listen := cfg.Listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	lis, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("coordinator listener: %w", err)
+	}
+	defer lis.Close()
+	self := cluster.Member{ID: cfg.ID, Role: cluster.RoleCoordinator, Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}
+	reg := prometheus.NewRegistry()
+	if cfg.MetricsAddr != "" {
+		mlis, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(mlis)
+		defer srv.Close()
+		self.Addrs[AddrMetrics] = mlis.Addr().String()
+	}
+	keys := cluster.RunKeys(cfg.Run)
+	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	mem, err := cluster.Join(jctx, cluster.MembershipConfig{Client: cli, Keys: keys, Self: self, GossipBind: cfg.GossipBind,
+		SecretKey: cfg.SecretKey, FastFailure: true, Log: log})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("join run %s: %w", cfg.Run, err)
+	}
+	defer func() {
+		lctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer c()
+		_ = mem.Leave(lctx)
+	}()
+	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: mem.Self()})
+	if err != nil {
+		return err
+	}
+	log.Info("standing for election", "run", cfg.Run, "id", cfg.ID)
+	term, err := elect.Campaign(ctx)
+	if err != nil {
+		return err
+	}
+	log.Info("leading the run", "run", cfg.Run)
+	l := &leader{cfg: cfg, spec: spec, log: log, cli: cli, mem: mem, term: term, reg: reg,
+		wake: make(chan struct{}), decided: make(chan int64, 16)}
+	return l.run(ctx, lis)
+}
+
+type leader struct {
+	cfg  Config
+	spec job.Spec
+	log  *slog.Logger
+	cli  *clientv3.Client
+	mem  *cluster.Membership
+	term *cluster.Term
+	reg  *prometheus.Registry
+
+	mu      sync.Mutex
+	sched   *Scheduler
+	steps   *Steps
+	wake    chan struct{} // closed and replaced when reservations change
+	decided chan int64
+	done    bool // the run is over
+	// epoch statistics
+	lossSum  float64
+	lossN    int
+	images   int
+	epochT0  time.Time
+	computeT time.Duration
+
+	stepsGauge, epochGauge, lossGauge prometheus.Gauge
+	imagesCounter                     prometheus.Counter
+}
+
+func (l *leader) run(ctx context.Context, lis net.Listener) error {
+	spec := l.spec
+	if spec.Mode != job.ModeSync {
+		return fmt.Errorf("mode %s is not wired into the cluster yet (only sync)", spec.Mode)
+	}
+	st, err := shard.OpenStore(ctx, spec.Data)
+	if err != nil {
+		return err
+	}
+	man, err := shard.LoadManifest(ctx, st)
+	if err != nil {
+		return err
+	}
+	net, err := model.New(model.DefaultConfig(man.Width, len(man.Labels)), spec.Seed)
+	if err != nil {
+		return err
+	}
+	wspec, tensors := netspec.Tensors(net)
+	trainSet, err := train.LoadSplit(ctx, st, man, shard.SplitTrain, 0)
+	if err != nil {
+		return err
+	}
+	valSet, err := train.LoadSplit(ctx, st, man, shard.SplitVal, 0)
+	if err != nil {
+		return fmt.Errorf("the cluster validates on a val split: %w", err)
+	}
+	mean, std := make([]float32, len(man.Mean)), make([]float32, len(man.Std))
+	for i := range man.Mean {
+		mean[i], std[i] = float32(man.Mean[i]), float32(man.Std[i])
+		if !(std[i] > 0) {
+			std[i] = 1
+		}
+	}
+	if err := os.MkdirAll(spec.Out, 0o755); err != nil {
+		return err
+	}
+	val := &train.Validator{Cfg: train.ValidatorConfig{Out: spec.Out, BNEstimate: spec.BNEstimate, BNBatches: spec.BNBatches, Batch: spec.Batch,
+		EvalBatch: 64, EvalRunning: spec.EvalRunning, BestBy: spec.BestBy, Seed: spec.Seed,
+		Meta: map[string]string{"run": spec.Run, "data": spec.Data, "mode": spec.Mode, "interpolation": man.Build.Interpolation}},
+		Labels: man.Labels, Mean: mean, Std: std, Train: trainSet, Val: valSet}
+
+	// the parameter servers learn the tensors they hold from etcd
+	wb, err := json.Marshal(wspec)
+	if err != nil {
+		return err
+	}
+	if _, err := cluster.Create(ctx, l.cli, cluster.RunKeys(spec.Run).WireSpec(), wb); err != nil && !errors.Is(err, cluster.ErrConflict) {
+		return fmt.Errorf("publish the model spec: %w", err)
+	}
+	psAddrs, err := cluster.WaitRanks(ctx, l.mem, cluster.RoleParamServer, spec.ParamServers, AddrGRPC)
+	if err != nil {
+		return err
+	}
+	ps, err := wire.NewClient(wire.ClientConfig{RunID: spec.Run, WorkerID: "coordinator", Addrs: psAddrs, Spec: wspec})
+	if err != nil {
+		return err
+	}
+	defer ps.Close()
+	if err := ps.Init(ctx, tensors); err != nil && !isInitialised(err) {
+		return fmt.Errorf("initialise parameter servers: %w", err)
+	}
+
+	l.steps, err = NewSteps(StepsConfig{RunID: spec.Run, Servers: spec.ParamServers, Quorum: spec.Quorum, Deadline: spec.StepDeadline,
+		Commit: l.commit, Log: l.log})
+	if err != nil {
+		return err
+	}
+	defer l.steps.Close()
+	l.registerMetrics()
+	gs := grpc.NewServer(wire.ServerOptions()...)
+	wire.RegisterWork(gs, l)
+	wire.RegisterSteps(gs, l.steps)
+	go gs.Serve(lis)
+	defer gs.Stop()
+
+	events, stop := l.mem.Subscribe()
+	defer stop()
+	go l.watch(events)
+
+	units, err := Units(man, shard.SplitTrain, spec.UnitSize)
+	if err != nil {
+		return err
+	}
+	step := int64(0)
+	for epoch := 0; epoch < spec.Epochs; epoch++ {
+		l.mu.Lock()
+		l.sched = NewScheduler(units, spec.Seed, epoch, spec.Batch, step)
+		l.lossSum, l.lossN, l.images, l.epochT0, l.computeT = 0, 0, 0, time.Now(), 0
+		l.mu.Unlock()
+		l.epochGauge.Set(float64(epoch + 1))
+		if step, err = l.epoch(ctx); err != nil {
+			return err
+		}
+		// every server has applied the epoch's last step: judge the weights
+		if _, err := ps.Pull(ctx, step, tensors); err != nil {
+			return fmt.Errorf("pull weights after epoch %d: %w", epoch+1, err)
+		}
+		l.mu.Lock()
+		secs := time.Since(l.epochT0).Seconds()
+		ep := train.Epoch{Epoch: epoch + 1, TrainLoss: l.lossSum / math.Max(float64(l.lossN), 1), LR: 0, Seconds: secs,
+			ImgPerSec: float64(l.images) / secs}
+		l.mu.Unlock()
+		ep, improved, err := val.EndEpoch(ctx, net, ep)
+		if err != nil {
+			return err
+		}
+		l.log.Info("epoch", "epoch", epoch+1, "of", spec.Epochs, "train_loss", round4(ep.TrainLoss), "val_loss", round4(ep.Val.Loss),
+			"val_map", round4(ep.Val.MAP), "img_per_s", math.Round(ep.ImgPerSec), "workers", len(l.mem.Members(cluster.RoleWorker)), "saved", improved)
+	}
+	l.mu.Lock()
+	l.done = true
+	l.broadcastLocked()
+	l.mu.Unlock()
+	if err := l.testReport(ctx, st, man, val.ModelPath()); err != nil {
+		l.log.Warn("no test report", "err", err)
+	}
+	// give the workers a moment to hear "done" before the server stops
+	select {
+	case <-time.After(2 * time.Second):
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+func isInitialised(err error) bool {
+	var rej *wire.RejectedError
+	return errors.As(err, &rej) && rej.Reason == wire.ReasonInitialised
+}
+
+// epoch runs steps until every record of the epoch is consumed; it returns
+// the next step number.
+func (l *leader) epoch(ctx context.Context) (int64, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		select {
+		case <-l.term.Done():
+			return 0, errors.New("lost leadership")
+		default:
+		}
+		live := l.liveWorkers()
+		l.mu.Lock()
+		if l.sched.Done() {
+			step := l.sched.Step()
+			l.mu.Unlock()
+			return step, nil
+		}
+		if len(live) == 0 {
+			l.mu.Unlock()
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		res, err := l.sched.Begin(live)
+		if err != nil {
+			l.mu.Unlock()
+			return 0, err
+		}
+		step := l.sched.Step()
+		if len(res) == 0 {
+			// records are left, but held by workers that are not live: wait
+			// for the membership to drop them
+			l.mu.Unlock()
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		ids := make([]string, len(res))
+		for i, b := range res {
+			ids[i] = b.Worker
+		}
+		if err := l.steps.SetParticipants(step, ids); err != nil {
+			l.mu.Unlock()
+			return 0, err
+		}
+		l.broadcastLocked()
+		l.mu.Unlock()
+		l.stepsGauge.Set(float64(step))
+		if err := l.waitDecided(ctx, step); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// waitDecided waits for commit to record the decision of step.
+func (l *leader) waitDecided(ctx context.Context, step int64) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-l.term.Done():
+			return errors.New("lost leadership")
+		case s := <-l.decided:
+			if s == step {
+				return nil
+			}
+		}
+	}
+}
+
+// liveWorkers returns the live workers in rank order.
+func (l *leader) liveWorkers() []string {
+	var ids []string
+	for _, m := range l.mem.Members(cluster.RoleWorker) {
+		ids = append(ids, m.ID)
+	}
+	return ids
+}
+
+// commit records a sync-step decision: the included workers' batches are
+// consumed. (Persisting the ledger in etcd, for resume, is the
+// checkpoint issue's work.)
+func (l *leader) commit(ctx context.Context, d wire.Decision) (wire.Decision, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	done, err := l.sched.Decide(d.Step, d.Included)
+	if err != nil {
+		return d, err
+	}
+	for _, b := range done {
+		l.images += len(b.IDs)
+	}
+	l.imagesCounter.Add(float64(len(done)))
+	l.broadcastLocked()
+	select {
+	case l.decided <- d.Step:
+	default:
+	}
+	return d, nil
+}
+
+// watch drops workers the membership declares dead or gone.
+func (l *leader) watch(events <-chan cluster.Event) {
+	for ev := range events {
+		if ev.Member.Role != cluster.RoleWorker {
+			continue
+		}
+		switch ev.Kind {
+		case cluster.EventFailed, cluster.EventGone, cluster.EventLeft:
+			l.log.Info("worker lost", "worker", ev.Member.ID, "event", ev.Kind)
+			l.steps.Drop(ev.Member.ID)
+			l.mu.Lock()
+			if l.sched != nil {
+				l.sched.Drop(ev.Member.ID)
+			}
+			l.broadcastLocked()
+			l.mu.Unlock()
+		}
+	}
+}
+
+func (l *leader) broadcastLocked() {
+	close(l.wake)
+	l.wake = make(chan struct{})
+}
+
+// Next implements wire.WorkHandler: it answers when the worker has a batch
+// in a step after the one it finished, when the run is over, or after a
+// while with "wait".
+func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkReply, error) {
+	if req.RunID != l.spec.Run {
+		return nil, wire.RejectStatus(wire.ReasonRunID, req.RunID)
+	}
+	rep := &wire.WorkReply{RunID: req.RunID, WorkerID: req.WorkerID, Kind: wire.WorkWait}
+	l.mu.Lock()
+	if req.Done >= 0 {
+		l.lossSum += req.Loss
+		l.lossN++
+		l.lossGauge.Set(req.Loss)
+	}
+	l.mu.Unlock()
+	timeout := time.NewTimer(5 * time.Second)
+	defer timeout.Stop()
+	for {
+		l.mu.Lock()
+		if l.done {
+			l.mu.Unlock()
+			rep.Kind = wire.WorkDone
+			return rep, nil
+		}
+		if l.sched != nil {
+			if b, ok := l.sched.Reservation(req.WorkerID); ok && b.Step > req.Done {
+				l.mu.Unlock()
+				rep.Kind, rep.Step, rep.Epoch, rep.Shard = wire.WorkBatch, b.Step, int64(b.Epoch), b.Shard
+				for _, o := range b.Offsets {
+					rep.Offsets = append(rep.Offsets, uint64(o))
+				}
+				return rep, nil
+			}
+		}
+		wake := l.wake
+		l.mu.Unlock()
+		select {
+		case <-wake:
+		case <-timeout.C:
+			return rep, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (l *leader) registerMetrics() {
+	l.stepsGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_coordinator_step", Help: "Current step."})
+	l.epochGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_coordinator_epoch", Help: "Current epoch (from 1)."})
+	l.lossGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_coordinator_loss", Help: "Last batch loss reported by a worker."})
+	l.imagesCounter = prometheus.NewCounter(prometheus.CounterOpts{Name: "tailor_coordinator_batches_total", Help: "Batches applied."})
+	l.reg.MustRegister(l.stepsGauge, l.epochGauge, l.lossGauge, l.imagesCounter)
+}
+
+// testReport scores the kept model on the test split, if there is one.
+func (l *leader) testReport(ctx context.Context, st shard.Store, man *shard.Manifest, modelPath string) error {
+	if _, err := man.Split(shard.SplitTest); err != nil {
+		return err
+	}
+	b, err := model.Load(modelPath)
+	if err != nil {
+		return err
+	}
+	ds, err := train.LoadSplit(ctx, st, man, shard.SplitTest, 0)
+	if err != nil {
+		return err
+	}
+	probs, err := train.Predict(ctx, b, ds, 64)
+	if err != nil {
+		return err
+	}
+	rep := metrics.Evaluate(b.Labels, probs, ds.Truth(), b.Thresholds)
+	f, err := os.Create(filepath.Join(l.spec.Out, "test_metrics.txt"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := rep.WriteTable(io.MultiWriter(f)); err != nil {
+		return err
+	}
+	l.log.Info("test", "map", round4(rep.MAP), "macro_f1", round4(rep.MacroF1), "subset_acc", round4(rep.SubsetAccuracy))
+	return nil
+}
+
+func round4(v float64) float64 { return math.Round(v*1e4) / 1e4 }

@@ -1,0 +1,206 @@
+package paramserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/job"
+	"github.com/tailorml/tailor/internal/wire"
+)
+
+// Addrs keys of a parameter server's membership record.
+const (
+	AddrGRPC    = "grpc"
+	AddrMetrics = "metrics"
+)
+
+// NodeConfig is a parameter server process in a cluster run.
+type NodeConfig struct {
+	Run         string
+	Index       int
+	Etcd        []string
+	Listen      string // gRPC address; default a free loopback port
+	MetricsAddr string // /metrics address; empty: none
+	GossipBind  string
+	SecretKey   []byte
+	Log         *slog.Logger
+}
+
+// RunNode is a parameter server's life in a cluster run: it reads the run's
+// spec and the model's tensor spec from etcd, joins the membership (role
+// paramserver, rank = index) with its addresses, takes the active workers
+// from the membership and, in sync mode, the step decisions from the leader
+// coordinator, and serves until ctx ends. Its weights arrive by Init from the
+// coordinator.
+func RunNode(ctx context.Context, cfg NodeConfig) error {
+	if cfg.Run == "" || len(cfg.Etcd) == 0 || cfg.Index < 0 {
+		return errors.New("paramserver node needs a run id, etcd endpoints and an index ≥ 0")
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cli, err := cluster.NewClient(cfg.Etcd)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	spec, err := job.Wait(ctx, cli, cfg.Run)
+	if err != nil {
+		return err
+	}
+	if cfg.Index >= spec.ParamServers {
+		return fmt.Errorf("index %d: the run has %d parameter servers", cfg.Index, spec.ParamServers)
+	}
+	keys := cluster.RunKeys(cfg.Run)
+	listen := cfg.Listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	lis, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("paramserver listener: %w", err)
+	}
+	defer lis.Close()
+	self := cluster.Member{ID: fmt.Sprintf("ps%d", cfg.Index), Role: cluster.RoleParamServer, Rank: cfg.Index,
+		Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}
+	var mlis net.Listener
+	if cfg.MetricsAddr != "" {
+		if mlis, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		defer mlis.Close()
+		self.Addrs[AddrMetrics] = mlis.Addr().String()
+	}
+	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	mem, err := cluster.Join(jctx, cluster.MembershipConfig{Client: cli, Keys: keys, Self: self, GossipBind: cfg.GossipBind,
+		SecretKey: cfg.SecretKey, FastFailure: true, Log: log})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("join run %s: %w", cfg.Run, err)
+	}
+	defer func() {
+		lctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer c()
+		_ = mem.Leave(lctx)
+	}()
+	var wspec wire.Spec
+	for {
+		_, err := cluster.GetJSON(ctx, cli, keys.WireSpec(), &wspec)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, cluster.ErrNotFound) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the model spec: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	pc := DefaultConfig(cfg.Run, wspec)
+	pc.Index, pc.Servers, pc.Adam, pc.Mode = cfg.Index, spec.ParamServers, spec.AdamConfig(), Mode(spec.Mode)
+	pc.Staleness, pc.StepDeadline, pc.Logger = spec.Staleness, spec.StepDeadline, log
+	var ld *leaderDecider
+	if pc.Mode == Sync {
+		elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: mem.Self()})
+		if err != nil {
+			return err
+		}
+		ld = &leaderDecider{elect: elect, run: cfg.Run, index: cfg.Index, log: log}
+		defer ld.close()
+		pc.Decider = ld
+	} else {
+		pc.SyncQuorum = spec.Quorum
+	}
+	workers := cluster.WatchIDs(mem, cluster.RoleWorker)
+	defer workers.Close()
+	srv, err := New(pc, workers)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	if mlis != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", srv.MetricsHandler())
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go hs.Serve(mlis)
+		defer hs.Close()
+	}
+	log.Info("serving", "index", cfg.Index, "addr", lis.Addr().String(), "mode", pc.Mode)
+	return srv.Serve(ctx, lis)
+}
+
+// leaderDecider sends sync-step reports to whichever coordinator leads,
+// reconnecting when the leader changes.
+type leaderDecider struct {
+	elect *cluster.Election
+	run   string
+	index int
+	log   *slog.Logger
+
+	mu   sync.Mutex
+	addr string
+	conn *grpc.ClientConn
+	dc   *wire.DeciderClient
+}
+
+func (d *leaderDecider) client(ctx context.Context) (*wire.DeciderClient, error) {
+	l, err := d.elect.Leader(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("no coordinator: %w", err)
+	}
+	addr := l.Member.Addrs[AddrGRPC]
+	if addr == "" {
+		return nil, errors.New("the leader publishes no gRPC address")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if addr == d.addr && d.dc != nil {
+		return d.dc, nil
+	}
+	if d.conn != nil {
+		d.conn.Close()
+	}
+	conn, err := grpc.NewClient(addr, wire.DialOptions()...)
+	if err != nil {
+		return nil, err
+	}
+	d.addr, d.conn, d.dc = addr, conn, wire.NewDeciderClient(conn, d.run, d.index)
+	return d.dc, nil
+}
+
+// Decide implements Decider.
+func (d *leaderDecider) Decide(ctx context.Context, step int64, complete []string) (wire.Decision, error) {
+	dc, err := d.client(ctx)
+	if err != nil {
+		return wire.Decision{}, err
+	}
+	dec, err := dc.Decide(ctx, step, complete)
+	if err != nil && ctx.Err() == nil {
+		// maybe the leader changed: reconnect on the next call
+		d.mu.Lock()
+		d.addr = ""
+		d.mu.Unlock()
+	}
+	return dec, err
+}
+
+func (d *leaderDecider) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conn != nil {
+		d.conn.Close()
+	}
+}
+
