@@ -35,12 +35,12 @@ Adam (--mode sync, async or ssp) and serves the weights over gRPC. BatchNorm
 running statistics travel as untrained "state" tensors. Initial weights come
 from --seed (every server of the run must use the same), from a model file, or
 from an Init call (--init rpc). Prometheus metrics are served at
---metrics-listen/metrics. Workers are a fixed list for now.`)
-	fs.StringVar(&cfg.RunID, "run", "", "run id (required)")
+--metrics-listen/metrics. Standalone, the workers are a fixed list (--workers).
+With --etcd, it is server --index of a cluster run instead, and takes everything
+else (model, mode, workers, step decisions) from the run.`)
 	fs.IntVar(&cfg.Index, "index", cfg.Index, "this server's index")
 	fs.IntVar(&cfg.Servers, "servers", cfg.Servers, "number of parameter servers")
 	fs.StringVar(&cfg.ListenAddr, "listen", cfg.ListenAddr, "gRPC listen address")
-	fs.StringVar(&metricsAddr, "metrics-listen", ":9410", "metrics HTTP listen address (empty: none)")
 	fs.StringVar(&mode, "mode", string(cfg.Mode), "update rule: sync, async or ssp")
 	fs.IntVar(&cfg.Staleness, "staleness", cfg.Staleness, "ssp: steps a worker may run ahead of the slowest")
 	fs.DurationVar(&cfg.StepDeadline, "step-deadline", cfg.StepDeadline, "sync: apply a step this long after its first gradient even if some are missing")
@@ -53,8 +53,21 @@ from an Init call (--init rpc). Prometheus metrics are served at
 	fs.Uint64Var(&seed, "seed", 1, "run seed of the initial weights (with --init seed)")
 	fs.StringVar(&initFrom, "init", "seed", `initial weights: "seed", "rpc" (wait for an Init call) or a model file`)
 	fs.BoolVar(&showPlan, "plan", false, "print the partition plan and exit")
+	var cf clusterFlags
+	cf.add(fs)
 	if code, done := parse(env, fs); done {
 		return code
+	}
+	if len(cf.endpoints()) > 0 && !showPlan {
+		// cluster mode: everything else comes from the run in etcd
+		if !cf.check(env, "paramserver") {
+			return 2
+		}
+		listen := cfg.ListenAddr
+		if listen == paramserver.DefaultConfig("", nil).ListenAddr {
+			listen = "127.0.0.1:0"
+		}
+		return runParamServerNode(ctx, env, cf, cfg.Index, listen)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(env.Stderr, "tailor paramserver: unexpected arguments %q\n", fs.Args())
@@ -73,6 +86,7 @@ from an Init call (--init rpc). Prometheus metrics are served at
 	if showPlan {
 		return printPlan(env, spec, cfg.Servers)
 	}
+	cfg.RunID, metricsAddr = cf.run, cf.metrics
 	if cfg.RunID == "" || workers == "" {
 		fmt.Fprintln(env.Stderr, "tailor paramserver: --run and --workers are required")
 		return 2

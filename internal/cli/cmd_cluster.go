@@ -1,0 +1,199 @@
+package cli
+
+import (
+	"context"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/tailorml/tailor/coordinator"
+	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/job"
+	"github.com/tailorml/tailor/paramserver"
+	"github.com/tailorml/tailor/worker"
+)
+
+func init() {
+	register("coordinator", "lead a cluster run (or stand by for the leader)", runCoordinator)
+	register("worker", "train in a cluster run", runWorker)
+	register("submit", "submit a cluster run (its spec goes to etcd)", runSubmit)
+}
+
+// clusterFlags are the flags every cluster role has.
+type clusterFlags struct {
+	etcd, run, gossip, metrics, secret string
+}
+
+func (c *clusterFlags) add(fs *flag.FlagSet) {
+	fs.StringVar(&c.etcd, "etcd", os.Getenv("TAILOR_ETCD"), "etcd endpoints, comma-separated (env TAILOR_ETCD)")
+	fs.StringVar(&c.run, "run", os.Getenv("TAILOR_RUN"), "run id (env TAILOR_RUN)")
+	fs.StringVar(&c.gossip, "gossip", "127.0.0.1:0", "memberlist bind address host:port")
+	fs.StringVar(&c.metrics, "metrics-listen", "", "Prometheus /metrics listen address (empty: none)")
+	fs.StringVar(&c.secret, "gossip-key-file", "", "file holding the hex gossip encryption key (16, 24 or 32 bytes)")
+}
+
+func (c *clusterFlags) endpoints() []string {
+	var out []string
+	for _, e := range strings.Split(c.etcd, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func (c *clusterFlags) key() ([]byte, error) {
+	if c.secret == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.secret)
+	if err != nil {
+		return nil, fmt.Errorf("gossip key: %w", err)
+	}
+	k, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+		return nil, fmt.Errorf("gossip key in %s: want 16, 24 or 32 hex-encoded bytes", c.secret)
+	}
+	return k, nil
+}
+
+func (c *clusterFlags) check(env *Env, cmd string) bool {
+	if len(c.endpoints()) == 0 || c.run == "" {
+		fmt.Fprintf(env.Stderr, "tailor %s: --etcd and --run are required\n", cmd)
+		return false
+	}
+	return true
+}
+
+func runCoordinator(ctx context.Context, env *Env) int {
+	var cf clusterFlags
+	var id, listen string
+	fs := newFlagSet(env, "coordinator", "--etcd E --run R --id ID", `
+Joins run R and stands for election; the leader initialises the parameter
+servers, hands out batches, decides sync steps, validates after every epoch
+and keeps the best model in the run's output folder. Start two for a standby.`)
+	cf.add(fs)
+	fs.StringVar(&id, "id", "", "this coordinator's id (default: host name and pid)")
+	fs.StringVar(&listen, "listen", "127.0.0.1:0", "gRPC listen address")
+	if code, done := parse(env, fs); done {
+		return code
+	}
+	if !cf.check(env, "coordinator") {
+		return 2
+	}
+	if id == "" {
+		host, _ := os.Hostname()
+		id = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	key, err := cf.key()
+	if err != nil {
+		return fail(env, err)
+	}
+	err = coordinator.Run(ctx, coordinator.Config{Run: cf.run, ID: id, Etcd: cf.endpoints(), Listen: listen, MetricsAddr: cf.metrics,
+		GossipBind: cf.gossip, SecretKey: key, Log: env.Log.With("role", "coordinator", "id", id)})
+	if err != nil {
+		return fail(env, err)
+	}
+	return 0
+}
+
+func runWorker(ctx context.Context, env *Env) int {
+	var cf clusterFlags
+	var id string
+	fs := newFlagSet(env, "worker", "--etcd E --run R --id ID", `
+Joins run R as a worker: streams its batches' shards from the object store,
+computes gradients, pushes them to the parameter servers and pulls the new
+weights, until the coordinator says the run is done.`)
+	cf.add(fs)
+	fs.StringVar(&id, "id", "", "this worker's id, unique in the run (required)")
+	if code, done := parse(env, fs); done {
+		return code
+	}
+	if !cf.check(env, "worker") {
+		return 2
+	}
+	if id == "" {
+		fmt.Fprintln(env.Stderr, "tailor worker: --id is required")
+		return 2
+	}
+	key, err := cf.key()
+	if err != nil {
+		return fail(env, err)
+	}
+	err = worker.Run(ctx, worker.Config{Run: cf.run, ID: id, Etcd: cf.endpoints(), GossipBind: cf.gossip, MetricsAddr: cf.metrics,
+		SecretKey: key, Log: env.Log.With("role", "worker", "id", id)})
+	if err != nil {
+		return fail(env, err)
+	}
+	return 0
+}
+
+// runParamServerNode is `tailor paramserver --etcd ...`: a server of a
+// cluster run.
+func runParamServerNode(ctx context.Context, env *Env, cf clusterFlags, index int, listen string) int {
+	key, err := cf.key()
+	if err != nil {
+		return fail(env, err)
+	}
+	err = paramserver.RunNode(ctx, paramserver.NodeConfig{Run: cf.run, Index: index, Etcd: cf.endpoints(), Listen: listen,
+		MetricsAddr: cf.metrics, GossipBind: cf.gossip, SecretKey: key, Log: env.Log.With("role", "paramserver", "index", index)})
+	if err != nil {
+		return fail(env, err)
+	}
+	return 0
+}
+
+// addSpecFlags binds the job spec's settings to flags.
+func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
+	fs.StringVar(&s.Data, "data", s.Data, "shard set (path or store URL as every process sees it)")
+	fs.IntVar(&s.Epochs, "epochs", s.Epochs, "epochs")
+	fs.IntVar(&s.Batch, "batch", s.Batch, "batch size per worker (global batch = batch × workers)")
+	fs.Uint64Var(&s.Seed, "seed", s.Seed, "run seed")
+	fs.StringVar(&s.Mode, "mode", s.Mode, "update rule: sync, async or ssp")
+	fs.IntVar(&s.Staleness, "staleness", s.Staleness, "ssp: steps a worker may run ahead of the slowest")
+	fs.IntVar(&s.Quorum, "quorum", s.Quorum, "sync: apply a step after the first N gradients (backup workers; 0: all)")
+	fs.DurationVar(&s.StepDeadline, "step-deadline", s.StepDeadline, "sync: longest wait for a step's gradients")
+	fs.IntVar(&s.ParamServers, "ps", s.ParamServers, "parameter servers")
+	fs.IntVar(&s.UnitSize, "unit-size", s.UnitSize, "records per work unit")
+	fs.Float64Var(&s.Adam.LR, "lr", s.Adam.LR, "Adam learning rate")
+	fs.BoolVar(&s.Augment.Enabled, "augment", s.Augment.Enabled, "augment training images")
+	fs.BoolVar(&s.BNEstimate, "bn-estimate", s.BNEstimate, "re-estimate BatchNorm statistics before validating and saving")
+	fs.BoolVar(&s.EvalRunning, "eval-running-bn", s.EvalRunning, "also validate with the running BatchNorm statistics")
+}
+
+func runSubmit(ctx context.Context, env *Env) int {
+	var cf clusterFlags
+	s := job.DefaultSpec("", "")
+	fs := newFlagSet(env, "submit", "--etcd E --run R --data SHARDS", `
+Writes the spec of run R to etcd. Coordinators, parameter servers and workers
+started with --run R read it. Submitting the same spec again is a no-op; a
+different spec for an existing run is an error.`)
+	cf.add(fs)
+	addSpecFlags(fs, &s)
+	fs.StringVar(&s.Out, "out", "", "the coordinator's output folder: model, history (default out/RUN)")
+	if code, done := parse(env, fs); done {
+		return code
+	}
+	if !cf.check(env, "submit") {
+		return 2
+	}
+	s.Run = cf.run
+	if s.Out == "" {
+		s.Out = "out/" + s.Run
+	}
+	cli, err := cluster.NewClient(cf.endpoints())
+	if err != nil {
+		return fail(env, err)
+	}
+	defer cli.Close()
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := job.Submit(sctx, cli, s); err != nil {
+		return fail(env, err)
+	}
+	fmt.Fprintf(env.Stdout, "submitted run %s\n", s.Run)
+	return 0
+}

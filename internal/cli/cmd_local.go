@@ -1,0 +1,171 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/tailorml/tailor/fashion"
+	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/job"
+	"github.com/tailorml/tailor/internal/supervise"
+	"github.com/tailorml/tailor/shard"
+)
+
+func init() {
+	register("local", "run a whole cluster on this machine: etcd, coordinator, parameter servers, workers", runLocal)
+}
+
+func runLocal(ctx context.Context, env *Env) int {
+	s := job.DefaultSpec("local", "")
+	s.Epochs, s.Out = 10, ""
+	var (
+		out, shards        string
+		workers            int
+		standby            bool
+		size, trainN, valN int
+		testN              int
+		keep               bool
+	)
+	fs := newFlagSet(env, "local", "", `
+Starts a real cluster on this machine and trains on it: an embedded etcd, a
+coordinator (and with --standby a second one), --ps parameter servers and
+--workers workers, each a separate tailor process on 127.0.0.1. Without --data
+it composes the Fashion-outfits set from Debian's dataset-fashion-mnist and
+ingests it into OUT/shards first (kept for the next run). The object store is
+the local file backend: every process is on this machine and sees the same
+folder; the S3 backend is exercised by the integration tests. Ctrl-C stops
+every process. The model, history and plot end up in OUT/run.`)
+	fs.StringVar(&out, "out", "out/local", "output folder")
+	fs.IntVar(&workers, "workers", 3, "worker processes")
+	fs.BoolVar(&standby, "standby", false, "start a standby coordinator too")
+	fs.IntVar(&size, "size", 64, "image size of a composed data set")
+	fs.IntVar(&trainN, "train", 4000, "training images of a composed data set")
+	fs.IntVar(&valN, "val", 1000, "validation images of a composed data set")
+	fs.IntVar(&testN, "test", 1000, "test images of a composed data set")
+	fs.BoolVar(&keep, "keep-etcd", false, "keep the etcd data of an earlier run (resume) instead of starting afresh")
+	addSpecFlags(fs, &s)
+	if code, done := parse(env, fs); done {
+		return code
+	}
+	if workers < 1 {
+		return fail(env, errors.New("--workers: want at least 1"))
+	}
+	if s.Out == "" {
+		s.Out = filepath.Join(out, "run")
+	}
+	shards = s.Data
+	if shards == "" {
+		shards = filepath.Join(out, "shards")
+		if err := ensureFashionShards(ctx, env, out, shards, size, trainN, valN, testN); err != nil {
+			return fail(env, err)
+		}
+	}
+	abs, err := filepath.Abs(shards)
+	if err != nil {
+		return fail(env, err)
+	}
+	s.Data = abs
+	if s.Out, err = filepath.Abs(s.Out); err != nil {
+		return fail(env, err)
+	}
+
+	etcdDir := filepath.Join(out, "etcd")
+	if !keep {
+		_ = os.RemoveAll(etcdDir)
+	}
+	// etcd logs only what is fatal: at this level its start and stop print
+	// harmless "errors" (storage version, closed listeners)
+	e, err := cluster.StartEtcd(ctx, cluster.EtcdConfig{Dir: etcdDir, FastTicks: true, LogLevel: "fatal"})
+	if err != nil {
+		return fail(env, err)
+	}
+	defer e.Close()
+	endpoints := e.Endpoints()
+	env.Log.Info("etcd", "endpoints", endpoints, "dir", etcdDir)
+	cli, err := cluster.NewClient(endpoints)
+	if err != nil {
+		return fail(env, err)
+	}
+	defer cli.Close()
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = job.Submit(sctx, cli, s)
+	cancel()
+	if err != nil {
+		return fail(env, err)
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		return fail(env, err)
+	}
+	common := []string{"--etcd", endpoints[0], "--run", s.Run}
+	g := supervise.New(env.Stderr, 5*time.Second)
+	start := func(name string, args ...string) error {
+		return g.Start(supervise.Spec{Name: name, Path: self, Args: args})
+	}
+	if err := start("coordinator", append([]string{"coordinator", "--id", "coord-a"}, common...)...); err != nil {
+		return fail(env, err)
+	}
+	if standby {
+		if err := start("standby", append([]string{"coordinator", "--id", "coord-b"}, common...)...); err != nil {
+			g.Stop()
+			return fail(env, err)
+		}
+	}
+	for i := 0; i < s.ParamServers; i++ {
+		if err := start(fmt.Sprintf("ps%d", i), append([]string{"paramserver", "--index", strconv.Itoa(i)}, common...)...); err != nil {
+			g.Stop()
+			return fail(env, err)
+		}
+	}
+	for i := 0; i < workers; i++ {
+		id := fmt.Sprintf("w%d", i)
+		if err := start(id, append([]string{"worker", "--id", id}, common...)...); err != nil {
+			g.Stop()
+			return fail(env, err)
+		}
+	}
+	optional := map[string]bool{"standby": true}
+	for i := 0; i < workers; i++ {
+		optional[fmt.Sprintf("w%d", i)] = true
+	}
+	err = g.Wait(ctx, "coordinator", optional)
+	if err != nil {
+		return fail(env, err)
+	}
+	fmt.Fprintf(env.Stdout, "\nrun %s finished: model %s, history %s\n", s.Run, filepath.Join(s.Out, "model.tailor"), filepath.Join(s.Out, "history.png"))
+	if f, err := os.Open(filepath.Join(s.Out, "test_metrics.txt")); err == nil {
+		fmt.Fprintln(env.Stdout, "\ntest split:")
+		_, _ = io.Copy(env.Stdout, f)
+		f.Close()
+	}
+	return 0
+}
+
+// ensureFashionShards composes and ingests the Fashion-outfits set unless
+// the shards exist.
+func ensureFashionShards(ctx context.Context, env *Env, out, shards string, size, train, val, test int) error {
+	if _, err := os.Stat(filepath.Join(shards, shard.ManifestName)); err == nil {
+		env.Log.Info("using existing shards", "dir", shards)
+		return nil
+	}
+	fc := fashion.DefaultConfig()
+	fc.Out, fc.Size, fc.Train, fc.Val, fc.Test, fc.Overwrite = filepath.Join(out, "images"), size, train, val, test, true
+	if _, err := fashion.Generate(ctx, fc, env.Log); err != nil {
+		return err
+	}
+	st, err := shard.NewLocalStore(shards)
+	if err != nil {
+		return err
+	}
+	bc := shard.DefaultBuildConfig()
+	bc.Size, bc.Overwrite = size, true
+	_, err = shard.Build(ctx, bc, fc.Out, st, env.Stderr, env.Log)
+	return err
+}
