@@ -118,14 +118,70 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log.Info("standing for election", "run", cfg.Run, "id", cfg.ID)
-	term, err := elect.Campaign(ctx)
+	// a standby stops campaigning when the run is over
+	cctx, stopCampaign := context.WithCancel(ctx)
+	defer stopCampaign()
+	finished := make(chan struct{})
+	go func() {
+		if waitFinished(cctx, cli, keys) {
+			close(finished)
+			stopCampaign()
+		}
+	}()
+	term, err := elect.Campaign(cctx)
+	select {
+	case <-finished:
+		log.Info("the run is over")
+		if term != nil {
+			_ = term.Resign(context.WithoutCancel(ctx))
+		}
+		return nil
+	default:
+	}
 	if err != nil {
 		return err
+	}
+	var status RunStatus
+	if _, err := cluster.GetJSON(ctx, cli, keys.Status(), &status); err == nil && status.State == "done" {
+		log.Info("the run is over")
+		_ = term.Resign(context.WithoutCancel(ctx))
+		return nil
 	}
 	log.Info("leading the run", "run", cfg.Run)
 	l := &leader{cfg: cfg, spec: spec, log: log, cli: cli, mem: mem, term: term, reg: reg,
 		wake: make(chan struct{}), decided: make(chan int64, 16)}
-	return l.run(ctx, lis)
+	if err := l.run(ctx, lis); err != nil {
+		return err
+	}
+	st, _ := json.Marshal(RunStatus{State: "done", Model: filepath.Join(spec.Out, "model.tailor"), Finished: time.Now().UTC()})
+	if _, err := cluster.Create(ctx, cli, keys.Status(), st, term.Guard()); err != nil && !errors.Is(err, cluster.ErrConflict) {
+		return fmt.Errorf("record the run's end: %w", err)
+	}
+	_ = term.Resign(context.WithoutCancel(ctx))
+	return nil
+}
+
+// RunStatus is the run's outcome, at Keys.Status.
+type RunStatus struct {
+	State    string    `json:"state"` // "done"
+	Model    string    `json:"model"`
+	Finished time.Time `json:"finished"`
+}
+
+// waitFinished reports whether the run's status says it is over, watching
+// until it does or ctx ends.
+func waitFinished(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) bool {
+	for ctx.Err() == nil {
+		var st RunStatus
+		if _, err := cluster.GetJSON(ctx, cli, keys.Status(), &st); err == nil && st.State == "done" {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return false
 }
 
 type leader struct {

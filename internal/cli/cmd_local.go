@@ -131,11 +131,14 @@ every process. The model, history and plot end up in OUT/run.`)
 			return fail(env, err)
 		}
 	}
-	optional := map[string]bool{"standby": true}
+	// the run is over when a coordinator (the leader) exits cleanly; the
+	// other exits cleanly too once it sees the run's status
+	coordinators := map[string]bool{"coordinator": true, "standby": true}
+	optional := map[string]bool{}
 	for i := 0; i < workers; i++ {
 		optional[fmt.Sprintf("w%d", i)] = true
 	}
-	err = g.Wait(ctx, "coordinator", optional)
+	err = g.Wait(ctx, coordinators, optional)
 	if err != nil {
 		return fail(env, err)
 	}

@@ -55,6 +55,11 @@ func (k Keys) Prefix() string { return k.prefix }
 // Spec is the job spec: the immutable description of the run.
 func (k Keys) Spec() string { return k.prefix + "spec" }
 
+// Status is status: the run's outcome ({"state": "done", ...}), written by
+// the leader coordinator when the run is over (leader guard). Standby
+// coordinators and `tailor local` watch it.
+func (k Keys) Status() string { return k.prefix + "status" }
+
 // WireSpec is wirespec: the model's tensor spec (wire.Spec, JSON) that the
 // parameter servers hold, written by the first leader coordinator (Create:
 // it never changes), so that parameter servers need not know the net.

@@ -135,17 +135,19 @@ func (g *Group) signalAll(sig syscall.Signal) {
 // ErrChildFailed reports a required child's failure.
 var ErrChildFailed = errors.New("supervise: a required process exited")
 
-// Wait waits until ctx ends or a child marked required (not in optional)
-// exits, then stops the rest. It returns ctx's error, nil if the awaited
-// child (until) exited cleanly, or ErrChildFailed.
-func (g *Group) Wait(ctx context.Context, until string, optional map[string]bool) error {
+// Wait waits until ctx ends, a child in until exits cleanly (success), or a
+// child not in optional exits (failure, or an unexpected clean exit of a
+// required child), then stops the rest. Optional children may exit cleanly
+// without ending the wait. It returns ctx's error, nil on success, or
+// ErrChildFailed.
+func (g *Group) Wait(ctx context.Context, until, optional map[string]bool) error {
 	defer g.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case e := <-g.exits:
-			if e.Name == until && e.Err == nil {
+			if until[e.Name] && e.Err == nil {
 				return nil
 			}
 			if optional[e.Name] && e.Err == nil {

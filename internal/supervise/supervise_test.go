@@ -97,7 +97,7 @@ func TestStopLeavesNothing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	start := time.Now()
-	if err := g.Wait(ctx, "", nil); !errors.Is(err, context.Canceled) {
+	if err := g.Wait(ctx, nil, nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("Wait: %v", err)
 	}
 	// the stubborn child needed SIGKILL after the grace period
@@ -137,7 +137,7 @@ func TestWaitOutcomes(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			err := g.Wait(ctx, tc.until, nil)
+			err := g.Wait(ctx, map[string]bool{tc.until: true}, nil)
 			if tc.wantErr == nil && err != nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Errorf("Wait: %v, want %v", err, tc.wantErr)
 			}

@@ -1,0 +1,98 @@
+// Package e2e runs the tailor binary as a user would: real processes on
+// 127.0.0.1, an embedded etcd, the file object store.
+package e2e
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tailorml/tailor/fashion"
+	"github.com/tailorml/tailor/model"
+	"github.com/tailorml/tailor/shard"
+)
+
+// buildTailor builds the binary once per test run, with OpenBLAS if this
+// test binary has it.
+func buildTailor(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "tailor")
+	args := []string{"build", "-o", bin}
+	if model.BLAS == "openblas" {
+		args = append(args, "-tags", "openblas")
+	}
+	cmd := exec.Command("go", append(args, "github.com/tailorml/tailor/cmd/tailor")...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func testShards(t *testing.T, size int) string {
+	t.Helper()
+	dir := t.TempDir()
+	fc := fashion.DefaultConfig()
+	fc.Source, fc.Out = "../../fashion/testdata", filepath.Join(dir, "images")
+	fc.Size, fc.Train, fc.Val, fc.Test = size, 160, 48, 48
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if _, err := fashion.Generate(context.Background(), fc, log); err != nil {
+		t.Fatal(err)
+	}
+	bc := shard.DefaultBuildConfig()
+	bc.Size, bc.MaxShardBytes = size, int64(size*size*3*40) // several shards
+	st, err := shard.NewLocalStore(filepath.Join(dir, "shards"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shard.Build(context.Background(), bc, fc.Out, st, nil, log); err != nil {
+		t.Fatal(err)
+	}
+	return st.Root()
+}
+
+// TestLocalCluster trains with `tailor local`: 2 workers, 2 parameter
+// servers and a standby coordinator as separate processes, in sync mode.
+func TestLocalCluster(t *testing.T) {
+	bin := buildTailor(t)
+	data := testShards(t, 24)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2", "--standby",
+		"--epochs", "2", "--batch", "8", "--unit-size", "32")
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("tailor local: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	for _, want := range []string{"run local finished", "test split", "mAP"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	hist, err := os.ReadFile(filepath.Join(out, "run", "history.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 3 {
+		t.Errorf("history has %d lines, want header + 2 epochs:\n%s", n, hist)
+	}
+	if _, err := model.Load(filepath.Join(out, "run", "model.tailor")); err != nil {
+		t.Errorf("model: %v", err)
+	}
+	// both workers trained, and nothing is left running
+	for _, w := range []string{"w0 ", "w1 "} {
+		if !strings.Contains(stderr.String(), w) || !strings.Contains(stderr.String(), "run done") {
+			t.Errorf("worker %q did not report: %s", w, stderr.String())
+		}
+	}
+	if out, _ := exec.Command("pgrep", "-f", bin).Output(); len(out) > 0 {
+		t.Errorf("processes left running: %s", out)
+	}
+}
