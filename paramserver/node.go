@@ -203,4 +203,3 @@ func (d *leaderDecider) close() {
 		d.conn.Close()
 	}
 }
-
