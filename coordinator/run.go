@@ -194,7 +194,8 @@ type leader struct {
 	reg  *prometheus.Registry
 
 	mu      sync.Mutex
-	sched   *Scheduler
+	sched   *Scheduler      // sync mode
+	asched  *AsyncScheduler // async and ssp modes
 	steps   *Steps
 	wake    chan struct{} // closed and replaced when reservations change
 	decided chan int64
@@ -212,9 +213,6 @@ type leader struct {
 
 func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	spec := l.spec
-	if spec.Mode != job.ModeSync {
-		return fmt.Errorf("mode %s is not wired into the cluster yet (only sync)", spec.Mode)
-	}
 	st, err := shard.OpenStore(ctx, spec.Data)
 	if err != nil {
 		return err
@@ -294,13 +292,25 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 	step := int64(0)
+	var asyncSteps map[string]int64
 	for epoch := 0; epoch < spec.Epochs; epoch++ {
 		l.mu.Lock()
-		l.sched = NewScheduler(units, spec.Seed, epoch, spec.Batch, step)
+		if spec.Mode == job.ModeSync {
+			l.sched = NewScheduler(units, spec.Seed, epoch, spec.Batch, step)
+		} else {
+			l.asched = NewAsyncScheduler(units, spec.Seed, epoch, spec.Batch, asyncSteps)
+		}
 		l.lossSum, l.lossN, l.images, l.epochT0, l.computeT = 0, 0, 0, time.Now(), 0
+		l.broadcastLocked()
 		l.mu.Unlock()
 		l.epochGauge.Set(float64(epoch + 1))
-		if step, err = l.epoch(ctx); err != nil {
+		if spec.Mode == job.ModeSync {
+			step, err = l.epoch(ctx)
+		} else {
+			asyncSteps, err = l.asyncEpoch(ctx)
+			step = 0 // async versions differ per server: take what they have
+		}
+		if err != nil {
 			return err
 		}
 		// every server has applied the epoch's last step: judge the weights
@@ -393,6 +403,29 @@ func (l *leader) epoch(ctx context.Context) (int64, error) {
 	}
 }
 
+// asyncEpoch waits until the Next calls have consumed every record of the
+// epoch; it returns the workers' step counters.
+func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
+	for {
+		l.mu.Lock()
+		if l.asched.Done() {
+			steps := l.asched.Steps()
+			l.asched = nil // workers wait while the epoch is judged
+			l.mu.Unlock()
+			return steps, nil
+		}
+		wake := l.wake
+		l.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-l.term.Done():
+			return nil, errors.New("lost leadership")
+		case <-wake:
+		}
+	}
+}
+
 // waitDecided waits for commit to record the decision of step.
 func (l *leader) waitDecided(ctx context.Context, step int64) error {
 	for {
@@ -454,6 +487,9 @@ func (l *leader) watch(events <-chan cluster.Event) {
 			if l.sched != nil {
 				l.sched.Drop(ev.Member.ID)
 			}
+			if l.asched != nil {
+				l.asched.Drop(ev.Member.ID)
+			}
 			l.broadcastLocked()
 			l.mu.Unlock()
 		}
@@ -492,12 +528,28 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 		if l.sched != nil {
 			if b, ok := l.sched.Reservation(req.WorkerID); ok && b.Step > req.Done {
 				l.mu.Unlock()
-				rep.Kind, rep.Step, rep.Epoch, rep.Shard = wire.WorkBatch, b.Step, int64(b.Epoch), b.Shard
-				for _, o := range b.Offsets {
-					rep.Offsets = append(rep.Offsets, uint64(o))
-				}
-				return rep, nil
+				return batchReply(rep, b), nil
 			}
+		}
+		if l.asched != nil {
+			held := l.asched.out[req.WorkerID]
+			b, ok, err := l.asched.Next(req.WorkerID, req.Done)
+			if err != nil {
+				l.mu.Unlock()
+				return nil, err
+			}
+			if held.IDs != nil && req.Done >= held.Step {
+				l.images += len(held.IDs)
+				l.imagesCounter.Inc()
+			}
+			if l.asched.Done() {
+				l.broadcastLocked()
+			}
+			if ok {
+				l.mu.Unlock()
+				return batchReply(rep, b), nil
+			}
+			req.Done = -1 // reported; now just wait for the next epoch
 		}
 		wake := l.wake
 		l.mu.Unlock()
@@ -509,6 +561,14 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 			return nil, ctx.Err()
 		}
 	}
+}
+
+func batchReply(rep *wire.WorkReply, b Batch) *wire.WorkReply {
+	rep.Kind, rep.Step, rep.Epoch, rep.Shard = wire.WorkBatch, b.Step, int64(b.Epoch), b.Shard
+	for _, o := range b.Offsets {
+		rep.Offsets = append(rep.Offsets, uint64(o))
+	}
+	return rep
 }
 
 func (l *leader) registerMetrics() {

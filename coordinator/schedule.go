@@ -175,3 +175,94 @@ func (s *Scheduler) Drop(w string) {
 
 // Done reports whether the epoch's every record has been consumed.
 func (s *Scheduler) Done() bool { return s.ledger.Done() && !s.open }
+
+// AsyncScheduler hands out batches without lockstep (async and bounded
+// staleness modes): each worker gets its next batch as soon as it asks, with
+// its own step counter (the parameter servers refuse a step a worker already
+// pushed, so a retried push is applied at most once). A batch counts as
+// consumed when its worker asks for the next one after a successful push (the
+// servers answered, so they applied it). A worker that dies after its push
+// but before asking again has its last batch handed out again: at most one
+// batch per dead worker is seen twice, in async modes only.
+type AsyncScheduler struct {
+	units  []Unit
+	seed   uint64
+	batch  int
+	ledger *Ledger
+	pos    map[string]position
+	out    map[string]Batch // the batch each worker holds
+	steps  map[string]int64 // each worker's next step number
+	orders map[int][]int
+}
+
+// NewAsyncScheduler starts epoch; steps carries the workers' step counters
+// over from the previous epoch (nil for none).
+func NewAsyncScheduler(units []Unit, seed uint64, epoch, batch int, steps map[string]int64) *AsyncScheduler {
+	if steps == nil {
+		steps = map[string]int64{}
+	}
+	return &AsyncScheduler{units: units, seed: seed, batch: batch, ledger: NewLedger(units, seed, epoch),
+		pos: map[string]position{}, out: map[string]Batch{}, steps: steps, orders: map[int][]int{}}
+}
+
+// Steps returns the workers' step counters, to carry into the next epoch.
+func (s *AsyncScheduler) Steps() map[string]int64 { return s.steps }
+
+// Next records that worker finished the batch of step done (its push was
+// applied; -1 if none) and returns its next batch, or false when the epoch
+// has nothing left for it.
+func (s *AsyncScheduler) Next(w string, done int64) (Batch, bool, error) {
+	if b, ok := s.out[w]; ok && done >= b.Step {
+		if err := s.ledger.Progress(w, b.Unit, b.To); err != nil {
+			return Batch{}, false, err
+		}
+		s.pos[w] = position{unit: b.Unit, next: b.To}
+		delete(s.out, w)
+	}
+	if b, ok := s.out[w]; ok {
+		// the push failed: the same records again, as a new step
+		b.Step = s.steps[w]
+		s.steps[w]++
+		s.out[w] = b
+		return b, true, nil
+	}
+	p, ok := s.pos[w]
+	if !ok || p.next >= s.units[p.unit].Len {
+		u, from, err := s.ledger.Assign(w)
+		if errors.Is(err, ErrEpochEnded) {
+			delete(s.pos, w)
+			return Batch{}, false, nil
+		}
+		if err != nil {
+			return Batch{}, false, err
+		}
+		p = position{unit: u.ID, next: from}
+		s.pos[w] = p
+	}
+	u := s.units[p.unit]
+	to := min(p.next+s.batch, u.Len)
+	o, ok := s.orders[u.ID]
+	if !ok {
+		o = u.RecordOrder(s.seed, s.ledger.Epoch)
+		s.orders[u.ID] = o
+	}
+	b := Batch{Step: s.steps[w], Epoch: s.ledger.Epoch, Worker: w, Unit: u.ID, From: p.next, To: to, Shard: u.Shard}
+	for _, i := range o[p.next:to] {
+		b.Offsets = append(b.Offsets, u.Offset+i)
+		b.IDs = append(b.IDs, u.RecordID(i))
+	}
+	s.steps[w]++
+	s.out[w] = b
+	return b, true, nil
+}
+
+// Drop forgets a dead worker; its units return to the pool at their
+// consumed position.
+func (s *AsyncScheduler) Drop(w string) {
+	s.ledger.Release(w)
+	delete(s.pos, w)
+	delete(s.out, w)
+}
+
+// Done reports whether every record of the epoch has been consumed.
+func (s *AsyncScheduler) Done() bool { return s.ledger.Done() }

@@ -104,3 +104,79 @@ func TestSchedulerErrors(t *testing.T) {
 		}
 	}
 }
+
+// Async: workers ask at their own pace, some pushes fail, some workers die
+// between steps. Every record is consumed at least once; only a worker that
+// died after a successful push but before asking again repeats a batch.
+func TestAsyncScheduler(t *testing.T) {
+	for seed := uint64(0); seed < 20; seed++ {
+		us, _ := Units(testManifest(), "train", 100)
+		s := NewAsyncScheduler(us, seed, 2, 16, nil)
+		rng := rand.New(rand.NewPCG(seed, 3))
+		type state struct {
+			b    Batch
+			have bool
+			done int64
+		}
+		ws := map[string]*state{"w0": {done: -1}, "w1": {done: -1}, "w2": {done: -1}}
+		consumed := map[uint64]int{}
+		repeatsAllowed := 0
+		lastStep := map[string]int64{}
+		for n := 0; !s.Done(); n++ {
+			if n > 20000 {
+				t.Fatal("epoch never ends")
+			}
+			var names []string
+			for w := range ws {
+				names = append(names, w)
+			}
+			sort.Strings(names)
+			w := names[rng.IntN(len(names))]
+			st := ws[w]
+			if st.have {
+				switch r := rng.Float64(); {
+				case r < 0.1: // push refused: not applied
+				case r < 0.13 && len(ws) > 1: // pushed (applied), then died before asking again
+					for _, id := range st.b.IDs {
+						consumed[id]++
+					}
+					repeatsAllowed += len(st.b.IDs)
+					s.Drop(w)
+					delete(ws, w)
+					ws[w+"x"] = &state{done: -1}
+					continue
+				default: // applied
+					for _, id := range st.b.IDs {
+						consumed[id]++
+					}
+					st.done = st.b.Step
+				}
+			}
+			b, ok, err := s.Next(w, st.done)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.have = ok
+			if ok {
+				if last, seen := lastStep[w]; seen && b.Step <= last {
+					t.Fatalf("worker %s got step %d after %d", w, b.Step, last)
+				}
+				lastStep[w] = b.Step
+				st.b = b
+			}
+		}
+		extra := 0
+		for _, n := range consumed {
+			if n < 1 {
+				t.Fatal("a record never consumed")
+			}
+			extra += n - 1
+		}
+		if len(consumed) != 1030 {
+			t.Fatalf("seed %d: %d records consumed, want 1030", seed, len(consumed))
+		}
+		if extra > repeatsAllowed {
+			t.Fatalf("seed %d: %d repeats, only %d from dead workers' last batches", seed, extra, repeatsAllowed)
+		}
+	}
+}

@@ -57,15 +57,22 @@ func testShards(t *testing.T, size int) string {
 }
 
 // TestLocalCluster trains with `tailor local`: 2 workers, 2 parameter
-// servers and a standby coordinator as separate processes, in sync mode.
+// servers and a standby coordinator as separate processes, in each update
+// mode.
 func TestLocalCluster(t *testing.T) {
 	bin := buildTailor(t)
 	data := testShards(t, 24)
+	for _, mode := range []string{"sync", "async", "ssp"} {
+		t.Run(mode, func(t *testing.T) { runLocal(t, bin, data, mode) })
+	}
+}
+
+func runLocal(t *testing.T, bin, data, mode string) {
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2", "--standby",
-		"--epochs", "2", "--batch", "8", "--unit-size", "32")
+		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--mode", mode, "--staleness", "1")
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
