@@ -277,6 +277,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	}
 	defer l.steps.Close()
 	l.registerMetrics()
+	defer l.startProgress(ctx, ProgressInterval)() // train-progress in etcd, for tailor status
 	gs := grpc.NewServer(wire.ServerOptions()...)
 	wire.RegisterWork(gs, l)
 	wire.RegisterSteps(gs, l.steps)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tailorml/tailor/fashion"
@@ -37,10 +38,12 @@ Starts a real cluster on this machine and trains on it: an embedded etcd, a
 coordinator (and with --standby a second one), --ps parameter servers and
 --workers workers, each a separate tailor process on 127.0.0.1. Without --data
 it composes the Fashion-outfits set from Debian's dataset-fashion-mnist and
-ingests it into OUT/shards first (kept for the next run). The object store is
-the local file backend: every process is on this machine and sees the same
-folder; the S3 backend is exercised by the integration tests. Ctrl-C stops
-every process. The model, history and plot end up in OUT/run.`)
+ingests it into OUT/shards first (kept for the next run). --data is a folder
+or a store URL (s3://bucket/prefix?endpoint=...); the processes inherit this
+one's environment, so AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY set here reach
+them. The store is checked before anything starts. Every role serves
+Prometheus /metrics on a free port; 'tailor status' shows the run. Ctrl-C
+stops every process. The model, history and plot end up in OUT/run.`)
 	fs.StringVar(&out, "out", "out/local", "output folder")
 	fs.IntVar(&workers, "workers", 3, "worker processes")
 	fs.BoolVar(&standby, "standby", false, "start a standby coordinator too")
@@ -66,12 +69,21 @@ every process. The model, history and plot end up in OUT/run.`)
 			return fail(env, err)
 		}
 	}
-	abs, err := filepath.Abs(shards)
-	if err != nil {
+	// every process opens the same store: a path must not depend on their
+	// working directory; a URL (s3://, file://) is passed on as it is
+	s.Data = shards
+	var err error
+	if !isStoreURL(shards) {
+		if s.Data, err = filepath.Abs(shards); err != nil {
+			return fail(env, err)
+		}
+	}
+	if s.Out, err = filepath.Abs(s.Out); err != nil {
 		return fail(env, err)
 	}
-	s.Data = abs
-	if s.Out, err = filepath.Abs(s.Out); err != nil {
+	// fail here, before anything starts, if the store cannot be read with
+	// the credentials the processes will inherit
+	if err := checkStore(ctx, s.Data); err != nil {
 		return fail(env, err)
 	}
 
@@ -104,7 +116,10 @@ every process. The model, history and plot end up in OUT/run.`)
 	if err != nil {
 		return fail(env, err)
 	}
-	common := []string{"--etcd", endpoints[0], "--run", s.Run}
+	// every role serves /metrics on a free port and publishes it in its
+	// membership record, where tailor status finds it
+	common := []string{"--etcd", endpoints[0], "--run", s.Run, "--metrics-listen", "127.0.0.1:0"}
+	fmt.Fprintf(env.Stdout, "run %s: etcd %s; watch it with: tailor status --etcd %s --run %s --watch 2s\n", s.Run, endpoints[0], endpoints[0], s.Run)
 	g := supervise.New(env.Stderr, 5*time.Second)
 	start := func(name string, args ...string) error {
 		return g.Start(supervise.Spec{Name: name, Path: self, Args: args})
@@ -149,6 +164,27 @@ every process. The model, history and plot end up in OUT/run.`)
 		f.Close()
 	}
 	return 0
+}
+
+// isStoreURL reports whether loc is a store URL (scheme://...) rather than
+// a path, by shard.OpenStore's rule.
+func isStoreURL(loc string) bool {
+	scheme, _, ok := strings.Cut(loc, "://")
+	return ok && scheme != "" && !strings.ContainsAny(scheme, `/\.`)
+}
+
+// checkStore opens the shard store and reads its manifest.
+func checkStore(ctx context.Context, loc string) error {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	st, err := shard.OpenStore(cctx, loc)
+	if err != nil {
+		return fmt.Errorf("data: %w", err)
+	}
+	if _, err := shard.LoadManifest(cctx, st); err != nil {
+		return fmt.Errorf("data: %w", err)
+	}
+	return nil
 }
 
 // ensureFashionShards composes and ingests the Fashion-outfits set unless

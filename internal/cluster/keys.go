@@ -135,6 +135,13 @@ func (k Keys) Progress() string { return k.prefix + "progress/" }
 // accounting lives in the unit keys.
 func (k Keys) WorkerProgress(worker string) string { return k.Progress() + seg(worker) }
 
+// TrainProgress is train-progress: the run's live numbers (epoch, step,
+// loss, images per second, live workers; coordinator.Progress, JSON),
+// written by the leader coordinator every few seconds (a put guarded by the
+// leader guard) and read by `tailor status`. Informational only; it
+// outlives the run with its last numbers.
+func (k Keys) TrainProgress() string { return k.prefix + "train-progress" }
+
 // Checkpoint is the pointer to the newest complete checkpoint (see
 // CheckpointPointer). Only ever moved with a compare on its version.
 func (k Keys) Checkpoint() string { return k.prefix + "checkpoint" }

@@ -20,6 +20,7 @@ func TestKeys(t *testing.T) {
 		{k.EpochUnits(3), "/tailor/runs/r1/epochs/000003/units/"},
 		{k.Unit(3, 42), "/tailor/runs/r1/epochs/000003/units/00000042"},
 		{k.WorkerProgress("w1"), "/tailor/runs/r1/progress/w1"},
+		{k.TrainProgress(), "/tailor/runs/r1/train-progress"},
 		{k.Checkpoint(), "/tailor/runs/r1/checkpoint"},
 		{k.CheckpointRequest(), "/tailor/runs/r1/checkpoints/request"},
 		{k.CheckpointPart(1200, "ps-1"), "/tailor/runs/r1/checkpoints/000000001200/parts/ps-1"},
