@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -33,7 +32,6 @@ import (
 // Addrs keys of the coordinator's membership record.
 const (
 	AddrGRPC    = "grpc"
-	AddrMetrics = "metrics"
 )
 
 // Config is one coordinator process (the leader or a standby).
@@ -68,15 +66,6 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	cli, err := cluster.NewClient(cfg.Etcd)
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	spec, err := job.Wait(ctx, cli, cfg.Run)
-	if err != nil {
-		return err
-	}
 	listen := cfg.Listen
 	if listen == "" {
 		listen = "127.0.0.1:0"
@@ -86,33 +75,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("coordinator listener: %w", err)
 	}
 	defer lis.Close()
-	self := cluster.Member{ID: cfg.ID, Role: cluster.RoleCoordinator, Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}
-	reg := prometheus.NewRegistry()
-	if cfg.MetricsAddr != "" {
-		mlis, err := net.Listen("tcp", cfg.MetricsAddr)
-		if err != nil {
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(mlis)
-		defer srv.Close()
-		self.Addrs[AddrMetrics] = mlis.Addr().String()
-	}
-	keys := cluster.RunKeys(cfg.Run)
-	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	mem, err := cluster.Join(jctx, cluster.MembershipConfig{Client: cli, Keys: keys, Self: self, GossipBind: cfg.GossipBind,
-		SecretKey: cfg.SecretKey, FastFailure: true, Log: log})
-	cancel()
+	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind,
+		SecretKey: cfg.SecretKey, Log: log,
+		Self: cluster.Member{ID: cfg.ID, Role: cluster.RoleCoordinator, Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}})
 	if err != nil {
-		return fmt.Errorf("join run %s: %w", cfg.Run, err)
+		return err
 	}
-	defer func() {
-		lctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer c()
-		_ = mem.Leave(lctx)
-	}()
+	defer sess.Close(ctx)
+	reg := prometheus.NewRegistry()
+	sess.ServeMetrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	spec, mem, cli, keys := sess.Spec, sess.Members, sess.Client, sess.Keys
 	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: mem.Self()})
 	if err != nil {
 		return err

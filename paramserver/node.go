@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
@@ -20,7 +19,6 @@ import (
 // Addrs keys of a parameter server's membership record.
 const (
 	AddrGRPC    = "grpc"
-	AddrMetrics = "metrics"
 )
 
 // NodeConfig is a parameter server process in a cluster run.
@@ -49,19 +47,6 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	cli, err := cluster.NewClient(cfg.Etcd)
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	spec, err := job.Wait(ctx, cli, cfg.Run)
-	if err != nil {
-		return err
-	}
-	if cfg.Index >= spec.ParamServers {
-		return fmt.Errorf("index %d: the run has %d parameter servers", cfg.Index, spec.ParamServers)
-	}
-	keys := cluster.RunKeys(cfg.Run)
 	listen := cfg.Listen
 	if listen == "" {
 		listen = "127.0.0.1:0"
@@ -71,28 +56,18 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		return fmt.Errorf("paramserver listener: %w", err)
 	}
 	defer lis.Close()
-	self := cluster.Member{ID: fmt.Sprintf("ps%d", cfg.Index), Role: cluster.RoleParamServer, Rank: cfg.Index,
-		Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}
-	var mlis net.Listener
-	if cfg.MetricsAddr != "" {
-		if mlis, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-		defer mlis.Close()
-		self.Addrs[AddrMetrics] = mlis.Addr().String()
-	}
-	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	mem, err := cluster.Join(jctx, cluster.MembershipConfig{Client: cli, Keys: keys, Self: self, GossipBind: cfg.GossipBind,
-		SecretKey: cfg.SecretKey, FastFailure: true, Log: log})
-	cancel()
+	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind,
+		SecretKey: cfg.SecretKey, Log: log,
+		Self: cluster.Member{ID: fmt.Sprintf("ps%d", cfg.Index), Role: cluster.RoleParamServer, Rank: cfg.Index,
+			Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}})
 	if err != nil {
-		return fmt.Errorf("join run %s: %w", cfg.Run, err)
+		return err
 	}
-	defer func() {
-		lctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer c()
-		_ = mem.Leave(lctx)
-	}()
+	defer sess.Close(ctx)
+	spec, mem, cli, keys := sess.Spec, sess.Members, sess.Client, sess.Keys
+	if cfg.Index >= spec.ParamServers {
+		return fmt.Errorf("index %d: the run has %d parameter servers", cfg.Index, spec.ParamServers)
+	}
 	var wspec wire.Spec
 	for {
 		_, err := cluster.GetJSON(ctx, cli, keys.WireSpec(), &wspec)
@@ -130,13 +105,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		return err
 	}
 	defer srv.Close()
-	if mlis != nil {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", srv.MetricsHandler())
-		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go hs.Serve(mlis)
-		defer hs.Close()
-	}
+	sess.ServeMetrics(srv.MetricsHandler())
 	log.Info("serving", "index", cfg.Index, "addr", lis.Addr().String(), "mode", pc.Mode)
 	return srv.Serve(ctx, lis)
 }

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"net"
-	"net/http"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -24,7 +22,6 @@ import (
 // Addrs keys a worker publishes in its membership record.
 const (
 	AddrGRPC    = "grpc"
-	AddrMetrics = "metrics"
 )
 
 // Config is one worker process.
@@ -68,40 +65,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	cli, err := cluster.NewClient(cfg.Etcd)
+	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Self: cluster.Member{ID: cfg.ID, Role: cluster.RoleWorker},
+		MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind, SecretKey: cfg.SecretKey, Log: log})
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
-	spec, err := job.Wait(ctx, cli, cfg.Run)
-	if err != nil {
-		return err
-	}
-	keys := cluster.RunKeys(cfg.Run)
-	self := cluster.Member{ID: cfg.ID, Role: cluster.RoleWorker, Addrs: map[string]string{}}
+	defer sess.Close(ctx)
 	m := newMetrics()
-	if cfg.MetricsAddr != "" {
-		lis, err := net.Listen("tcp", cfg.MetricsAddr)
-		if err != nil {
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-		srv := &http.Server{Handler: m.handler(), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(lis)
-		defer srv.Close()
-		self.Addrs[AddrMetrics] = lis.Addr().String()
-	}
-	joinCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	mem, err := cluster.Join(joinCtx, cluster.MembershipConfig{Client: cli, Keys: keys, Self: self, GossipBind: cfg.GossipBind,
-		SecretKey: cfg.SecretKey, FastFailure: true, Log: log})
-	cancel()
-	if err != nil {
-		return fmt.Errorf("join run %s: %w", cfg.Run, err)
-	}
-	defer func() {
-		lctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer c()
-		_ = mem.Leave(lctx)
-	}()
+	sess.ServeMetrics(m.handler())
+	spec, mem, cli, keys := sess.Spec, sess.Members, sess.Client, sess.Keys
 
 	st, err := shard.OpenStore(ctx, spec.Data)
 	if err != nil {
@@ -135,7 +107,7 @@ func Run(ctx context.Context, cfg Config) error {
 	comp := NewCompute(ComputeConfig{Rank: Rank(cfg.ID), Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std,
 		Sync: spec.Mode == job.ModeSync}, net, client)
 	cache := NewShardCache(st, man, max(cfg.ShardCache, 2))
-	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: self})
+	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: mem.Self()})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,124 @@
+package job
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tailorml/tailor/internal/cluster"
+)
+
+// AddrMetrics is the Addrs key of a member's Prometheus endpoint.
+const AddrMetrics = "metrics"
+
+// JoinConfig is how a process of a run (coordinator, parameter server,
+// worker) joins it.
+type JoinConfig struct {
+	Run         string
+	Etcd        []string
+	Self        cluster.Member // Role, ID, Rank and any addresses already bound
+	MetricsAddr string         // host:port for /metrics; empty: none
+	GossipBind  string
+	SecretKey   []byte
+	Log         *slog.Logger
+}
+
+// Session is a process's membership of a run: its etcd client, the run's
+// spec, its live view of the members and its /metrics endpoint.
+type Session struct {
+	Spec    Spec
+	Keys    cluster.Keys
+	Client  *clientv3.Client
+	Members *cluster.Membership
+
+	mu      sync.Mutex
+	metrics http.Handler
+	srv     *http.Server
+}
+
+// Join connects to etcd, waits for the run's spec, opens the /metrics
+// listener (its address goes into the member record) and joins the
+// membership. Close undoes it all.
+func Join(ctx context.Context, cfg JoinConfig) (*Session, error) {
+	if cfg.Run == "" || len(cfg.Etcd) == 0 {
+		return nil, errors.New("joining a run needs its id and etcd endpoints")
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cli, err := cluster.NewClient(cfg.Etcd)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{Keys: cluster.RunKeys(cfg.Run), Client: cli}
+	if s.Spec, err = Wait(ctx, cli, cfg.Run); err != nil {
+		cli.Close()
+		return nil, err
+	}
+	self := cfg.Self
+	self.Addrs = map[string]string{}
+	for k, v := range cfg.Self.Addrs {
+		self.Addrs[k] = v
+	}
+	if cfg.MetricsAddr != "" {
+		lis, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			cli.Close()
+			return nil, fmt.Errorf("metrics listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+			s.mu.Lock()
+			h := s.metrics
+			s.mu.Unlock()
+			if h == nil {
+				http.Error(w, "metrics not ready", http.StatusServiceUnavailable)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+		s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go s.srv.Serve(lis)
+		self.Addrs[AddrMetrics] = lis.Addr().String()
+	}
+	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	s.Members, err = cluster.Join(jctx, cluster.MembershipConfig{Client: cli, Keys: s.Keys, Self: self, GossipBind: cfg.GossipBind,
+		SecretKey: cfg.SecretKey, FastFailure: true, Log: log})
+	if err != nil {
+		if s.srv != nil {
+			s.srv.Close()
+		}
+		cli.Close()
+		return nil, fmt.Errorf("join run %s: %w", cfg.Run, err)
+	}
+	return s, nil
+}
+
+// ServeMetrics sets what /metrics serves (the role's Prometheus registry,
+// which may exist only after joining).
+func (s *Session) ServeMetrics(h http.Handler) {
+	s.mu.Lock()
+	s.metrics = h
+	s.mu.Unlock()
+}
+
+// Close leaves the membership (gracefully, bounded in time) and releases
+// the session's resources.
+func (s *Session) Close(ctx context.Context) {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = s.Members.Leave(lctx)
+	if s.srv != nil {
+		s.srv.Close()
+	}
+	s.Client.Close()
+}
