@@ -31,7 +31,7 @@ import (
 
 // Addrs keys of the coordinator's membership record.
 const (
-	AddrGRPC    = "grpc"
+	AddrGRPC = "grpc"
 )
 
 // Config is one coordinator process (the leader or a standby).

@@ -18,7 +18,7 @@ import (
 
 // Addrs keys of a parameter server's membership record.
 const (
-	AddrGRPC    = "grpc"
+	AddrGRPC = "grpc"
 )
 
 // NodeConfig is a parameter server process in a cluster run.

@@ -21,7 +21,7 @@ import (
 
 // Addrs keys a worker publishes in its membership record.
 const (
-	AddrGRPC    = "grpc"
+	AddrGRPC = "grpc"
 )
 
 // Config is one worker process.
