@@ -121,7 +121,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("leading the run", "run", cfg.Run)
 	l := &leader{cfg: cfg, spec: spec, log: log, cli: cli, mem: mem, term: term, reg: reg,
-		wake: make(chan struct{}), decided: make(chan int64, 16)}
+		wake: make(chan struct{}), decided: make(chan int64, 16), reported: map[string]int64{}}
 	if err := l.run(ctx, lis); err != nil {
 		return err
 	}
@@ -170,6 +170,8 @@ type leader struct {
 	asched  *AsyncScheduler // async and ssp modes
 	steps   *Steps
 	wake    chan struct{} // closed and replaced when reservations change
+	// the last step each worker reported finished
+	reported map[string]int64
 	decided chan int64
 	done    bool // the run is over
 	// epoch statistics
@@ -483,7 +485,9 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 	}
 	rep := &wire.WorkReply{RunID: req.RunID, WorkerID: req.WorkerID, Kind: wire.WorkWait}
 	l.mu.Lock()
-	if req.Done >= 0 {
+	if last, ok := l.reported[req.WorkerID]; req.Done >= 0 && (!ok || req.Done > last) {
+		// each finished step's loss counts once, however often the worker asks
+		l.reported[req.WorkerID] = req.Done
 		l.lossSum += req.Loss
 		l.lossN++
 		l.lossGauge.Set(req.Loss)
