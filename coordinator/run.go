@@ -165,15 +165,15 @@ type leader struct {
 	term *cluster.Term
 	reg  *prometheus.Registry
 
-	mu      sync.Mutex
-	sched   *Scheduler      // sync mode
-	asched  *AsyncScheduler // async and ssp modes
-	steps   *Steps
-	wake    chan struct{} // closed and replaced when reservations change
+	mu     sync.Mutex
+	sched  *Scheduler      // sync mode
+	asched *AsyncScheduler // async and ssp modes
+	steps  *Steps
+	wake   chan struct{} // closed and replaced when reservations change
 	// the last step each worker reported finished
 	reported map[string]int64
-	decided chan int64
-	done    bool // the run is over
+	decided  chan int64
+	done     bool // the run is over
 	// epoch statistics
 	lossSum  float64
 	lossN    int
