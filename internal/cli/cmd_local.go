@@ -147,13 +147,14 @@ stops every process. The model, history and plot end up in OUT/run.`)
 		}
 	}
 	// the run is over when a coordinator (the leader) exits cleanly; the
-	// other exits cleanly too once it sees the run's status
+	// other exits cleanly too once it sees the run's status. Workers and the
+	// standby may die (the run goes on without them).
 	coordinators := map[string]bool{"coordinator": true, "standby": true}
-	optional := map[string]bool{}
+	tolerated := map[string]bool{"standby": true}
 	for i := 0; i < workers; i++ {
-		optional[fmt.Sprintf("w%d", i)] = true
+		tolerated[fmt.Sprintf("w%d", i)] = true
 	}
-	err = g.Wait(ctx, coordinators, optional)
+	err = g.Wait(ctx, coordinators, tolerated)
 	if err != nil {
 		return fail(env, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -101,5 +102,70 @@ func runLocal(t *testing.T, bin, data, mode string) {
 	}
 	if out, _ := exec.Command("pgrep", "-f", bin).Output(); len(out) > 0 {
 		t.Errorf("processes left running: %s", out)
+	}
+}
+
+// lockedBuilder is a strings.Builder safe for the process's writes and the
+// test's reads.
+type lockedBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuilder) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuilder) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A worker killed with SIGKILL in the middle of a sync run: the others
+// carry on (its batch and units go to them) and the run completes.
+func TestLocalClusterWorkerKilled(t *testing.T) {
+	bin := buildTailor(t)
+	data := testShards(t, 24)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "3", "--ps", "2",
+		"--epochs", "3", "--batch", "8", "--unit-size", "32")
+	var stdout, stderr lockedBuilder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// wait until the first epoch is done, then kill worker w1
+	deadline := time.Now().Add(2 * time.Minute)
+	for !strings.Contains(stderr.String(), "msg=epoch") {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no epoch finished:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	pid, err := exec.Command("pgrep", "-f", bin+" worker --id w1").Output()
+	if err != nil {
+		cmd.Process.Kill()
+		t.Fatalf("worker w1 not found: %v", err)
+	}
+	kill := exec.Command("kill", "-9", strings.TrimSpace(string(pid)))
+	if out, err := kill.CombinedOutput(); err != nil {
+		t.Fatalf("kill: %v %s", err, out)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tailor local after a worker was killed: %v\n%s", err, stderr.String())
+	}
+	log := stderr.String()
+	if !strings.Contains(log, "worker lost") || !strings.Contains(log, "worker=w1") {
+		t.Errorf("the coordinator did not notice w1's death:\n%s", log)
+	}
+	hist, _ := os.ReadFile(filepath.Join(out, "run", "history.csv"))
+	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 4 {
+		t.Errorf("history has %d lines, want header + 3 epochs", n)
 	}
 }

@@ -136,11 +136,12 @@ func (g *Group) signalAll(sig syscall.Signal) {
 var ErrChildFailed = errors.New("supervise: a required process exited")
 
 // Wait waits until ctx ends, a child in until exits cleanly (success), or a
-// child not in optional exits (failure, or an unexpected clean exit of a
-// required child), then stops the rest. Optional children may exit cleanly
-// without ending the wait. It returns ctx's error, nil on success, or
+// required child — one in neither until nor tolerated — exits, then stops
+// the rest. A tolerated child may exit in any way without ending the wait
+// (a worker that was killed: the cluster carries on without it); a child in
+// until that fails, unless tolerated, is a failure. It returns ctx's error, nil on success, or
 // ErrChildFailed.
-func (g *Group) Wait(ctx context.Context, until, optional map[string]bool) error {
+func (g *Group) Wait(ctx context.Context, until, tolerated map[string]bool) error {
 	defer g.Stop()
 	for {
 		select {
@@ -150,7 +151,12 @@ func (g *Group) Wait(ctx context.Context, until, optional map[string]bool) error
 			if until[e.Name] && e.Err == nil {
 				return nil
 			}
-			if optional[e.Name] && e.Err == nil {
+			if tolerated[e.Name] {
+				if e.Err != nil {
+					g.mu.Lock()
+					fmt.Fprintf(g.out, "%-12s| exited: %v (tolerated)\n", e.Name, e.Err)
+					g.mu.Unlock()
+				}
 				continue
 			}
 			return fmt.Errorf("%w: %s: %v", ErrChildFailed, e.Name, e.Err)

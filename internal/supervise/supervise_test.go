@@ -126,6 +126,7 @@ func TestWaitOutcomes(t *testing.T) {
 		{"awaited child succeeds", "exit 0", "job", nil},
 		{"awaited child fails", "exit 3", "job", ErrChildFailed},
 		{"other required child fails", "exit 1", "other", ErrChildFailed},
+		{"tolerated child fails, awaited one succeeds", "exit 1", "late", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := New(&syncBuf{}, time.Second)
@@ -135,9 +136,17 @@ func TestWaitOutcomes(t *testing.T) {
 			if err := g.Start(Spec{Name: "bystander", Path: "/bin/sh", Args: []string{"-c", "sleep 60"}}); err != nil {
 				t.Fatal(err)
 			}
+			var tolerated map[string]bool
+			if tc.until == "late" {
+				// job fails but is tolerated; "late" succeeds after it
+				tolerated = map[string]bool{"job": true}
+				if err := g.Start(Spec{Name: "late", Path: "/bin/sh", Args: []string{"-c", "sleep 0.3"}}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			err := g.Wait(ctx, map[string]bool{tc.until: true}, nil)
+			err := g.Wait(ctx, map[string]bool{tc.until: true}, tolerated)
 			if tc.wantErr == nil && err != nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Errorf("Wait: %v, want %v", err, tc.wantErr)
 			}
