@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -202,7 +203,11 @@ func (w *runner) loop(ctx context.Context) error {
 		backoff = 100 * time.Millisecond
 		switch rep.Kind {
 		case wire.WorkDone:
-			w.log.Info("run done", "steps", done+1)
+			c := w.comp
+			total := c.ComputeTime + c.PushTime + c.PullTime
+			w.log.Info("run done", "steps", done+1, "compute_s", c.ComputeTime.Seconds(), "push_s", c.PushTime.Seconds(),
+				"pull_s", c.PullTime.Seconds(), "input_stall_s", w.cache.Stall().Seconds(),
+				"communication_share", math.Round(100*float64(c.PushTime+c.PullTime)/float64(max(total, 1)))/100)
 			return nil
 		case wire.WorkWait:
 			continue
