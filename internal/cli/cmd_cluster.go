@@ -92,8 +92,11 @@ and keeps the best model in the run's output folder. Start two for a standby.`)
 	if err != nil {
 		return fail(env, err)
 	}
+	// TAILOR_PROGRESS_INTERVAL (a duration) tunes how often tailor status's
+	// numbers refresh; tests shorten it
+	every, _ := time.ParseDuration(os.Getenv("TAILOR_PROGRESS_INTERVAL"))
 	err = coordinator.Run(ctx, coordinator.Config{Run: cf.run, ID: id, Etcd: cf.endpoints(), Listen: listen, MetricsAddr: cf.metrics,
-		GossipBind: cf.gossip, SecretKey: key, Log: env.Log.With("role", "coordinator", "id", id)})
+		GossipBind: cf.gossip, SecretKey: key, Log: env.Log.With("role", "coordinator", "id", id), ProgressInterval: every})
 	if err != nil {
 		return fail(env, err)
 	}

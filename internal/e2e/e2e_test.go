@@ -58,12 +58,13 @@ func testShards(t *testing.T, size int) string {
 }
 
 // TestLocalCluster trains with `tailor local`: 2 workers, 2 parameter
-// servers and a standby coordinator as separate processes, in each update
-// mode.
+// servers and a standby coordinator as separate processes, in the sync and
+// async update modes (bounded staleness is refused by the coordinator for
+// now; see coordinator.Run).
 func TestLocalCluster(t *testing.T) {
 	bin := buildTailor(t)
 	data := testShards(t, 24)
-	for _, mode := range []string{"sync", "async", "ssp"} {
+	for _, mode := range []string{"sync", "async"} {
 		t.Run(mode, func(t *testing.T) { runLocal(t, bin, data, mode) })
 	}
 }

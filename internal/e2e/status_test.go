@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -104,8 +105,11 @@ func TestStatusOfLocalRun(t *testing.T) {
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
+	// progress every 100 ms over a run of several seconds: status sees it
+	// running however fast the machine is
 	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
-		"--epochs", "4", "--batch", "8", "--unit-size", "32")
+		"--epochs", "12", "--batch", "8", "--unit-size", "32")
+	cmd.Env = append(os.Environ(), "TAILOR_PROGRESS_INTERVAL=100ms")
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
@@ -185,7 +189,7 @@ func TestStatusOfLocalRun(t *testing.T) {
 	if code != 0 {
 		t.Errorf("status: exit %d\n%s", code, errs)
 	}
-	for _, want := range []string{"run local: running, leader coord-a", "sync, 4 epochs, batch 8 per worker, 2 parameter servers",
+	for _, want := range []string{"run local: running, leader coord-a", "sync, 12 epochs, batch 8 per worker, 2 parameter servers",
 		"progress  epoch ", "coord-a (leader)", "parameter servers", "workers", "w0", "w1", "ps0", "ps1"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("status text lacks %q", want)
