@@ -217,13 +217,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	if err != nil {
 		return fmt.Errorf("the cluster validates on a val split: %w", err)
 	}
-	mean, std := make([]float32, len(man.Mean)), make([]float32, len(man.Std))
-	for i := range man.Mean {
-		mean[i], std[i] = float32(man.Mean[i]), float32(man.Std[i])
-		if !(std[i] > 0) {
-			std[i] = 1
-		}
-	}
+	mean, std := man.Normalization()
 	if err := os.MkdirAll(spec.Out, 0o755); err != nil {
 		return err
 	}

@@ -351,3 +351,19 @@ func LoadManifest(ctx context.Context, st Store) (*Manifest, error) {
 	}
 	return m, nil
 }
+
+// Normalization returns the per-channel mean and std as the net's input
+// normalisation wants them (float32); a constant channel (std 0) gets std 1,
+// so it is only centred.
+func (m *Manifest) Normalization() (mean, std []float32) {
+	mean, std = make([]float32, len(m.Mean)), make([]float32, len(m.Std))
+	for i := range m.Mean {
+		mean[i] = float32(m.Mean[i])
+	}
+	for i := range m.Std {
+		if std[i] = float32(m.Std[i]); !(std[i] > 0) {
+			std[i] = 1
+		}
+	}
+	return mean, std
+}

@@ -276,12 +276,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 	if err != nil {
 		return nil, err
 	}
-	mean, std := toF32(man.Mean), toF32(man.Std)
-	for i, v := range std {
-		if !(v > 0) { // a constant channel: nothing to scale
-			std[i] = 1
-		}
-	}
+	mean, std := man.Normalization()
 	adamCfg := cfg.Adam
 	if cfg.DecayAuto {
 		adamCfg.Decay = adamCfg.LR / float64(cfg.Epochs)
@@ -457,14 +452,6 @@ func round(v float64) float64 { return math.Round(v*1e4) / 1e4 }
 func Score(labels []string, probs []float32, truth []bool) Scores {
 	rep := metrics.Evaluate(labels, probs, truth, nil)
 	return Scores{Loss: BCE(probs, truth), MAP: rep.MAP, MacroF1: rep.MacroF1, SubsetAcc: rep.SubsetAccuracy}
-}
-
-func toF32(v []float64) []float32 {
-	out := make([]float32, len(v))
-	for i, x := range v {
-		out[i] = float32(x)
-	}
-	return out
 }
 
 type trainer struct {

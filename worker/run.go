@@ -98,13 +98,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer client.Close()
-	mean, std := make([]float32, len(man.Mean)), make([]float32, len(man.Std))
-	for i := range man.Mean {
-		mean[i], std[i] = float32(man.Mean[i]), float32(man.Std[i])
-		if !(std[i] > 0) {
-			std[i] = 1
-		}
-	}
+	mean, std := man.Normalization()
 	comp := NewCompute(ComputeConfig{Rank: Rank(cfg.ID), Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std,
 		Sync: spec.Mode == job.ModeSync}, net, client)
 	cache := NewShardCache(st, man, max(cfg.ShardCache, 2))

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -106,25 +105,6 @@ func runLocal(t *testing.T, bin, data, mode string) {
 	}
 }
 
-// lockedBuilder is a strings.Builder safe for the process's writes and the
-// test's reads.
-type lockedBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuilder) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuilder) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // A worker killed with SIGKILL in the middle of a sync run: the others
 // carry on (its batch and units go to them) and the run completes.
 func TestLocalClusterWorkerKilled(t *testing.T) {
@@ -135,7 +115,7 @@ func TestLocalClusterWorkerKilled(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "3", "--ps", "2",
 		"--epochs", "3", "--batch", "8", "--unit-size", "32")
-	var stdout, stderr lockedBuilder
+	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
