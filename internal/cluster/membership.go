@@ -51,6 +51,10 @@ type record struct {
 	// it ties the etcd record to one gossip identity, so a restarted
 	// process (same role and id, new node) is a new member.
 	Node string `json:"node"`
+	// Leaving is written by Leave just before it revokes the lease. etcd's
+	// watch delivers it before the deletion, so peers always see a graceful
+	// leave as EventLeft, even when the gossip announcement arrives late.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 // gossipMeta is the memberlist node meta (at most memberlist.MetaMaxSize
@@ -576,6 +580,16 @@ func (m *Membership) applyPutLocked(key string, val []byte, modRev int64) {
 	}
 	changed := !reflect.DeepEqual(e.rec, rec)
 	e.rec, e.modRev = rec, modRev
+	if rec.Leaving {
+		if n := m.nodes[rec.Node]; n != nil {
+			n.state = nodeLeft
+		}
+		if e.live {
+			e.live = false
+			m.emitLocked(EventLeft, e.rec.Member)
+		}
+		return
+	}
 	if changed && e.live {
 		m.emitLocked(EventUpdated, e.rec.Member)
 	}
@@ -739,6 +753,15 @@ func (m *Membership) Leave(ctx context.Context) error {
 		var errs []error
 		if err := m.ml.UpdateNode(timeout); err != nil {
 			errs = append(errs, fmt.Errorf("cluster: gossip leaving flag: %w", err))
+		}
+		// Mark the etcd record as leaving, under the same lease, before
+		// anything goes away: peers' watches see it before the deletion.
+		if val, err := json.Marshal(record{Member: m.self.Member, Node: m.self.Node, Leaving: true}); err == nil {
+			pctx, cancel := context.WithTimeout(ctx, timeout)
+			if _, err := m.cli.Put(pctx, m.selfKey, string(val), clientv3.WithLease(m.currentLease())); err != nil {
+				errs = append(errs, fmt.Errorf("cluster: mark leaving: %w", err))
+			}
+			cancel()
 		}
 		m.stopLease()
 		m.leaseWG.Wait()
