@@ -196,15 +196,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		// the slowest, then holds the others back for good.
 		return errors.New("bounded staleness (ssp) is not wired into the cluster yet: use sync or async")
 	}
-	st, err := shard.OpenStore(ctx, spec.Data)
-	if err != nil {
-		return err
-	}
-	man, err := shard.LoadManifest(ctx, st)
-	if err != nil {
-		return err
-	}
-	net, err := model.New(model.DefaultConfig(man.Width, len(man.Labels)), spec.Seed)
+	st, man, net, err := netspec.Open(ctx, spec.Data, spec.Seed)
 	if err != nil {
 		return err
 	}

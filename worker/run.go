@@ -16,7 +16,6 @@ import (
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/netspec"
 	"github.com/tailorml/tailor/internal/wire"
-	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
 )
 
@@ -76,15 +75,7 @@ func Run(ctx context.Context, cfg Config) error {
 	sess.ServeMetrics(m.handler())
 	spec, mem, cli, keys := sess.Spec, sess.Members, sess.Client, sess.Keys
 
-	st, err := shard.OpenStore(ctx, spec.Data)
-	if err != nil {
-		return err
-	}
-	man, err := shard.LoadManifest(ctx, st)
-	if err != nil {
-		return err
-	}
-	net, err := model.New(model.DefaultConfig(man.Width, len(man.Labels)), spec.Seed)
+	st, man, net, err := netspec.Open(ctx, spec.Data, spec.Seed)
 	if err != nil {
 		return err
 	}

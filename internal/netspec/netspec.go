@@ -6,8 +6,11 @@
 package netspec
 
 import (
+	"context"
+
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/model"
+	"github.com/tailorml/tailor/shard"
 )
 
 // Tensors returns the net's wire spec and the slices holding each tensor's
@@ -47,4 +50,23 @@ func Push(n *model.Net, grads [][]float32) [][]float32 {
 		out = append(out, st.Mean, st.Variance)
 	}
 	return out
+}
+
+// Open opens a run's shard store and manifest and builds the run's net (the
+// architecture the manifest's image size and labels call for, weights drawn
+// from seed): what the coordinator and every worker start from.
+func Open(ctx context.Context, data string, seed uint64) (shard.Store, *shard.Manifest, *model.Net, error) {
+	st, err := shard.OpenStore(ctx, data)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	man, err := shard.LoadManifest(ctx, st)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	net, err := model.New(model.DefaultConfig(man.Width, len(man.Labels)), seed)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return st, man, net, nil
 }
