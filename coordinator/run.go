@@ -190,12 +190,6 @@ type leader struct {
 
 func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	spec := l.spec
-	if spec.Mode == job.ModeSSP {
-		// Not yet: at an epoch's end the workers without work stop pushing,
-		// and the parameter servers' staleness bound, which counts them as
-		// the slowest, then holds the others back for good.
-		return errors.New("bounded staleness (ssp) is not wired into the cluster yet: use sync or async")
-	}
 	st, man, net, err := netspec.Open(ctx, spec.Data, spec.Seed)
 	if err != nil {
 		return err
@@ -484,7 +478,9 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 	}
 	rep := &wire.WorkReply{RunID: req.RunID, WorkerID: req.WorkerID, Kind: wire.WorkWait}
 	l.mu.Lock()
-	if last, ok := l.reported[req.WorkerID]; req.Done >= 0 && (!ok || req.Done > last) {
+	last, ok := l.reported[req.WorkerID]
+	fresh := req.Done >= 0 && (!ok || req.Done > last)
+	if fresh {
 		// each finished step's loss counts once, however often the worker asks
 		l.reported[req.WorkerID] = req.Done
 		l.lossSum += req.Loss
@@ -524,6 +520,13 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 			if ok {
 				l.mu.Unlock()
 				return batchReply(rep, b), nil
+			}
+			if fresh && l.spec.Mode == job.ModeSSP {
+				// at once, not after the long poll: the worker tells the
+				// parameter servers it is idle, so that it stops holding
+				// back the workers still finishing the epoch
+				l.mu.Unlock()
+				return rep, nil
 			}
 			req.Done = -1 // reported; now just wait for the next epoch
 		}

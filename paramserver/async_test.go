@@ -130,11 +130,29 @@ func TestSSPBound(t *testing.T) {
 	mustPush(slow, 1)
 	released(done, "the slow worker advanced")
 
+	// a worker without a batch says so and stops holding the others back
 	done = held(4)
+	if err := slow.Idle(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	released(done, "the slow worker went idle")
+	// back from idle two steps behind: it holds the fast one again until
+	// it has caught up to within the bound
+	mustPush(slow, 2) // slow is on step 3, fast on 5
+	done = held(5)
+	mustPush(slow, 3)
+	released(done, "the slow worker caught up")
+
+	done = held(6)
 	members.Set("fast")
 	released(done, "the slow worker left")
 
-	if st := c.status(t, 0); st.Version != 7 || st.Pending != 0 {
-		t.Errorf("version %d, held %d; want 7, 0", st.Version, st.Pending)
+	if st := c.status(t, 0); st.Version != 11 || st.Pending != 0 {
+		t.Errorf("version %d, held %d; want 11, 0", st.Version, st.Pending)
+	}
+	// only members may go idle, only in their own run
+	var re *wire.RejectedError
+	if err := slow.Idle(ctx, 4); !errors.As(err, &re) || re.Reason != wire.ReasonUnknownWorker {
+		t.Errorf("idle of a departed worker: got %v, want %s", err, wire.ReasonUnknownWorker)
 	}
 }

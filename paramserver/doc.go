@@ -65,9 +65,14 @@
 // Bounded staleness (Mode SSP): Async, but a worker's push for step s is
 // held while s > c + Staleness, where c is the step the slowest active
 // worker is on (its last accepted step + 1; workers that have not pushed
-// yet are not counted). Held pushes are re-examined whenever a worker
-// advances or the membership changes, so a dead worker stops holding
-// anyone back as soon as the membership drops it. Staleness 0 is lockstep.
+// yet are not counted, nor idle ones). Held pushes are re-examined whenever
+// a worker advances, goes idle or the membership changes, so a dead worker
+// stops holding anyone back as soon as the membership drops it. A worker
+// that has no batch (the coordinator told it to wait: the end of an epoch)
+// sends Idle and is not counted until its next push; without that, the
+// workers still finishing an epoch would wait for it for good. A worker
+// that comes back from idle behind the others holds them back until it
+// has caught up to within the bound. Staleness 0 is lockstep.
 //
 // # State tensors (BatchNorm running statistics)
 //

@@ -83,6 +83,7 @@ type Server struct {
 	clocks  map[string]int64 // worker → the step it is on (last accepted + 1)
 	clockCh chan struct{}    // closed at every clock or membership change
 	held    int
+	idle    map[string]bool // SSP: workers without a batch, not counted as slowest
 
 	waiters []snapWaiter
 
@@ -120,6 +121,7 @@ func New(cfg Config, members Membership) (*Server, error) {
 		clockCh:    make(chan struct{}),
 		pending:    map[string][]float32{},
 		clocks:     map[string]int64{},
+		idle:       map[string]bool{},
 		decideDone: make(chan struct{}),
 	}
 	s.bufs.size = s.size
@@ -528,6 +530,7 @@ func (s *Server) accept(ctx context.Context, h *pushHeader, buf []float32) (vers
 		return s.version, "", "", true, nil // t, or t+1 if this push completed the step
 	}
 	if s.cfg.Mode == SSP {
+		delete(s.idle, h.worker) // a push makes a worker active again
 		if reason, detail = s.holdLocked(ctx, h); reason != "" {
 			return s.version, reason, detail, false, nil
 		}
@@ -576,12 +579,12 @@ func (s *Server) holdLocked(ctx context.Context, h *pushHeader) (reason, detail 
 }
 
 // slowestLocked is the smallest clock among the active workers other than
-// self that have pushed at least once.
+// self that have pushed at least once and are not idle.
 func (s *Server) slowestLocked(self string) (int64, bool) {
 	var c int64
 	found := false
 	for w := range s.member {
-		if w == self {
+		if w == self || s.idle[w] {
 			continue
 		}
 		if v, ok := s.clocks[w]; ok && (!found || v < c) {
@@ -777,6 +780,7 @@ func (s *Server) resetLocked(version int64) {
 	s.recent = nil
 	s.failed = nil // consistent weights again (Restore of a checkpoint)
 	clear(s.clocks)
+	clear(s.idle)
 	s.initialised = true
 	s.version = version
 }
@@ -820,6 +824,32 @@ func (s *Server) Status(ctx context.Context, req *wire.StatusRequest) (*wire.Sta
 	r.Accepted, r.Steps, r.Missing = s.m.accepted.Load(), s.m.steps.Load(), s.m.missing.Load()
 	r.Rejected = s.m.rejectedCounts(s.m.rejected)
 	return r, nil
+}
+
+// ---- Idle ----
+
+// Idle implements wire.Handler: in SSP mode the worker stops counting as
+// the slowest until its next push, and held pushes are re-examined. A
+// worker without a batch (the end of an epoch, or a wait for the
+// coordinator) would otherwise hold every other worker back for good.
+// Other modes accept it and change nothing.
+func (s *Server) Idle(ctx context.Context, req *wire.IdleRequest) (*wire.PushReply, error) {
+	if req.RunID != s.cfg.RunID {
+		s.m.reject(wire.ReasonRunID)
+		return nil, wire.RejectStatus(wire.ReasonRunID, fmt.Sprintf("run %q", req.RunID))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.member[req.WorkerID] {
+		s.m.reject(wire.ReasonUnknownWorker)
+		return nil, wire.RejectStatus(wire.ReasonUnknownWorker, fmt.Sprintf("worker %q", req.WorkerID))
+	}
+	if s.cfg.Mode == SSP && !s.idle[req.WorkerID] {
+		s.idle[req.WorkerID] = true
+		s.signalClocksLocked()
+		s.log.Debug("worker idle", "worker", req.WorkerID, "step", req.Step)
+	}
+	return &wire.PushReply{RunID: s.cfg.RunID, WorkerID: req.WorkerID, Server: s.cfg.Index, Step: req.Step, Version: s.version, Accepted: true}, nil
 }
 
 // ---- receive buffers ----

@@ -97,7 +97,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	w := &runner{cfg: cfg, spec: spec, log: log, cli: cli, elect: elect, comp: comp, cache: cache, man: man, m: m}
+	w := &runner{cfg: cfg, spec: spec, log: log, cli: cli, elect: elect, comp: comp, ps: client, cache: cache, man: man, m: m}
 	return w.loop(ctx)
 }
 
@@ -108,6 +108,7 @@ type runner struct {
 	cli   *clientv3.Client
 	elect *cluster.Election
 	comp  *Compute
+	ps    *wire.Client
 	cache *ShardCache
 	man   *shard.Manifest
 	m     *metrics
@@ -167,6 +168,7 @@ func (w *runner) loop(ctx context.Context) error {
 		time.Sleep(200 * time.Millisecond)
 	}
 	done, loss := int64(-1), 0.0
+	idle := false // told the parameter servers (SSP) since the last step
 	backoff := 100 * time.Millisecond
 	for {
 		wc, err := w.coordinator(ctx)
@@ -195,8 +197,20 @@ func (w *runner) loop(ctx context.Context) error {
 				"communication_share", math.Round(100*float64(c.PushTime+c.PullTime)/float64(max(total, 1)))/100)
 			return nil
 		case wire.WorkWait:
+			if w.spec.Mode == job.ModeSSP && !idle && done >= 0 {
+				// no batch for now: stop counting as the slowest worker
+				if err := w.ps.Idle(ctx, done+1); err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					w.log.Warn("telling the parameter servers this worker is idle failed", "err", err)
+				} else {
+					idle = true
+				}
+			}
 			continue
 		}
+		idle = false
 		recs, err := w.records(ctx, rep.Shard, rep.Offsets)
 		if err != nil {
 			return err

@@ -4,11 +4,13 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -56,24 +58,34 @@ func testShards(t *testing.T, size int) string {
 	return st.Root()
 }
 
-// TestLocalCluster trains with `tailor local`: 2 workers, 2 parameter
-// servers and a standby coordinator as separate processes, in the sync and
-// async update modes (bounded staleness is refused by the coordinator for
-// now; see coordinator.Run).
+// TestLocalCluster trains with `tailor local`: workers, 2 parameter
+// servers and a standby coordinator as separate processes, in the sync,
+// async and bounded-staleness update modes. The ssp case is the hardest
+// bound, staleness 0, with 3 workers on 4 units of 5 batches: at each
+// epoch's end one worker is still on its unit while two have run out of
+// work, and it must not wait for them.
 func TestLocalCluster(t *testing.T) {
 	bin := buildTailor(t)
 	data := testShards(t, 24)
-	for _, mode := range []string{"sync", "async"} {
-		t.Run(mode, func(t *testing.T) { runLocal(t, bin, data, mode) })
+	for _, c := range []struct {
+		mode     string
+		workers  int
+		unitSize string
+	}{
+		{"sync", 2, "32"},
+		{"async", 2, "32"},
+		{"ssp", 3, "40"},
+	} {
+		t.Run(c.mode, func(t *testing.T) { runLocal(t, bin, data, c.mode, c.workers, c.unitSize) })
 	}
 }
 
-func runLocal(t *testing.T, bin, data, mode string) {
+func runLocal(t *testing.T, bin, data, mode string, workers int, unitSize string) {
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2", "--standby",
-		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--mode", mode, "--staleness", "1")
+	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", strconv.Itoa(workers), "--ps", "2", "--standby",
+		"--epochs", "2", "--batch", "8", "--unit-size", unitSize, "--mode", mode, "--staleness", "0")
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -95,8 +107,8 @@ func runLocal(t *testing.T, bin, data, mode string) {
 		t.Errorf("model: %v", err)
 	}
 	// both workers trained, and nothing is left running
-	for _, w := range []string{"w0 ", "w1 "} {
-		if !strings.Contains(stderr.String(), w) || !strings.Contains(stderr.String(), "run done") {
+	for i := range workers {
+		if w := fmt.Sprintf("w%d ", i); !strings.Contains(stderr.String(), w) || !strings.Contains(stderr.String(), "run done") {
 			t.Errorf("worker %q did not report: %s", w, stderr.String())
 		}
 	}

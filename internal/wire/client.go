@@ -319,6 +319,23 @@ func (c *Client) pullFrom(ctx context.Context, i int, minVersion int64, into [][
 	return version, nil
 }
 
+// Idle tells every server that this worker has no batch for now, its next
+// step being step (bounded staleness: see IdleRequest).
+func (c *Client) Idle(ctx context.Context, step int64) error {
+	errs := make([]error, len(c.conns))
+	var wg sync.WaitGroup
+	for i := range c.conns {
+		wg.Go(func() {
+			r := new(PushReply)
+			if err := c.conns[i].Invoke(ctx, MethodIdle, &IdleRequest{RunID: c.runID, WorkerID: c.workerID, Step: step}, r); err != nil {
+				errs[i] = fmt.Errorf("wire: idle at server %d: %w", i, rejectionFromStatus(i, err))
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Status asks every server for its load and counters, in server order.
 func (c *Client) Status(ctx context.Context) ([]*StatusReply, error) {
 	n := len(c.conns)

@@ -90,6 +90,10 @@ func FuzzStatusRequest(f *testing.F) {
 	fuzzDecoder(f, func() message { return new(StatusRequest) }, seedsOf(&StatusRequest{})...)
 }
 
+func FuzzIdleRequest(f *testing.F) {
+	fuzzDecoder(f, func() message { return new(IdleRequest) }, seedsOf(&IdleRequest{})...)
+}
+
 func FuzzStatusReply(f *testing.F) {
 	fuzzDecoder(f, func() message { return new(StatusReply) }, seedsOf(&StatusReply{})...)
 }

@@ -44,6 +44,7 @@ const (
 	TypePullChunk     MsgType = 4
 	TypeStatusRequest MsgType = 5
 	TypeStatusReply   MsgType = 6
+	TypeIdleRequest   MsgType = 9
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -116,6 +117,16 @@ type PullRequest struct {
 type StatusRequest struct {
 	RunID    string
 	WorkerID string // the asker, any name
+}
+
+// IdleRequest tells a server that a worker has no batch to work on for
+// now (bounded staleness: an idle worker does not hold the others back).
+// The worker's next push makes it active again. Servers of the other modes
+// accept it and ignore it. The reply is a PushReply with Step echoed.
+type IdleRequest struct {
+	RunID    string
+	WorkerID string
+	Step     int64 // the worker's next step (its pushes so far)
 }
 
 // ReasonCount is one rejection counter.
@@ -566,6 +577,34 @@ func (r *StatusRequest) MarshalBinary() ([]byte, error) { return materialize(r.m
 
 // UnmarshalBinary decodes a request.
 func (r *StatusRequest) UnmarshalBinary(b []byte) error { return r.unmarshal(oneBuffer(b)) }
+
+// ---- IdleRequest ----
+
+func (r *IdleRequest) marshal() (mem.BufferSlice, error) {
+	if err := checkStrings(r.RunID, r.WorkerID); err != nil {
+		return nil, err
+	}
+	h := beginHeader(TypeIdleRequest, 24+len(r.RunID)+len(r.WorkerID))
+	h = appendString(h, r.RunID)
+	h = appendString(h, r.WorkerID)
+	h = appendVarint(h, r.Step)
+	h, err := finishHeader(h)
+	return oneBuffer(h), err
+}
+
+func (r *IdleRequest) unmarshal(data mem.BufferSlice) error {
+	return decodeSmall(data, TypeIdleRequest, func(d *dec) {
+		d.str("run id", &r.RunID)
+		d.str("worker id", &r.WorkerID)
+		r.Step = d.varint("step")
+	})
+}
+
+// MarshalBinary encodes the request.
+func (r *IdleRequest) MarshalBinary() ([]byte, error) { return materialize(r.marshal()) }
+
+// UnmarshalBinary decodes a request.
+func (r *IdleRequest) UnmarshalBinary(b []byte) error { return r.unmarshal(oneBuffer(b)) }
 
 // ---- StatusReply ----
 

@@ -30,6 +30,7 @@ func sampleMessages() []message {
 		&PushReply{RunID: "run-1", WorkerID: "w3", Server: 0, Step: -3, Version: 7, Reason: ReasonNonFinite},
 		&PullRequest{RunID: "r", WorkerID: "w", Plan: 1, Server: 5, MinVersion: 12345678901, ChunkBytes: 1 << 20, Flags: FlagChecksum},
 		&StatusRequest{RunID: "r", WorkerID: "coordinator"},
+		&IdleRequest{RunID: "r", WorkerID: "w2", Step: 77},
 		&StatusReply{
 			RunID: "r", WorkerID: "w", Server: 1, Mode: "sync", Initialised: true, Version: 10, Step: 10,
 			Members: 3, Pending: 2, BytesIn: 1 << 40, BytesOut: 7, Accepted: 99, Steps: 10, Missing: 1,

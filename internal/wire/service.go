@@ -20,6 +20,7 @@ const (
 	MethodInit   = "/" + ServiceName + "/Init"
 	MethodPull   = "/" + ServiceName + "/Pull"
 	MethodStatus = "/" + ServiceName + "/Status"
+	MethodIdle   = "/" + ServiceName + "/Idle"
 )
 
 // Handler is what a parameter server implements. The streams carry wire
@@ -31,6 +32,7 @@ type Handler interface {
 	Init(stream grpc.ServerStream) error
 	Pull(req *PullRequest, stream grpc.ServerStream) error
 	Status(ctx context.Context, req *StatusRequest) (*StatusReply, error)
+	Idle(ctx context.Context, req *IdleRequest) (*PushReply, error)
 }
 
 // Indexes into serviceDesc.Streams.
@@ -46,6 +48,9 @@ var serviceDesc = grpc.ServiceDesc{
 	Methods: []grpc.MethodDesc{{
 		MethodName: "Status",
 		Handler:    statusHandler,
+	}, {
+		MethodName: "Idle",
+		Handler:    idleHandler,
 	}},
 	Streams: []grpc.StreamDesc{
 		streamPush: {
@@ -86,6 +91,20 @@ func statusHandler(srv any, ctx context.Context, dec func(any) error, icpt grpc.
 	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodStatus}
 	return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
 		return srv.(Handler).Status(ctx, r.(*StatusRequest))
+	})
+}
+
+func idleHandler(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+	req := new(IdleRequest)
+	if err := dec(req); err != nil {
+		return nil, err
+	}
+	if icpt == nil {
+		return srv.(Handler).Idle(ctx, req)
+	}
+	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodIdle}
+	return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
+		return srv.(Handler).Idle(ctx, r.(*IdleRequest))
 	})
 }
 
