@@ -284,6 +284,28 @@ func (l Location) ReadPart(ctx context.Context, run, job, name string, b Blob) (
 	return p, nil
 }
 
+// WritePart stores p as an object of the checkpoint store, streaming it
+// (no copy of the whole blob in memory), and returns its manifest entry.
+func (l Location) WritePart(ctx context.Context, object string, p *Part) (Blob, error) {
+	size, err := PartSize(p)
+	if err != nil {
+		return Blob{}, err
+	}
+	pr, pw := io.Pipe()
+	var sum [32]byte
+	go func() {
+		var err error
+		sum, _, err = WritePart(pw, p)
+		pw.CloseWithError(err)
+	}()
+	err = l.Store.Put(ctx, object, pr, size)
+	pr.CloseWithError(errors.New("checkpoint: upload ended")) // stops the writer if Put failed early
+	if err != nil {
+		return Blob{}, fmt.Errorf("store checkpoint part: %w", err)
+	}
+	return Blob{Server: p.Server, Object: object, SHA256: hex.EncodeToString(sum[:]), Bytes: size, Version: p.Version}, nil
+}
+
 // VerifyPart checks a stored part against its digest without keeping it.
 func (l Location) VerifyPart(ctx context.Context, run, job, name string, b Blob) error {
 	_, err := l.ReadPart(ctx, run, job, name, b)

@@ -78,6 +78,22 @@ func (p *Part) Validate() error {
 	return nil
 }
 
+// PartSize is the number of bytes WritePart writes for p.
+func PartSize(p *Part) (int64, error) {
+	if err := p.Validate(); err != nil {
+		return 0, err
+	}
+	hdr, err := json.Marshal(p)
+	if err != nil {
+		return 0, err
+	}
+	n := int64(len(partMagic)) + 4 + int64(len(hdr)) + 32
+	for i := range p.Parts {
+		n += 4 * int64(len(p.Weights[i])+len(p.M[i])+len(p.V[i]))
+	}
+	return n, nil
+}
+
 // WritePart encodes p to w: magic, header length and JSON header, then the
 // float32 arrays (little endian) part by part — weights, then for Param
 // parts M and V — and last the SHA-256 of everything before it. It returns

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/tailorml/tailor/checkpoint"
+
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/optim"
 )
@@ -56,6 +58,9 @@ type Config struct {
 	// and StepDeadline's local completion then do not apply; StepDeadline
 	// bounds each Decide call instead. Nil: the server decides alone.
 	Decider Decider `json:"-"`
+	// Checkpoints is where Checkpoint requests read and write part blobs;
+	// with no store, they are refused.
+	Checkpoints checkpoint.Location `json:"-"`
 	// ListenAddr is the gRPC address of ListenAndServe.
 	ListenAddr string `json:"listen_addr"`
 	// Logger receives rejections and step events; nil discards them.

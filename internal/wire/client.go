@@ -336,6 +336,34 @@ func (c *Client) Idle(ctx context.Context, step int64) error {
 	return errors.Join(errs...)
 }
 
+// Checkpoint sends one request per server (reqs[i] to server i, RunID and
+// WorkerID filled in) and returns the replies in server order.
+func (c *Client) Checkpoint(ctx context.Context, reqs []*CheckpointRequest) ([]*CheckpointReply, error) {
+	if len(reqs) != len(c.conns) {
+		return nil, fmt.Errorf("wire: %d checkpoint requests for %d servers", len(reqs), len(c.conns))
+	}
+	out := make([]*CheckpointReply, len(reqs))
+	errs := make([]error, len(reqs))
+	var wg sync.WaitGroup
+	for i, req := range reqs {
+		wg.Go(func() {
+			req.RunID, req.WorkerID = c.runID, c.workerID
+			r := new(CheckpointReply)
+			if err := c.conns[i].Invoke(ctx, MethodCheckpoint, req, r); err != nil {
+				errs[i] = fmt.Errorf("wire: checkpoint at server %d: %w", i, rejectionFromStatus(i, err))
+				return
+			}
+			if r.Server != i {
+				errs[i] = fmt.Errorf("wire: checkpoint reply of server %d from server %d", r.Server, i)
+				return
+			}
+			out[i] = r
+		})
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
+}
+
 // Status asks every server for its load and counters, in server order.
 func (c *Client) Status(ctx context.Context) ([]*StatusReply, error) {
 	n := len(c.conns)

@@ -94,6 +94,14 @@ func FuzzIdleRequest(f *testing.F) {
 	fuzzDecoder(f, func() message { return new(IdleRequest) }, seedsOf(&IdleRequest{})...)
 }
 
+func FuzzCheckpointRequest(f *testing.F) {
+	fuzzDecoder(f, func() message { return new(CheckpointRequest) }, seedsOf(&CheckpointRequest{})...)
+}
+
+func FuzzCheckpointReply(f *testing.F) {
+	fuzzDecoder(f, func() message { return new(CheckpointReply) }, seedsOf(&CheckpointReply{})...)
+}
+
 func FuzzStatusReply(f *testing.F) {
 	fuzzDecoder(f, func() message { return new(StatusReply) }, seedsOf(&StatusReply{})...)
 }

@@ -45,6 +45,8 @@ const (
 	TypeStatusRequest MsgType = 5
 	TypeStatusReply   MsgType = 6
 	TypeIdleRequest   MsgType = 9
+	TypeCkptRequest   MsgType = 10
+	TypeCkptReply     MsgType = 11
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -127,6 +129,40 @@ type IdleRequest struct {
 	RunID    string
 	WorkerID string
 	Step     int64 // the worker's next step (its pushes so far)
+}
+
+// CheckpointOp says what a CheckpointRequest asks for.
+type CheckpointOp uint8
+
+// Checkpoint operations.
+const (
+	// CheckpointSave: snapshot the server's part at Version (-1: now) and
+	// write it to Object in the run's checkpoint store.
+	CheckpointSave CheckpointOp = 1
+	// CheckpointRestore: read Object, check it against SHA256 and Bytes,
+	// and replace the server's state with it.
+	CheckpointRestore CheckpointOp = 2
+)
+
+// CheckpointRequest is the coordinator's order to save or restore a
+// server's part of a checkpoint.
+type CheckpointRequest struct {
+	RunID    string
+	WorkerID string // the asker
+	Op       CheckpointOp
+	Version  int64
+	Object   string // object name in the run's checkpoint store
+	SHA256   string // restore: hex digest the blob must have
+	Bytes    int64  // restore: its size
+}
+
+// CheckpointReply says what the server saved or restored.
+type CheckpointReply struct {
+	RunID   string
+	Server  int
+	Version int64
+	SHA256  string // hex
+	Bytes   int64
 }
 
 // ReasonCount is one rejection counter.
@@ -605,6 +641,75 @@ func (r *IdleRequest) MarshalBinary() ([]byte, error) { return materialize(r.mar
 
 // UnmarshalBinary decodes a request.
 func (r *IdleRequest) UnmarshalBinary(b []byte) error { return r.unmarshal(oneBuffer(b)) }
+
+// ---- CheckpointRequest / CheckpointReply ----
+
+func (r *CheckpointRequest) marshal() (mem.BufferSlice, error) {
+	if err := checkStrings(r.RunID, r.WorkerID, r.Object, r.SHA256); err != nil {
+		return nil, err
+	}
+	h := beginHeader(TypeCkptRequest, 48+len(r.RunID)+len(r.WorkerID)+len(r.Object)+len(r.SHA256))
+	h = appendString(h, r.RunID)
+	h = appendString(h, r.WorkerID)
+	h = appendUvarint(h, uint64(r.Op))
+	h = appendVarint(h, r.Version)
+	h = appendString(h, r.Object)
+	h = appendString(h, r.SHA256)
+	h = appendVarint(h, r.Bytes)
+	h, err := finishHeader(h)
+	return oneBuffer(h), err
+}
+
+func (r *CheckpointRequest) unmarshal(data mem.BufferSlice) error {
+	return decodeSmall(data, TypeCkptRequest, func(d *dec) {
+		d.str("run id", &r.RunID)
+		d.str("worker id", &r.WorkerID)
+		r.Op = CheckpointOp(d.uvarint("op", 255))
+		r.Version = d.varint("version")
+		d.str("object", &r.Object)
+		d.str("sha256", &r.SHA256)
+		r.Bytes = d.varint("bytes")
+	})
+}
+
+// MarshalBinary encodes the request.
+func (r *CheckpointRequest) MarshalBinary() ([]byte, error) { return materialize(r.marshal()) }
+
+// UnmarshalBinary decodes a request.
+func (r *CheckpointRequest) UnmarshalBinary(b []byte) error { return r.unmarshal(oneBuffer(b)) }
+
+func (r *CheckpointReply) marshal() (mem.BufferSlice, error) {
+	if err := checkStrings(r.RunID, r.SHA256); err != nil {
+		return nil, err
+	}
+	if r.Server < 0 {
+		return nil, fmt.Errorf("wire: server %d", r.Server)
+	}
+	h := beginHeader(TypeCkptReply, 40+len(r.RunID)+len(r.SHA256))
+	h = appendString(h, r.RunID)
+	h = appendUvarint(h, uint64(r.Server))
+	h = appendVarint(h, r.Version)
+	h = appendString(h, r.SHA256)
+	h = appendVarint(h, r.Bytes)
+	h, err := finishHeader(h)
+	return oneBuffer(h), err
+}
+
+func (r *CheckpointReply) unmarshal(data mem.BufferSlice) error {
+	return decodeSmall(data, TypeCkptReply, func(d *dec) {
+		d.str("run id", &r.RunID)
+		r.Server = d.int("server", math.MaxInt32)
+		r.Version = d.varint("version")
+		d.str("sha256", &r.SHA256)
+		r.Bytes = d.varint("bytes")
+	})
+}
+
+// MarshalBinary encodes the reply.
+func (r *CheckpointReply) MarshalBinary() ([]byte, error) { return materialize(r.marshal()) }
+
+// UnmarshalBinary decodes a reply.
+func (r *CheckpointReply) UnmarshalBinary(b []byte) error { return r.unmarshal(oneBuffer(b)) }
 
 // ---- StatusReply ----
 

@@ -31,6 +31,9 @@ func sampleMessages() []message {
 		&PullRequest{RunID: "r", WorkerID: "w", Plan: 1, Server: 5, MinVersion: 12345678901, ChunkBytes: 1 << 20, Flags: FlagChecksum},
 		&StatusRequest{RunID: "r", WorkerID: "coordinator"},
 		&IdleRequest{RunID: "r", WorkerID: "w2", Step: 77},
+		&CheckpointRequest{RunID: "r", WorkerID: "coordinator", Op: CheckpointSave, Version: -1, Object: "checkpoints/r/j/000000000010-000001/ps-000.bin"},
+		&CheckpointRequest{RunID: "r", Op: CheckpointRestore, Version: 10, Object: "x/ps-001.bin", SHA256: "ab12", Bytes: 1 << 35},
+		&CheckpointReply{RunID: "r", Server: 1, Version: 10, SHA256: "ab12", Bytes: 12345},
 		&StatusReply{
 			RunID: "r", WorkerID: "w", Server: 1, Mode: "sync", Initialised: true, Version: 10, Step: 10,
 			Members: 3, Pending: 2, BytesIn: 1 << 40, BytesOut: 7, Accepted: 99, Steps: 10, Missing: 1,

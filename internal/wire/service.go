@@ -20,7 +20,8 @@ const (
 	MethodInit   = "/" + ServiceName + "/Init"
 	MethodPull   = "/" + ServiceName + "/Pull"
 	MethodStatus = "/" + ServiceName + "/Status"
-	MethodIdle   = "/" + ServiceName + "/Idle"
+	MethodIdle       = "/" + ServiceName + "/Idle"
+	MethodCheckpoint = "/" + ServiceName + "/Checkpoint"
 )
 
 // Handler is what a parameter server implements. The streams carry wire
@@ -33,6 +34,7 @@ type Handler interface {
 	Pull(req *PullRequest, stream grpc.ServerStream) error
 	Status(ctx context.Context, req *StatusRequest) (*StatusReply, error)
 	Idle(ctx context.Context, req *IdleRequest) (*PushReply, error)
+	Checkpoint(ctx context.Context, req *CheckpointRequest) (*CheckpointReply, error)
 }
 
 // Indexes into serviceDesc.Streams.
@@ -51,6 +53,9 @@ var serviceDesc = grpc.ServiceDesc{
 	}, {
 		MethodName: "Idle",
 		Handler:    idleHandler,
+	}, {
+		MethodName: "Checkpoint",
+		Handler:    checkpointHandler,
 	}},
 	Streams: []grpc.StreamDesc{
 		streamPush: {
@@ -105,6 +110,20 @@ func idleHandler(srv any, ctx context.Context, dec func(any) error, icpt grpc.Un
 	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodIdle}
 	return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
 		return srv.(Handler).Idle(ctx, r.(*IdleRequest))
+	})
+}
+
+func checkpointHandler(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+	req := new(CheckpointRequest)
+	if err := dec(req); err != nil {
+		return nil, err
+	}
+	if icpt == nil {
+		return srv.(Handler).Checkpoint(ctx, req)
+	}
+	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodCheckpoint}
+	return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
+		return srv.(Handler).Checkpoint(ctx, r.(*CheckpointRequest))
 	})
 }
 
