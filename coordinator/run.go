@@ -184,6 +184,10 @@ type leader struct {
 	epochT0  time.Time
 	computeT time.Duration
 
+	ck       *ckpt
+	steplog  *stepLog
+	curEpoch int
+
 	stepsGauge, epochGauge, lossGauge prometheus.Gauge
 	imagesCounter                     prometheus.Counter
 }
@@ -229,9 +233,35 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 	defer ps.Close()
-	if err := ps.Init(ctx, tensors); err != nil && !isInitialised(err) {
-		return fmt.Errorf("initialise parameter servers: %w", err)
+	loc, err := job.OpenCheckpoints(ctx, spec, st)
+	if err != nil {
+		return err
 	}
+	l.ck = &ckpt{loc: loc, labels: man.Labels, ps: ps, val: val}
+	// a checkpoint of the job, if there is one, is where the run goes on
+	// from (a restart, or a new leader after a failover); otherwise the
+	// servers get the initial weights, and a checkpoint of step 0 is taken
+	// at once so that there is always one to go back to
+	meta, rs, err := l.resume(ctx)
+	if err != nil {
+		return err
+	}
+	resumed := ""
+	if meta == nil {
+		if err := ps.Init(ctx, tensors); err != nil && !isInitialised(err) {
+			return fmt.Errorf("initialise parameter servers: %w", err)
+		}
+		rs = &RunState{}
+		if err := l.saveOrWarn(ctx, 0, *rs, 0, "start", false); err != nil {
+			return err
+		}
+	} else {
+		resumed = l.ck.current + " (" + meta.Reason + ")"
+	}
+	if l.steplog, err = openStepLog(spec.Out, resumed); err != nil {
+		return err
+	}
+	defer l.steplog.close()
 
 	l.steps, err = NewSteps(StepsConfig{RunID: spec.Run, Servers: spec.ParamServers, Quorum: spec.Quorum, Deadline: spec.StepDeadline,
 		Commit: l.commit, Log: l.log})
@@ -259,16 +289,36 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	if err != nil {
 		return err
 	}
-	step := int64(0)
-	var asyncSteps map[string]int64
-	for epoch := 0; epoch < spec.Epochs; epoch++ {
+	step, asyncSteps := rs.Step, rs.AsyncSteps
+	if err := l.waitWorkers(ctx); err != nil {
+		return err
+	}
+	for epoch := rs.Epoch; epoch < spec.Epochs; epoch++ {
+		mid := epoch == rs.Epoch && rs.Sched != nil // resumed in the middle of this epoch
 		l.mu.Lock()
-		if spec.Mode == job.ModeSync {
+		l.curEpoch = epoch
+		var err error
+		switch {
+		case spec.Mode == job.ModeSync && mid:
+			l.sched, err = RestoreScheduler(units, spec.Seed, spec.Batch, *rs.Sched)
+		case spec.Mode == job.ModeSync:
 			l.sched = NewScheduler(units, spec.Seed, epoch, spec.Batch, step)
-		} else {
+		case mid:
+			l.asched, err = RestoreAsyncScheduler(units, spec.Seed, spec.Batch, *rs.Sched)
+		default:
 			l.asched = NewAsyncScheduler(units, spec.Seed, epoch, spec.Batch, asyncSteps)
 		}
+		if err != nil {
+			l.mu.Unlock()
+			return fmt.Errorf("resume: %w", err)
+		}
 		l.lossSum, l.lossN, l.images, l.epochT0, l.computeT = 0, 0, 0, time.Now(), 0
+		if mid {
+			// workers of the checkpoint that are not back give up their units
+			l.dropAbsentLocked(rs.Sched)
+			l.lossSum, l.lossN, l.images = rs.LossSum, rs.LossN, rs.Images
+			l.epochT0 = time.Now().Add(-time.Duration(rs.Seconds * float64(time.Second)))
+		}
 		l.broadcastLocked()
 		l.mu.Unlock()
 		l.epochGauge.Set(float64(epoch + 1))
@@ -296,6 +346,13 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		}
 		l.log.Info("epoch", "epoch", epoch+1, "of", spec.Epochs, "train_loss", round4(ep.TrainLoss), "val_loss", round4(ep.Val.Loss),
 			"val_map", round4(ep.Val.MAP), "img_per_s", math.Round(ep.ImgPerSec), "workers", len(l.mem.Members(cluster.RoleWorker)), "saved", improved)
+		version := step
+		if spec.Mode != job.ModeSync {
+			version = -1 // quiesced: every server as it is
+		}
+		if err := l.saveOrWarn(ctx, version, RunState{Epoch: epoch + 1, Step: step, AsyncSteps: asyncSteps}, epoch+1, "epoch", improved); err != nil {
+			return err
+		}
 	}
 	l.mu.Lock()
 	l.done = true
@@ -367,6 +424,58 @@ func (l *leader) epoch(ctx context.Context) (int64, error) {
 		l.stepsGauge.Set(float64(step))
 		if err := l.waitDecided(ctx, step); err != nil {
 			return 0, err
+		}
+		if k := int64(l.spec.CheckpointEvery); k > 0 && (step+1)%k == 0 {
+			if err := l.stepCheckpoint(ctx); err != nil {
+				return 0, err
+			}
+		}
+	}
+}
+
+// stepCheckpoint checkpoints a sync run between two steps.
+func (l *leader) stepCheckpoint(ctx context.Context) error {
+	l.mu.Lock()
+	if l.sched.Done() {
+		l.mu.Unlock()
+		return nil // the epoch's end checkpoints after validation
+	}
+	st, err := l.sched.Export()
+	rs := RunState{Epoch: l.curEpoch, Step: l.sched.Step(), Sched: &st, LossSum: l.lossSum, LossN: l.lossN, Images: l.images,
+		Seconds: time.Since(l.epochT0).Seconds()}
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return l.saveOrWarn(ctx, rs.Step, rs, l.curEpoch, "steps", false)
+}
+
+// dropAbsentLocked releases the units of the checkpoint's workers that are
+// not live now (resumed with fewer or other workers).
+func (l *leader) dropAbsentLocked(st *SchedState) {
+	live := map[string]bool{}
+	for _, w := range l.liveWorkers() {
+		live[w] = true
+	}
+	owners := map[string]bool{}
+	for _, u := range st.Ledger.State {
+		if u.Owner != "" {
+			owners[u.Owner] = true
+		}
+	}
+	for w := range st.Pos {
+		owners[w] = true
+	}
+	for w := range owners {
+		if live[w] {
+			continue
+		}
+		l.log.Info("resumed without a worker of the checkpoint: its units go back to the pool", "worker", w)
+		if l.sched != nil {
+			l.sched.Drop(w)
+		}
+		if l.asched != nil {
+			l.asched.Drop(w)
 		}
 	}
 }
@@ -483,6 +592,9 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 	if fresh {
 		// each finished step's loss counts once, however often the worker asks
 		l.reported[req.WorkerID] = req.Done
+		if l.steplog != nil {
+			l.steplog.add(req.Done, l.curEpoch, req.WorkerID, req.Loss)
+		}
 		l.lossSum += req.Loss
 		l.lossN++
 		l.lossGauge.Set(req.Loss)

@@ -266,3 +266,88 @@ func (s *AsyncScheduler) Drop(w string) {
 
 // Done reports whether every record of the epoch has been consumed.
 func (s *AsyncScheduler) Done() bool { return s.ledger.Done() }
+
+// PosState is where a worker is in its unit.
+type PosState struct {
+	Unit int `json:"unit"`
+	Next int `json:"next"`
+}
+
+// SchedState is a scheduler's position between steps (sync) or with no
+// batch out (async), as a checkpoint holds it.
+type SchedState struct {
+	Ledger LedgerState         `json:"ledger"`
+	Pos    map[string]PosState `json:"pos,omitempty"`
+	Step   int64               `json:"step"`            // sync: the next step
+	Steps  map[string]int64    `json:"steps,omitempty"` // async: each worker's next step
+}
+
+func exportPos(pos map[string]position) map[string]PosState {
+	out := make(map[string]PosState, len(pos))
+	for w, p := range pos {
+		out[w] = PosState{Unit: p.unit, Next: p.next}
+	}
+	return out
+}
+
+func importPos(units []Unit, ps map[string]PosState) (map[string]position, error) {
+	pos := make(map[string]position, len(ps))
+	for w, p := range ps {
+		if p.Unit < 0 || p.Unit >= len(units) || p.Next < 0 || p.Next > units[p.Unit].Len {
+			return nil, fmt.Errorf("scheduler: worker %s at unit %d position %d", w, p.Unit, p.Next)
+		}
+		pos[w] = position{unit: p.Unit, next: p.Next}
+	}
+	return pos, nil
+}
+
+// Export returns the scheduler's position; ErrStepOpen while a step is open.
+func (s *Scheduler) Export() (SchedState, error) {
+	if s.open {
+		return SchedState{}, ErrStepOpen
+	}
+	return SchedState{Ledger: s.ledger.Export(), Pos: exportPos(s.pos), Step: s.step}, nil
+}
+
+// RestoreScheduler rebuilds a sync scheduler at a position Export returned.
+func RestoreScheduler(units []Unit, seed uint64, batch int, st SchedState) (*Scheduler, error) {
+	l, err := RestoreLedger(units, seed, st.Ledger)
+	if err != nil {
+		return nil, err
+	}
+	pos, err := importPos(units, st.Pos)
+	if err != nil {
+		return nil, err
+	}
+	s := NewScheduler(units, seed, st.Ledger.Epoch, batch, st.Step)
+	s.ledger, s.pos = l, pos
+	return s, nil
+}
+
+// Export returns the scheduler's position; an error while a batch is out.
+func (s *AsyncScheduler) Export() (SchedState, error) {
+	if len(s.out) > 0 {
+		return SchedState{}, fmt.Errorf("coordinator: %d batches are out", len(s.out))
+	}
+	steps := make(map[string]int64, len(s.steps))
+	for w, v := range s.steps {
+		steps[w] = v
+	}
+	return SchedState{Ledger: s.ledger.Export(), Pos: exportPos(s.pos), Steps: steps}, nil
+}
+
+// RestoreAsyncScheduler rebuilds an async scheduler at a position Export
+// returned.
+func RestoreAsyncScheduler(units []Unit, seed uint64, batch int, st SchedState) (*AsyncScheduler, error) {
+	l, err := RestoreLedger(units, seed, st.Ledger)
+	if err != nil {
+		return nil, err
+	}
+	pos, err := importPos(units, st.Pos)
+	if err != nil {
+		return nil, err
+	}
+	s := NewAsyncScheduler(units, seed, st.Ledger.Epoch, batch, st.Steps)
+	s.ledger, s.pos = l, pos
+	return s, nil
+}

@@ -1,7 +1,9 @@
 package coordinator
 
 import (
+	"encoding/json"
 	"math/rand/v2"
+	"reflect"
 	"sort"
 	"testing"
 )
@@ -178,5 +180,85 @@ func TestAsyncScheduler(t *testing.T) {
 		if extra > repeatsAllowed {
 			t.Fatalf("seed %d: %d repeats, only %d from dead workers' last batches", seed, extra, repeatsAllowed)
 		}
+	}
+}
+
+// A sync scheduler exported between steps and restored continues with the
+// very same batches; restored for another worker set, it still consumes
+// every record of the epoch exactly once.
+func TestSchedulerExportRestore(t *testing.T) {
+	us, _ := Units(testManifest(), "train", 100)
+	ws := []string{"w0", "w1", "w2"}
+	run := func(s *Scheduler, ws []string, steps int, consumed map[uint64]int) [][]Batch {
+		var out [][]Batch
+		for i := 0; i < steps && !s.Done(); i++ {
+			res, err := s.Begin(ws)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var inc []string
+			for _, b := range res {
+				inc = append(inc, b.Worker)
+			}
+			done, err := s.Decide(s.Step(), inc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, b := range done {
+				for _, id := range b.IDs {
+					consumed[id]++
+				}
+			}
+			out = append(out, res)
+		}
+		return out
+	}
+	orig := NewScheduler(us, 7, 2, 16, 0)
+	consumed := map[uint64]int{}
+	run(orig, ws, 10, consumed)
+	st, err := orig.Export()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// through JSON, as in a checkpoint
+	b, _ := json.Marshal(st)
+	var back SchedState
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	restored, err := RestoreScheduler(us, 7, 16, back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := run(orig, ws, 5, map[uint64]int{})
+	r := run(restored, ws, 5, map[uint64]int{})
+	if !reflect.DeepEqual(a, r) {
+		t.Fatalf("restored scheduler diverges:\n%v\n%v", a, r)
+	}
+
+	// resume with w1 gone and w3 new: its units go back to the pool
+	other, err := RestoreScheduler(us, 7, 16, back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Drop("w1")
+	run(other, []string{"w0", "w2", "w3"}, 1<<20, consumed)
+	if !other.Done() {
+		t.Fatal("epoch not finished")
+	}
+	total := 0
+	for _, u := range us {
+		total += u.Len
+	}
+	if len(consumed) != total {
+		t.Errorf("%d records consumed, want %d", len(consumed), total)
+	}
+	for id, n := range consumed {
+		if n != 1 {
+			t.Fatalf("record %d consumed %d times", id, n)
+		}
+	}
+	if _, err := RestoreScheduler(us[:3], 7, 16, back); err == nil {
+		t.Error("restored a ledger onto other units")
 	}
 }

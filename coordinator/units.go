@@ -170,3 +170,37 @@ func (l *Ledger) Remaining() int {
 
 // Done reports whether every record of the epoch has been consumed.
 func (l *Ledger) Done() bool { return l.Remaining() == 0 }
+
+// LedgerState is a ledger's position, as a checkpoint holds it.
+type LedgerState struct {
+	Epoch int         `json:"epoch"`
+	State []UnitState `json:"state"`
+	Next  int         `json:"next"` // position in the hand-out order of the next never-assigned unit
+	Free  []int       `json:"free,omitempty"`
+}
+
+// Export returns the ledger's position.
+func (l *Ledger) Export() LedgerState {
+	return LedgerState{Epoch: l.Epoch, State: append([]UnitState(nil), l.State...), Next: l.next, Free: append([]int(nil), l.free...)}
+}
+
+// RestoreLedger rebuilds a ledger of units at a position Export returned.
+func RestoreLedger(units []Unit, seed uint64, st LedgerState) (*Ledger, error) {
+	if len(st.State) != len(units) || st.Next < 0 || st.Next > len(units) || st.Epoch < 0 {
+		return nil, fmt.Errorf("ledger of %d units, next %d, epoch %d: does not fit %d units", len(st.State), st.Next, st.Epoch, len(units))
+	}
+	for u, s := range st.State {
+		if s.Consumed < 0 || s.Consumed > units[u].Len {
+			return nil, fmt.Errorf("ledger: unit %d consumed %d of %d", u, s.Consumed, units[u].Len)
+		}
+	}
+	for _, u := range st.Free {
+		if u < 0 || u >= len(units) {
+			return nil, fmt.Errorf("ledger: free unit %d of %d", u, len(units))
+		}
+	}
+	l := NewLedger(units, seed, st.Epoch)
+	copy(l.State, st.State)
+	l.next, l.free = st.Next, append([]int(nil), st.Free...)
+	return l, nil
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/wire"
+	"github.com/tailorml/tailor/shard"
 )
 
 // Addrs keys of a parameter server's membership record.
@@ -83,7 +84,16 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+	data, err := shard.OpenStore(ctx, spec.Data)
+	if err != nil {
+		return err
+	}
+	ckpts, err := job.OpenCheckpoints(ctx, spec, data)
+	if err != nil {
+		return err
+	}
 	pc := DefaultConfig(cfg.Run, wspec)
+	pc.Checkpoints = ckpts
 	pc.Index, pc.Servers, pc.Adam, pc.Mode = cfg.Index, spec.ParamServers, spec.AdamConfig(), Mode(spec.Mode)
 	pc.Staleness, pc.StepDeadline, pc.Logger = spec.Staleness, spec.StepDeadline, log
 	var ld *leaderDecider

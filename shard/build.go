@@ -46,6 +46,14 @@ type BuildConfig struct {
 	// Overwrite allows a destination that already holds objects: its manifest
 	// is deleted first and shards not in the new manifest are deleted last.
 	Overwrite bool
+	// Shuffle writes each split's records in an order drawn from Seed
+	// rather than in path order. Folder trees group images by label, so
+	// unshuffled shards hold runs of one label set, and a worker reading a
+	// contiguous range of a shard trains on batches of near-identical
+	// labels (the cluster's units are such ranges). Same input and config
+	// still give byte-identical output.
+	Shuffle bool
+	Seed    uint64
 }
 
 // DefaultBuildConfig returns the defaults: 64x64, 64 MiB shards, 20% val.
@@ -58,6 +66,8 @@ func DefaultBuildConfig() BuildConfig {
 		MinSide:         8,
 		MaxSourcePixels: 50_000_000,
 		MaxFileBytes:    256 << 20,
+		Shuffle:         true,
+		Seed:            1,
 	}
 }
 
@@ -158,11 +168,15 @@ func Build(ctx context.Context, cfg BuildConfig, src string, dst Store, progress
 			Alpha:         "white",
 			SplitBy:       splitBy,
 			MinSide:       cfg.MinSide,
+			Order:         "path",
 		},
 		Skipped: topSkipped,
 	}
 	if splitBy == "path-hash" {
 		m.Build.ValFraction = cfg.ValFraction
+	}
+	if cfg.Shuffle {
+		m.Build.Order, m.Build.ShuffleSeed = "shuffled", cfg.Seed
 	}
 	var next uint64
 	for _, in := range splits {

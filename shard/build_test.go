@@ -12,6 +12,7 @@ import (
 	"maps"
 	"math"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -708,5 +709,49 @@ func TestBuildConfigValidate(t *testing.T) {
 		if err := c.Validate(); (err == nil) != tt.ok {
 			t.Errorf("%s: Validate() = %v, want ok=%v", tt.name, err, tt.ok)
 		}
+	}
+}
+
+// Shuffled shards mix the label folders; path order keeps each folder's
+// images together (what a cluster's contiguous units must not see).
+func TestBuildShuffle(t *testing.T) {
+	src := t.TempDir()
+	dirs := []string{"red_dress", "blue_jeans", "black_shirt"}
+	for i := range 60 {
+		writeFile(t, src, fmt.Sprintf("train/%s/img%02d.png", dirs[i/20], i), encodePNG(t, solid(8, 8, red)))
+	}
+	order := func(shuffle bool, seed uint64) (runs int, sources []string) {
+		cfg := testConfig(t)
+		cfg.Shuffle, cfg.Seed = shuffle, seed
+		st := newStore(t)
+		m := build(t, cfg, src, st)
+		recs, err := ReadSplit(context.Background(), st, m, "train")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range recs {
+			sources = append(sources, r.Source)
+			if i == 0 || path.Dir(r.Source) != path.Dir(recs[i-1].Source) {
+				runs++
+			}
+		}
+		want := map[bool]string{true: "shuffled", false: "path"}[shuffle]
+		if m.Build.Order != want {
+			t.Errorf("manifest order %q, want %q", m.Build.Order, want)
+		}
+		return runs, sources
+	}
+	if runs, _ := order(false, 1); runs != 3 {
+		t.Errorf("path order: %d runs of one folder, want 3", runs)
+	}
+	runs, a := order(true, 1)
+	if runs < 20 {
+		t.Errorf("shuffled: only %d runs of one folder in 60 records", runs)
+	}
+	if _, b := order(true, 1); !slices.Equal(a, b) {
+		t.Error("the same seed gave another order")
+	}
+	if _, c := order(true, 2); slices.Equal(a, c) {
+		t.Error("another seed gave the same order")
 	}
 }

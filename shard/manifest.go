@@ -74,6 +74,10 @@ type BuildInfo struct {
 	ValFraction float64 `json:"val_fraction"`
 	// MinSide is the smallest source width or height accepted.
 	MinSide int `json:"min_side"`
+	// Order is the order of each split's records: "shuffled" (by
+	// ShuffleSeed) or "path".
+	Order       string `json:"order,omitempty"`
+	ShuffleSeed uint64 `json:"shuffle_seed,omitempty"`
 }
 
 // Split describes one split of the dataset.

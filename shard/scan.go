@@ -7,8 +7,10 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path"
 	"path/filepath"
@@ -168,9 +170,20 @@ func scan(ctx context.Context, cfg *BuildConfig, src string, log logger) ([]*spl
 	for _, name := range order {
 		s := sc.splits[name]
 		slices.SortFunc(s.inputs, func(a, b input) int { return strings.Compare(a.rel, b.rel) })
+		if cfg.Shuffle {
+			rng := rand.New(rand.NewPCG(cfg.Seed, splitSeed(name)))
+			rng.Shuffle(len(s.inputs), func(i, j int) { s.inputs[i], s.inputs[j] = s.inputs[j], s.inputs[i] })
+		}
 		out = append(out, s)
 	}
 	return out, sc.top, splitBy, nil
+}
+
+// splitSeed is a split's stream of the shuffle.
+func splitSeed(name string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return h.Sum64()
 }
 
 // pool sets the scanner up for one pool split by path hash and returns the split order.

@@ -345,6 +345,25 @@ type Validator struct {
 	x          []float32
 }
 
+// ValidatorState is what a checkpoint keeps of a Validator: the history
+// and the best score so far.
+type ValidatorState struct {
+	History   []Epoch `json:"history"`
+	Best      int     `json:"best"`
+	BestScore float64 `json:"best_score"`
+	HaveBest  bool    `json:"have_best"`
+}
+
+// State returns the validator's history and best score.
+func (v *Validator) State() ValidatorState {
+	return ValidatorState{History: append([]Epoch(nil), v.History...), Best: v.Best, BestScore: v.bestScore, HaveBest: v.haveBest}
+}
+
+// SetState continues from a state State returned (a resumed run).
+func (v *Validator) SetState(s ValidatorState) {
+	v.History, v.Best, v.bestScore, v.haveBest = append([]Epoch(nil), s.History...), s.Best, s.BestScore, s.HaveBest
+}
+
 // ModelPath is where the best model is saved.
 func (v *Validator) ModelPath() string { return filepath.Join(v.Cfg.Out, "model.tailor") }
 

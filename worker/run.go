@@ -215,7 +215,9 @@ func (w *runner) loop(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if w.spec.Mode == job.ModeSync && w.comp.Version() < rep.Step {
+		// sync: the weights of exactly this step (after a rollback to a
+		// checkpoint they are older than the ones the worker holds)
+		if w.spec.Mode == job.ModeSync && w.comp.Version() != rep.Step {
 			if err := w.comp.Pull(ctx, rep.Step); err != nil {
 				return err
 			}

@@ -165,6 +165,9 @@ func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.BoolVar(&s.Augment.Enabled, "augment", s.Augment.Enabled, "augment training images")
 	fs.BoolVar(&s.BNEstimate, "bn-estimate", s.BNEstimate, "re-estimate BatchNorm statistics before validating and saving")
 	fs.BoolVar(&s.EvalRunning, "eval-running-bn", s.EvalRunning, "also validate with the running BatchNorm statistics")
+	fs.IntVar(&s.CheckpointEvery, "checkpoint-every", s.CheckpointEvery, "sync: steps between checkpoints (0: epoch ends only; every epoch's end checkpoints)")
+	fs.IntVar(&s.KeepCheckpoints, "keep-checkpoints", s.KeepCheckpoints, "newest checkpoints kept (and the best one)")
+	fs.StringVar(&s.Checkpoints, "checkpoints", s.Checkpoints, "checkpoint store, path or URL (default: the data store, under checkpoints/)")
 }
 
 func runSubmit(ctx context.Context, env *Env) int {
@@ -177,6 +180,7 @@ different spec for an existing run is an error.`)
 	cf.add(fs)
 	addSpecFlags(fs, &s)
 	fs.StringVar(&s.Out, "out", "", "the coordinator's output folder: model, history (default out/RUN)")
+	fs.IntVar(&s.Workers, "wait-workers", 0, "workers the coordinator waits for before the first step and after a resume")
 	if code, done := parse(env, fs); done {
 		return code
 	}

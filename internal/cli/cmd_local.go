@@ -51,7 +51,7 @@ stops every process. The model, history and plot end up in OUT/run.`)
 	fs.IntVar(&trainN, "train", 4000, "training images of a composed data set")
 	fs.IntVar(&valN, "val", 1000, "validation images of a composed data set")
 	fs.IntVar(&testN, "test", 1000, "test images of a composed data set")
-	fs.BoolVar(&keep, "keep-etcd", false, "keep the etcd data of an earlier run (resume) instead of starting afresh")
+	fs.BoolVar(&keep, "resume", false, "resume the run in OUT from its newest checkpoint (keeps OUT's etcd data) instead of starting afresh")
 	addSpecFlags(fs, &s)
 	if code, done := parse(env, fs); done {
 		return code
@@ -59,6 +59,7 @@ stops every process. The model, history and plot end up in OUT/run.`)
 	if workers < 1 {
 		return fail(env, errors.New("--workers: want at least 1"))
 	}
+	s.Workers = workers // the first step waits for all of them: reproducible sync runs
 	if s.Out == "" {
 		s.Out = filepath.Join(out, "run")
 	}
@@ -88,8 +89,18 @@ stops every process. The model, history and plot end up in OUT/run.`)
 	}
 
 	etcdDir := filepath.Join(out, "etcd")
+	if s.Checkpoints == "" {
+		// every process is on this machine: checkpoints go next to the run
+		if s.Checkpoints, err = filepath.Abs(filepath.Join(out, "checkpoints")); err != nil {
+			return fail(env, err)
+		}
+	}
 	if !keep {
+		// a new run: the earlier one's coordination state and checkpoints go
 		_ = os.RemoveAll(etcdDir)
+		if !isStoreURL(s.Checkpoints) && s.Checkpoints == mustAbs(filepath.Join(out, "checkpoints")) {
+			_ = os.RemoveAll(s.Checkpoints)
+		}
 	}
 	// etcd logs only what is fatal: at this level its start and stop print
 	// harmless "errors" (storage version, closed listeners)
@@ -165,6 +176,14 @@ stops every process. The model, history and plot end up in OUT/run.`)
 		f.Close()
 	}
 	return 0
+}
+
+func mustAbs(p string) string {
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return p
+	}
+	return a
 }
 
 // isStoreURL reports whether loc is a store URL (scheme://...) rather than

@@ -80,6 +80,8 @@ See shard/FORMAT.md for every rule.`)
 	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "parallel decoders (0: one per CPU)")
 	fs.BoolVar(&cfg.Strict, "strict", false, "fail on any input that would be skipped (hidden files aside)")
 	fs.BoolVar(&cfg.Overwrite, "overwrite", false, "replace the dataset already in DST")
+	fs.BoolVar(&cfg.Shuffle, "shuffle", cfg.Shuffle, "write each split's records in a seeded random order (not path order, which groups labels)")
+	fs.Uint64Var(&cfg.Seed, "shuffle-seed", cfg.Seed, "seed of --shuffle")
 	quiet := fs.Bool("quiet", false, "no progress bars")
 	s3 := addS3Flags(fs)
 	if code, done := parse(env, fs); done {

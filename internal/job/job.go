@@ -5,6 +5,8 @@ package job
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,9 +14,11 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tailorml/tailor/checkpoint"
 	"github.com/tailorml/tailor/input"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/optim"
+	"github.com/tailorml/tailor/shard"
 )
 
 // Update modes of a run.
@@ -45,6 +49,40 @@ type Spec struct {
 	EvalRunning  bool             `json:"eval_running_bn"`
 	BestBy       string           `json:"best_by"`
 	Out          string           `json:"out"` // the coordinator's output folder (model, history)
+	// Workers is how many live workers the coordinator waits for before the
+	// first step, and again after a resume (0: start with whoever is there).
+	// Sync runs are reproducible only with a fixed worker set.
+	Workers int `json:"workers"`
+	// Checkpoints is the store (path or URL) for checkpoints; empty means
+	// the data store, under "checkpoints/".
+	Checkpoints string `json:"checkpoints,omitempty"`
+	// CheckpointEvery is the number of sync steps between checkpoints (0:
+	// only at epoch ends, which always checkpoint). Async and SSP runs
+	// checkpoint at epoch ends.
+	CheckpointEvery int `json:"checkpoint_every"`
+	// KeepCheckpoints is how many of the newest checkpoints retention keeps
+	// (the best one is kept as well).
+	KeepCheckpoints int `json:"keep_checkpoints"`
+	// JobID tells this submission of the run from an earlier one of the
+	// same name (checkpoints are kept per job id); Submit sets it.
+	JobID string `json:"job_id"`
+}
+
+// CheckpointPrefix is the prefix of checkpoints in the data store, when the
+// spec names no checkpoint store of its own.
+const CheckpointPrefix = "checkpoints/"
+
+// OpenCheckpoints opens the run's checkpoint location. data is the run's
+// data store, already open (used when the spec names no other store).
+func OpenCheckpoints(ctx context.Context, s Spec, data shard.Store) (checkpoint.Location, error) {
+	if s.Checkpoints == "" {
+		return checkpoint.Location{Store: data, Prefix: CheckpointPrefix}, nil
+	}
+	st, err := shard.OpenStore(ctx, s.Checkpoints)
+	if err != nil {
+		return checkpoint.Location{}, fmt.Errorf("checkpoint store: %w", err)
+	}
+	return checkpoint.Location{Store: st}, nil
 }
 
 // DefaultSpec is the single-process trainer's defaults, in sync mode with
@@ -55,6 +93,7 @@ func DefaultSpec(run, data string) Spec {
 		StepDeadline: 2 * time.Minute, ParamServers: 2, UnitSize: 256,
 		Augment: input.DefaultAugment(), Adam: optim.DefaultAdam(0), DecayAuto: true,
 		BNEstimate: true, BNBatches: 50, BestBy: "loss", Out: "out/" + run,
+		CheckpointEvery: 500, KeepCheckpoints: 3,
 	}
 }
 
@@ -99,6 +138,9 @@ func (s Spec) Validate() error {
 	if s.BNEstimate && s.BNBatches < 1 {
 		errs = append(errs, errors.New("batchnorm re-estimation needs at least one batch"))
 	}
+	if s.Workers < 0 || s.CheckpointEvery < 0 || s.KeepCheckpoints < 1 {
+		errs = append(errs, fmt.Errorf("workers %d, checkpoint every %d, keep %d checkpoints: want ≥ 0, ≥ 0, ≥ 1", s.Workers, s.CheckpointEvery, s.KeepCheckpoints))
+	}
 	if s.BestBy != "loss" && s.BestBy != "map" {
 		errs = append(errs, fmt.Errorf("best-by %q: want loss or map", s.BestBy))
 	}
@@ -120,6 +162,13 @@ func Submit(ctx context.Context, cli *clientv3.Client, s Spec) error {
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("job spec: %w", err)
 	}
+	if s.JobID == "" {
+		var id [8]byte
+		if _, err := rand.Read(id[:]); err != nil {
+			return err
+		}
+		s.JobID = hex.EncodeToString(id[:])
+	}
 	b, err := json.Marshal(s)
 	if err != nil {
 		return err
@@ -133,6 +182,8 @@ func Submit(ctx context.Context, cli *clientv3.Client, s Spec) error {
 		if err != nil {
 			return err
 		}
+		s.JobID = old.JobID // the same spec submitted again is the same job
+		b, _ = json.Marshal(s)
 		ob, _ := json.Marshal(old)
 		if string(ob) != string(b) {
 			return fmt.Errorf("%w: %s", ErrExists, s.Run)

@@ -1,0 +1,123 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// localArgs are the flags of the resume tests' runs: 2 workers, 2 parameter
+// servers, sync, a checkpoint every 4 steps.
+func localArgs(out, data string, extra ...string) []string {
+	return append([]string{"local", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
+		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--checkpoint-every", "4"}, extra...)
+}
+
+// stepLosses reads steps.csv: the loss of each (step, worker), the last
+// line winning, and the checkpoint named by the last "# resumed" line.
+func stepLosses(t *testing.T, path string) (map[string]string, string, int) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	losses, resumed, after := map[string]string{}, "", 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if name, ok := strings.CutPrefix(line, "# resumed from "); ok {
+			resumed, after = name, 0
+			continue
+		}
+		f := strings.Split(line, ",")
+		if len(f) != 4 || f[0] == "step" {
+			continue
+		}
+		losses[f[0]+"/"+f[2]] = f[3]
+		after++
+	}
+	return losses, resumed, after
+}
+
+// Exact resume: a sync run stopped (Ctrl-C) after a mid-epoch checkpoint
+// and started again with --resume goes on from that checkpoint, and every
+// step it runs has, for every worker, the same loss, bit for bit, as in a
+// run that was never interrupted.
+func TestResumeExact(t *testing.T) {
+	bin := buildTailor(t)
+	data := testShards(t, 24)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+
+	straight := t.TempDir()
+	cmd := exec.CommandContext(ctx, bin, localArgs(straight, data)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("uninterrupted run: %v\n%s", err, out)
+	}
+	want, _, _ := stepLosses(t, filepath.Join(straight, "run", "steps.csv"))
+
+	stopped := t.TempDir()
+	cmd = exec.CommandContext(ctx, bin, localArgs(stopped, data)...)
+	var log syncBuffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// stop it once the mid-epoch checkpoint of step 8 is published
+	published := regexp.MustCompile(`msg=checkpoint .*reason=steps step=8 `)
+	deadline := time.Now().Add(3 * time.Minute)
+	for !published.MatchString(log.String()) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no checkpoint at step 8:\n%s", log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait() // interrupted: a non-zero exit is expected
+	if strings.Contains(log.String(), "run local finished") {
+		t.Fatal("the run finished before it was interrupted; nothing was resumed")
+	}
+	if out, _ := exec.Command("pgrep", "-f", bin).Output(); len(out) > 0 {
+		t.Fatalf("processes left running after Ctrl-C: %s", out)
+	}
+
+	cmd = exec.CommandContext(ctx, bin, localArgs(stopped, data, "--resume")...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("resumed run: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "msg=resumed") {
+		t.Errorf("the second run did not resume:\n%s", out)
+	}
+	got, resumed, after := stepLosses(t, filepath.Join(stopped, "run", "steps.csv"))
+	if !strings.Contains(resumed, "checkpoint 0000000000") || after == 0 {
+		t.Fatalf("steps.csv has no resumed part (marker %q, %d steps after it)", resumed, after)
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d (step, worker) losses after resume, %d in the uninterrupted run", len(got), len(want))
+	}
+	same := 0
+	for k, w := range want {
+		if g, ok := got[k]; !ok || g != w {
+			t.Errorf("step/worker %s: loss %q, uninterrupted %q", k, g, w)
+			continue
+		}
+		same++
+	}
+	t.Logf("resumed from %s: %d step losses after it; %d of %d equal bit for bit", resumed, after, same, len(want))
+	hist, _ := os.ReadFile(filepath.Join(stopped, "run", "history.csv"))
+	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 3 {
+		t.Errorf("history has %d lines, want header + 2 epochs:\n%s", n, hist)
+	}
+}
