@@ -34,6 +34,7 @@ type RunState struct {
 	LossN      int              `json:"loss_n"`
 	Images     int              `json:"images"`
 	Seconds    float64          `json:"seconds"` // of the epoch so far
+	AuditSeq   int64            `json:"audit_seq"` // batches consumed before this checkpoint
 }
 
 // ckpt is the leader's checkpoint bookkeeping.
@@ -92,15 +93,19 @@ func (l *leader) save(ctx context.Context, version int64, rs RunState, epochs in
 	if err := c.loc.WriteMeta(ctx, name, m); err != nil {
 		return err
 	}
+	// what was consumed before this cut is on disk before the cut is published
+	if l.steplog != nil {
+		l.steplog.flush()
+	}
+	if l.audit != nil {
+		l.audit.flush()
+	}
 	p := checkpoint.Pointer{JobID: l.spec.JobID, Name: name, Step: step, Epochs: epochs, Meta: m.Checksum, Created: m.Created}
 	v, err := checkpoint.Publish(ctx, l.cli, cluster.RunKeys(l.spec.Run), p, c.version, l.term.Guard())
 	if err != nil {
 		return err
 	}
 	c.version, c.current = v, name
-	if l.steplog != nil {
-		l.steplog.flush()
-	}
 	removed, err := c.loc.Retain(ctx, l.spec.Run, l.spec.JobID, l.spec.KeepCheckpoints, name)
 	if err != nil {
 		l.log.Warn("checkpoint retention", "err", err)
@@ -253,6 +258,56 @@ func (s *stepLog) flush() {
 func (s *stepLog) close() {
 	s.flush()
 	s.f.Close()
+}
+
+// auditLog records every consumed batch (spec.Audit) in audit.log in the
+// output folder: "seq epoch worker id id ...", one line per batch, seq
+// counting the run's consumed batches. A resumed leader first writes
+// "rollback seq": the lines from seq on were undone by the rollback. Tests
+// check with it that every record is consumed exactly once per epoch.
+type auditLog struct {
+	mu sync.Mutex
+	f  *os.File
+	w  *bufio.Writer
+}
+
+func openAuditLog(dir string, rollback int64) (*auditLog, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "audit.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	a := &auditLog{f: f, w: bufio.NewWriter(f)}
+	fmt.Fprintf(a.w, "rollback %d\n", rollback)
+	return a, nil
+}
+
+func (a *auditLog) add(seq int64, b Batch) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	fmt.Fprintf(a.w, "%d %d %s", seq, b.Epoch, b.Worker)
+	for _, id := range b.IDs {
+		fmt.Fprintf(a.w, " %d", id)
+	}
+	a.w.WriteByte('\n')
+}
+
+func (a *auditLog) flush() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_ = a.w.Flush()
+}
+
+func (a *auditLog) close() {
+	a.flush()
+	a.f.Close()
+}
+
+// auditLocked counts a consumed batch (and logs it with spec.Audit).
+func (l *leader) auditLocked(b Batch) {
+	if l.audit != nil {
+		l.audit.add(l.auditSeq, b)
+	}
+	l.auditSeq++
 }
 
 // waitWorkers waits until spec.Workers workers are live (sync runs are

@@ -2,6 +2,8 @@ package coordinator
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -186,6 +189,9 @@ type leader struct {
 
 	ck       *ckpt
 	steplog  *stepLog
+	gen      atomic.Uint64 // this leader's generation: new at every (re)start from a checkpoint
+	audit    *auditLog     // spec.Audit: every consumed batch's records
+	auditSeq int64         // batches consumed in the run (in checkpoints: the rollback point)
 	curEpoch int
 
 	stepsGauge, epochGauge, lossGauge prometheus.Gauge
@@ -258,10 +264,20 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	} else {
 		resumed = l.ck.current + " (" + meta.Reason + ")"
 	}
+	l.newGen()
 	if l.steplog, err = openStepLog(spec.Out, resumed); err != nil {
 		return err
 	}
 	defer l.steplog.close()
+	l.mu.Lock()
+	l.auditSeq = rs.AuditSeq
+	l.mu.Unlock()
+	if spec.Audit {
+		if l.audit, err = openAuditLog(spec.Out, rs.AuditSeq); err != nil {
+			return err
+		}
+		defer l.audit.close()
+	}
 
 	l.steps, err = NewSteps(StepsConfig{RunID: spec.Run, Servers: spec.ParamServers, Quorum: spec.Quorum, Deadline: spec.StepDeadline,
 		Commit: l.commit, Log: l.log})
@@ -350,7 +366,10 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		if spec.Mode != job.ModeSync {
 			version = -1 // quiesced: every server as it is
 		}
-		if err := l.saveOrWarn(ctx, version, RunState{Epoch: epoch + 1, Step: step, AsyncSteps: asyncSteps}, epoch+1, "epoch", improved); err != nil {
+		l.mu.Lock()
+		seq := l.auditSeq
+		l.mu.Unlock()
+		if err := l.saveOrWarn(ctx, version, RunState{Epoch: epoch + 1, Step: step, AsyncSteps: asyncSteps, AuditSeq: seq}, epoch+1, "epoch", improved); err != nil {
 			return err
 		}
 	}
@@ -441,7 +460,7 @@ func (l *leader) stepCheckpoint(ctx context.Context) error {
 		return nil // the epoch's end checkpoints after validation
 	}
 	st, err := l.sched.Export()
-	rs := RunState{Epoch: l.curEpoch, Step: l.sched.Step(), Sched: &st, LossSum: l.lossSum, LossN: l.lossN, Images: l.images,
+	rs := RunState{Epoch: l.curEpoch, Step: l.sched.Step(), Sched: &st, LossSum: l.lossSum, LossN: l.lossN, Images: l.images, AuditSeq: l.auditSeq,
 		Seconds: time.Since(l.epochT0).Seconds()}
 	l.mu.Unlock()
 	if err != nil {
@@ -540,6 +559,7 @@ func (l *leader) commit(ctx context.Context, d wire.Decision) (wire.Decision, er
 	}
 	for _, b := range done {
 		l.images += len(b.IDs)
+		l.auditLocked(b)
 	}
 	l.imagesCounter.Add(float64(len(done)))
 	l.broadcastLocked()
@@ -586,7 +606,13 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 		return nil, wire.RejectStatus(wire.ReasonRunID, req.RunID)
 	}
 	rep := &wire.WorkReply{RunID: req.RunID, WorkerID: req.WorkerID, Kind: wire.WorkWait}
+	rep.Gen = l.genNow()
 	l.mu.Lock()
+	if req.Gen != rep.Gen {
+		// the worker's finished step belongs to another leader, or to steps
+		// a rollback to a checkpoint undid: not a report for this one
+		req.Done = -1
+	}
 	last, ok := l.reported[req.WorkerID]
 	fresh := req.Done >= 0 && (!ok || req.Done > last)
 	if fresh {
@@ -625,6 +651,7 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 			if held.IDs != nil && req.Done >= held.Step {
 				l.images += len(held.IDs)
 				l.imagesCounter.Inc()
+				l.auditLocked(held)
 			}
 			if l.asched.Done() {
 				l.broadcastLocked()
@@ -653,6 +680,16 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 		}
 	}
 }
+
+// newGen starts a new generation: replies carry it, and reports of steps
+// finished under another one are ignored.
+func (l *leader) newGen() {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	l.gen.Store(binary.LittleEndian.Uint64(b[:]) | 1)
+}
+
+func (l *leader) genNow() uint64 { return l.gen.Load() }
 
 func batchReply(rep *wire.WorkReply, b Batch) *wire.WorkReply {
 	rep.Kind, rep.Step, rep.Epoch, rep.Shard = wire.WorkBatch, b.Step, int64(b.Epoch), b.Shard

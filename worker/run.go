@@ -154,28 +154,19 @@ func (w *runner) loop(ctx context.Context) error {
 		}
 	}()
 	// the servers accept pulls once the coordinator has initialised them
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := w.comp.Pull(pctx, 0)
-		cancel()
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		w.log.Debug("weights not ready", "err", err)
-		time.Sleep(200 * time.Millisecond)
+	if err := w.pullRetry(ctx); err != nil {
+		return err
 	}
 	done, loss := int64(-1), 0.0
-	idle := false // told the parameter servers (SSP) since the last step
+	idle := false  // told the parameter servers (SSP) since the last step
+	var gen uint64 // the coordinator generation of the last reply
 	backoff := 100 * time.Millisecond
 	for {
 		wc, err := w.coordinator(ctx)
 		if err != nil {
 			return err
 		}
-		rep, err := wc.Next(ctx, &wire.WorkRequest{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Done: done, Version: w.comp.Version(), Loss: loss})
+		rep, err := wc.Next(ctx, &wire.WorkRequest{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Done: done, Version: w.comp.Version(), Loss: loss, Gen: gen})
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -188,6 +179,11 @@ func (w *runner) loop(ctx context.Context) error {
 			continue
 		}
 		backoff = 100 * time.Millisecond
+		if rep.Gen != gen {
+			// a new leader, or a rollback: what this worker did before is
+			// not this generation's business
+			gen, done, idle = rep.Gen, -1, false
+		}
 		switch rep.Kind {
 		case wire.WorkDone:
 			c := w.comp
@@ -218,8 +214,16 @@ func (w *runner) loop(ctx context.Context) error {
 		// sync: the weights of exactly this step (after a rollback to a
 		// checkpoint they are older than the ones the worker holds)
 		if w.spec.Mode == job.ModeSync && w.comp.Version() != rep.Step {
-			if err := w.comp.Pull(ctx, rep.Step); err != nil {
-				return err
+			pctx, cancel := context.WithTimeout(ctx, time.Minute)
+			err := w.comp.Pull(pctx, rep.Step)
+			cancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				w.log.Warn("pulling the step's weights failed; asking again", "step", rep.Step, "err", err)
+				time.Sleep(backoff)
+				continue
 			}
 		}
 		t0 := time.Now()
@@ -228,21 +232,48 @@ func (w *runner) loop(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			// a refused push (late, or the step moved on) is not fatal: the
-			// coordinator hands the records out again
+			// a refused push (late, or the step moved on) or an unreachable
+			// parameter server (restarting) is not fatal: the coordinator
+			// hands the records out again, and rolls the servers back to a
+			// checkpoint if one lost its state
 			var rej *wire.RejectedError
 			if errors.As(err, &rej) {
 				w.log.Warn("push refused", "step", rep.Step, "reason", rej.Reason)
-				if perr := w.comp.Pull(ctx, 0); perr != nil {
-					return perr
-				}
-				continue
+			} else {
+				w.log.Warn("step failed; retrying", "step", rep.Step, "err", err)
 			}
-			return err
+			if perr := w.pullRetry(ctx); perr != nil {
+				return perr
+			}
+			continue
 		}
 		done = rep.Step
 		w.m.step(len(recs), loss, time.Since(t0), w.comp)
 		w.m.stall.Set(w.cache.Stall().Seconds())
+	}
+}
+
+// pullRetry pulls the current weights, retrying (with backoff) while the
+// servers are unreachable or not initialised, until ctx ends.
+func (w *runner) pullRetry(ctx context.Context) error {
+	backoff := 200 * time.Millisecond
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := w.comp.Pull(pctx, 0)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		w.log.Debug("weights not available", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 3*time.Second)
 	}
 }
 

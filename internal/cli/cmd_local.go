@@ -161,7 +161,9 @@ stops every process. The model, history and plot end up in OUT/run.`)
 	// other exits cleanly too once it sees the run's status. Workers and the
 	// standby may die (the run goes on without them).
 	coordinators := map[string]bool{"coordinator": true, "standby": true}
-	tolerated := map[string]bool{"standby": true}
+	// with a standby, the first coordinator may die too: the standby takes
+	// over from the last checkpoint
+	tolerated := map[string]bool{"standby": true, "coordinator": standby}
 	for i := 0; i < workers; i++ {
 		tolerated[fmt.Sprintf("w%d", i)] = true
 	}

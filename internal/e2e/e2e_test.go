@@ -118,7 +118,8 @@ func runLocal(t *testing.T, bin, data, mode string, workers int, unitSize string
 }
 
 // A worker killed with SIGKILL in the middle of a sync run: the others
-// carry on (its batch and units go to them) and the run completes.
+// carry on (its batch and units go to them), the run completes, and every
+// record is consumed exactly once per epoch.
 func TestLocalClusterWorkerKilled(t *testing.T) {
 	bin := buildTailor(t)
 	data := testShards(t, 24)
@@ -126,7 +127,7 @@ func TestLocalClusterWorkerKilled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "3", "--ps", "2",
-		"--epochs", "3", "--batch", "8", "--unit-size", "32")
+		"--epochs", "3", "--batch", "8", "--unit-size", "32", "--audit")
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
@@ -160,5 +161,9 @@ func TestLocalClusterWorkerKilled(t *testing.T) {
 	hist, _ := os.ReadFile(filepath.Join(out, "run", "history.csv"))
 	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 4 {
 		t.Errorf("history has %d lines, want header + 3 epochs", n)
+	}
+	// the dead worker's records went to the others: each exactly once
+	if n := checkAudit(t, filepath.Join(out, "run"), data, 3); n != 0 {
+		t.Errorf("%d rollbacks, want none (a worker's death needs none)", n)
 	}
 }

@@ -63,6 +63,9 @@ type Spec struct {
 	// KeepCheckpoints is how many of the newest checkpoints retention keeps
 	// (the best one is kept as well).
 	KeepCheckpoints int `json:"keep_checkpoints"`
+	// Audit makes the coordinator log every consumed batch's record IDs to
+	// audit.log in Out (for tests and investigations: exactly once per epoch).
+	Audit bool `json:"audit,omitempty"`
 	// JobID tells this submission of the run from an earlier one of the
 	// same name (checkpoints are kept per job id); Submit sets it.
 	JobID string `json:"job_id"`

@@ -48,6 +48,10 @@ type WorkRequest struct {
 	Done     int64   // step the worker finished (its gradient pushed); -1 if none
 	Version  int64   // weights version the worker holds
 	Loss     float64 // loss of the finished step's batch
+	// Gen is the generation of the reply that gave the worker its finished
+	// step (0 if none). A coordinator that took over, or rolled the run back
+	// to a checkpoint, has another generation and ignores Done.
+	Gen uint64
 }
 
 // WorkReply is the worker's next batch.
@@ -59,6 +63,7 @@ type WorkReply struct {
 	Epoch    int64
 	Shard    string
 	Offsets  []uint64 // record offsets within Shard, in visiting order
+	Gen      uint64   // the coordinator's generation (see WorkRequest.Gen)
 }
 
 func (r *WorkRequest) marshal() (mem.BufferSlice, error) {
@@ -71,6 +76,7 @@ func (r *WorkRequest) marshal() (mem.BufferSlice, error) {
 	h = appendVarint(h, r.Done)
 	h = appendVarint(h, r.Version)
 	h = appendFixed64(h, math.Float64bits(r.Loss))
+	h = appendUvarint(h, r.Gen)
 	h, err := finishHeader(h)
 	return oneBuffer(h), err
 }
@@ -82,6 +88,7 @@ func (r *WorkRequest) unmarshal(data mem.BufferSlice) error {
 		r.Done = d.varint("done step")
 		r.Version = d.varint("version")
 		r.Loss = math.Float64frombits(d.fixed64("loss"))
+		r.Gen = d.uvarint("generation", math.MaxUint64)
 	})
 }
 
@@ -109,6 +116,7 @@ func (r *WorkReply) marshal() (mem.BufferSlice, error) {
 	for _, o := range r.Offsets {
 		h = appendUvarint(h, o)
 	}
+	h = appendUvarint(h, r.Gen)
 	h, err := finishHeader(h)
 	return oneBuffer(h), err
 }
@@ -137,6 +145,7 @@ func (r *WorkReply) unmarshal(data mem.BufferSlice) error {
 		for i := 0; i < n && d.err == nil; i++ {
 			r.Offsets = append(r.Offsets, d.uvarint("offset", math.MaxUint32))
 		}
+		r.Gen = d.uvarint("generation", math.MaxUint64)
 	})
 }
 

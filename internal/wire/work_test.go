@@ -12,7 +12,7 @@ import (
 )
 
 func TestWorkMessagesRoundTrip(t *testing.T) {
-	req := &WorkRequest{RunID: "r", WorkerID: "w1", Done: -1, Version: 7, Loss: 0.6931}
+	req := &WorkRequest{RunID: "r", WorkerID: "w1", Done: -1, Version: 7, Loss: 0.6931, Gen: 1 << 40}
 	b, err := req.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -21,7 +21,7 @@ func TestWorkMessagesRoundTrip(t *testing.T) {
 	if err := got.UnmarshalBinary(b); err != nil || got != *req {
 		t.Fatalf("request: %+v %v", got, err)
 	}
-	rep := &WorkReply{RunID: "r", WorkerID: "w1", Kind: WorkBatch, Step: 12, Epoch: 3, Shard: "shards/train-00001.shard", Offsets: []uint64{5, 300, 2, 4095}}
+	rep := &WorkReply{RunID: "r", WorkerID: "w1", Kind: WorkBatch, Step: 12, Epoch: 3, Shard: "shards/train-00001.shard", Offsets: []uint64{5, 300, 2, 4095}, Gen: 3}
 	b, err = rep.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)

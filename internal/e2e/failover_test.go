@@ -1,0 +1,152 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tailorml/tailor/shard"
+)
+
+// checkAudit reads a run's audit.log (--audit) and checks that, once the
+// batches undone by rollbacks are set aside, every training record was
+// consumed exactly once in each of the epochs. It returns the rollbacks seen.
+func checkAudit(t *testing.T, out, data string, epochs int) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(data, shard.ManifestName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var man shard.Manifest
+	if err := json.Unmarshal(b, &man); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := man.Split(shard.SplitTrain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type entry struct {
+		seq   int64
+		epoch int
+		ids   []uint64
+	}
+	f, err := os.Open(filepath.Join(out, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var log []entry
+	rollbacks := -1 // the first leader's start writes one too
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) == 2 && fs[0] == "rollback" {
+			seq, _ := strconv.ParseInt(fs[1], 10, 64)
+			for len(log) > 0 && log[len(log)-1].seq >= seq {
+				log = log[:len(log)-1]
+			}
+			rollbacks++
+			continue
+		}
+		if len(fs) < 4 {
+			t.Fatalf("audit line %q", sc.Text())
+		}
+		e := entry{}
+		e.seq, _ = strconv.ParseInt(fs[0], 10, 64)
+		e.epoch, _ = strconv.Atoi(fs[1])
+		for _, s := range fs[3:] {
+			id, _ := strconv.ParseUint(s, 10, 64)
+			e.ids = append(e.ids, id)
+		}
+		if n := len(log); n > 0 && e.seq != log[n-1].seq+1 {
+			t.Fatalf("audit: batch %d follows %d", e.seq, log[n-1].seq)
+		}
+		log = append(log, e)
+	}
+	counts := make([]map[uint64]int, epochs)
+	for i := range counts {
+		counts[i] = map[uint64]int{}
+	}
+	for _, e := range log {
+		if e.epoch < 0 || e.epoch >= epochs {
+			t.Fatalf("audit: epoch %d", e.epoch)
+		}
+		for _, id := range e.ids {
+			counts[e.epoch][id]++
+		}
+	}
+	for ep, c := range counts {
+		if len(c) != int(sp.Records) {
+			t.Errorf("epoch %d: %d distinct records consumed, want %d", ep, len(c), sp.Records)
+		}
+		for id, n := range c {
+			if n != 1 || id < sp.FirstID || id >= sp.FirstID+uint64(sp.Records) {
+				t.Errorf("epoch %d: record %d consumed %d times", ep, id, n)
+			}
+		}
+	}
+	return rollbacks
+}
+
+// The leader coordinator is killed with SIGKILL in the middle of a sync
+// run: the standby wins the election, restores the last checkpoint into
+// the parameter servers, and the run completes with every record consumed
+// exactly once per epoch.
+func TestCoordinatorFailover(t *testing.T) {
+	bin := buildTailor(t)
+	data := testShards(t, 24)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2", "--standby",
+		"--epochs", "3", "--batch", "8", "--unit-size", "32", "--checkpoint-every", "4", "--audit")
+	var log syncBuffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// kill the leader after the first checkpoint of epoch 2
+	published := regexp.MustCompile(`coordinator +\| .*msg=checkpoint .*reason=steps step=1[6-9] `)
+	deadline := time.Now().Add(2 * time.Minute)
+	for !published.MatchString(log.String()) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no checkpoint in epoch 2:\n%s", log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	pid, err := exec.Command("pgrep", "-f", bin+" coordinator --id coord-a").Output()
+	if err != nil {
+		cmd.Process.Kill()
+		t.Fatalf("leader not found: %v", err)
+	}
+	killed := time.Now()
+	if out, err := exec.Command("kill", "-9", strings.TrimSpace(string(pid))).CombinedOutput(); err != nil {
+		t.Fatalf("kill: %v %s", err, out)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tailor local after the leader was killed: %v\n%s", err, log.String())
+	}
+	text := log.String()
+	resumed := regexp.MustCompile(`standby +\| .*msg=resumed`).FindString(text)
+	if resumed == "" {
+		t.Fatalf("the standby did not resume from a checkpoint:\n%s", text)
+	}
+	t.Logf("leader killed at %s; %s", killed.Format("15:04:05.000"), resumed)
+	hist, _ := os.ReadFile(filepath.Join(out, "run", "history.csv"))
+	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 4 {
+		t.Errorf("history has %d lines, want header + 3 epochs:\n%s", n, hist)
+	}
+	if n := checkAudit(t, filepath.Join(out, "run"), data, 3); n != 1 {
+		t.Errorf("%d rollbacks in the audit log, want 1", n)
+	}
+}
