@@ -783,6 +783,11 @@ func (s *Server) resetLocked(version int64) {
 	clear(s.idle)
 	s.initialised = true
 	s.version = version
+	if s.decided() {
+		// a report of the old timeline still in flight is cancelled, so a
+		// leader restoring a checkpoint never hears of a step undone
+		s.kickDecider()
+	}
 }
 
 func (s *Server) clearPendingLocked() {
