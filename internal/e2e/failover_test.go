@@ -150,3 +150,81 @@ func TestCoordinatorFailover(t *testing.T) {
 		t.Errorf("%d rollbacks in the audit log, want 1", n)
 	}
 }
+
+// A worker hung with SIGSTOP in the middle of a sync run is declared lost
+// within 3 s, the step goes on without it and its records go to the others;
+// continued with SIGCONT, it rejoins under a new lease and gets work again.
+// Every record is consumed exactly once per epoch.
+func TestWorkerHangAndRejoin(t *testing.T) {
+	bin := buildTailor(t)
+	data := testShards(t, 24)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "3", "--ps", "2",
+		"--epochs", "6", "--batch", "8", "--unit-size", "16", "--audit")
+	var log syncBuffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for !strings.Contains(log.String(), "msg=epoch") {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no epoch finished:\n%s", log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	pid, err := exec.Command("pgrep", "-f", bin+" worker --id w1").Output()
+	if err != nil {
+		cmd.Process.Kill()
+		t.Fatalf("worker w1 not found: %v", err)
+	}
+	p := strings.TrimSpace(string(pid))
+	stopped := time.Now()
+	if out, err := exec.Command("kill", "-STOP", p).CombinedOutput(); err != nil {
+		t.Fatalf("kill -STOP: %v %s", err, out)
+	}
+	lost := regexp.MustCompile(`msg="worker lost" .*worker=w1`)
+	for !lost.MatchString(log.String()) {
+		if time.Since(stopped) > 10*time.Second {
+			exec.Command("kill", "-CONT", p).Run()
+			cmd.Process.Kill()
+			t.Fatalf("w1 not declared lost 10 s after SIGSTOP:\n%s", log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	detected := time.Since(stopped)
+	if detected > 3*time.Second {
+		t.Errorf("w1 declared lost %v after SIGSTOP, want ≤ 3 s", detected)
+	}
+	before := strings.Count(log.String(), "msg=epoch")
+	time.Sleep(time.Second) // the others go on meanwhile
+	if out, err := exec.Command("kill", "-CONT", p).CombinedOutput(); err != nil {
+		t.Fatalf("kill -CONT: %v %s", err, out)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tailor local after a worker hung: %v\n%s", err, log.String())
+	}
+	text := log.String()
+	// w1 trained again after it came back: steps.csv has its losses in an
+	// epoch after the one it hung in
+	steps, _ := os.ReadFile(filepath.Join(out, "run", "steps.csv"))
+	lastEpoch := -1
+	for _, line := range strings.Split(string(steps), "\n") {
+		f := strings.Split(line, ",")
+		if len(f) == 4 && f[2] == "w1" {
+			if e, err := strconv.Atoi(f[1]); err == nil && e > lastEpoch {
+				lastEpoch = e
+			}
+		}
+	}
+	if lastEpoch <= before {
+		t.Errorf("w1 trained last in epoch %d, hung in epoch %d: it did not get work after it came back\n%s", lastEpoch+1, before+1, text)
+	}
+	t.Logf("w1 declared lost %v after SIGSTOP; trained again up to epoch %d", detected.Round(time.Millisecond), lastEpoch+1)
+	if n := checkAudit(t, filepath.Join(out, "run"), data, 6); n != 0 {
+		t.Errorf("%d rollbacks, want none", n)
+	}
+}
