@@ -22,6 +22,9 @@ type ComputeConfig struct {
 	Mean    []float32 // input normalisation, from the manifest
 	Std     []float32
 	Sync    bool // pull exactly the version after this step (sync mode)
+	// Delay is slept before every push: a straggler, for fault-injection
+	// tests (fault worker.<id>.delay).
+	Delay time.Duration
 }
 
 // Compute is one worker's step machinery: the net, its input buffers and the
@@ -88,6 +91,9 @@ func (c *Compute) Step(ctx context.Context, step int64, epoch int, recs []*shard
 	c.ComputeTime += time.Since(t0)
 	if err != nil {
 		return 0, err
+	}
+	if c.cfg.Delay > 0 {
+		time.Sleep(c.cfg.Delay) // fault injection: a straggler
 	}
 	t1 := time.Now()
 	v, err := c.client.Push(ctx, step, c.version, netspec.Push(c.net, grads))

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/fault"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/netspec"
 	"github.com/tailorml/tailor/internal/wire"
@@ -91,7 +92,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer client.Close()
 	mean, std := man.Normalization()
 	comp := NewCompute(ComputeConfig{Rank: Rank(cfg.ID), Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std,
-		Sync: spec.Mode == job.ModeSync}, net, client)
+		Sync: spec.Mode == job.ModeSync, Delay: fault.Duration("worker." + cfg.ID + ".delay")}, net, client)
 	cache := NewShardCache(st, man, max(cfg.ShardCache, 2))
 	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: mem.Self()})
 	if err != nil {

@@ -228,3 +228,30 @@ func TestWorkerHangAndRejoin(t *testing.T) {
 		t.Errorf("%d rollbacks, want none", n)
 	}
 }
+
+// Backup workers: with --quorum 2 of 3, a sync step goes on with the first
+// two gradients; the straggler's (fault worker.w2.delay) is dropped as late
+// and counted by the parameter servers, and its records are not lost: every
+// record is still consumed exactly once per epoch.
+func TestStragglerQuorum(t *testing.T) {
+	bin := buildTailor(t)
+	data := testShards(t, 24)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "3", "--ps", "2",
+		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--quorum", "2", "--audit")
+	cmd.Env = append(os.Environ(), "TAILOR_FAULTS=worker.w2.delay=250ms")
+	output, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("tailor local with a straggler: %v\n%s", err, output)
+	}
+	late := regexp.MustCompile(`ps[01] +\| .*msg="push rejected" .*worker=w2 .*reason=late`).FindAll(output, -1)
+	if len(late) == 0 {
+		t.Errorf("no late gradient of the straggler was dropped:\n%s", output)
+	}
+	t.Logf("%d late pushes of w2 dropped", len(late))
+	if n := checkAudit(t, filepath.Join(out, "run"), data, 2); n != 0 {
+		t.Errorf("%d rollbacks, want none", n)
+	}
+}
