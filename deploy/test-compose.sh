@@ -58,7 +58,9 @@ dc() { "${compose[@]}" -p "$project" -f docker-compose.yml -f deploy/compose.scr
 
 log() { printf '[%4ds] %s\n' "$(($(date +%s) - start))" "$*"; }
 die() {
-  log "FAIL: $*"
+  local at=""
+  [ -z "${ps0:-}" ] || at=$(status | jq -c '{state, step: .progress.step, workers: .progress.workers}' 2>/dev/null) || true
+  log "FAIL: $*${at:+ (run: $at)}"
   exit 1
 }
 
@@ -181,23 +183,23 @@ log "worker $victim_id lost, training goes on: step $(step_now)"
 if [ "${TAILOR_TEST_PARTITION:-1}" = 0 ]; then
   log "partition: skipped (TAILOR_TEST_PARTITION=0)"
 else
-cut=${workers[1]} cut_id=$(wid "${workers[1]}")
-ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}}" "$cut")
-log "partition: docker network disconnect $net worker $cut_id ($ip) at step $(step_now)"
-docker network disconnect "$net" "$cut" >/dev/null
-wait_for "the coordinator to log worker $cut_id lost" 30 lost_logged "$cut_id"
-log "worker $cut_id logged lost"
-wait_for "worker $cut_id to leave the membership (lease expired)" 30 not_member "$cut_id"
-at=$(step_now)
-wait_for "training to go on without $cut_id (step $((at + 5)))" 120 step_at_least $((at + 5))
-running || die "the run ended before the reconnection could be tested: make it longer (TAILOR_TEST_EPOCHS)"
-log "worker $cut_id dropped (lost, lease gone), training goes on: step $(step_now)"
-docker network connect --ip "$ip" "$net" "$cut" >/dev/null
-log "reconnected worker $cut_id at $ip"
-wait_for "worker $cut_id to rejoin the membership" 60 member "$cut_id"
-s0=$(worker_steps "$cut_id" || echo 0)
-wait_for "worker $cut_id to train again (steps > $s0)" 90 steps_above "$cut_id" "$s0"
-log "worker $cut_id rejoined and trains: $(worker_steps "$cut_id") steps; restarts: $(docker inspect -f '{{.RestartCount}}' "$cut")"
+  cut=${workers[1]} cut_id=$(wid "${workers[1]}")
+  ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}}" "$cut")
+  log "partition: docker network disconnect $net worker $cut_id ($ip) at step $(step_now)"
+  docker network disconnect "$net" "$cut" >/dev/null
+  wait_for "the coordinator to log worker $cut_id lost" 30 lost_logged "$cut_id"
+  log "worker $cut_id logged lost"
+  wait_for "worker $cut_id to leave the membership (lease expired)" 30 not_member "$cut_id"
+  at=$(step_now)
+  wait_for "training to go on without $cut_id (step $((at + 5)))" 120 step_at_least $((at + 5))
+  running || die "the run ended before the reconnection could be tested: make it longer (TAILOR_TEST_EPOCHS)"
+  log "worker $cut_id dropped (lost, lease gone), training goes on: step $(step_now)"
+  docker network connect --ip "$ip" "$net" "$cut" >/dev/null
+  log "reconnected worker $cut_id at $ip"
+  wait_for "worker $cut_id to rejoin the membership" 60 member "$cut_id"
+  s0=$(worker_steps "$cut_id" || echo 0)
+  wait_for "worker $cut_id to train again (steps > $s0)" 90 steps_above "$cut_id" "$s0"
+  log "worker $cut_id rejoined and trains: $(worker_steps "$cut_id") steps; restarts: $(docker inspect -f '{{.RestartCount}}' "$cut")"
 fi
 
 # --- the run must end ----------------------------------------------------
