@@ -238,9 +238,16 @@ func openStepLog(dir string, resumed string) (*stepLog, error) {
 		s.w.WriteString("step,epoch,worker,loss\n")
 	}
 	if resumed != "" {
-		fmt.Fprintf(s.w, "# resumed from checkpoint %s\n", resumed)
+		s.mark(resumed)
 	}
 	return s, nil
+}
+
+// mark notes that the run went back to a checkpoint.
+func (s *stepLog) mark(resumed string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(s.w, "# resumed from checkpoint %s\n", resumed)
 }
 
 func (s *stepLog) add(step int64, epoch int, worker string, loss float64) {
@@ -271,14 +278,19 @@ type auditLog struct {
 	w  *bufio.Writer
 }
 
-func openAuditLog(dir string, rollback int64) (*auditLog, error) {
+func openAuditLog(dir string) (*auditLog, error) {
 	f, err := os.OpenFile(filepath.Join(dir, "audit.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	a := &auditLog{f: f, w: bufio.NewWriter(f)}
-	fmt.Fprintf(a.w, "rollback %d\n", rollback)
-	return a, nil
+	return &auditLog{f: f, w: bufio.NewWriter(f)}, nil
+}
+
+// rollback notes that the batches from seq on were undone.
+func (a *auditLog) rollback(seq int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	fmt.Fprintf(a.w, "rollback %d\n", seq)
 }
 
 func (a *auditLog) add(seq int64, b Batch) {
@@ -329,6 +341,8 @@ func (l *leader) waitWorkers(ctx context.Context) error {
 			return ctx.Err()
 		case <-l.term.Done():
 			return errors.New("lost leadership")
+		case <-l.rollbackCh():
+			return errRollback
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -187,12 +188,16 @@ type leader struct {
 	epochT0  time.Time
 	computeT time.Duration
 
-	ck       *ckpt
-	steplog  *stepLog
-	gen      atomic.Uint64 // this leader's generation: new at every (re)start from a checkpoint
-	audit    *auditLog     // spec.Audit: every consumed batch's records
-	auditSeq int64         // batches consumed in the run (in checkpoints: the rollback point)
-	curEpoch int
+	ck      *ckpt
+	steplog *stepLog
+	// closed when a parameter server is lost during the current attempt
+	rollback       chan struct{}
+	rollbackClosed bool
+	psAddrs        []string      // the servers of the current attempt
+	gen            atomic.Uint64 // this leader's generation: new at every (re)start from a checkpoint
+	audit          *auditLog     // spec.Audit: every consumed batch's records
+	auditSeq       int64         // batches consumed in the run (in checkpoints: the rollback point)
+	curEpoch       int
 
 	stepsGauge, epochGauge, lossGauge prometheus.Gauge
 	imagesCounter                     prometheus.Counter
@@ -230,53 +235,24 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	if _, err := cluster.Create(ctx, l.cli, cluster.RunKeys(spec.Run).WireSpec(), wb); err != nil && !errors.Is(err, cluster.ErrConflict) {
 		return fmt.Errorf("publish the model spec: %w", err)
 	}
-	psAddrs, err := cluster.WaitRanks(ctx, l.mem, cluster.RoleParamServer, spec.ParamServers, AddrGRPC)
-	if err != nil {
-		return err
-	}
-	ps, err := wire.NewClient(wire.ClientConfig{RunID: spec.Run, WorkerID: "coordinator", Addrs: psAddrs, Spec: wspec})
-	if err != nil {
-		return err
-	}
-	defer ps.Close()
 	loc, err := job.OpenCheckpoints(ctx, spec, st)
 	if err != nil {
 		return err
 	}
-	l.ck = &ckpt{loc: loc, labels: man.Labels, ps: ps, val: val}
-	// a checkpoint of the job, if there is one, is where the run goes on
-	// from (a restart, or a new leader after a failover); otherwise the
-	// servers get the initial weights, and a checkpoint of step 0 is taken
-	// at once so that there is always one to go back to
-	meta, rs, err := l.resume(ctx)
-	if err != nil {
-		return err
-	}
-	resumed := ""
-	if meta == nil {
-		if err := ps.Init(ctx, tensors); err != nil && !isInitialised(err) {
-			return fmt.Errorf("initialise parameter servers: %w", err)
-		}
-		rs = &RunState{}
-		if err := l.saveOrWarn(ctx, 0, *rs, 0, "start", false); err != nil {
-			return err
-		}
-	} else {
-		resumed = l.ck.current + " (" + meta.Reason + ")"
-	}
-	l.newGen()
-	if l.steplog, err = openStepLog(spec.Out, resumed); err != nil {
+	l.ck = &ckpt{loc: loc, labels: man.Labels, val: val}
+	if l.steplog, err = openStepLog(spec.Out, ""); err != nil {
 		return err
 	}
 	defer l.steplog.close()
-	l.mu.Lock()
-	l.auditSeq = rs.AuditSeq
-	l.mu.Unlock()
 	if spec.Audit {
-		if l.audit, err = openAuditLog(spec.Out, rs.AuditSeq); err != nil {
+		if l.audit, err = openAuditLog(spec.Out); err != nil {
 			return err
 		}
 		defer l.audit.close()
+	}
+	units, err := Units(man, shard.SplitTrain, spec.UnitSize)
+	if err != nil {
+		return err
 	}
 
 	l.steps, err = NewSteps(StepsConfig{RunID: spec.Run, Servers: spec.ParamServers, Quorum: spec.Quorum, Deadline: spec.StepDeadline,
@@ -301,10 +277,108 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	defer stop()
 	go l.watch(events)
 
-	units, err := Units(man, shard.SplitTrain, spec.UnitSize)
+	// A parameter server that dies takes its part of the weights with it:
+	// the run pauses until every server is back (restarted, or another
+	// process with its index), then all of them go back to the last
+	// checkpoint and the run goes on from there.
+	for {
+		err := l.attempt(ctx, wspec, tensors, units, val, net, st, man)
+		if err == nil || !l.rollingBack() || ctx.Err() != nil {
+			return err
+		}
+		l.log.Warn("a parameter server was lost: pausing, then rolling back to the last checkpoint", "err", err)
+		l.mu.Lock()
+		l.sched, l.asched = nil, nil // workers wait
+		l.broadcastLocked()
+		l.mu.Unlock()
+	}
+}
+
+// errRollback ends an attempt: a parameter server was lost.
+var errRollback = errors.New("coordinator: rolling back to the last checkpoint")
+
+// rollingBack reports whether the current attempt was told to roll back.
+func (l *leader) rollingBack() bool {
+	select {
+	case <-l.rollbackCh():
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *leader) rollbackCh() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rollback
+}
+
+// psLost starts a rollback, once per attempt, if m is one of the servers
+// the attempt works with (not an earlier incarnation's late news).
+func (l *leader) psLost(m cluster.Member) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.rollback == nil || l.rollbackClosed || !slices.Contains(l.psAddrs, m.Addrs[AddrGRPC]) {
+		return
+	}
+	l.log.Warn("parameter server lost", "ps", m.ID, "addr", m.Addrs[AddrGRPC])
+	l.rollbackClosed = true
+	close(l.rollback)
+}
+
+// attempt connects to the parameter servers, puts them at the newest
+// checkpoint (or initialises them and takes checkpoint 0), and trains to
+// the end of the run. It returns errRollback-wrapped errors when a
+// parameter server is lost meanwhile.
+func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float32, units []Unit, val *train.Validator,
+	net *model.Net, st shard.Store, man *shard.Manifest) error {
+	spec := l.spec
+	l.mu.Lock()
+	l.rollback, l.rollbackClosed = make(chan struct{}), false
+	l.mu.Unlock()
+	psAddrs, err := cluster.WaitRanks(ctx, l.mem, cluster.RoleParamServer, spec.ParamServers, AddrGRPC)
 	if err != nil {
 		return err
 	}
+	l.mu.Lock()
+	l.psAddrs = psAddrs
+	l.mu.Unlock()
+	ps, err := wire.NewClient(wire.ClientConfig{RunID: spec.Run, WorkerID: "coordinator", Addrs: psAddrs, Spec: wspec})
+	if err != nil {
+		return err
+	}
+	defer ps.Close()
+	l.ck.ps = ps
+	// a checkpoint of the job, if there is one, is where the run goes on
+	// from (a restart, a new leader after a failover, a rollback);
+	// otherwise the servers get the initial weights, and a checkpoint of
+	// step 0 is taken at once so that there is always one to go back to
+	meta, rs, err := l.resume(ctx)
+	if err != nil {
+		return l.orRollback(err)
+	}
+	if meta == nil {
+		if err := ps.Init(ctx, tensors); err != nil && !isInitialised(err) {
+			return l.orRollback(fmt.Errorf("initialise parameter servers: %w", err))
+		}
+		rs = &RunState{}
+		if err := l.saveOrWarn(ctx, 0, *rs, 0, "start", false); err != nil {
+			return err
+		}
+	} else {
+		l.steplog.mark(l.ck.current + " (" + meta.Reason + ")")
+	}
+	// steps of the old timeline are forgotten; replies carry a new
+	// generation, so workers' reports of undone steps are ignored
+	l.steps.Reset()
+	l.newGen()
+	l.mu.Lock()
+	l.auditSeq = rs.AuditSeq
+	l.mu.Unlock()
+	if l.audit != nil {
+		l.audit.rollback(rs.AuditSeq)
+	}
+
 	step, asyncSteps := rs.Step, rs.AsyncSteps
 	if err := l.waitWorkers(ctx); err != nil {
 		return err
@@ -345,11 +419,11 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 			step = 0 // async versions differ per server: take what they have
 		}
 		if err != nil {
-			return err
+			return l.orRollback(err)
 		}
 		// every server has applied the epoch's last step: judge the weights
 		if _, err := ps.Pull(ctx, step, tensors); err != nil {
-			return fmt.Errorf("pull weights after epoch %d: %w", epoch+1, err)
+			return l.orRollback(fmt.Errorf("pull weights after epoch %d: %w", epoch+1, err))
 		}
 		l.mu.Lock()
 		secs := time.Since(l.epochT0).Seconds()
@@ -372,6 +446,9 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		if err := l.saveOrWarn(ctx, version, RunState{Epoch: epoch + 1, Step: step, AsyncSteps: asyncSteps, AuditSeq: seq}, epoch+1, "epoch", improved); err != nil {
 			return err
 		}
+		if l.rollingBack() {
+			return errRollback
+		}
 	}
 	l.mu.Lock()
 	l.done = true
@@ -386,6 +463,15 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	case <-ctx.Done():
 	}
 	return nil
+}
+
+// orRollback returns errRollback (wrapping err) if a parameter server was
+// lost meanwhile: the error is then a consequence of that loss.
+func (l *leader) orRollback(err error) error {
+	if l.rollingBack() {
+		return fmt.Errorf("%w: %w", errRollback, err)
+	}
+	return err
 }
 
 func isInitialised(err error) bool {
@@ -403,6 +489,8 @@ func (l *leader) epoch(ctx context.Context) (int64, error) {
 		select {
 		case <-l.term.Done():
 			return 0, errors.New("lost leadership")
+		case <-l.rollbackCh():
+			return 0, errRollback
 		default:
 		}
 		live := l.liveWorkers()
@@ -517,6 +605,8 @@ func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
 			return nil, ctx.Err()
 		case <-l.term.Done():
 			return nil, errors.New("lost leadership")
+		case <-l.rollbackCh():
+			return nil, errRollback
 		case <-wake:
 		}
 	}
@@ -530,6 +620,8 @@ func (l *leader) waitDecided(ctx context.Context, step int64) error {
 			return ctx.Err()
 		case <-l.term.Done():
 			return errors.New("lost leadership")
+		case <-l.rollbackCh():
+			return errRollback
 		case s := <-l.decided:
 			if s == step {
 				return nil
@@ -573,6 +665,13 @@ func (l *leader) commit(ctx context.Context, d wire.Decision) (wire.Decision, er
 // watch drops workers the membership declares dead or gone.
 func (l *leader) watch(events <-chan cluster.Event) {
 	for ev := range events {
+		if ev.Member.Role == cluster.RoleParamServer {
+			switch ev.Kind {
+			case cluster.EventFailed, cluster.EventGone, cluster.EventLeft:
+				l.psLost(ev.Member)
+			}
+			continue
+		}
 		if ev.Member.Role != cluster.RoleWorker {
 			continue
 		}

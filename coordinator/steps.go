@@ -57,6 +57,8 @@ var (
 	ErrForgotten = errors.New("coordinator: step decision no longer kept")
 	// ErrStepsClosed means Steps has been closed.
 	ErrStepsClosed = errors.New("coordinator: steps closed")
+	// ErrStepsReset means the run was rolled back while the step was open.
+	ErrStepsReset = errors.New("coordinator: steps reset (the run was rolled back)")
 	// ErrDecisionConflict means Load was given a decision that differs
 	// from the one already known for its step.
 	ErrDecisionConflict = errors.New("coordinator: conflicting decisions of a step")
@@ -198,6 +200,25 @@ func (s *Steps) Close() {
 		s.mu.Unlock()
 		s.wg.Wait()
 	})
+}
+
+// Reset forgets every step, open or decided, and every participant set:
+// the run was rolled back to a checkpoint and numbers its steps from there
+// again. Reports waiting on an open step get ErrStepsReset. It returns once
+// no commit of the old steps is in flight.
+func (s *Steps) Reset() {
+	s.mu.Lock()
+	for t, st := range s.open {
+		st.stopTimers()
+		st.err = fmt.Errorf("%w: step %d", ErrStepsReset, t)
+		close(st.done)
+		delete(s.open, t)
+	}
+	clear(s.decided)
+	s.kept, s.parts, s.floor = nil, nil, 0
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.log.Info("sync steps reset")
 }
 
 // SetParticipants sets the workers expected to push step from and every

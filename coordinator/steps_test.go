@@ -290,3 +290,46 @@ func TestStepsCloseFailsWaiters(t *testing.T) {
 		t.Errorf("waiting report after Close: got %v", a.err)
 	}
 }
+
+// After Reset a step decided before can be decided again, differently.
+func TestStepsReset(t *testing.T) {
+	var mu sync.Mutex
+	var commits []wire.Decision
+	s, err := NewSteps(StepsConfig{RunID: "r", Servers: 1, Commit: func(ctx context.Context, d wire.Decision) (wire.Decision, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		commits = append(commits, d)
+		return d, nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.SetParticipants(0, []string{"a", "b"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Report(ctx, 0, 0, []string{"a", "b"})
+	if err != nil || len(d.Included) != 2 {
+		t.Fatalf("step 0: %+v %v", d, err)
+	}
+	// step 1 is open (only a reported) when the run is rolled back
+	waiting := make(chan error, 1)
+	go func() { _, err := s.Report(ctx, 0, 1, []string{"a"}); waiting <- err }()
+	time.Sleep(50 * time.Millisecond)
+	s.Reset()
+	if err := <-waiting; !errors.Is(err, ErrStepsReset) {
+		t.Errorf("report waiting on an open step: %v, want ErrStepsReset", err)
+	}
+	if err := s.SetParticipants(0, []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err = s.Report(ctx, 0, 0, []string{"a"})
+	if err != nil || len(d.Included) != 1 || d.Included[0] != "a" {
+		t.Fatalf("step 0 after reset: %+v %v", d, err)
+	}
+	if len(commits) != 2 {
+		t.Errorf("%d commits, want 2", len(commits))
+	}
+}

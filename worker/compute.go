@@ -48,6 +48,10 @@ func NewCompute(cfg ComputeConfig, net *model.Net, client *wire.Client) *Compute
 	return &Compute{cfg: cfg, net: net, client: client, tensors: tensors}
 }
 
+// SetClient replaces the connection to the parameter servers (one of them
+// moved: restarted elsewhere).
+func (c *Compute) SetClient(client *wire.Client) { c.client = client }
+
 // Net is the worker's copy of the net.
 func (c *Compute) Net() *model.Net { return c.net }
 

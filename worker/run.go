@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"math"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -89,7 +90,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	defer client.Close()
+	defer func() { client.Close() }()
 	mean, std := man.Normalization()
 	comp := NewCompute(ComputeConfig{Rank: Rank(cfg.ID), Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std,
 		Sync: spec.Mode == job.ModeSync, Delay: fault.Duration("worker." + cfg.ID + ".delay")}, net, client)
@@ -98,8 +99,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	w := &runner{cfg: cfg, spec: spec, log: log, cli: cli, elect: elect, comp: comp, ps: client, cache: cache, man: man, m: m}
-	return w.loop(ctx)
+	w := &runner{cfg: cfg, spec: spec, log: log, cli: cli, elect: elect, comp: comp, ps: client, cache: cache, man: man, m: m,
+		mem: mem, wspec: wspec, psAddrs: psAddrs}
+	err = w.loop(ctx)
+	client = w.ps // the one to close
+	return err
 }
 
 type runner struct {
@@ -110,9 +114,13 @@ type runner struct {
 	elect *cluster.Election
 	comp  *Compute
 	ps    *wire.Client
-	cache *ShardCache
-	man   *shard.Manifest
-	m     *metrics
+	// where the parameter servers are, to follow one that restarts elsewhere
+	mem     *cluster.Membership
+	wspec   wire.Spec
+	psAddrs []string
+	cache   *ShardCache
+	man     *shard.Manifest
+	m       *metrics
 
 	conn       *grpc.ClientConn
 	coordAddr  string
@@ -269,6 +277,7 @@ func (w *runner) pullRetry(ctx context.Context) error {
 			return ctx.Err()
 		}
 		w.log.Debug("weights not available", "err", err, "backoff", backoff)
+		w.followServers(ctx)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -276,6 +285,26 @@ func (w *runner) pullRetry(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, 3*time.Second)
 	}
+}
+
+// followServers reconnects to the parameter servers if one of them now
+// serves at another address (it was restarted).
+func (w *runner) followServers(ctx context.Context) {
+	lctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	addrs, err := cluster.WaitRanks(lctx, w.mem, cluster.RoleParamServer, len(w.psAddrs), AddrGRPC)
+	if err != nil || slices.Equal(addrs, w.psAddrs) {
+		return
+	}
+	client, err := wire.NewClient(wire.ClientConfig{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Addrs: addrs, Spec: w.wspec})
+	if err != nil {
+		w.log.Warn("reconnecting to the parameter servers", "err", err)
+		return
+	}
+	w.log.Info("parameter servers moved; reconnected", "addrs", addrs)
+	w.ps.Close()
+	w.ps, w.psAddrs = client, addrs
+	w.comp.SetClient(client)
 }
 
 // records returns the records at offsets of a shard, prefetching the shard.

@@ -145,7 +145,11 @@ stops every process. The model, history and plot end up in OUT/run.`)
 		}
 	}
 	for i := 0; i < s.ParamServers; i++ {
-		if err := start(fmt.Sprintf("ps%d", i), append([]string{"paramserver", "--index", strconv.Itoa(i)}, common...)...); err != nil {
+		// a parameter server that dies is started again: the coordinator
+		// rolls every server back to the last checkpoint once it is back
+		err := g.Start(supervise.Spec{Name: fmt.Sprintf("ps%d", i), Path: self, Restart: true,
+			Args: append([]string{"paramserver", "--index", strconv.Itoa(i)}, common...)})
+		if err != nil {
 			g.Stop()
 			return fail(env, err)
 		}

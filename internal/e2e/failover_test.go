@@ -114,17 +114,24 @@ func TestCoordinatorFailover(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// kill the leader after the first checkpoint of epoch 2
-	published := regexp.MustCompile(`coordinator +\| .*msg=checkpoint .*reason=steps step=1[6-9] `)
+	// kill the leader (whichever of the two won) after the first
+	// checkpoint of epoch 2
+	published := regexp.MustCompile(`(coordinator|standby) +\| .*msg=checkpoint .*reason=steps step=1[6-9] `)
 	deadline := time.Now().Add(2 * time.Minute)
-	for !published.MatchString(log.String()) {
+	var m []string
+	for m = published.FindStringSubmatch(log.String()); m == nil; m = published.FindStringSubmatch(log.String()) {
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
 			t.Fatalf("no checkpoint in epoch 2:\n%s", log.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	pid, err := exec.Command("pgrep", "-f", bin+" coordinator --id coord-a").Output()
+	leader, id, other := "coordinator", "coord-a", "standby"
+	if m[1] == "standby" {
+		leader, id, other = "standby", "coord-b", "coordinator"
+	}
+	t.Logf("killing %s (%s)", leader, id)
+	pid, err := exec.Command("pgrep", "-f", bin+" coordinator --id "+id).Output()
 	if err != nil {
 		cmd.Process.Kill()
 		t.Fatalf("leader not found: %v", err)
@@ -137,7 +144,7 @@ func TestCoordinatorFailover(t *testing.T) {
 		t.Fatalf("tailor local after the leader was killed: %v\n%s", err, log.String())
 	}
 	text := log.String()
-	resumed := regexp.MustCompile(`standby +\| .*msg=resumed`).FindString(text)
+	resumed := regexp.MustCompile(other + ` +\| .*msg=resumed`).FindString(text)
 	if resumed == "" {
 		t.Fatalf("the standby did not resume from a checkpoint:\n%s", text)
 	}
@@ -253,5 +260,57 @@ func TestStragglerQuorum(t *testing.T) {
 	t.Logf("%d late pushes of w2 dropped", len(late))
 	if n := checkAudit(t, filepath.Join(out, "run"), data, 2); n != 0 {
 		t.Errorf("%d rollbacks, want none", n)
+	}
+}
+
+// A parameter server killed with SIGKILL in the middle of a sync run:
+// `tailor local` starts it again, the coordinator pauses, rolls every
+// server back to the last checkpoint and the run completes, every record
+// consumed exactly once per epoch once the undone batches are set aside.
+func TestParamServerKilled(t *testing.T) {
+	bin := buildTailor(t)
+	data := testShards(t, 24)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
+		"--epochs", "3", "--batch", "8", "--unit-size", "32", "--checkpoint-every", "4", "--audit")
+	var log syncBuffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	published := regexp.MustCompile(`msg=checkpoint .*reason=steps step=1[6-9] `)
+	deadline := time.Now().Add(2 * time.Minute)
+	for !published.MatchString(log.String()) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no checkpoint in epoch 2:\n%s", log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	pid, err := exec.Command("pgrep", "-f", bin+" paramserver --index 1").Output()
+	if err != nil {
+		cmd.Process.Kill()
+		t.Fatalf("ps1 not found: %v", err)
+	}
+	if out, err := exec.Command("kill", "-9", strings.TrimSpace(string(pid))).CombinedOutput(); err != nil {
+		t.Fatalf("kill: %v %s", err, out)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tailor local after a parameter server was killed: %v\n%s", err, log.String())
+	}
+	text := log.String()
+	for _, want := range []string{"ps1         | exited: signal: killed; restarting", `msg="parameter server lost"`, "msg=resumed"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("log lacks %q:\n%s", want, text)
+		}
+	}
+	hist, _ := os.ReadFile(filepath.Join(out, "run", "history.csv"))
+	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 4 {
+		t.Errorf("history has %d lines, want header + 3 epochs:\n%s", n, hist)
+	}
+	if n := checkAudit(t, filepath.Join(out, "run"), data, 3); n < 1 {
+		t.Errorf("%d rollbacks in the audit log, want at least 1", n)
 	}
 }

@@ -27,6 +27,9 @@ type Spec struct {
 	// Optional children may exit without stopping the group (a worker that
 	// finished); a required child's exit stops everything.
 	Optional bool
+	// Restart starts the child again, as it was, when it exits with an
+	// error while Wait runs (a parameter server that was killed).
+	Restart bool
 }
 
 // Exit is a child's end.
@@ -41,6 +44,7 @@ type Group struct {
 	grace time.Duration
 	mu    sync.Mutex // guards out writes and procs
 	procs map[string]*exec.Cmd
+	specs map[string]Spec
 	exits chan Exit
 	wg    sync.WaitGroup
 }
@@ -48,7 +52,7 @@ type Group struct {
 // New makes a group writing the children's output to out; children get grace
 // to stop after SIGTERM before SIGKILL.
 func New(out io.Writer, grace time.Duration) *Group {
-	return &Group{out: out, grace: grace, procs: map[string]*exec.Cmd{}, exits: make(chan Exit, 64)}
+	return &Group{out: out, grace: grace, procs: map[string]*exec.Cmd{}, specs: map[string]Spec{}, exits: make(chan Exit, 64)}
 }
 
 // Start starts a child in its own process group.
@@ -67,6 +71,7 @@ func (g *Group) Start(s Spec) error {
 	}
 	g.mu.Lock()
 	g.procs[s.Name] = cmd
+	g.specs[s.Name] = s
 	g.mu.Unlock()
 	g.wg.Add(1)
 	go func() {
@@ -150,6 +155,18 @@ func (g *Group) Wait(ctx context.Context, until, tolerated map[string]bool) erro
 		case e := <-g.exits:
 			if until[e.Name] && e.Err == nil {
 				return nil
+			}
+			g.mu.Lock()
+			spec := g.specs[e.Name]
+			g.mu.Unlock()
+			if spec.Restart && e.Err != nil {
+				g.mu.Lock()
+				fmt.Fprintf(g.out, "%-12s| exited: %v; restarting\n", e.Name, e.Err)
+				g.mu.Unlock()
+				if err := g.Start(spec); err != nil {
+					return fmt.Errorf("%w: %s: restart: %v", ErrChildFailed, e.Name, err)
+				}
+				continue
 			}
 			if tolerated[e.Name] {
 				if e.Err != nil {

@@ -156,3 +156,42 @@ func TestWaitOutcomes(t *testing.T) {
 		})
 	}
 }
+
+// A child with Restart is started again when it is killed, and the wait
+// goes on until the until-child succeeds.
+func TestRestart(t *testing.T) {
+	var out syncBuf
+	g := New(&out, time.Second)
+	if err := g.Start(Spec{Name: "ps", Path: "/bin/sh", Args: []string{"-c", "echo up; sleep 60"}, Restart: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(Spec{Name: "lead", Path: "/bin/sh", Args: []string{"-c", "sleep 1.5"}}); err != nil {
+		t.Fatal(err)
+	}
+	first, ok := g.Pid("ps")
+	if !ok {
+		t.Fatal("ps not running")
+	}
+	res := make(chan error, 1)
+	go func() { res <- g.Wait(context.Background(), map[string]bool{"lead": true}, nil) }()
+	time.Sleep(200 * time.Millisecond)
+	if err := g.Signal("ps", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if pid, ok := g.Pid("ps"); ok && pid != first {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ps not restarted:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := <-res; err != nil {
+		t.Fatalf("wait: %v\n%s", err, out.String())
+	}
+	if n := strings.Count(out.String(), "ps          | up"); n != 2 || !strings.Contains(out.String(), "restarting") {
+		t.Errorf("ps started %d times:\n%s", n, out.String())
+	}
+}
