@@ -1,16 +1,11 @@
 package coordinator
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"sync"
 	"time"
 
 	"github.com/tailorml/tailor/checkpoint"
@@ -33,7 +28,7 @@ type RunState struct {
 	LossSum    float64          `json:"loss_sum"`
 	LossN      int              `json:"loss_n"`
 	Images     int              `json:"images"`
-	Seconds    float64          `json:"seconds"` // of the epoch so far
+	Seconds    float64          `json:"seconds"`   // of the epoch so far
 	AuditSeq   int64            `json:"audit_seq"` // batches consumed before this checkpoint
 }
 
@@ -94,12 +89,8 @@ func (l *leader) save(ctx context.Context, version int64, rs RunState, epochs in
 		return err
 	}
 	// what was consumed before this cut is on disk before the cut is published
-	if l.steplog != nil {
-		l.steplog.flush()
-	}
-	if l.audit != nil {
-		l.audit.flush()
-	}
+	l.steplog.flush()
+	l.audit.flush()
 	p := checkpoint.Pointer{JobID: l.spec.JobID, Name: name, Step: step, Epochs: epochs, Meta: m.Checksum, Created: m.Created}
 	v, err := checkpoint.Publish(ctx, l.cli, cluster.RunKeys(l.spec.Run), p, c.version, l.term.Guard())
 	if err != nil {
@@ -218,107 +209,9 @@ func (l *leader) tryRestore(ctx context.Context, name string, ptr checkpoint.Poi
 	return m, &rs, nil
 }
 
-// stepLog appends every finished step's loss, as each worker reported it,
-// to steps.csv in the output folder (step, worker, loss with all its
-// digits: equal strings are equal floats). A resumed run appends after a
-// "# resumed" line, so that the steps it ran again can be compared.
-type stepLog struct {
-	mu sync.Mutex
-	f  *os.File
-	w  *bufio.Writer
-}
-
-func openStepLog(dir string, resumed string) (*stepLog, error) {
-	f, err := os.OpenFile(filepath.Join(dir, "steps.csv"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	s := &stepLog{f: f, w: bufio.NewWriter(f)}
-	if st, err := f.Stat(); err == nil && st.Size() == 0 {
-		s.w.WriteString("step,epoch,worker,loss\n")
-	}
-	if resumed != "" {
-		s.mark(resumed)
-	}
-	return s, nil
-}
-
-// mark notes that the run went back to a checkpoint.
-func (s *stepLog) mark(resumed string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	fmt.Fprintf(s.w, "# resumed from checkpoint %s\n", resumed)
-}
-
-func (s *stepLog) add(step int64, epoch int, worker string, loss float64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	fmt.Fprintf(s.w, "%d,%d,%s,%s\n", step, epoch, worker, strconv.FormatFloat(loss, 'g', -1, 64))
-}
-
-func (s *stepLog) flush() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_ = s.w.Flush()
-}
-
-func (s *stepLog) close() {
-	s.flush()
-	s.f.Close()
-}
-
-// auditLog records every consumed batch (spec.Audit) in audit.log in the
-// output folder: "seq epoch worker id id ...", one line per batch, seq
-// counting the run's consumed batches. A resumed leader first writes
-// "rollback seq": the lines from seq on were undone by the rollback. Tests
-// check with it that every record is consumed exactly once per epoch.
-type auditLog struct {
-	mu sync.Mutex
-	f  *os.File
-	w  *bufio.Writer
-}
-
-func openAuditLog(dir string) (*auditLog, error) {
-	f, err := os.OpenFile(filepath.Join(dir, "audit.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	return &auditLog{f: f, w: bufio.NewWriter(f)}, nil
-}
-
-// rollback notes that the batches from seq on were undone.
-func (a *auditLog) rollback(seq int64) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	fmt.Fprintf(a.w, "rollback %d\n", seq)
-}
-
-func (a *auditLog) add(seq int64, b Batch) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	fmt.Fprintf(a.w, "%d %d %s", seq, b.Epoch, b.Worker)
-	for _, id := range b.IDs {
-		fmt.Fprintf(a.w, " %d", id)
-	}
-	a.w.WriteByte('\n')
-}
-
-func (a *auditLog) flush() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	_ = a.w.Flush()
-}
-
-func (a *auditLog) close() {
-	a.flush()
-	a.f.Close()
-}
-
 // auditLocked counts a consumed batch (and logs it with spec.Audit).
 func (l *leader) auditLocked(b Batch) {
-	if l.audit != nil {
-		l.audit.add(l.auditSeq, b)
-	}
+	l.audit.add(l.auditSeq, b)
 	l.auditSeq++
 }
 
@@ -347,4 +240,3 @@ func (l *leader) waitWorkers(ctx context.Context) error {
 		}
 	}
 }
-

@@ -189,13 +189,13 @@ type leader struct {
 	computeT time.Duration
 
 	ck      *ckpt
-	steplog *stepLog
+	steplog stepLog
 	// closed when a parameter server is lost during the current attempt
 	rollback       chan struct{}
 	rollbackClosed bool
 	psAddrs        []string      // the servers of the current attempt
 	gen            atomic.Uint64 // this leader's generation: new at every (re)start from a checkpoint
-	audit          *auditLog     // spec.Audit: every consumed batch's records
+	audit          auditLog      // spec.Audit: every consumed batch's records (nil file: off)
 	auditSeq       int64         // batches consumed in the run (in checkpoints: the rollback point)
 	curEpoch       int
 
@@ -240,7 +240,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 	l.ck = &ckpt{loc: loc, labels: man.Labels, val: val}
-	if l.steplog, err = openStepLog(spec.Out, ""); err != nil {
+	if l.steplog, err = openStepLog(spec.Out); err != nil {
 		return err
 	}
 	defer l.steplog.close()
@@ -375,9 +375,7 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 	l.mu.Lock()
 	l.auditSeq = rs.AuditSeq
 	l.mu.Unlock()
-	if l.audit != nil {
-		l.audit.rollback(rs.AuditSeq)
-	}
+	l.audit.rollback(rs.AuditSeq)
 
 	step, asyncSteps := rs.Step, rs.AsyncSteps
 	if err := l.waitWorkers(ctx); err != nil {
@@ -717,9 +715,7 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 	if fresh {
 		// each finished step's loss counts once, however often the worker asks
 		l.reported[req.WorkerID] = req.Done
-		if l.steplog != nil {
-			l.steplog.add(req.Done, l.curEpoch, req.WorkerID, req.Loss)
-		}
+		l.steplog.add(req.Done, l.curEpoch, req.WorkerID, req.Loss)
 		l.lossSum += req.Loss
 		l.lossN++
 		l.lossGauge.Set(req.Loss)
