@@ -128,7 +128,7 @@ dc up -d --no-build --scale worker=3 >/dev/null 2>&1 || {
   dc ps
   die "docker compose up"
 }
-cid() { dc ps -q "$1" | head -n1; }
+cid() { dc ps -q "$1" | awk 'NR == 1'; }
 ps0=$(cid ps0)
 [ -n "$ps0" ] || die "no ps0 container"
 mapfile -t workers < <(dc ps -q worker)
@@ -153,7 +153,7 @@ step_now() { status | jq -e -r '.progress.step // empty'; }
 step_at_least() { local s; s=$(step_now) && [ "$s" -ge "$1" ]; }
 running() { [ "$(status | jq -r .state)" = running ]; }
 leader_logs() { dc logs --no-color coordinator standby 2>/dev/null; }
-lost_logged() { leader_logs | grep -q "msg=\"worker lost\".* worker=$1 "; }
+lost_logged() { leader_logs | grep "msg=\"worker lost\".* worker=$1 " >/dev/null; }
 member() { status | jq -e --arg id "$1" '.members[] | select(.role == "worker" and .id == $id)' >/dev/null; }
 not_member() { s=$(status) && ! jq -e --arg id "$1" '.members[] | select(.role == "worker" and .id == $id)' <<<"$s" >/dev/null; }
 worker_steps() { status | jq -e -r --arg id "$1" '.members[] | select(.role == "worker" and .id == $id) | .worker.steps // empty'; }
@@ -166,7 +166,7 @@ log "training: $(status | jq -c '.progress | {epoch, epochs, step, loss, workers
 port=$(dc port coordinator 9100 | tail -n1)
 curl -fsS "http://$port/metrics" >/dev/null || die "coordinator /metrics on the published port $port"
 port=$(dc port etcd 2379 | tail -n1)
-curl -fsS "http://$port/health" | grep -q true || die "etcd /health on the published port $port"
+curl -fsS "http://$port/health" | grep true >/dev/null || die "etcd /health on the published port $port"
 log "published ports answer (coordinator /metrics, etcd /health)"
 
 # --- 1. kill a worker ----------------------------------------------------
@@ -226,7 +226,7 @@ exited0() { [ "$(docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$1")
 for c in coordinator standby; do
   wait_for "$c to exit 0" 60 exited0 "$(cid "$c")"
 done
-leader_logs | grep -q 'msg=test ' || die "the leader logged no test-split score"
+leader_logs | grep 'msg=test ' >/dev/null || die "the leader logged no test-split score"
 log "leader's last epochs: $(leader_logs | grep 'msg=epoch ' | tail -n2 | sed 's/.*msg=epoch //' | tr '\n' '|')"
 
 # the model file: the coordinator's service (its /out volume, S3 settings)
