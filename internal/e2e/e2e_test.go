@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -126,35 +127,12 @@ func TestLocalClusterWorkerKilled(t *testing.T) {
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "3", "--ps", "2",
+	r := startLocal(t, ctx, bin, nil, "--out", out, "--data", data, "--workers", "3", "--ps", "2",
 		"--epochs", "3", "--batch", "8", "--unit-size", "32", "--audit")
-	var stdout, stderr syncBuffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
 	// wait until the first epoch is done, then kill worker w1
-	deadline := time.Now().Add(2 * time.Minute)
-	for !strings.Contains(stderr.String(), "msg=epoch") {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("no epoch finished:\n%s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	pid, err := exec.Command("pgrep", "-f", bin+" worker --id w1").Output()
-	if err != nil {
-		cmd.Process.Kill()
-		t.Fatalf("worker w1 not found: %v", err)
-	}
-	kill := exec.Command("kill", "-9", strings.TrimSpace(string(pid)))
-	if out, err := kill.CombinedOutput(); err != nil {
-		t.Fatalf("kill: %v %s", err, out)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("tailor local after a worker was killed: %v\n%s", err, stderr.String())
-	}
-	log := stderr.String()
+	r.waitFor(regexp.MustCompile(`msg=epoch`), 2*time.Minute)
+	r.signal("worker --id w1", "-9")
+	log := r.wait("after a worker was killed")
 	if !strings.Contains(log, "worker lost") || !strings.Contains(log, "worker=w1") {
 		t.Errorf("the coordinator did not notice w1's death:\n%s", log)
 	}

@@ -107,43 +107,20 @@ func TestCoordinatorFailover(t *testing.T) {
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2", "--standby",
+	r := startLocal(t, ctx, bin, nil, "--out", out, "--data", data, "--workers", "2", "--ps", "2", "--standby",
 		"--epochs", "3", "--batch", "8", "--unit-size", "32", "--checkpoint-every", "4", "--audit")
-	var log syncBuffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
 	// kill the leader (whichever of the two won) after the first
 	// checkpoint of epoch 2
-	published := regexp.MustCompile(`(coordinator|standby) +\| .*msg=checkpoint .*reason=steps step=1[6-9] `)
-	deadline := time.Now().Add(2 * time.Minute)
-	var m []string
-	for m = published.FindStringSubmatch(log.String()); m == nil; m = published.FindStringSubmatch(log.String()) {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("no checkpoint in epoch 2:\n%s", log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	m := r.waitFor(regexp.MustCompile(`(coordinator|standby) +\| .*msg=checkpoint .*reason=steps step=1[6-9] `), 2*time.Minute)
 	leader, id, other := "coordinator", "coord-a", "standby"
 	if m[1] == "standby" {
 		leader, id, other = "standby", "coord-b", "coordinator"
 	}
 	t.Logf("killing %s (%s)", leader, id)
-	pid, err := exec.Command("pgrep", "-f", bin+" coordinator --id "+id).Output()
-	if err != nil {
-		cmd.Process.Kill()
-		t.Fatalf("leader not found: %v", err)
-	}
 	killed := time.Now()
-	if out, err := exec.Command("kill", "-9", strings.TrimSpace(string(pid))).CombinedOutput(); err != nil {
-		t.Fatalf("kill: %v %s", err, out)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("tailor local after the leader was killed: %v\n%s", err, log.String())
-	}
-	text := log.String()
+	r.signal("coordinator --id "+id, "-9")
+	r.wait("after the leader was killed")
+	text := r.log.String()
 	resumed := regexp.MustCompile(other + ` +\| .*msg=resumed`).FindString(text)
 	if resumed == "" {
 		t.Fatalf("the standby did not resume from a checkpoint:\n%s", text)
@@ -168,37 +145,17 @@ func TestWorkerHangAndRejoin(t *testing.T) {
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "3", "--ps", "2",
+	r := startLocal(t, ctx, bin, nil, "--out", out, "--data", data, "--workers", "3", "--ps", "2",
 		"--epochs", "6", "--batch", "8", "--unit-size", "16", "--audit")
-	var log syncBuffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for !strings.Contains(log.String(), "msg=epoch") {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("no epoch finished:\n%s", log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	pid, err := exec.Command("pgrep", "-f", bin+" worker --id w1").Output()
-	if err != nil {
-		cmd.Process.Kill()
-		t.Fatalf("worker w1 not found: %v", err)
-	}
-	p := strings.TrimSpace(string(pid))
+	r.waitFor(regexp.MustCompile(`msg=epoch`), 2*time.Minute)
 	stopped := time.Now()
-	if out, err := exec.Command("kill", "-STOP", p).CombinedOutput(); err != nil {
-		t.Fatalf("kill -STOP: %v %s", err, out)
-	}
+	p := r.signal("worker --id w1", "-STOP")
 	lost := regexp.MustCompile(`msg="worker lost" .*worker=w1`)
-	for !lost.MatchString(log.String()) {
+	for !lost.MatchString(r.log.String()) {
 		if time.Since(stopped) > 10*time.Second {
 			exec.Command("kill", "-CONT", p).Run()
-			cmd.Process.Kill()
-			t.Fatalf("w1 not declared lost 10 s after SIGSTOP:\n%s", log.String())
+			r.cmd.Process.Kill()
+			t.Fatalf("w1 not declared lost 10 s after SIGSTOP:\n%s", r.log.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -206,15 +163,12 @@ func TestWorkerHangAndRejoin(t *testing.T) {
 	if detected > 3*time.Second {
 		t.Errorf("w1 declared lost %v after SIGSTOP, want ≤ 3 s", detected)
 	}
-	before := strings.Count(log.String(), "msg=epoch")
+	before := strings.Count(r.log.String(), "msg=epoch")
 	time.Sleep(time.Second) // the others go on meanwhile
 	if out, err := exec.Command("kill", "-CONT", p).CombinedOutput(); err != nil {
 		t.Fatalf("kill -CONT: %v %s", err, out)
 	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("tailor local after a worker hung: %v\n%s", err, log.String())
-	}
-	text := log.String()
+	text := r.wait("after a worker hung")
 	// w1 trained again after it came back: steps.csv has its losses in an
 	// epoch after the one it hung in
 	steps, _ := os.ReadFile(filepath.Join(out, "run", "steps.csv"))
@@ -273,34 +227,11 @@ func TestParamServerKilled(t *testing.T) {
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
+	r := startLocal(t, ctx, bin, nil, "--out", out, "--data", data, "--workers", "2", "--ps", "2",
 		"--epochs", "3", "--batch", "8", "--unit-size", "32", "--checkpoint-every", "4", "--audit")
-	var log syncBuffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	published := regexp.MustCompile(`msg=checkpoint .*reason=steps step=1[6-9] `)
-	deadline := time.Now().Add(2 * time.Minute)
-	for !published.MatchString(log.String()) {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("no checkpoint in epoch 2:\n%s", log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	pid, err := exec.Command("pgrep", "-f", bin+" paramserver --index 1").Output()
-	if err != nil {
-		cmd.Process.Kill()
-		t.Fatalf("ps1 not found: %v", err)
-	}
-	if out, err := exec.Command("kill", "-9", strings.TrimSpace(string(pid))).CombinedOutput(); err != nil {
-		t.Fatalf("kill: %v %s", err, out)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("tailor local after a parameter server was killed: %v\n%s", err, log.String())
-	}
-	text := log.String()
+	r.waitFor(regexp.MustCompile(`msg=checkpoint .*reason=steps step=1[6-9] `), 2*time.Minute)
+	r.signal("paramserver --index 1", "-9")
+	text := r.wait("after a parameter server was killed")
 	for _, want := range []string{"ps1         | exited: signal: killed; restarting", `msg="parameter server lost"`, "msg=resumed"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("log lacks %q:\n%s", want, text)

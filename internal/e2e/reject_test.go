@@ -7,8 +7,6 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"os"
-	"os/exec"
 	"regexp"
 	"strings"
 	"syscall"
@@ -33,36 +31,17 @@ func TestBadMessagesRejectedByParamServer(t *testing.T) {
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
-		"--epochs", "30", "--batch", "8", "--unit-size", "32")
 	// slow steps (each worker waits 1.5 s before it pushes), so that the
 	// bad pushes below can name the step being collected
-	cmd.Env = append(os.Environ(), "TAILOR_FAULTS=worker.w0.delay=1500ms,worker.w1.delay=1500ms")
-	var log syncBuffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	r := startLocal(t, ctx, bin, []string{"TAILOR_FAULTS=worker.w0.delay=1500ms,worker.w1.delay=1500ms"},
+		"--out", out, "--data", data, "--workers", "2", "--ps", "2", "--epochs", "30", "--batch", "8", "--unit-size", "32")
 	defer func() {
-		cmd.Process.Signal(syscall.SIGINT)
-		cmd.Wait()
+		r.cmd.Process.Signal(syscall.SIGINT)
+		r.cmd.Wait()
 	}()
-	etcdRE := regexp.MustCompile(`run local: etcd (http://\S+);`)
-	var etcd string
-	for deadline := time.Now().Add(time.Minute); etcd == ""; time.Sleep(50 * time.Millisecond) {
-		if m := etcdRE.FindStringSubmatch(log.String()); m != nil {
-			etcd = m[1]
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no etcd endpoint:\n%s", log.String())
-		}
-	}
+	etcd := r.waitFor(regexp.MustCompile(`run local: etcd (http://\S+);`), time.Minute)[1]
 	// wait for training to be under way
-	for deadline := time.Now().Add(2 * time.Minute); !strings.Contains(log.String(), "msg=checkpoint"); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("training did not start:\n%s", log.String())
-		}
-	}
+	r.waitFor(regexp.MustCompile(`msg=checkpoint`), 2*time.Minute)
 	cli, err := cluster.NewClient([]string{etcd})
 	if err != nil {
 		t.Fatal(err)
@@ -190,10 +169,10 @@ func TestBadMessagesRejectedByParamServer(t *testing.T) {
 		}
 	}
 	// the run goes on: another epoch ends after the bad pushes
-	n := strings.Count(log.String(), "msg=epoch")
-	for deadline := time.Now().Add(2 * time.Minute); strings.Count(log.String(), "msg=epoch") <= n; time.Sleep(50 * time.Millisecond) {
+	n := strings.Count(r.log.String(), "msg=epoch")
+	for deadline := time.Now().Add(2 * time.Minute); strings.Count(r.log.String(), "msg=epoch") <= n; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("no epoch after the bad pushes:\n%s", log.String())
+			t.Fatalf("no epoch after the bad pushes:\n%s", r.log.String())
 		}
 	}
 }

@@ -65,27 +65,14 @@ func TestResumeExact(t *testing.T) {
 	want, _, _ := stepLosses(t, filepath.Join(straight, "run", "steps.csv"))
 
 	stopped := t.TempDir()
-	cmd = exec.CommandContext(ctx, bin, localArgs(stopped, data)...)
-	var log syncBuffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	r := startLocal(t, ctx, bin, nil, localArgs(stopped, data)[1:]...)
 	// stop it once the mid-epoch checkpoint of step 8 is published
-	published := regexp.MustCompile(`msg=checkpoint .*reason=steps step=8 `)
-	deadline := time.Now().Add(3 * time.Minute)
-	for !published.MatchString(log.String()) {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("no checkpoint at step 8:\n%s", log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+	r.waitFor(regexp.MustCompile(`msg=checkpoint .*reason=steps step=8 `), 3*time.Minute)
+	if err := r.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	_ = cmd.Wait() // interrupted: a non-zero exit is expected
-	if strings.Contains(log.String(), "run local finished") {
+	_ = r.cmd.Wait() // interrupted: a non-zero exit is expected
+	if strings.Contains(r.log.String(), "run local finished") {
 		t.Fatal("the run finished before it was interrupted; nothing was resumed")
 	}
 	if out, _ := exec.Command("pgrep", "-f", bin).Output(); len(out) > 0 {
