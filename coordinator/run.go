@@ -102,7 +102,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopCampaign()
 	finished := make(chan struct{})
 	go func() {
-		if waitFinished(cctx, cli, keys) {
+		if job.WaitDone(cctx, cli, cfg.Run) {
 			close(finished)
 			stopCampaign()
 		}
@@ -145,22 +145,6 @@ type RunStatus struct {
 	State    string    `json:"state"` // "done"
 	Model    string    `json:"model"`
 	Finished time.Time `json:"finished"`
-}
-
-// waitFinished reports whether the run's status says it is over, watching
-// until it does or ctx ends.
-func waitFinished(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) bool {
-	for ctx.Err() == nil {
-		var st RunStatus
-		if _, err := cluster.GetJSON(ctx, cli, keys.Status(), &st); err == nil && st.State == "done" {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-	return false
 }
 
 type leader struct {
@@ -643,6 +627,10 @@ func (l *leader) liveWorkers() []string {
 func (l *leader) commit(ctx context.Context, d wire.Decision) (wire.Decision, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.sched == nil {
+		// the attempt ended (a rollback) while the step was being decided
+		return d, fmt.Errorf("step %d: no sync epoch running", d.Step)
+	}
 	done, err := l.sched.Decide(d.Step, d.Included)
 	if err != nil {
 		return d, err
@@ -664,8 +652,10 @@ func (l *leader) commit(ctx context.Context, d wire.Decision) (wire.Decision, er
 func (l *leader) watch(events <-chan cluster.Event) {
 	for ev := range events {
 		if ev.Member.Role == cluster.RoleParamServer {
+			// a rollback is costly: only the lease's expiry (or a leave)
+			// counts, not gossip's first suspicion, which load can raise
 			switch ev.Kind {
-			case cluster.EventFailed, cluster.EventGone, cluster.EventLeft:
+			case cluster.EventGone, cluster.EventLeft:
 				l.psLost(ev.Member)
 			}
 			continue

@@ -108,7 +108,10 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	} else {
 		pc.SyncQuorum = spec.Quorum
 	}
-	workers := cluster.WatchIDs(mem, cluster.RoleWorker)
+	// pushes are refused only once a worker's lease is gone: a false
+	// suspicion by gossip (load, a healing partition) must not make one
+	// server refuse a gradient another accepts
+	workers := cluster.WatchRegisteredIDs(mem, cluster.RoleWorker)
 	defer workers.Close()
 	srv, err := New(pc, workers)
 	if err != nil {
@@ -117,7 +120,25 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	defer srv.Close()
 	sess.ServeMetrics(srv.MetricsHandler())
 	log.Info("serving", "index", cfg.Index, "addr", lis.Addr().String(), "mode", pc.Mode)
-	return srv.Serve(ctx, lis)
+	// the server's life ends with the run's: once the leader records the
+	// run as done, it stops (a container or unit then exits cleanly)
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	finished := make(chan struct{})
+	go func() {
+		if job.WaitDone(sctx, cli, cfg.Run) {
+			log.Info("the run is over")
+			close(finished)
+			stop()
+		}
+	}()
+	err = srv.Serve(sctx, lis)
+	select {
+	case <-finished:
+		return nil
+	default:
+		return err
+	}
 }
 
 // leaderDecider sends sync-step reports to whichever coordinator leads,

@@ -111,7 +111,8 @@ Joins run R as a worker: streams its batches' shards from the object store,
 computes gradients, pushes them to the parameter servers and pulls the new
 weights, until the coordinator says the run is done.`)
 	cf.add(fs)
-	fs.StringVar(&id, "id", "", "this worker's id, unique in the run (required)")
+	host, _ := os.Hostname()
+	fs.StringVar(&id, "id", host, "this worker's id, unique in the run (default: the host name, e.g. a container's)")
 	if code, done := parse(env, fs); done {
 		return code
 	}
@@ -119,7 +120,7 @@ weights, until the coordinator says the run is done.`)
 		return 2
 	}
 	if id == "" {
-		fmt.Fprintln(env.Stderr, "tailor worker: --id is required")
+		fmt.Fprintln(env.Stderr, "tailor worker: --id is required (the host name is unknown)")
 		return 2
 	}
 	key, err := cf.key()

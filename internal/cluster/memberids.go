@@ -34,6 +34,16 @@ type view interface {
 // m's subscriptions end, at Leave; the last ids stay).
 func WatchIDs(m *Membership, role Role) *MemberIDs { return watchIDs(m, role) }
 
+// WatchRegisteredIDs follows the registered members of role (see
+// Membership.Registered): a member leaves the list when its lease expires
+// or it leaves, not at gossip's first suspicion.
+func WatchRegisteredIDs(m *Membership, role Role) *MemberIDs { return watchIDs(registeredView{m}, role) }
+
+type registeredView struct{ m *Membership }
+
+func (v registeredView) Members(role Role) []Member        { return v.m.Registered(role) }
+func (v registeredView) Subscribe() (<-chan Event, func()) { return v.m.Subscribe() }
+
 func watchIDs(v view, role Role) *MemberIDs {
 	events, stop := v.Subscribe() // first, then read: nothing is missed
 	w := &MemberIDs{

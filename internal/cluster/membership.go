@@ -695,12 +695,21 @@ func (m *Membership) Self() Member {
 
 // Members returns the live members of role ("" for all roles), sorted by
 // rank, then id. The local member is included.
-func (m *Membership) Members(role Role) []Member {
+func (m *Membership) Members(role Role) []Member { return m.list(role, true) }
+
+// Registered returns the members of role ("" for all) whose lease key
+// exists, live or not: gossip's suspicion does not take a member out of
+// this list, only the lease's expiry (or a leave) does. Use it where a
+// false "failed" would do harm that a few more seconds of waiting would not,
+// e.g. refusing a worker's gradient. Same order as Members.
+func (m *Membership) Registered(role Role) []Member { return m.list(role, false) }
+
+func (m *Membership) list(role Role, liveOnly bool) []Member {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []Member
 	for _, e := range m.members {
-		if e.live && (role == "" || e.rec.Role == role) {
+		if (e.live || !liveOnly) && (role == "" || e.rec.Role == role) {
 			out = append(out, cloneMember(e.rec.Member))
 		}
 	}

@@ -219,3 +219,26 @@ func Wait(ctx context.Context, cli *clientv3.Client, run string) (Spec, error) {
 		}
 	}
 }
+
+// StateDone is the run status's state once the leader has finished the run.
+const StateDone = "done"
+
+// WaitDone polls the run's status key (written by the leader coordinator
+// when the run is over) and reports true once it says done, or false when
+// ctx ends first.
+func WaitDone(ctx context.Context, cli *clientv3.Client, run string) bool {
+	keys := cluster.RunKeys(run)
+	for ctx.Err() == nil {
+		var st struct {
+			State string `json:"state"`
+		}
+		if _, err := cluster.GetJSON(ctx, cli, keys.Status(), &st); err == nil && st.State == StateDone {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return false
+}

@@ -141,8 +141,8 @@ func (g *Group) signalAll(sig syscall.Signal) {
 var ErrChildFailed = errors.New("supervise: a required process exited")
 
 // Wait waits until ctx ends, a child in until exits cleanly (success), or a
-// required child — one in neither until nor tolerated — exits, then stops
-// the rest. A tolerated child may exit in any way without ending the wait
+// required child — one in neither until nor tolerated — fails, then stops
+// the rest. Other children may exit cleanly (their work is done). A tolerated child may exit in any way without ending the wait
 // (a worker that was killed: the cluster carries on without it); a child in
 // until that fails, unless tolerated, is a failure. It returns ctx's error, nil on success, or
 // ErrChildFailed.
@@ -167,6 +167,9 @@ func (g *Group) Wait(ctx context.Context, until, tolerated map[string]bool) erro
 					return fmt.Errorf("%w: %s: restart: %v", ErrChildFailed, e.Name, err)
 				}
 				continue
+			}
+			if e.Err == nil {
+				continue // a child that finished its work (a server whose run is over)
 			}
 			if tolerated[e.Name] {
 				if e.Err != nil {
