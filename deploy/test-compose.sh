@@ -137,8 +137,12 @@ wid() { docker inspect -f '{{.Config.Hostname}}' "$1"; } # a worker's id is its 
 net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$ps0")
 log "up; network $net; workers $(for w in "${workers[@]}"; do printf '%s ' "$(wid "$w")"; done)"
 
-# status as the cluster sees it: tailor status --json, run in ps0's container
-status() { docker exec "$ps0" tailor status --json --timeout 5s 2>/dev/null; }
+# status as the cluster sees it: tailor status --json, from a throwaway
+# container on the cluster's network (the servers exit once the run is done)
+status() {
+  docker run --rm --network "$net" -e TAILOR_ETCD=http://etcd:2379 -e TAILOR_RUN="${TAILOR_RUN:-compose-test}" \
+    "$TAILOR_IMAGE" status --json --timeout 5s 2>/dev/null
+}
 # wait_for DESC SECONDS CMD...: poll CMD every second until it succeeds
 wait_for() {
   local desc=$1 secs=$2

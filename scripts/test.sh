@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test tier that CI runs: vet, the unit and integration tests with
 # OpenBLAS (the build tailor ships), the net's tests again on the pure-Go BLAS,
-# and each fuzz target's seed corpus (part of go test).
+# each fuzz target's seed corpus (part of go test), the static checks of the
+# deployment files, and the compose cluster test on this machine's Docker
+# engine (FROM-scratch images built here; TAILOR_SKIP_DOCKER=1 leaves it out
+# on a machine without Docker, and says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
@@ -9,3 +12,9 @@ export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 go vet -tags openblas ./...
 go test -tags openblas -count=1 -timeout 20m ./...
 go test -count=1 -timeout 10m ./model/ ./train/
+bash deploy/check.sh
+if [ -n "${TAILOR_SKIP_DOCKER:-}" ]; then
+  echo "test.sh: TAILOR_SKIP_DOCKER is set: the compose cluster test (deploy/test-compose.sh) did NOT run"
+else
+  bash deploy/test-compose.sh
+fi
