@@ -79,7 +79,7 @@ func TestElectionTakeover(t *testing.T) {
 
 	// A write fenced by a's term succeeds while a leads.
 	cli := clustertest.Client(t, ep)
-	key := cluster.RunKeys("test").Epoch()
+	key := cluster.RunKeys("test").Status()
 	if _, err := cluster.Create(ctx, cli, key, []byte(`{"epoch":0}`), termA.Guard()); err != nil {
 		t.Fatalf("write guarded by the leader's term: %v", err)
 	}

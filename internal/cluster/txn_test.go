@@ -16,7 +16,7 @@ func TestCAS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cli := clustertest.Client(t, clustertest.Etcd(t))
-	k := cluster.RunKeys("cas").Unit(0, 1)
+	k := cluster.RunKeys("cas").Status()
 
 	rev1, err := cluster.Create(ctx, cli, k, []byte(`{"state":"pending"}`))
 	if err != nil {
@@ -44,7 +44,7 @@ func TestCAS(t *testing.T) {
 		t.Errorf("conflict = %+v, want Got %d, Want %d and the w1 value", ce, rev2, rev1)
 	}
 
-	var u cluster.Unit
+	var u struct{ Worker string }
 	kv, err := cluster.GetJSON(ctx, cli, k, &u)
 	if err != nil || u.Worker != "w1" || kv.ModRev != rev2 {
 		t.Errorf("GetJSON = %+v, %+v, %v; want worker w1 at rev %d", u, kv, err, rev2)
@@ -87,7 +87,7 @@ func TestCASVersionCheckpointPointer(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Field != "version" || ce.Got != 2 || ce.Want != 1 {
 		t.Fatalf("late publish: err = %v, want version conflict got 2 want 1", err)
 	}
-	var p cluster.CheckpointPointer
+	var p struct{ Step int64 }
 	if _, err := cluster.GetJSON(ctx, cli, k, &p); err != nil || p.Step != 200 {
 		t.Errorf("pointer = %+v, %v; want step 200", p, err)
 	}
