@@ -46,6 +46,7 @@ type Config struct {
 	Listen      string // gRPC address; default a free loopback port
 	MetricsAddr string // /metrics address; empty: none
 	GossipBind  string
+	Advertise   string // host peers dial this process at (see job.JoinConfig)
 	SecretKey   []byte
 	Log         *slog.Logger
 	// ProgressInterval is how often the leader publishes its progress for
@@ -82,7 +83,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("coordinator listener: %w", err)
 	}
 	defer lis.Close()
-	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind,
+	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Advertise: cfg.Advertise, MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind,
 		SecretKey: cfg.SecretKey, Log: log,
 		Self: cluster.Member{ID: cfg.ID, Role: cluster.RoleCoordinator, Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}})
 	if err != nil {

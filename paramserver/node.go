@@ -30,6 +30,7 @@ type NodeConfig struct {
 	Listen      string // gRPC address; default a free loopback port
 	MetricsAddr string // /metrics address; empty: none
 	GossipBind  string
+	Advertise   string // host peers dial this process at (see job.JoinConfig)
 	SecretKey   []byte
 	Log         *slog.Logger
 }
@@ -57,7 +58,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		return fmt.Errorf("paramserver listener: %w", err)
 	}
 	defer lis.Close()
-	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind,
+	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Advertise: cfg.Advertise, MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind,
 		SecretKey: cfg.SecretKey, Log: log,
 		Self: cluster.Member{ID: fmt.Sprintf("ps%d", cfg.Index), Role: cluster.RoleParamServer, Rank: cfg.Index,
 			Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}})

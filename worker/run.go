@@ -32,6 +32,7 @@ type Config struct {
 	ID          string
 	Etcd        []string
 	GossipBind  string // host:port for memberlist; default a free loopback port
+	Advertise   string // host peers dial this process at (see job.JoinConfig)
 	MetricsAddr string // host:port for /metrics; empty: none
 	SecretKey   []byte // gossip encryption key
 	ShardCache  int    // shards kept in memory
@@ -67,7 +68,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Self: cluster.Member{ID: cfg.ID, Role: cluster.RoleWorker},
+	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Advertise: cfg.Advertise, Self: cluster.Member{ID: cfg.ID, Role: cluster.RoleWorker},
 		MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind, SecretKey: cfg.SecretKey, Log: log})
 	if err != nil {
 		return err

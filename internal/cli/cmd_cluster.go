@@ -24,7 +24,7 @@ func init() {
 
 // clusterFlags are the flags every cluster role has.
 type clusterFlags struct {
-	etcd, run, gossip, metrics, secret string
+	etcd, run, gossip, metrics, secret, advertise string
 }
 
 func (c *clusterFlags) add(fs *flag.FlagSet) {
@@ -33,6 +33,7 @@ func (c *clusterFlags) add(fs *flag.FlagSet) {
 	fs.StringVar(&c.gossip, "gossip", "127.0.0.1:0", "memberlist bind address host:port")
 	fs.StringVar(&c.metrics, "metrics-listen", "", "Prometheus /metrics listen address (empty: none)")
 	fs.StringVar(&c.secret, "gossip-key-file", "", "file holding the hex gossip encryption key (16, 24 or 32 bytes)")
+	fs.StringVar(&c.advertise, "advertise", os.Getenv("TAILOR_ADVERTISE"), "host name or address peers dial this process at, with each listener's port (for listeners on 0.0.0.0; needs a fixed --gossip port; env TAILOR_ADVERTISE)")
 }
 
 func (c *clusterFlags) endpoints() []string {
@@ -96,7 +97,7 @@ and keeps the best model in the run's output folder. Start two for a standby.`)
 	// numbers refresh; tests shorten it
 	every, _ := time.ParseDuration(os.Getenv("TAILOR_PROGRESS_INTERVAL"))
 	err = coordinator.Run(ctx, coordinator.Config{Run: cf.run, ID: id, Etcd: cf.endpoints(), Listen: listen, MetricsAddr: cf.metrics,
-		GossipBind: cf.gossip, SecretKey: key, Log: env.Log.With("role", "coordinator", "id", id), ProgressInterval: every})
+		GossipBind: cf.gossip, Advertise: cf.advertise, SecretKey: key, Log: env.Log.With("role", "coordinator", "id", id), ProgressInterval: every})
 	if err != nil {
 		return fail(env, err)
 	}
@@ -127,7 +128,7 @@ weights, until the coordinator says the run is done.`)
 	if err != nil {
 		return fail(env, err)
 	}
-	err = worker.Run(ctx, worker.Config{Run: cf.run, ID: id, Etcd: cf.endpoints(), GossipBind: cf.gossip, MetricsAddr: cf.metrics,
+	err = worker.Run(ctx, worker.Config{Run: cf.run, ID: id, Etcd: cf.endpoints(), GossipBind: cf.gossip, Advertise: cf.advertise, MetricsAddr: cf.metrics,
 		SecretKey: key, Log: env.Log.With("role", "worker", "id", id)})
 	if err != nil {
 		return fail(env, err)
@@ -143,7 +144,7 @@ func runParamServerNode(ctx context.Context, env *Env, cf clusterFlags, index in
 		return fail(env, err)
 	}
 	err = paramserver.RunNode(ctx, paramserver.NodeConfig{Run: cf.run, Index: index, Etcd: cf.endpoints(), Listen: listen,
-		MetricsAddr: cf.metrics, GossipBind: cf.gossip, SecretKey: key, Log: env.Log.With("role", "paramserver", "index", index)})
+		MetricsAddr: cf.metrics, GossipBind: cf.gossip, Advertise: cf.advertise, SecretKey: key, Log: env.Log.With("role", "paramserver", "index", index)})
 	if err != nil {
 		return fail(env, err)
 	}

@@ -3,9 +3,12 @@ package job
 import (
 	"context"
 	"errors"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/cluster/clustertest"
 )
 
@@ -40,4 +43,55 @@ func TestSubmitLoad(t *testing.T) {
 	if err := Submit(ctx, cli, bad); err == nil {
 		t.Error("bad mode accepted")
 	}
+}
+
+// With Advertise, the member record publishes the advertised host with each
+// listener's port; a gossip bind address without a fixed port is refused.
+func TestJoinAdvertise(t *testing.T) {
+	e := clustertest.Etcd(t)
+	cli := clustertest.Client(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := Submit(ctx, cli, DefaultSpec("adv", "/data")); err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	_, grpcPort, _ := net.SplitHostPort(lis.Addr().String())
+	gossip := freePort(t)
+	cfg := JoinConfig{Run: "adv", Etcd: e, MetricsAddr: "0.0.0.0:0", GossipBind: "0.0.0.0:" + gossip, Advertise: "127.0.0.1",
+		Self: cluster.Member{ID: "w1", Role: cluster.RoleWorker, Addrs: map[string]string{"grpc": lis.Addr().String()}}}
+	s, err := Join(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	self := s.Members.Self()
+	if got := self.Addrs["grpc"]; got != "127.0.0.1:"+grpcPort {
+		t.Errorf("grpc published as %q, want 127.0.0.1:%s", got, grpcPort)
+	}
+	if got := self.Addrs[cluster.AddrGossip]; got != "127.0.0.1:"+gossip {
+		t.Errorf("gossip published as %q, want 127.0.0.1:%s", got, gossip)
+	}
+	if h, _, _ := net.SplitHostPort(self.Addrs[AddrMetrics]); h != "127.0.0.1" {
+		t.Errorf("metrics published as %q", self.Addrs[AddrMetrics])
+	}
+	cfg.GossipBind, cfg.Self.ID = "0.0.0.0:0", "w2"
+	if _, err := Join(ctx, cfg); err == nil || !strings.Contains(err.Error(), "fixed port") {
+		t.Errorf("advertise with a random gossip port: %v", err)
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, p, _ := net.SplitHostPort(l.Addr().String())
+	return p
 }

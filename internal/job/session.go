@@ -26,8 +26,23 @@ type JoinConfig struct {
 	Self        cluster.Member // Role, ID, Rank and any addresses already bound
 	MetricsAddr string         // host:port for /metrics; empty: none
 	GossipBind  string
-	SecretKey   []byte
-	Log         *slog.Logger
+	// Advertise, if set, is the host peers dial this process at (a
+	// container's or VM's name or address): every published address —
+	// gRPC, /metrics, gossip — is Advertise with its listener's port,
+	// instead of the listen address (0.0.0.0 is no address to dial). The
+	// gossip bind address then needs a fixed port.
+	Advertise string
+	SecretKey []byte
+	Log       *slog.Logger
+}
+
+// advertised replaces the host of a listen address by host.
+func advertised(addr, host string) (string, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("advertise: address %q: %w", addr, err)
+	}
+	return net.JoinHostPort(host, port), nil
 }
 
 // Session is a process's membership of a run: its etcd client, the run's
@@ -89,10 +104,32 @@ func Join(ctx context.Context, cfg JoinConfig) (*Session, error) {
 		go s.srv.Serve(lis)
 		self.Addrs[AddrMetrics] = lis.Addr().String()
 	}
+	gossipAdvertise := ""
+	if cfg.Advertise != "" {
+		fail := func(err error) (*Session, error) {
+			if s.srv != nil {
+				s.srv.Close()
+			}
+			cli.Close()
+			return nil, err
+		}
+		for k, v := range self.Addrs {
+			if self.Addrs[k], err = advertised(v, cfg.Advertise); err != nil {
+				return fail(err)
+			}
+		}
+		bind := cfg.GossipBind
+		if _, port, err := net.SplitHostPort(bind); err != nil || port == "0" || port == "" {
+			return fail(fmt.Errorf("advertise %s: the gossip bind address %q needs a fixed port", cfg.Advertise, bind))
+		}
+		if gossipAdvertise, err = advertised(bind, cfg.Advertise); err != nil {
+			return fail(err)
+		}
+	}
 	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	s.Members, err = cluster.Join(jctx, cluster.MembershipConfig{Client: cli, Keys: s.Keys, Self: self, GossipBind: cfg.GossipBind,
-		SecretKey: cfg.SecretKey, FastFailure: true, Log: log})
+		GossipAdvertise: gossipAdvertise, SecretKey: cfg.SecretKey, FastFailure: true, Log: log})
 	if err != nil {
 		if s.srv != nil {
 			s.srv.Close()
