@@ -4,7 +4,7 @@
 # and 3 workers as separate processes on 127.0.0.1, composes and ingests the
 # Fashion-outfits data set on first use, trains in sync mode with
 # checkpoints, evaluates on the test split and leaves a model and a plot.
-# Then it predicts three test images with the model. About 15 minutes on 2 cores.
+# Then it predicts three test images with the model. About 5 minutes on 2 cores.
 # Everything goes to ${OUT:-out/local}; WORKERS, PS, EPOCHS, MODE, SIZE change
 # the run; RESUME=1 continues an interrupted run from its newest checkpoint.
 set -euo pipefail
