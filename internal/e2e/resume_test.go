@@ -108,3 +108,35 @@ func TestResumeExact(t *testing.T) {
 		t.Errorf("history has %d lines, want header + 2 epochs:\n%s", n, hist)
 	}
 }
+
+// Resume with fewer workers: a sync run of 3 workers stopped after a
+// mid-epoch checkpoint is resumed with 2. The missing worker's units go back
+// to the pool, and every record is still consumed exactly once per epoch.
+func TestResumeFewerWorkers(t *testing.T) {
+	bin := buildTailor(t)
+	data := testShards(t, 24)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+	args := func(workers string, extra ...string) []string {
+		return append([]string{"--out", out, "--data", data, "--workers", workers, "--ps", "2", "--epochs", "2", "--batch", "8",
+			"--unit-size", "24", "--checkpoint-every", "3", "--audit"}, extra...)
+	}
+	r := startLocal(t, ctx, bin, nil, args("3")...)
+	r.waitFor(regexp.MustCompile(`msg=checkpoint .*reason=steps step=6 `), 3*time.Minute)
+	if err := r.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.cmd.Wait()
+	if strings.Contains(r.log.String(), "run local finished") {
+		t.Fatal("the run finished before it was interrupted")
+	}
+	r = startLocal(t, ctx, bin, nil, args("2", "--resume")...)
+	text := r.wait("resumed with 2 workers")
+	if !regexp.MustCompile(`msg="resumed without a worker of the checkpoint: its units go back to the pool" .*worker=w2`).MatchString(text) {
+		t.Errorf("w2's units were not released:\n%s", text)
+	}
+	if n := checkAudit(t, filepath.Join(out, "run"), data, 2); n != 1 {
+		t.Errorf("%d rollbacks in the audit log, want 1 (the resume)", n)
+	}
+}

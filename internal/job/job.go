@@ -160,7 +160,9 @@ func (s Spec) Validate() error {
 var ErrExists = errors.New("job: run already exists with a different spec")
 
 // Submit writes the spec of a new run. Submitting the same spec again is not
-// an error (a restarted `tailor local` resumes); a different one is.
+// an error (a restarted `tailor local` resumes), nor is one that differs
+// only in Workers (the spec takes the new count: a resume with another
+// number of workers); any other difference is.
 func Submit(ctx context.Context, cli *clientv3.Client, s Spec) error {
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("job spec: %w", err)
@@ -181,15 +183,27 @@ func Submit(ctx context.Context, cli *clientv3.Client, s Spec) error {
 		if !errors.Is(err, cluster.ErrConflict) {
 			return fmt.Errorf("submit run %s: %w", s.Run, err)
 		}
-		old, err := Load(ctx, cli, s.Run)
+		var old Spec
+		kv, err := cluster.GetJSON(ctx, cli, keys.Spec(), &old)
 		if err != nil {
-			return err
+			return fmt.Errorf("submit run %s: %w", s.Run, err)
 		}
 		s.JobID = old.JobID // the same spec submitted again is the same job
+		// the worker count is the one thing a resubmission may change (a
+		// run resumed with more or fewer workers)
+		workers := s.Workers
+		s.Workers = old.Workers
 		b, _ = json.Marshal(s)
 		ob, _ := json.Marshal(old)
 		if string(ob) != string(b) {
 			return fmt.Errorf("%w: %s", ErrExists, s.Run)
+		}
+		if workers != old.Workers {
+			s.Workers = workers
+			b, _ = json.Marshal(s)
+			if _, err := cluster.CAS(ctx, cli, keys.Spec(), kv.ModRev, b); err != nil {
+				return fmt.Errorf("submit run %s with %d workers: %w", s.Run, workers, err)
+			}
 		}
 	}
 	return nil

@@ -28,6 +28,14 @@ func TestSubmitLoad(t *testing.T) {
 	if err := Submit(ctx, cli, s2); !errors.Is(err, ErrExists) {
 		t.Errorf("different spec: %v", err)
 	}
+	s3 := s
+	s3.Workers = 5
+	if err := Submit(ctx, cli, s3); err != nil {
+		t.Errorf("another worker count: %v", err)
+	}
+	if got, err := Load(ctx, cli, "r1"); err != nil || got.Workers != 5 {
+		t.Errorf("worker count after resubmission: %d, %v; want 5", got.Workers, err)
+	}
 	got, err := Load(ctx, cli, "r1")
 	if err != nil || got.Epochs != s.Epochs || got.Augment != s.Augment {
 		t.Errorf("load: %+v %v", got, err)
