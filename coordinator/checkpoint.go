@@ -215,14 +215,25 @@ func (l *leader) auditLocked(b Batch) {
 	l.auditSeq++
 }
 
+// ResumeWorkerWait bounds how long a leader that goes on from a checkpoint
+// (a resume, a failover, a rollback) waits for spec.Workers workers: those
+// that are alive re-register within seconds, and one that died must not
+// stop the run.
+const ResumeWorkerWait = 20 * time.Second
+
 // waitWorkers waits until spec.Workers workers are live (sync runs are
-// reproducible only with a fixed set).
-func (l *leader) waitWorkers(ctx context.Context) error {
+// reproducible only with a fixed set): for good at a fresh start, at most
+// ResumeWorkerWait when going on from a checkpoint (resumed).
+func (l *leader) waitWorkers(ctx context.Context, resumed bool) error {
 	want := l.spec.Workers
-	last := time.Now()
+	start, last := time.Now(), time.Now()
 	for {
 		n := len(l.liveWorkers())
 		if n >= want {
+			return nil
+		}
+		if resumed && n > 0 && time.Since(start) > ResumeWorkerWait {
+			l.log.Warn("going on with fewer workers than the run asks for", "live", n, "want", want, "waited", ResumeWorkerWait)
 			return nil
 		}
 		if time.Since(last) > 5*time.Second {

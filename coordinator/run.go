@@ -363,7 +363,7 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 	l.audit.rollback(rs.AuditSeq)
 
 	step, asyncSteps := rs.Step, rs.AsyncSteps
-	if err := l.waitWorkers(ctx); err != nil {
+	if err := l.waitWorkers(ctx, meta != nil); err != nil {
 		return err
 	}
 	for epoch := rs.Epoch; epoch < spec.Epochs; epoch++ {

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test tier that CI runs: vet, the unit and integration tests with
 # OpenBLAS (the build tailor ships), the net's tests again on the pure-Go BLAS,
-# each fuzz target's seed corpus (part of go test), the static checks of the
-# deployment files, and the compose cluster test on this machine's Docker
-# engine (FROM-scratch images built here; TAILOR_SKIP_DOCKER=1 leaves it out
-# on a machine without Docker, and says so).
+# each fuzz target's seed corpus (part of go test), the chaos suite, the
+# static checks of the deployment files, and the compose cluster test on this
+# machine's Docker engine (FROM-scratch images built here; TAILOR_SKIP_DOCKER=1
+# leaves it out on a machine without Docker, and says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
@@ -12,6 +12,9 @@ export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 go vet -tags openblas ./...
 go test -tags openblas -count=1 -timeout 20m ./...
 go test -count=1 -timeout 10m ./model/ ./train/
+# the chaos suite: random kills of a worker, a parameter server and the leader
+go vet -tags 'openblas chaos' ./internal/e2e/
+go test -tags 'openblas chaos' -count=1 -timeout 15m -run TestChaos -v ./internal/e2e/
 bash deploy/check.sh
 if [ -n "${TAILOR_SKIP_DOCKER:-}" ]; then
   echo "test.sh: TAILOR_SKIP_DOCKER is set: the compose cluster test (deploy/test-compose.sh) did NOT run"
