@@ -114,7 +114,8 @@ func (l *leader) saveOrWarn(ctx context.Context, version int64, rs RunState, epo
 		return ctx.Err()
 	}
 	if errors.Is(err, cluster.ErrConflict) {
-		return fmt.Errorf("checkpoint pointer moved by someone else (no longer the leader?): %w", err)
+		// the leader guard failed, or another leader moved the pointer
+		return fmt.Errorf("%w: checkpoint pointer: %w", errLostLeadership, err)
 	}
 	l.log.Warn("checkpoint failed; training goes on from the previous one's safety", "reason", reason, "err", err)
 	return nil
@@ -244,7 +245,7 @@ func (l *leader) waitWorkers(ctx context.Context, resumed bool) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-l.term.Done():
-			return errors.New("lost leadership")
+			return errLostLeadership
 		case <-l.rollbackCh():
 			return errRollback
 		case <-time.After(100 * time.Millisecond):

@@ -90,8 +90,6 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer sess.Close(ctx)
-	reg := prometheus.NewRegistry()
-	sess.ServeMetrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	spec, mem, cli, keys := sess.Spec, sess.Members, sess.Client, sess.Keys
 	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: mem.Self()})
 	if err != nil {
@@ -108,30 +106,49 @@ func Run(ctx context.Context, cfg Config) error {
 			stopCampaign()
 		}
 	}()
-	term, err := elect.Campaign(cctx)
-	select {
-	case <-finished:
-		log.Info("the run is over")
-		if term != nil {
-			_ = term.Resign(context.WithoutCancel(ctx))
+	var term *cluster.Term
+	for {
+		term, err = elect.Campaign(cctx)
+		select {
+		case <-finished:
+			log.Info("the run is over")
+			if term != nil {
+				_ = term.Resign(context.WithoutCancel(ctx))
+			}
+			return nil
+		default:
 		}
-		return nil
-	default:
-	}
-	if err != nil {
-		return err
-	}
-	var status RunStatus
-	if _, err := cluster.GetJSON(ctx, cli, keys.Status(), &status); err == nil && status.State == "done" {
-		log.Info("the run is over")
-		_ = term.Resign(context.WithoutCancel(ctx))
-		return nil
-	}
-	log.Info("leading the run", "run", cfg.Run)
-	l := &leader{cfg: cfg, spec: spec, log: log, cli: cli, mem: mem, term: term, reg: reg,
-		wake: make(chan struct{}), decided: make(chan int64, 16), reported: map[string]int64{}}
-	if err := l.run(ctx, lis); err != nil {
-		return err
+		if err != nil {
+			return err
+		}
+		var status RunStatus
+		if _, err := cluster.GetJSON(ctx, cli, keys.Status(), &status); err == nil && status.State == "done" {
+			log.Info("the run is over")
+			_ = term.Resign(context.WithoutCancel(ctx))
+			return nil
+		}
+		log.Info("leading the run", "run", cfg.Run)
+		// each term has its own metrics registry (its gauges start afresh)
+		reg := prometheus.NewRegistry()
+		sess.ServeMetrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		l := &leader{cfg: cfg, spec: spec, log: log, cli: cli, mem: mem, term: term, reg: reg,
+			wake: make(chan struct{}), decided: make(chan int64, 16), reported: map[string]int64{}}
+		err = l.run(ctx, lis)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || !errors.Is(err, errLostLeadership) {
+			return err
+		}
+		// etcd was out of reach longer than the election lease (or another
+		// node took over): stand again; a new term goes on from the last
+		// checkpoint. The gRPC server closed the listener: open it again
+		// on the address the membership record publishes.
+		log.Warn("lost leadership; standing for election again", "err", err)
+		if lis, err = net.Listen("tcp", lis.Addr().String()); err != nil {
+			return fmt.Errorf("coordinator listener: %w", err)
+		}
+		defer lis.Close()
 	}
 	st, _ := json.Marshal(RunStatus{State: "done", Model: filepath.Join(spec.Out, "model.tailor"), Finished: time.Now().UTC()})
 	if _, err := cluster.Create(ctx, cli, keys.Status(), st, term.Guard()); err != nil && !errors.Is(err, cluster.ErrConflict) {
@@ -278,6 +295,9 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		l.mu.Unlock()
 	}
 }
+
+// errLostLeadership ends a term: the leader's election lease is gone.
+var errLostLeadership = errors.New("coordinator: lost leadership")
 
 // errRollback ends an attempt: a parameter server was lost.
 var errRollback = errors.New("coordinator: rolling back to the last checkpoint")
@@ -471,7 +491,7 @@ func (l *leader) epoch(ctx context.Context) (int64, error) {
 		}
 		select {
 		case <-l.term.Done():
-			return 0, errors.New("lost leadership")
+			return 0, errLostLeadership
 		case <-l.rollbackCh():
 			return 0, errRollback
 		default:
@@ -587,7 +607,7 @@ func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-l.term.Done():
-			return nil, errors.New("lost leadership")
+			return nil, errLostLeadership
 		case <-l.rollbackCh():
 			return nil, errRollback
 		case <-wake:
@@ -602,7 +622,7 @@ func (l *leader) waitDecided(ctx context.Context, step int64) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-l.term.Done():
-			return errors.New("lost leadership")
+			return errLostLeadership
 		case <-l.rollbackCh():
 			return errRollback
 		case s := <-l.decided:

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"bufio"
 	"context"
 	"encoding/json"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/shard"
 )
 
@@ -243,5 +246,42 @@ func TestParamServerKilled(t *testing.T) {
 	}
 	if n := checkAudit(t, filepath.Join(out, "run"), data, 3); n < 1 {
 		t.Errorf("%d rollbacks in the audit log, want at least 1", n)
+	}
+}
+
+// The leader's election lease is lost (as when etcd is out of its reach for
+// longer than the lease): with no standby, the coordinator stands for
+// election again instead of exiting, wins, goes on from the last checkpoint,
+// and the run completes with every record consumed once per epoch.
+func TestLeaderLeaseLost(t *testing.T) {
+	bin := buildTailor(t)
+	data := testShards(t, 24)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	r := startLocal(t, ctx, bin, nil, "--out", out, "--data", data, "--workers", "2", "--ps", "2",
+		"--epochs", "3", "--batch", "8", "--unit-size", "32", "--checkpoint-every", "4", "--audit")
+	etcd := r.waitFor(regexp.MustCompile(`run local: etcd (http://\S+);`), time.Minute)[1]
+	r.waitFor(regexp.MustCompile(`msg=checkpoint .*reason=steps step=1[6-9] `), 2*time.Minute)
+	cli, err := cluster.NewClient([]string{etcd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	resp, err := cli.Get(ctx, cluster.RunKeys("local").Election(), clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("election keys: %v, %v", resp, err)
+	}
+	if _, err := cli.Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	text := r.wait("after the leader's lease was revoked")
+	for _, want := range []string{"lost leadership; standing for election again", "msg=resumed"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("log lacks %q:\n%s", want, text)
+		}
+	}
+	if n := checkAudit(t, filepath.Join(out, "run"), data, 3); n != 1 {
+		t.Errorf("%d rollbacks in the audit log, want 1", n)
 	}
 }
