@@ -109,9 +109,11 @@ func TestResumeExact(t *testing.T) {
 	}
 }
 
-// Resume with fewer workers: a sync run of 3 workers stopped after a
-// mid-epoch checkpoint is resumed with 2. The missing worker's units go back
-// to the pool, and every record is still consumed exactly once per epoch.
+// Resume with fewer workers, from a damaged checkpoint: a sync run of 3
+// workers stopped after a mid-epoch checkpoint, whose newest checkpoint then
+// has a flipped byte, is resumed with 2. The damaged checkpoint is passed
+// over with a warning for the one before it; the missing worker's units go
+// back to the pool; every record is still consumed exactly once per epoch.
 func TestResumeFewerWorkers(t *testing.T) {
 	bin := buildTailor(t)
 	data := testShards(t, 24)
@@ -131,8 +133,28 @@ func TestResumeFewerWorkers(t *testing.T) {
 	if strings.Contains(r.log.String(), "run local finished") {
 		t.Fatal("the run finished before it was interrupted")
 	}
+	// damage the newest checkpoint: the resume must fall back to the one
+	// before it, with a warning
+	newest := regexp.MustCompile(`msg=checkpoint .*name=(\d+-\d+) `).FindAllStringSubmatch(r.log.String(), -1)
+	name := newest[len(newest)-1][1]
+	parts, _ := filepath.Glob(filepath.Join(out, "checkpoints", "local", "*", name, "ps-001.bin"))
+	if len(parts) != 1 {
+		t.Fatalf("part of checkpoint %s: %v", name, parts)
+	}
+	raw, err := os.ReadFile(parts[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[len(raw)/2] ^= 0x40
+	if err := os.WriteFile(parts[0], raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	r = startLocal(t, ctx, bin, nil, args("2", "--resume")...)
 	text := r.wait("resumed with 2 workers")
+	if !strings.Contains(text, `msg="checkpoint unusable, trying the one before" role=coordinator id=coord-a name=`+name) ||
+		!strings.Contains(text, `msg="resumed from an older checkpoint"`) {
+		t.Errorf("the damaged checkpoint %s was not passed over with a warning:\n%s", name, text)
+	}
 	if !regexp.MustCompile(`msg="resumed without a worker of the checkpoint: its units go back to the pool" .*worker=w2`).MatchString(text) {
 		t.Errorf("w2's units were not released:\n%s", text)
 	}
