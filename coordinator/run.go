@@ -90,6 +90,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer sess.Close(ctx)
+	// a standby serves an empty registry until it leads
+	sess.ServeMetrics(promhttp.HandlerFor(prometheus.NewRegistry(), promhttp.HandlerOpts{}))
 	spec, mem, cli, keys := sess.Spec, sess.Members, sess.Client, sess.Keys
 	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: mem.Self()})
 	if err != nil {
