@@ -37,7 +37,9 @@ func WatchIDs(m *Membership, role Role) *MemberIDs { return watchIDs(m, role) }
 // WatchRegisteredIDs follows the registered members of role (see
 // Membership.Registered): a member leaves the list when its lease expires
 // or it leaves, not at gossip's first suspicion.
-func WatchRegisteredIDs(m *Membership, role Role) *MemberIDs { return watchIDs(registeredView{m}, role) }
+func WatchRegisteredIDs(m *Membership, role Role) *MemberIDs {
+	return watchIDs(registeredView{m}, role)
+}
 
 type registeredView struct{ m *Membership }
 

@@ -16,10 +16,10 @@ const ServiceName = "tailor.ps.v1.ParameterServer"
 
 // Full method names.
 const (
-	MethodPush   = "/" + ServiceName + "/Push"
-	MethodInit   = "/" + ServiceName + "/Init"
-	MethodPull   = "/" + ServiceName + "/Pull"
-	MethodStatus = "/" + ServiceName + "/Status"
+	MethodPush       = "/" + ServiceName + "/Push"
+	MethodInit       = "/" + ServiceName + "/Init"
+	MethodPull       = "/" + ServiceName + "/Pull"
+	MethodStatus     = "/" + ServiceName + "/Status"
 	MethodIdle       = "/" + ServiceName + "/Idle"
 	MethodCheckpoint = "/" + ServiceName + "/Checkpoint"
 )
