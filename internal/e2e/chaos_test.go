@@ -122,10 +122,7 @@ func TestChaos(t *testing.T) {
 			t.Errorf("log lacks %q", want)
 		}
 	}
-	hist, _ := os.ReadFile(filepath.Join(out, "run", "history.csv"))
-	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 7 {
-		t.Errorf("history has %d lines, want header + 6 epochs:\n%s", n, hist)
-	}
+	wantEpochs(t, out, 6)
 	if n := checkAudit(t, filepath.Join(out, "run"), data, 6); n < 2 {
 		t.Errorf("%d rollbacks in the audit log, want at least 2 (the parameter server, the leader)", n)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -97,13 +96,7 @@ func runLocal(t *testing.T, bin, data, mode string, workers int, unitSize string
 			t.Errorf("output lacks %q:\n%s", want, stdout.String())
 		}
 	}
-	hist, err := os.ReadFile(filepath.Join(out, "run", "history.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 3 {
-		t.Errorf("history has %d lines, want header + 2 epochs:\n%s", n, hist)
-	}
+	wantEpochs(t, out, 2)
 	if _, err := model.Load(filepath.Join(out, "run", "model.tailor")); err != nil {
 		t.Errorf("model: %v", err)
 	}
@@ -136,10 +129,7 @@ func TestLocalClusterWorkerKilled(t *testing.T) {
 	if !strings.Contains(log, "worker lost") || !strings.Contains(log, "worker=w1") {
 		t.Errorf("the coordinator did not notice w1's death:\n%s", log)
 	}
-	hist, _ := os.ReadFile(filepath.Join(out, "run", "history.csv"))
-	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 4 {
-		t.Errorf("history has %d lines, want header + 3 epochs", n)
-	}
+	wantEpochs(t, out, 3)
 	// the dead worker's records went to the others: each exactly once
 	if n := checkAudit(t, filepath.Join(out, "run"), data, 3); n != 0 {
 		t.Errorf("%d rollbacks, want none (a worker's death needs none)", n)

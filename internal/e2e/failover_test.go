@@ -129,10 +129,7 @@ func TestCoordinatorFailover(t *testing.T) {
 		t.Fatalf("the standby did not resume from a checkpoint:\n%s", text)
 	}
 	t.Logf("leader killed at %s; %s", killed.Format("15:04:05.000"), resumed)
-	hist, _ := os.ReadFile(filepath.Join(out, "run", "history.csv"))
-	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 4 {
-		t.Errorf("history has %d lines, want header + 3 epochs:\n%s", n, hist)
-	}
+	wantEpochs(t, out, 3)
 	if n := checkAudit(t, filepath.Join(out, "run"), data, 3); n != 1 {
 		t.Errorf("%d rollbacks in the audit log, want 1", n)
 	}
@@ -240,10 +237,7 @@ func TestParamServerKilled(t *testing.T) {
 			t.Errorf("log lacks %q:\n%s", want, text)
 		}
 	}
-	hist, _ := os.ReadFile(filepath.Join(out, "run", "history.csv"))
-	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 4 {
-		t.Errorf("history has %d lines, want header + 3 epochs:\n%s", n, hist)
-	}
+	wantEpochs(t, out, 3)
 	if n := checkAudit(t, filepath.Join(out, "run"), data, 3); n < 1 {
 		t.Errorf("%d rollbacks in the audit log, want at least 1", n)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -73,4 +74,17 @@ func (r *localRun) wait(what string) string {
 		r.t.Fatalf("tailor local %s: %v\n%s", what, err, r.log.String())
 	}
 	return r.log.String()
+}
+
+// wantEpochs checks that a run's history (OUT/run/history.csv) has one line
+// per epoch after its header.
+func wantEpochs(t *testing.T, out string, epochs int) {
+	t.Helper()
+	hist, err := os.ReadFile(filepath.Join(out, "run", "history.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")) - 1; n != epochs {
+		t.Errorf("history has %d epochs, want %d:\n%s", n, epochs, hist)
+	}
 }

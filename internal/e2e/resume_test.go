@@ -103,10 +103,7 @@ func TestResumeExact(t *testing.T) {
 		same++
 	}
 	t.Logf("resumed from %s: %d step losses after it; %d of %d equal bit for bit", resumed, after, same, len(want))
-	hist, _ := os.ReadFile(filepath.Join(stopped, "run", "history.csv"))
-	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")); n != 3 {
-		t.Errorf("history has %d lines, want header + 2 epochs:\n%s", n, hist)
-	}
+	wantEpochs(t, stopped, 2)
 }
 
 // Resume with fewer workers, from a damaged checkpoint: a sync run of 3
