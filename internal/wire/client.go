@@ -161,19 +161,9 @@ func (c *Client) sendAll(ctx context.Context, stream int, step, version int64, t
 	n := len(c.conns)
 	replies := make([]PushReply, n)
 	errs := make([]error, n)
-	// one server's refusal settles the push: the others' (which may be
-	// holding it for a sync decision that can no longer include it) are
-	// cancelled rather than waited for
-	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() {
-			errs[i] = c.sendTo(cctx, i, stream, step, version, tensors, &replies[i])
-			if errors.Is(errs[i], ErrRejected) {
-				cancel()
-			}
-		})
+		wg.Go(func() { errs[i] = c.sendTo(ctx, i, stream, step, version, tensors, &replies[i]) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
