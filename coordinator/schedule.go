@@ -301,6 +301,20 @@ func importPos(units []Unit, ps map[string]PosState) (map[string]position, error
 	return pos, nil
 }
 
+// restorePosition rebuilds the ledger and the workers' places that both
+// schedulers keep.
+func restorePosition(units []Unit, seed uint64, st SchedState) (*Ledger, map[string]position, error) {
+	l, err := RestoreLedger(units, seed, st.Ledger)
+	if err != nil {
+		return nil, nil, err
+	}
+	pos, err := importPos(units, st.Pos)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, pos, nil
+}
+
 // Export returns the scheduler's position; ErrStepOpen while a step is open.
 func (s *Scheduler) Export() (SchedState, error) {
 	if s.open {
@@ -311,11 +325,7 @@ func (s *Scheduler) Export() (SchedState, error) {
 
 // RestoreScheduler rebuilds a sync scheduler at a position Export returned.
 func RestoreScheduler(units []Unit, seed uint64, batch int, st SchedState) (*Scheduler, error) {
-	l, err := RestoreLedger(units, seed, st.Ledger)
-	if err != nil {
-		return nil, err
-	}
-	pos, err := importPos(units, st.Pos)
+	l, pos, err := restorePosition(units, seed, st)
 	if err != nil {
 		return nil, err
 	}
@@ -339,11 +349,7 @@ func (s *AsyncScheduler) Export() (SchedState, error) {
 // RestoreAsyncScheduler rebuilds an async scheduler at a position Export
 // returned.
 func RestoreAsyncScheduler(units []Unit, seed uint64, batch int, st SchedState) (*AsyncScheduler, error) {
-	l, err := RestoreLedger(units, seed, st.Ledger)
-	if err != nil {
-		return nil, err
-	}
-	pos, err := importPos(units, st.Pos)
+	l, pos, err := restorePosition(units, seed, st)
 	if err != nil {
 		return nil, err
 	}
