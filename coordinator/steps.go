@@ -30,7 +30,8 @@ import (
 //     server; when a report completes more than k at once, the lowest
 //     ranks. The others are late.
 //   - Deadline after a step's first report, S_t = the participants
-//     complete on every server by then (or the first that becomes so).
+//     complete on every server by then, possibly none: an empty step
+//     changes no weight, and every server moves on to the next version.
 //
 // A decision is final: Commit records it (the ledger's etcd Txn) before
 // any server sees it, and a server asking again gets the same answer.
@@ -477,7 +478,12 @@ func (s *Steps) evaluateLocked(st *openStep) {
 	switch {
 	case len(complete) >= k:
 		inc = complete[:k]
-	case st.overdue && len(complete) > 0:
+	case st.overdue:
+		// Past the deadline: the participants complete on every server
+		// make the step. If there are none (each gradient is missing on
+		// some server), the step is empty: every server moves on without
+		// applying anything and every pusher is late, so its batch goes
+		// back to the epoch. Waiting longer could wait for ever.
 		inc = complete
 	default:
 		return

@@ -169,6 +169,23 @@ func TestStepsDeadline(t *testing.T) {
 	}
 }
 
+// Past the deadline with no participant complete on every server, the
+// step is decided empty: nobody's gradient is applied and everybody who
+// pushed is excluded (late), instead of waiting for ever.
+func TestStepsDeadlineNobodyComplete(t *testing.T) {
+	s := newTestSteps(t, 2, 0, func(c *StepsConfig) { c.Deadline = 100 * time.Millisecond })
+	s.SetParticipants(0, []string{"w0", "w1", "w2"})
+	a := startReport(s, 0, 0, "w0")
+	b := startReport(s, 1, 0, "w1")
+	wantDecision(t, a.wait(t), 0, nil, []string{"w0", "w1", "w2"})
+	wantDecision(t, b.wait(t), 0, nil, []string{"w0", "w1", "w2"})
+	// the next step is decided as usual
+	c := startReport(s, 0, 1, "w0", "w1", "w2")
+	d := startReport(s, 1, 1, "w0", "w1", "w2")
+	wantDecision(t, c.wait(t), 1, []string{"w0", "w1", "w2"}, nil)
+	wantDecision(t, d.wait(t), 1, []string{"w0", "w1", "w2"}, nil)
+}
+
 func TestStepsNoParticipantsWaits(t *testing.T) {
 	s := newTestSteps(t, 1, 0)
 	a := startReport(s, 0, 0, "w0")

@@ -27,11 +27,12 @@ func (f *fakeDecider) Decide(ctx context.Context, step int64, complete []string)
 	if failing {
 		f.fail--
 	}
+	decide := f.decide
 	f.mu.Unlock()
 	if failing {
 		return wire.Decision{}, errors.New("coordinator unreachable")
 	}
-	if d, ok := f.decide(step, complete); ok {
+	if d, ok := decide(step, complete); ok {
 		return d, nil
 	}
 	<-ctx.Done()
@@ -125,6 +126,49 @@ func TestDeciderLate(t *testing.T) {
 	if st := c.status(t, 0); st.Missing != 1 || rejected(st, wire.ReasonLate) != 1 || st.Pending != 0 {
 		t.Errorf("missing %d, late %d, pending %d; want 1, 1, 0", st.Missing, rejected(st, wire.ReasonLate), st.Pending)
 	}
+}
+
+// An empty decision (nobody's gradient is complete everywhere by the
+// deadline) moves the version on without changing a weight; every pusher
+// is late.
+func TestDeciderEmptyStep(t *testing.T) {
+	dec := &fakeDecider{decide: func(step int64, complete []string) (wire.Decision, bool) {
+		return wire.Decision{Step: step, Excluded: []string{"w0", "w1"}}, len(complete) == 2
+	}}
+	cfgs := syncConfigs(t, 1, func(c *Config) { c.Decider = dec })
+	c := startCluster(t, NewStaticMembers("w0", "w1"), cfgs...)
+	init := initCluster(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	errs := pushAll(t, c, ctx, 0, 0, 1)
+	for i, err := range errs {
+		if re := (*wire.RejectedError)(nil); !errors.As(err, &re) || re.Reason != wire.ReasonLate || re.Version != 1 {
+			t.Errorf("push of w%d: got %v, want %s at version 1", i, err, wire.ReasonLate)
+		}
+	}
+	into := zeros(c.spec)
+	if _, err := c.client(t, "w0").Pull(ctx, 1, into); err != nil {
+		t.Fatal(err)
+	}
+	ref := newReference(t, cfgs[0], init)
+	sameBits(t, c.spec, into, ref.weights)
+	if st := c.status(t, 0); st.Version != 1 || st.Missing != 2 || st.Pending != 0 {
+		t.Errorf("version %d, missing %d, pending %d; want 1, 2, 0", st.Version, st.Missing, st.Pending)
+	}
+	// the next step applies as usual
+	dec.mu.Lock()
+	dec.decide = func(step int64, complete []string) (wire.Decision, bool) {
+		return wire.Decision{Step: step, Included: []string{"w0", "w1"}}, len(complete) == 2
+	}
+	dec.mu.Unlock()
+	if errs := pushAll(t, c, ctx, 1, 0, 1); errs[0] != nil || errs[1] != nil {
+		t.Fatalf("step 1: %v", errs)
+	}
+	ref.step(t, grad(c.spec, 0, 1), grad(c.spec, 1, 1))
+	if _, err := c.client(t, "w0").Pull(ctx, 2, into); err != nil {
+		t.Fatal(err)
+	}
+	sameBits(t, c.spec, into, ref.weights)
 }
 
 // A decision naming a gradient the server does not hold is a protocol

@@ -60,8 +60,10 @@ func (d Decision) Validate() error {
 	switch {
 	case d.Step < 0:
 		return fmt.Errorf("decision of step %d", d.Step)
-	case len(d.Included) == 0:
-		return fmt.Errorf("decision of step %d includes nobody", d.Step)
+	case len(d.Included) == 0 && len(d.Excluded) == 0:
+		// an empty step (nobody's gradient made it) still names the
+		// workers it leaves out
+		return fmt.Errorf("decision of step %d names nobody", d.Step)
 	case len(d.Included) > MaxDecideWorkers || len(d.Excluded) > MaxDecideWorkers:
 		return fmt.Errorf("decision of step %d lists %d+%d workers, at most %d each", d.Step, len(d.Included), len(d.Excluded), MaxDecideWorkers)
 	}

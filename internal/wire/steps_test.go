@@ -55,7 +55,7 @@ func TestDecideInvalid(t *testing.T) {
 		{"negative server", &DecideRequest{RunID: "r", Server: -1}},
 		{"long run id", &DecideRequest{RunID: long}},
 		{"too many", &DecideRequest{RunID: "r", Complete: make([]string, MaxDecideWorkers+1)}},
-		{"includes nobody", &DecideReply{RunID: "r", Decision: Decision{Step: 1}}},
+		{"names nobody", &DecideReply{RunID: "r", Decision: Decision{Step: 1}}},
 		{"included twice", &DecideReply{RunID: "r", Decision: Decision{Included: []string{"a", "a"}}}},
 		{"excluded unsorted", &DecideReply{RunID: "r", Decision: Decision{Included: []string{"a"}, Excluded: []string{"c", "b"}}}},
 		{"both", &DecideReply{RunID: "r", Decision: Decision{Included: []string{"a", "b"}, Excluded: []string{"b"}}}},
@@ -155,7 +155,7 @@ func (f stepsFunc) Decide(ctx context.Context, req *DecideRequest) (*DecideReply
 
 func serveStepsFunc(t *testing.T, f stepsFunc) *grpc.ClientConn {
 	t.Helper()
-	g := grpc.NewServer(ServerOptions()...)
+	g := grpc.NewServer(ServerOptions(nil)...)
 	RegisterSteps(g, f)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -163,7 +163,7 @@ func serveStepsFunc(t *testing.T, f stepsFunc) *grpc.ClientConn {
 	}
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), DialOptions()...)
+	conn, err := grpc.NewClient(lis.Addr().String(), DialOptions(nil)...)
 	if err != nil {
 		t.Fatal(err)
 	}
