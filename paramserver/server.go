@@ -698,23 +698,27 @@ func (s *Server) completeLocked(end string) {
 }
 
 // applyPendingLocked applies the average of the pending gradients of ids
-// (a non-empty subset of the pending workers), summed in the order of
-// ids, recycles every pending buffer and moves to the next version. The caller counts the
+// (a subset of the pending workers; none for an empty step), summed in
+// the order of ids, recycles every pending buffer and moves to the next version. The caller counts the
 // step's end and calls weightsChangedLocked.
 func (s *Server) applyPendingLocked(ids []string) {
 	grads := make([][]float32, len(ids))
 	for i, w := range ids {
 		grads[i] = s.pending[w]
 	}
-	g := grads[0]
-	if len(grads) > 1 {
+	switch len(grads) {
+	case 0:
+		// an empty step (a decision that includes nobody): the version
+		// moves on, the weights and the optimizer's state stay
+	case 1:
+		s.applyLocked(grads[0])
+	default:
 		if s.avg == nil {
 			s.avg = make([]float32, s.size)
 		}
 		average(s.avg, grads)
-		g = s.avg
+		s.applyLocked(s.avg)
 	}
-	s.applyLocked(g)
 	for w, b := range s.pending {
 		s.bufs.put(b)
 		delete(s.pending, w)
