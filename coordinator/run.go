@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -48,7 +49,13 @@ type Config struct {
 	GossipBind  string
 	Advertise   string // host peers dial this process at (see job.JoinConfig)
 	SecretKey   []byte
-	Log         *slog.Logger
+	// TLS, if set, is mutual TLS on the gRPC server (workers' work
+	// requests, parameter servers' step reports) and on the connections
+	// to the parameter servers (certs.Config); nil is plaintext.
+	TLS *tls.Config
+	// EtcdAuth is the etcd client's TLS and credentials.
+	EtcdAuth cluster.EtcdAuth
+	Log      *slog.Logger
 	// ProgressInterval is how often the leader publishes its progress for
 	// tailor status; 0 means ProgressInterval (the constant).
 	ProgressInterval time.Duration
@@ -84,7 +91,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer lis.Close()
 	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Advertise: cfg.Advertise, MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind,
-		SecretKey: cfg.SecretKey, Log: log,
+		SecretKey: cfg.SecretKey, EtcdAuth: cfg.EtcdAuth, Log: log,
 		Self: cluster.Member{ID: cfg.ID, Role: cluster.RoleCoordinator, Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}})
 	if err != nil {
 		return err
@@ -271,7 +278,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		every = ProgressInterval
 	}
 	defer l.startProgress(ctx, every)() // train-progress in etcd, for tailor status
-	gs := grpc.NewServer(wire.ServerOptions()...)
+	gs := grpc.NewServer(wire.ServerOptions(l.cfg.TLS)...)
 	wire.RegisterWork(gs, l)
 	wire.RegisterSteps(gs, l.steps)
 	go gs.Serve(lis)
@@ -350,7 +357,7 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 	l.mu.Lock()
 	l.psAddrs = psAddrs
 	l.mu.Unlock()
-	ps, err := wire.NewClient(wire.ClientConfig{RunID: spec.Run, WorkerID: "coordinator", Addrs: psAddrs, Spec: wspec})
+	ps, err := wire.NewClient(wire.ClientConfig{RunID: spec.Run, WorkerID: "coordinator", Addrs: psAddrs, Spec: wspec, TLS: l.cfg.TLS})
 	if err != nil {
 		return err
 	}

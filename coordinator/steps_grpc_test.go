@@ -52,7 +52,7 @@ type rig struct {
 
 func serveSteps(tb testing.TB, steps *coordinator.Steps) *grpc.ClientConn {
 	tb.Helper()
-	g := grpc.NewServer(wire.ServerOptions()...)
+	g := grpc.NewServer(wire.ServerOptions(nil)...)
 	wire.RegisterSteps(g, steps)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -60,7 +60,7 @@ func serveSteps(tb testing.TB, steps *coordinator.Steps) *grpc.ClientConn {
 	}
 	go g.Serve(lis)
 	tb.Cleanup(g.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), wire.DialOptions()...)
+	conn, err := grpc.NewClient(lis.Addr().String(), wire.DialOptions(nil)...)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -332,7 +332,7 @@ func TestDecidedStepsMatchReference(t *testing.T) {
 // until ctx ends.
 func (r *rig) pushTo(ctx context.Context, tb testing.TB, i int, worker string, ts [][]float32) {
 	tb.Helper()
-	conn, err := grpc.NewClient(r.addrs[i], wire.DialOptions()...)
+	conn, err := grpc.NewClient(r.addrs[i], wire.DialOptions(nil)...)
 	if err != nil {
 		tb.Fatal(err)
 	}

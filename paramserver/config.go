@@ -1,6 +1,7 @@
 package paramserver
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,6 +62,10 @@ type Config struct {
 	// Checkpoints is where Checkpoint requests read and write part blobs;
 	// with no store, they are refused.
 	Checkpoints checkpoint.Location `json:"-"`
+	// TLS, if set, makes Serve require mutual TLS (certs.Config): only
+	// clients with a certificate signed by its CA may push or pull. Nil
+	// serves plaintext.
+	TLS *tls.Config `json:"-"`
 	// ListenAddr is the gRPC address of ListenAndServe.
 	ListenAddr string `json:"listen_addr"`
 	// Logger receives rejections and step events; nil discards them.

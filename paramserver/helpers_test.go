@@ -224,7 +224,7 @@ func sameBits(tb testing.TB, spec wire.Spec, got, want [][]float32) {
 // checks, and returns the server's reply.
 func rawPush(tb testing.TB, addr string, chunks []*wire.Chunk) (*wire.PushReply, error) {
 	tb.Helper()
-	conn, err := grpc.NewClient(addr, wire.DialOptions()...)
+	conn, err := grpc.NewClient(addr, wire.DialOptions(nil)...)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package paramserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,7 +33,12 @@ type NodeConfig struct {
 	GossipBind  string
 	Advertise   string // host peers dial this process at (see job.JoinConfig)
 	SecretKey   []byte
-	Log         *slog.Logger
+	// TLS, if set, is mutual TLS on the gRPC server and on the connection
+	// to the leading coordinator (certs.Config); nil is plaintext.
+	TLS *tls.Config
+	// EtcdAuth is the etcd client's TLS and credentials.
+	EtcdAuth cluster.EtcdAuth
+	Log      *slog.Logger
 }
 
 // RunNode is a parameter server's life in a cluster run: it reads the run's
@@ -59,7 +65,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	}
 	defer lis.Close()
 	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Advertise: cfg.Advertise, MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind,
-		SecretKey: cfg.SecretKey, Log: log,
+		SecretKey: cfg.SecretKey, EtcdAuth: cfg.EtcdAuth, Log: log,
 		Self: cluster.Member{ID: fmt.Sprintf("ps%d", cfg.Index), Role: cluster.RoleParamServer, Rank: cfg.Index,
 			Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}})
 	if err != nil {
@@ -97,13 +103,14 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	pc.Checkpoints = ckpts
 	pc.Index, pc.Servers, pc.Adam, pc.Mode = cfg.Index, spec.ParamServers, spec.AdamConfig(), Mode(spec.Mode)
 	pc.Staleness, pc.StepDeadline, pc.Logger = spec.Staleness, spec.StepDeadline, log
+	pc.TLS = cfg.TLS
 	var ld *leaderDecider
 	if pc.Mode == Sync {
 		elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: mem.Self()})
 		if err != nil {
 			return err
 		}
-		ld = &leaderDecider{elect: elect, run: cfg.Run, index: cfg.Index, log: log}
+		ld = &leaderDecider{elect: elect, run: cfg.Run, index: cfg.Index, log: log, tls: cfg.TLS}
 		defer ld.close()
 		pc.Decider = ld
 	} else {
@@ -149,6 +156,7 @@ type leaderDecider struct {
 	run   string
 	index int
 	log   *slog.Logger
+	tls   *tls.Config
 
 	mu   sync.Mutex
 	addr string
@@ -173,7 +181,7 @@ func (d *leaderDecider) client(ctx context.Context) (*wire.DeciderClient, error)
 	if d.conn != nil {
 		d.conn.Close()
 	}
-	conn, err := grpc.NewClient(addr, wire.DialOptions()...)
+	conn, err := grpc.NewClient(addr, wire.DialOptions(d.tls)...)
 	if err != nil {
 		return nil, err
 	}

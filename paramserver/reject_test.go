@@ -181,7 +181,7 @@ func (corruptCodec) Unmarshal(data mem.BufferSlice, v any) error {
 func TestCorruptPayload(t *testing.T) {
 	c := startCluster(t, NewStaticMembers("w0"), syncConfigs(t, 1, nil)...)
 	init := initCluster(t, c)
-	conn, err := grpc.NewClient(c.addrs[0], wire.DialOptions()...)
+	conn, err := grpc.NewClient(c.addrs[0], wire.DialOptions(nil)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -35,8 +36,13 @@ type Config struct {
 	Advertise   string // host peers dial this process at (see job.JoinConfig)
 	MetricsAddr string // host:port for /metrics; empty: none
 	SecretKey   []byte // gossip encryption key
-	ShardCache  int    // shards kept in memory
-	Log         *slog.Logger
+	// TLS, if set, is mutual TLS to the parameter servers and the
+	// coordinator (certs.Config); nil is plaintext.
+	TLS *tls.Config
+	// EtcdAuth is the etcd client's TLS and credentials.
+	EtcdAuth   cluster.EtcdAuth
+	ShardCache int // shards kept in memory
+	Log        *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -69,7 +75,7 @@ func Run(ctx context.Context, cfg Config) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Advertise: cfg.Advertise, Self: cluster.Member{ID: cfg.ID, Role: cluster.RoleWorker},
-		MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind, SecretKey: cfg.SecretKey, Log: log})
+		MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind, SecretKey: cfg.SecretKey, EtcdAuth: cfg.EtcdAuth, Log: log})
 	if err != nil {
 		return err
 	}
@@ -87,7 +93,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	client, err := wire.NewClient(wire.ClientConfig{RunID: cfg.Run, WorkerID: cfg.ID, Addrs: psAddrs, Spec: wspec})
+	client, err := wire.NewClient(wire.ClientConfig{RunID: cfg.Run, WorkerID: cfg.ID, Addrs: psAddrs, Spec: wspec, TLS: cfg.TLS})
 	if err != nil {
 		return err
 	}
@@ -141,7 +147,7 @@ func (w *runner) coordinator(ctx context.Context) (*wire.WorkClient, error) {
 			if w.conn != nil {
 				w.conn.Close()
 			}
-			conn, err := grpc.NewClient(addr, wire.DialOptions()...)
+			conn, err := grpc.NewClient(addr, wire.DialOptions(w.cfg.TLS)...)
 			if err != nil {
 				return nil, err
 			}
@@ -297,7 +303,7 @@ func (w *runner) followServers(ctx context.Context) {
 	if err != nil || slices.Equal(addrs, w.psAddrs) {
 		return
 	}
-	client, err := wire.NewClient(wire.ClientConfig{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Addrs: addrs, Spec: w.wspec})
+	client, err := wire.NewClient(wire.ClientConfig{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Addrs: addrs, Spec: w.wspec, TLS: w.cfg.TLS})
 	if err != nil {
 		w.log.Warn("reconnecting to the parameter servers", "err", err)
 		return

@@ -69,7 +69,7 @@ names unless --force.`)
 		fmt.Fprintf(env.Stderr, "tailor checkpoints: want ls, show NAME or rm NAME (got %q with %d arguments)\n", action, len(args))
 		return 2
 	}
-	cli, err := cluster.NewClient(cf.endpoints())
+	cli, err := cf.sec.etcdClient(cf.endpoints())
 	if err != nil {
 		return fail(env, err)
 	}

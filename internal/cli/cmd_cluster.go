@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"flag"
 	"fmt"
@@ -25,6 +26,7 @@ func init() {
 // clusterFlags are the flags every cluster role has.
 type clusterFlags struct {
 	etcd, run, gossip, metrics, secret, advertise string
+	sec                                           securityFlags
 }
 
 func (c *clusterFlags) add(fs *flag.FlagSet) {
@@ -34,6 +36,18 @@ func (c *clusterFlags) add(fs *flag.FlagSet) {
 	fs.StringVar(&c.metrics, "metrics-listen", "", "Prometheus /metrics listen address (empty: none)")
 	fs.StringVar(&c.secret, "gossip-key-file", "", "file holding the hex gossip encryption key (16, 24 or 32 bytes)")
 	fs.StringVar(&c.advertise, "advertise", os.Getenv("TAILOR_ADVERTISE"), "host name or address peers dial this process at, with each listener's port (for listeners on 0.0.0.0; needs a fixed --gossip port; env TAILOR_ADVERTISE)")
+	c.sec.add(fs)
+}
+
+// security loads the roles' mutual TLS and the etcd client's TLS and
+// credentials.
+func (c *clusterFlags) security() (*tls.Config, cluster.EtcdAuth, error) {
+	wt, err := c.sec.wireTLS()
+	if err != nil {
+		return nil, cluster.EtcdAuth{}, err
+	}
+	auth, err := c.sec.etcdAuth(c.endpoints())
+	return wt, auth, err
 }
 
 func (c *clusterFlags) endpoints() []string {
@@ -93,11 +107,15 @@ and keeps the best model in the run's output folder. Start two for a standby.`)
 	if err != nil {
 		return fail(env, err)
 	}
+	wt, auth, err := cf.security()
+	if err != nil {
+		return fail(env, err)
+	}
 	// TAILOR_PROGRESS_INTERVAL (a duration) tunes how often tailor status's
 	// numbers refresh; tests shorten it
 	every, _ := time.ParseDuration(os.Getenv("TAILOR_PROGRESS_INTERVAL"))
 	err = coordinator.Run(ctx, coordinator.Config{Run: cf.run, ID: id, Etcd: cf.endpoints(), Listen: listen, MetricsAddr: cf.metrics,
-		GossipBind: cf.gossip, Advertise: cf.advertise, SecretKey: key, Log: env.Log.With("role", "coordinator", "id", id), ProgressInterval: every})
+		GossipBind: cf.gossip, Advertise: cf.advertise, SecretKey: key, TLS: wt, EtcdAuth: auth, Log: env.Log.With("role", "coordinator", "id", id), ProgressInterval: every})
 	if err != nil {
 		return fail(env, err)
 	}
@@ -128,8 +146,12 @@ weights, until the coordinator says the run is done.`)
 	if err != nil {
 		return fail(env, err)
 	}
+	wt, auth, err := cf.security()
+	if err != nil {
+		return fail(env, err)
+	}
 	err = worker.Run(ctx, worker.Config{Run: cf.run, ID: id, Etcd: cf.endpoints(), GossipBind: cf.gossip, Advertise: cf.advertise, MetricsAddr: cf.metrics,
-		SecretKey: key, Log: env.Log.With("role", "worker", "id", id)})
+		SecretKey: key, TLS: wt, EtcdAuth: auth, Log: env.Log.With("role", "worker", "id", id)})
 	if err != nil {
 		return fail(env, err)
 	}
@@ -143,8 +165,12 @@ func runParamServerNode(ctx context.Context, env *Env, cf clusterFlags, index in
 	if err != nil {
 		return fail(env, err)
 	}
+	wt, auth, err := cf.security()
+	if err != nil {
+		return fail(env, err)
+	}
 	err = paramserver.RunNode(ctx, paramserver.NodeConfig{Run: cf.run, Index: index, Etcd: cf.endpoints(), Listen: listen,
-		MetricsAddr: cf.metrics, GossipBind: cf.gossip, Advertise: cf.advertise, SecretKey: key, Log: env.Log.With("role", "paramserver", "index", index)})
+		MetricsAddr: cf.metrics, GossipBind: cf.gossip, Advertise: cf.advertise, SecretKey: key, TLS: wt, EtcdAuth: auth, Log: env.Log.With("role", "paramserver", "index", index)})
 	if err != nil {
 		return fail(env, err)
 	}
@@ -194,7 +220,7 @@ different spec for an existing run is an error.`)
 	if s.Out == "" {
 		s.Out = "out/" + s.Run
 	}
-	cli, err := cluster.NewClient(cf.endpoints())
+	cli, err := cf.sec.etcdClient(cf.endpoints())
 	if err != nil {
 		return fail(env, err)
 	}

@@ -96,6 +96,9 @@ else (model, mode, workers, step decisions) from the run.`)
 		cfg.Adam.Decay = cfg.Adam.LR / float64(epochs)
 	}
 	cfg.Logger = env.Log
+	if cfg.TLS, err = cf.sec.wireTLS(); err != nil {
+		return fail(env, err)
+	}
 	members := paramserver.NewStaticMembers(strings.Split(workers, ",")...)
 	srv, err := paramserver.New(cfg, members)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -124,6 +125,7 @@ cannot be read.`)
 	fs.BoolVar(&jsonOut, "json", false, "print JSON (with --watch: one object per line)")
 	fs.DurationVar(&watch, "watch", 0, "show the run again every interval (e.g. 2s) until it is done")
 	fs.DurationVar(&timeout, "timeout", 5*time.Second, "bound on reading the run once")
+	cf.sec.add(fs)
 	if code, done := parse(env, fs); done {
 		return code
 	}
@@ -135,7 +137,11 @@ cannot be read.`)
 		fmt.Fprintf(env.Stderr, "tailor status: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	cli, err := cluster.NewClient(cf.endpoints())
+	wt, err := cf.sec.wireTLS()
+	if err != nil {
+		return fail(env, err)
+	}
+	cli, err := cf.sec.etcdClient(cf.endpoints())
 	if err != nil {
 		return fail(env, err)
 	}
@@ -143,7 +149,7 @@ cannot be read.`)
 	clear := watch > 0 && !jsonOut && isTerminalWriter(env.Stdout)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, timeout)
-		v, err := collectStatus(cctx, cli, run)
+		v, err := collectStatus(cctx, cli, run, wt)
 		cancel()
 		if err != nil {
 			if watch == 0 || ctx.Err() != nil {
@@ -198,7 +204,8 @@ type memberRecord struct {
 
 // collectStatus reads the run from etcd, then asks the parameter servers
 // and scrapes the workers' metrics, all within ctx.
-func collectStatus(ctx context.Context, cli *clientv3.Client, run string) (*runStatusView, error) {
+// Parameter servers are dialled with sec (mutual TLS), if not nil.
+func collectStatus(ctx context.Context, cli *clientv3.Client, run string, sec *tls.Config) (*runStatusView, error) {
 	keys := cluster.RunKeys(run)
 	v := &runStatusView{Run: run, At: time.Now().UTC(), State: stateWaiting, Members: []memberView{}}
 	var spec job.Spec
@@ -282,7 +289,7 @@ func collectStatus(ctx context.Context, cli *clientv3.Client, run string) (*runS
 		switch {
 		case m.Role == cluster.RoleParamServer && m.Addrs["grpc"] != "":
 			wg.Go(func() {
-				ps, err := psStatus(ctx, m.Addrs["grpc"], run)
+				ps, err := psStatus(ctx, m.Addrs["grpc"], run, sec)
 				if err != nil {
 					problem("paramserver %s: %v", m.ID, err)
 					return
@@ -319,8 +326,8 @@ func roleOrder(r cluster.Role) int {
 }
 
 // psStatus asks one parameter server for its counters.
-func psStatus(ctx context.Context, addr, run string) (*psView, error) {
-	conn, err := grpc.NewClient(addr, wire.DialOptions()...)
+func psStatus(ctx context.Context, addr, run string, sec *tls.Config) (*psView, error) {
+	conn, err := grpc.NewClient(addr, wire.DialOptions(sec)...)
 	if err != nil {
 		return nil, err
 	}

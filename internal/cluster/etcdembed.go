@@ -44,7 +44,21 @@ type EtcdConfig struct {
 	// CompactionRetention is the periodic auto-compaction retention
 	// ("1h", "10m"). Default "1h"; "0" disables compaction.
 	CompactionRetention string
+	// ClientTLS, if its Cert and Key are set, serves clients over TLS
+	// with that key pair (a free ClientURL is then https://; a given one
+	// must be). With ClientCertAuth, clients must present a certificate
+	// signed by ClientTLS.CA (etcd's --client-cert-auth).
+	ClientTLS      TLSFiles
+	ClientCertAuth bool
 }
+
+// TLSFiles are PEM files of a TLS endpoint: its key pair and the CA its
+// peers' certificates are checked against.
+type TLSFiles struct {
+	CA, Cert, Key string
+}
+
+func (f TLSFiles) enabled() bool { return f.Cert != "" && f.Key != "" }
 
 // EmbeddedEtcd is a running embedded etcd.
 type EmbeddedEtcd struct {
@@ -93,12 +107,22 @@ func StartEtcd(ctx context.Context, cfg EtcdConfig) (*EmbeddedEtcd, error) {
 		cfg.Dir, ownsDir = dir, true
 	}
 	autoPorts := cfg.ClientURL == "" || cfg.PeerURL == ""
+	clientScheme := "http"
+	if cfg.ClientTLS.enabled() {
+		clientScheme = "https"
+		if cfg.ClientURL != "" && !strings.HasPrefix(cfg.ClientURL, "https://") {
+			return nil, fmt.Errorf("cluster: etcd client url %q: want https:// with client TLS", cfg.ClientURL)
+		}
+	}
+	if cfg.ClientCertAuth && cfg.ClientTLS.CA == "" {
+		return nil, errors.New("cluster: etcd client cert auth needs a CA file")
+	}
 
 	var lastErr error
 	for attempt := 0; attempt < portAttempts; attempt++ {
 		try := cfg
 		if try.ClientURL == "" {
-			u, err := freeURL()
+			u, err := freeURL(clientScheme)
 			if err != nil {
 				lastErr = err
 				break
@@ -106,7 +130,7 @@ func StartEtcd(ctx context.Context, cfg EtcdConfig) (*EmbeddedEtcd, error) {
 			try.ClientURL = u
 		}
 		if try.PeerURL == "" {
-			u, err := freeURL()
+			u, err := freeURL("http")
 			if err != nil {
 				lastErr = err
 				break
@@ -151,6 +175,12 @@ func startEtcd(ctx context.Context, cfg EtcdConfig) (*embed.Etcd, error) {
 	ec.LogOutputs = cfg.LogOutputs
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
 	ec.AutoCompactionRetention = cfg.CompactionRetention
+	if cfg.ClientTLS.enabled() {
+		ec.ClientTLSInfo.CertFile = cfg.ClientTLS.Cert
+		ec.ClientTLSInfo.KeyFile = cfg.ClientTLS.Key
+		ec.ClientTLSInfo.TrustedCAFile = cfg.ClientTLS.CA
+		ec.ClientTLSInfo.ClientCertAuth = cfg.ClientCertAuth
+	}
 
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
@@ -202,16 +232,16 @@ func (e *EmbeddedEtcd) Close() {
 	})
 }
 
-// freeURL returns http://127.0.0.1:<port> for a port that was free a moment
-// ago.
-func freeURL() (string, error) {
+// freeURL returns scheme://127.0.0.1:<port> for a port that was free a
+// moment ago.
+func freeURL(scheme string) (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", fmt.Errorf("cluster: pick a free port: %w", err)
 	}
 	addr := l.Addr().String()
 	l.Close()
-	return "http://" + addr, nil
+	return scheme + "://" + addr, nil
 }
 
 func isAddrInUse(err error) bool {

@@ -93,7 +93,7 @@ func TestBadMessagesRejectedByParamServer(t *testing.T) {
 		}
 		return out
 	}
-	conn, err := grpc.NewClient(addr, wire.DialOptions()...)
+	conn, err := grpc.NewClient(addr, wire.DialOptions(nil)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,9 @@ type JoinConfig struct {
 	// gossip bind address then needs a fixed port.
 	Advertise string
 	SecretKey []byte
-	Log       *slog.Logger
+	// EtcdAuth is the etcd client's TLS and credentials.
+	EtcdAuth cluster.EtcdAuth
+	Log      *slog.Logger
 }
 
 // advertised replaces the host of a listen address by host.
@@ -69,7 +71,7 @@ func Join(ctx context.Context, cfg JoinConfig) (*Session, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	cli, err := cluster.NewClient(cfg.Etcd)
+	cli, err := cluster.NewAuthClient(cfg.Etcd, cfg.EtcdAuth)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -26,7 +27,10 @@ type ClientConfig struct {
 	// NoChecksum turns off the CRC-32C of pushed and pulled payloads
 	// (FlagChecksum), trading integrity for about a quarter of the CPU.
 	NoChecksum bool
-	// DialOptions are appended to DialOptions().
+	// TLS, if set, is the client's mutual TLS (see DialOptions); nil dials
+	// plaintext.
+	TLS *tls.Config
+	// DialOptions are appended to DialOptions(TLS).
 	DialOptions []grpc.DialOption
 }
 
@@ -63,7 +67,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.NoChecksum {
 		c.flags = 0
 	}
-	opts := append(DialOptions(), cfg.DialOptions...)
+	opts := append(DialOptions(cfg.TLS), cfg.DialOptions...)
 	for i, a := range cfg.Addrs {
 		conn, err := grpc.NewClient(a, opts...)
 		if err != nil {

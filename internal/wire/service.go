@@ -2,10 +2,12 @@ package wire
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
@@ -140,11 +142,17 @@ const (
 	ioBuffer     = 1 << 20
 )
 
-// ServerOptions are the gRPC server options a parameter server needs:
+// ServerOptions are the gRPC server options every role's server needs:
 // message size limits, flow-control windows, buffers and keepalive policy.
 // The codec is registered globally (content-subtype CodecName).
-func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+//
+// sec, if not nil, is the server's TLS (certs.Config): the server then
+// presents its certificate and, with sec.ClientAuth set to
+// tls.RequireAndVerifyClientCert, refuses every connection whose client
+// has no certificate signed by sec.ClientCAs (mutual TLS). Nil serves
+// plaintext.
+func ServerOptions(sec *tls.Config) []grpc.ServerOption {
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.MaxSendMsgSize(MaxMessageBytes),
 		grpc.InitialWindowSize(streamWindow),
@@ -155,13 +163,23 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	}
+	if sec != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(sec)))
+	}
+	return opts
 }
 
-// DialOptions are the matching client options. Connections are plaintext:
-// the cluster network is trusted (see paramserver/doc.go).
-func DialOptions() []grpc.DialOption {
+// DialOptions are the matching client options. sec, if not nil, is the
+// client's TLS (certs.Config): the client verifies the server's certificate
+// against sec.RootCAs and the dialled host name, and presents its own. Nil
+// dials plaintext, for a trusted network (see docs/security.md).
+func DialOptions(sec *tls.Config) []grpc.DialOption {
+	creds := insecure.NewCredentials()
+	if sec != nil {
+		creds = credentials.NewTLS(sec)
+	}
 	return []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(
 			grpc.CallContentSubtype(CodecName),
 			grpc.MaxCallRecvMsgSize(MaxMessageBytes),

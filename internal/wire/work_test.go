@@ -68,11 +68,11 @@ func TestWorkService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := grpc.NewServer(ServerOptions()...)
+	s := grpc.NewServer(ServerOptions(nil)...)
 	RegisterWork(s, echoWork{})
 	go s.Serve(lis)
 	defer s.Stop()
-	conn, err := grpc.NewClient(lis.Addr().String(), DialOptions()...)
+	conn, err := grpc.NewClient(lis.Addr().String(), DialOptions(nil)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,78 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/tailorml/tailor/internal/certs"
+)
+
+func init() {
+	register("certs", "make a development CA and certificates for mutual TLS (init)", runCerts)
+}
+
+func runCerts(ctx context.Context, env *Env) int {
+	cfg := certs.DefaultInitConfig("")
+	var hosts, pairs string
+	fs := newFlagSet(env, "certs", "init --dir DIR [--hosts h1,h2] [--days N] [--pairs node,worker,...]", `
+init makes a development CA (ca.pem, ca-key.pem) and key pairs signed by it
+in --dir: node.pem and node-key.pem by default, which every role may share,
+or one pair per name in --pairs (e.g. coordinator,paramserver,worker). Each
+certificate is good as a TLS server and as a TLS client (mutual TLS), for the
+names and addresses in --hosts plus localhost, 127.0.0.1 and ::1; peers dial
+a process at the host it publishes (--advertise, or its listen address), so
+list those. Private keys are written 0600. Existing files are kept unless
+--force. Give every process --tls-ca ca.pem --tls-cert NAME.pem --tls-key
+NAME-key.pem (see docs/security.md). Keep ca-key.pem off the cluster.`)
+	fs.StringVar(&cfg.Dir, "dir", "", "directory to write the files to (created 0700)")
+	fs.StringVar(&hosts, "hosts", "", "comma-separated DNS names and IP addresses the processes are dialled at")
+	fs.IntVar(&cfg.Days, "days", cfg.Days, "days the CA and the certificates are valid")
+	fs.StringVar(&pairs, "pairs", strings.Join(cfg.Pairs, ","), "comma-separated names of the key pairs to make")
+	fs.BoolVar(&cfg.Force, "force", false, "replace existing files")
+	if len(env.Args) == 0 || strings.HasPrefix(env.Args[0], "-") {
+		if code, done := parse(env, fs); done {
+			return code
+		}
+		fs.Usage()
+		return 2
+	}
+	action := env.Args[0]
+	sub := *env
+	sub.Args = env.Args[1:]
+	if code, done := parse(&sub, fs); done {
+		return code
+	}
+	if action != "init" {
+		fmt.Fprintf(env.Stderr, "tailor certs: unknown action %q (want init)\n", action)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(env.Stderr, "tailor certs: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	cfg.Hosts, cfg.Pairs = splitList(hosts), splitList(pairs)
+	if cfg.Dir == "" {
+		fmt.Fprintln(env.Stderr, "tailor certs init: --dir is required")
+		return 2
+	}
+	files, err := certs.Init(cfg)
+	if err != nil {
+		return fail(env, err)
+	}
+	for _, f := range files {
+		fmt.Fprintln(env.Stdout, f)
+	}
+	return 0
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}

@@ -1,0 +1,115 @@
+package cli
+
+import (
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tailorml/tailor/internal/certs"
+	"github.com/tailorml/tailor/internal/cluster"
+)
+
+// securityFlags are the TLS and credential flags of every process that
+// talks to the cluster: mutual TLS between the roles (--tls-*), and etcd's
+// TLS and user (--etcd-*). Secrets are read from files or the
+// environment, never taken as flag values (which show in ps and shell
+// history).
+type securityFlags struct {
+	tlsCA, tlsCert, tlsKey    string
+	etcdCA, etcdCert, etcdKey string
+	etcdUser, etcdPassFile    string
+}
+
+func (s *securityFlags) add(fs *flag.FlagSet) {
+	fs.StringVar(&s.tlsCA, "tls-ca", os.Getenv("TAILOR_TLS_CA"), "CA certificate (PEM) of mutual TLS between the roles; with --tls-cert and --tls-key (env TAILOR_TLS_CA)")
+	fs.StringVar(&s.tlsCert, "tls-cert", os.Getenv("TAILOR_TLS_CERT"), "this process's certificate (PEM), signed by --tls-ca (env TAILOR_TLS_CERT)")
+	fs.StringVar(&s.tlsKey, "tls-key", os.Getenv("TAILOR_TLS_KEY"), "this process's private key (PEM) (env TAILOR_TLS_KEY)")
+	fs.StringVar(&s.etcdCA, "etcd-ca", os.Getenv("TAILOR_ETCD_CA"), "CA certificate (PEM) of etcd's https:// endpoints (default: --tls-ca with its key pair) (env TAILOR_ETCD_CA)")
+	fs.StringVar(&s.etcdCert, "etcd-cert", os.Getenv("TAILOR_ETCD_CERT"), "client certificate (PEM) for etcd's --client-cert-auth (env TAILOR_ETCD_CERT)")
+	fs.StringVar(&s.etcdKey, "etcd-key", os.Getenv("TAILOR_ETCD_KEY"), "client private key (PEM) for etcd (env TAILOR_ETCD_KEY)")
+	fs.StringVar(&s.etcdUser, "etcd-user", os.Getenv("TAILOR_ETCD_USER"), "etcd user name, with --etcd-password-file or env TAILOR_ETCD_PASSWORD (env TAILOR_ETCD_USER)")
+	fs.StringVar(&s.etcdPassFile, "etcd-password-file", os.Getenv("TAILOR_ETCD_PASSWORD_FILE"), "file holding the etcd user's password (env TAILOR_ETCD_PASSWORD_FILE)")
+}
+
+// wireFiles are the mutual TLS files of the roles' gRPC connections.
+func (s *securityFlags) wireFiles() certs.Files {
+	return certs.Files{CA: s.tlsCA, Cert: s.tlsCert, Key: s.tlsKey}
+}
+
+// wireTLS loads the roles' mutual TLS; nil without --tls-* (plaintext).
+func (s *securityFlags) wireTLS() (*tls.Config, error) {
+	c, err := s.wireFiles().Load()
+	if err != nil {
+		return nil, fmt.Errorf("--tls-ca/--tls-cert/--tls-key: %w", err)
+	}
+	return c, nil
+}
+
+// etcdFiles are etcd's TLS files: --etcd-* if given, else --tls-* when an
+// endpoint is https://, else none.
+func (s *securityFlags) etcdFiles(endpoints []string) certs.Files {
+	if s.etcdCA != "" || s.etcdCert != "" || s.etcdKey != "" {
+		return certs.Files{CA: s.etcdCA, Cert: s.etcdCert, Key: s.etcdKey}
+	}
+	for _, e := range endpoints {
+		if strings.HasPrefix(e, "https://") {
+			return s.wireFiles()
+		}
+	}
+	return certs.Files{}
+}
+
+// password reads the etcd password: the file, else TAILOR_ETCD_PASSWORD.
+// Surrounding white space (a trailing newline) is dropped.
+func (s *securityFlags) password() (string, error) {
+	if s.etcdPassFile != "" {
+		b, err := os.ReadFile(s.etcdPassFile)
+		if err != nil {
+			return "", fmt.Errorf("etcd password: %w", err)
+		}
+		p := strings.TrimSpace(string(b))
+		if p == "" {
+			return "", fmt.Errorf("etcd password file %s is empty", s.etcdPassFile)
+		}
+		return p, nil
+	}
+	return os.Getenv("TAILOR_ETCD_PASSWORD"), nil
+}
+
+// etcdAuth is the etcd client's TLS and credentials for endpoints.
+func (s *securityFlags) etcdAuth(endpoints []string) (cluster.EtcdAuth, error) {
+	var a cluster.EtcdAuth
+	f := s.etcdFiles(endpoints)
+	if f.Enabled() && f.CA == "" {
+		return a, errors.New("--etcd-cert/--etcd-key need --etcd-ca")
+	}
+	var err error
+	if a.TLS, err = f.LoadClient(); err != nil {
+		return a, fmt.Errorf("etcd tls: %w", err)
+	}
+	if a.Password, err = s.password(); err != nil {
+		return a, err
+	}
+	a.Username = s.etcdUser
+	switch {
+	case a.Username != "" && a.Password == "":
+		return a, fmt.Errorf("--etcd-user %s needs --etcd-password-file or env TAILOR_ETCD_PASSWORD", a.Username)
+	case a.Username == "" && a.Password != "":
+		return a, errors.New("an etcd password is set but no --etcd-user")
+	}
+	return a, a.Validate(endpoints)
+}
+
+// etcdClient connects to the endpoints with the etcd flags.
+func (s *securityFlags) etcdClient(endpoints []string) (*clientv3.Client, error) {
+	auth, err := s.etcdAuth(endpoints)
+	if err != nil {
+		return nil, err
+	}
+	return cluster.NewAuthClient(endpoints, auth)
+}
