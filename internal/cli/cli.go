@@ -15,6 +15,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"github.com/tailorml/tailor/internal/config"
 )
 
 // Env is what a subcommand gets: its arguments and where to write.
@@ -23,6 +25,13 @@ type Env struct {
 	Stdout io.Writer
 	Stderr io.Writer
 	Log    *slog.Logger
+
+	// getenv reads the environment (nil: os.Getenv); tests replace it.
+	getenv func(string) string
+	// probe, when set, makes parse hand over the parsed flag set (and the
+	// parse error) instead of applying settings, and the command return: it
+	// is how the config code learns every command's flags (config.go).
+	probe func(fs *flag.FlagSet, err error)
 }
 
 // command is one subcommand. Run returns the process exit code.
@@ -95,12 +104,19 @@ func newFlagSet(env *Env, name, argsUsage, description string) *flag.FlagSet {
 		fmt.Fprintf(out, "Usage: tailor %s [flags] %s\n\n%s\n\nFlags:\n", name, argsUsage, strings.TrimSpace(description))
 		fs.PrintDefaults()
 	}
+	fs.String(config.FlagName, "", "config `file` (YAML; env "+config.EnvName(config.FlagName)+"): settings for this and other commands; see docs/config.md")
 	return fs
 }
 
-// parse parses flags; it returns (exit code, done). done is true when the caller
-// must return the code (help was asked for, or the flags were wrong).
+// parse parses flags, then sets every flag the command line left unset from
+// its TAILOR_* environment variable or the config file (applyConfig); it
+// returns (exit code, done). done is true when the caller must return the code
+// (help was asked for, or the flags or settings were wrong).
 func parse(env *Env, fs *flag.FlagSet) (int, bool) {
+	if env.probe != nil {
+		env.probe(fs, fs.Parse(env.Args))
+		return 0, true
+	}
 	for _, a := range env.Args {
 		if a == "--" {
 			break
@@ -114,6 +130,12 @@ func parse(env *Env, fs *flag.FlagSet) (int, bool) {
 	if err := fs.Parse(env.Args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0, true
+		}
+		return 2, true
+	}
+	if _, err := applyConfig(env, fs); err != nil {
+		for _, e := range config.Errors(err) {
+			fmt.Fprintf(env.Stderr, "%s: %v\n", fs.Name(), e)
 		}
 		return 2, true
 	}
