@@ -1,10 +1,14 @@
 package cluster
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"strings"
 	"time"
 
@@ -76,6 +80,13 @@ func NewAuthClient(endpoints []string, auth EtcdAuth) (*clientv3.Client, error) 
 	if err := auth.Validate(endpoints); err != nil {
 		return nil, err
 	}
+	// clientv3 reports a refused certificate as a timeout: shake hands
+	// once first, to fail fast with what is wrong
+	for _, e := range endpoints {
+		if err := probeTLS(e, auth.TLS); err != nil {
+			return nil, fmt.Errorf("cluster: etcd %s (%v): %w", e, auth, err)
+		}
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,
 		DialTimeout:          5 * time.Second,
@@ -93,6 +104,58 @@ func NewAuthClient(endpoints []string, auth EtcdAuth) (*clientv3.Client, error) 
 		return nil, fmt.Errorf("cluster: etcd client %v (%v): %w", endpoints, auth, err)
 	}
 	return cli, nil
+}
+
+// probeTimeout bounds probeTLS.
+const probeTimeout = 2 * time.Second
+
+// h2Preface is an HTTP/2 client connection preface and an empty SETTINGS
+// frame: a server that accepted the client's certificate answers it.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+// probeTLS shakes hands with an https:// endpoint as the client will, and
+// returns the error if either side refuses the other's certificate. An
+// endpoint that cannot be reached is no error here (etcd may start
+// later), nor is anything but https://.
+func probeTLS(endpoint string, sec *tls.Config) error {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if sec != nil {
+		cfg = sec.Clone()
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = u.Hostname()
+	}
+	cfg.NextProtos = []string{"h2"}
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: probeTimeout}, Config: cfg}
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	defer cancel()
+	conn, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" || errors.Is(err, context.DeadlineExceeded) {
+			return nil // not reachable (yet): the client retries
+		}
+		if sec == nil {
+			return fmt.Errorf("tls handshake: %w (give the etcd CA: --etcd-ca or --tls-ca)", err)
+		}
+		return fmt.Errorf("tls handshake: %w", err)
+	}
+	defer conn.Close()
+	// with TLS 1.3 the server checks the client's certificate after the
+	// client's handshake is done: its verdict comes with the first read
+	conn.SetDeadline(time.Now().Add(probeTimeout))
+	if _, err = io.WriteString(conn, h2Preface); err == nil {
+		_, err = conn.Read(make([]byte, 1))
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "remote error" {
+		return fmt.Errorf("etcd refused this client's certificate: %w", err)
+	}
+	return nil
 }
 
 // redacted is an error whose message has a secret masked; Unwrap keeps
