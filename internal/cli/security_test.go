@@ -1,0 +1,125 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tailorml/tailor/internal/certs/certstest"
+	"github.com/tailorml/tailor/internal/cluster"
+)
+
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	code := RunContext(ctx, args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestCertsInitCommand(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	code, out, errs := runCLI(t, "certs", "init", "--dir", dir, "--hosts", "ps0,10.0.0.7", "--pairs", "node,worker")
+	if code != 0 {
+		t.Fatalf("certs init: exit %d, stderr %q", code, errs)
+	}
+	for _, f := range []string{"ca.pem", "ca-key.pem", "node.pem", "node-key.pem", "worker.pem", "worker-key.pem"} {
+		if !strings.Contains(out, filepath.Join(dir, f)) {
+			t.Errorf("output %q does not list %s", out, f)
+		}
+	}
+	if st, err := os.Stat(filepath.Join(dir, "node-key.pem")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("node-key.pem: %v, %v; want mode 0600", st, err)
+	}
+	if code, _, errs := runCLI(t, "certs", "init", "--dir", dir); code != 1 || !strings.Contains(errs, "exists") || !strings.Contains(errs, "--force") {
+		t.Errorf("certs init over existing files: exit %d, stderr %q; want 1 and a --force hint", code, errs)
+	}
+	if code, _, errs := runCLI(t, "certs", "init", "--dir", dir, "--force"); code != 0 {
+		t.Errorf("certs init --force: exit %d, stderr %q", code, errs)
+	}
+	for _, args := range [][]string{{"certs"}, {"certs", "init"}, {"certs", "make", "--dir", dir}, {"certs", "init", "--dir", dir, "--days", "0", "--force"}} {
+		if code, _, _ := runCLI(t, args...); code == 0 {
+			t.Errorf("%q: exit 0, want an error", args)
+		}
+	}
+}
+
+// No secret — the etcd password from a file or the environment, a private
+// key's bytes — shows in what a failing command prints (its error and its
+// log, both on stderr), and the right settings get through TLS and auth.
+func TestSecretsNotShown(t *testing.T) {
+	pki := certstest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e, err := cluster.StartEtcd(ctx, cluster.EtcdConfig{FastTicks: true, UnsafeNoFsync: true, LogLevel: "fatal",
+		ClientTLS: cluster.TLSFiles{CA: pki.Files.CA, Cert: pki.Files.Cert, Key: pki.Files.Key}, ClientCertAuth: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	const password = "etcd-pw-SEKRIT-41"
+	admin, err := cluster.NewAuthClient(e.Endpoints(), cluster.EtcdAuth{TLS: pki.TLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []func() error{
+		func() error { _, err := admin.UserAdd(ctx, "root", password); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := admin.AuthEnable(ctx); return err },
+	} {
+		if err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin.Close()
+	dir := t.TempDir()
+	write := func(name, s string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const wrong = "wrong-pw-SEKRIT-99"
+	const keyMarker = "KEYBYTES-SEKRIT"
+	wrongFile, rightFile := write("wrong", wrong+"\n"), write("right", password+"\n")
+	badKey := write("bad-key.pem", "-----BEGIN PRIVATE KEY-----\n"+keyMarker+"\n-----END PRIVATE KEY-----\n")
+	base := []string{"status", "--etcd", e.Endpoints()[0], "--run", "r1", "--timeout", "3s",
+		"--tls-ca", pki.Files.CA, "--tls-cert", pki.Files.Cert, "--tls-key", pki.Files.Key, "--etcd-user", "root"}
+	tests := []struct {
+		name string
+		env  string // TAILOR_ETCD_PASSWORD
+		args []string
+		want string
+	}{
+		{"password file", "", []string{"--etcd-password-file", wrongFile}, "authentication failed"},
+		{"password from the environment", wrong, nil, "authentication failed"},
+		{"no password", "", nil, "needs --etcd-password-file"},
+		{"bad key file", "", []string{"--etcd-password-file", rightFile, "--tls-key", badKey}, "key pair"},
+		{"right password", "", []string{"--etcd-password-file", rightFile}, `run "r1": not submitted`},
+		{"right password from the environment", password, nil, `run "r1": not submitted`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("TAILOR_ETCD_PASSWORD", tt.env)
+			code, out, errs := runCLI(t, append(append([]string(nil), base...), tt.args...)...)
+			if code != 1 || !strings.Contains(errs, tt.want) {
+				t.Errorf("exit %d, stderr %q; want 1 and %q", code, errs, tt.want)
+			}
+			for _, s := range []string{password, wrong, keyMarker} {
+				if strings.Contains(out+errs, s) {
+					t.Errorf("output shows a secret: %q %q", out, errs)
+				}
+			}
+		})
+	}
+	code, out, errs := runCLI(t, "status", "--help")
+	if code != 0 || !strings.Contains(out, "--etcd-password-file") || strings.Contains(out+errs, "password string") {
+		t.Errorf("status --help: exit %d, %q; want the password file flag and no password flag", code, out)
+	}
+}
