@@ -32,6 +32,7 @@ func runLocal(ctx context.Context, env *Env) int {
 		size, trainN, valN int
 		testN              int
 		keep               bool
+		etcdFlag           string
 	)
 	fs := newFlagSet(env, "local", "", `
 Starts a real cluster on this machine and trains on it: an embedded etcd, a
@@ -43,7 +44,8 @@ or a store URL (s3://bucket/prefix?endpoint=...); the processes inherit this
 one's environment, so AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY set here reach
 them. The store is checked before anything starts. Every role serves
 Prometheus /metrics on a free port; 'tailor status' shows the run. Ctrl-C
-stops every process. The model, history and plot end up in OUT/run.`)
+stops every process. The model, history and plot end up in OUT/run. With
+--etcd the processes use that etcd instead of an embedded one.`)
 	fs.StringVar(&out, "out", "out/local", "output folder")
 	fs.IntVar(&workers, "workers", 3, "worker processes")
 	fs.BoolVar(&standby, "standby", false, "start a standby coordinator too")
@@ -51,6 +53,7 @@ stops every process. The model, history and plot end up in OUT/run.`)
 	fs.IntVar(&trainN, "train", 4000, "training images of a composed data set")
 	fs.IntVar(&valN, "val", 1000, "validation images of a composed data set")
 	fs.IntVar(&testN, "test", 1000, "test images of a composed data set")
+	fs.StringVar(&etcdFlag, "etcd", "", "etcd endpoints, comma-separated, to use instead of an embedded etcd")
 	fs.BoolVar(&keep, "resume", false, "resume the run in OUT from its newest checkpoint (keeps OUT's etcd data) instead of starting afresh")
 	addSpecFlags(fs, &s)
 	if code, done := parse(env, fs); done {
@@ -102,15 +105,20 @@ stops every process. The model, history and plot end up in OUT/run.`)
 			_ = os.RemoveAll(s.Checkpoints)
 		}
 	}
-	// etcd logs only what is fatal: at this level its start and stop print
-	// harmless "errors" (storage version, closed listeners)
-	e, err := cluster.StartEtcd(ctx, cluster.EtcdConfig{Dir: etcdDir, FastTicks: true, LogLevel: "fatal"})
-	if err != nil {
-		return fail(env, err)
+	endpoints := (&clusterFlags{etcd: etcdFlag}).endpoints()
+	if len(endpoints) == 0 {
+		// etcd logs only what is fatal: at this level its start and stop
+		// print harmless "errors" (storage version, closed listeners)
+		e, err := cluster.StartEtcd(ctx, cluster.EtcdConfig{Dir: etcdDir, FastTicks: true, LogLevel: "fatal"})
+		if err != nil {
+			return fail(env, err)
+		}
+		defer e.Close()
+		endpoints = e.Endpoints()
+		env.Log.Info("etcd", "endpoints", endpoints, "dir", etcdDir)
+	} else {
+		env.Log.Info("etcd", "endpoints", endpoints)
 	}
-	defer e.Close()
-	endpoints := e.Endpoints()
-	env.Log.Info("etcd", "endpoints", endpoints, "dir", etcdDir)
 	cli, err := cluster.NewClient(endpoints)
 	if err != nil {
 		return fail(env, err)
@@ -129,8 +137,9 @@ stops every process. The model, history and plot end up in OUT/run.`)
 	}
 	// every role serves /metrics on a free port and publishes it in its
 	// membership record, where tailor status finds it
-	common := []string{"--etcd", endpoints[0], "--run", s.Run, "--metrics-listen", "127.0.0.1:0"}
-	fmt.Fprintf(env.Stdout, "run %s: etcd %s; watch it with: tailor status --etcd %s --run %s --watch 2s\n", s.Run, endpoints[0], endpoints[0], s.Run)
+	etcdList := strings.Join(endpoints, ",")
+	common := []string{"--etcd", etcdList, "--run", s.Run, "--metrics-listen", "127.0.0.1:0"}
+	fmt.Fprintf(env.Stdout, "run %s: etcd %s; watch it with: tailor status --etcd %s --run %s --watch 2s\n", s.Run, etcdList, etcdList, s.Run)
 	g := supervise.New(env.Stderr, 5*time.Second)
 	start := func(name string, args ...string) error {
 		return g.Start(supervise.Spec{Name: name, Path: self, Args: args})

@@ -14,6 +14,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 )
 
 // EtcdAuth is how a client proves itself to etcd and checks etcd: TLS (the
@@ -96,6 +98,13 @@ func NewAuthClient(endpoints []string, auth EtcdAuth) (*clientv3.Client, error) 
 		Username:             auth.Username,
 		Password:             auth.Password,
 		Logger:               zap.NewNop(),
+		// reconnect within a second of etcd coming back (gRPC's default
+		// backoff grows to 2 min): a restarted etcd extends every lease
+		// by only one TTL, and the members must renew theirs in time
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		})},
 	})
 	if err != nil {
 		if auth.Password != "" {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -455,6 +456,17 @@ func (m *Membership) keepAlive(ctx context.Context, lease clientv3.LeaseID) {
 		}
 		m.log.Warn("lease lost", "lease", fmt.Sprintf("%x", lease), "err", err)
 		m.emitSelf(EventLeaseLost)
+		// etcd out of reach is not the lease gone: a restarted etcd
+		// extends every lease it had by its TTL. Keeping the old lease
+		// keeps the record, so peers see no member go.
+		if m.reviveLease(ctx, lease) {
+			m.log.Info("lease kept", "lease", fmt.Sprintf("%x", lease))
+			m.emitSelf(EventRegistered)
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
 		old := lease
 		for attempt := 0; ; attempt++ {
 			select {
@@ -481,6 +493,36 @@ func (m *Membership) keepAlive(ctx context.Context, lease clientv3.LeaseID) {
 		m.log.Info("registered again", "lease", fmt.Sprintf("%x", lease))
 		m.emitSelf(EventRegistered)
 	}
+}
+
+// reviveLease tries to renew lease once etcd answers again. It returns
+// true if the lease is alive again, false if etcd says it has expired (or
+// ctx ended, or etcd stayed out of reach for a long while: then a new
+// registration is the only way back).
+func (m *Membership) reviveLease(ctx context.Context, lease clientv3.LeaseID) bool {
+	giveUp := time.Now().Add(time.Minute)
+	for attempt := 0; time.Now().Before(giveUp); attempt++ {
+		// an attempt lasts well under a TTL, so that a restarted etcd's
+		// extension (one TTL) is not missed between attempts
+		actx, cancel := context.WithTimeout(ctx, time.Duration(m.ttl)*time.Second/3)
+		resp, err := m.cli.KeepAliveOnce(actx, lease)
+		cancel()
+		switch {
+		case err == nil && resp.TTL > 0:
+			return true
+		case err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound):
+			return false
+		case ctx.Err() != nil:
+			return false
+		}
+		m.log.Debug("renew lease", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(min(backoff(attempt), time.Duration(m.ttl)*time.Second/3)):
+		}
+	}
+	return false
 }
 
 // watch keeps the etcd side of the view: it lists the members, then

@@ -303,6 +303,16 @@ func TestMembershipEtcdRestart(t *testing.T) {
 		t.Logf("%s: registered again %v after etcd restarted (down %v)", all[i].Self().ID, ev.At.Sub(t1).Round(time.Millisecond), down.Round(time.Millisecond))
 	}
 	waitFor(t, 5*time.Second, "all to see all after the restart", seesAll(want, all...))
+	// The members kept their leases (etcd extends them on restart), so
+	// nobody saw anybody go, not even once the extension has run out.
+	time.Sleep(testTTL + time.Second)
+	for i, r := range recs {
+		for _, m := range all {
+			if ev, ok := r.find(cluster.EventGone, m.Self().ID); ok {
+				t.Errorf("%s saw %s gone at %v", all[i].Self().ID, m.Self().ID, ev.At.Sub(t1).Round(time.Millisecond))
+			}
+		}
+	}
 
 	cli := clustertest.Client(t, e2.Endpoints())
 	resp, err := cli.Get(ctx, cluster.RunKeys("test").Members(), clientv3.WithPrefix())
