@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"math"
 
 	G "gorgonia.org/gorgonia"
@@ -27,6 +28,9 @@ type runMode struct {
 	dropout bool
 	seed    uint64 // dropout seed (run seed mixed with worker rank)
 	step    uint64 // dropout step
+	// sync, if set, makes BatchNorm synchronised (BNTrain only): see
+	// StepOptions.BNSync
+	sync func(slot int, vals []float64) error
 }
 
 // bnState is one BatchNorm layer's running statistics, shared by all graphs
@@ -60,14 +64,24 @@ type batchNorm struct {
 	// zeroed where the input is 0 — the ReLU's backward pass, fused (the
 	// producer then skips its own mask pass).
 	maskInput bool
+	// layer is the layer's index among the net's BatchNorm layers: its
+	// synchronised BatchNorm slots are 2·layer (forward) and 2·layer+1
+	// (backward).
+	layer int
+	// synced: the last pass normalised with the statistics of every
+	// worker's batch; m is the count they cover; red is the exchange
+	// buffer.
+	synced bool
+	m      float64
+	red    []float64
 }
 
-func newBatchNorm(shape tensor.Shape, eps float64, st *bnState, mode *runMode) *batchNorm {
+func newBatchNorm(shape tensor.Shape, eps float64, layer int, st *bnState, mode *runMode) *batchNorm {
 	s := 1
 	for _, d := range shape[2:] {
 		s *= d
 	}
-	op := &batchNorm{opBase: newOpBase("batchnorm", shape, len(shape), 1, 1), n: shape[0], c: shape[1], s: s, eps: eps, st: st, mode: mode}
+	op := &batchNorm{opBase: newOpBase("batchnorm", shape, len(shape), 1, 1), n: shape[0], c: shape[1], s: s, eps: eps, layer: layer, st: st, mode: mode}
 	op.outT, op.out = newBuf(shape)
 	op.mean = make([]float64, op.c)
 	op.invStd = make([]float64, op.c)
@@ -92,20 +106,38 @@ func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
 	n, c, s := op.n, op.c, op.s
 	m := float64(n * s)
 	op.batch = op.mode.bn != BNInfer
+	op.synced = op.mode.bn == BNTrain && op.mode.sync != nil
 	st := op.st
-	parallelFor(c, func(ch int) {
-		var mean, invStd float64
-		if op.batch {
-			// One pass, float64 sums of x and x²: activations here are O(1),
-			// far from where E[x²]−E[x]² loses float64 precision.
+	if op.batch {
+		// One pass, float64 sums of x and x²: activations here are O(1),
+		// far from where E[x²]−E[x]² loses float64 precision.
+		sums := op.sums()
+		parallelFor(c, func(ch int) {
 			var sum, sumSq float64
 			for i := 0; i < n; i++ {
 				a, q := sumSq64(x[(i*c+ch)*s : (i*c+ch+1)*s])
 				sum += a
 				sumSq += q
 			}
-			mean = sum / m
-			variance := max(sumSq/m-mean*mean, 0)
+			sums[1+ch], sums[1+c+ch] = sum, sumSq
+		})
+		sums[0] = m
+		if op.synced {
+			// synchronised BatchNorm: the statistics of every worker's
+			// batch together
+			if err := op.mode.sync(2*op.layer, sums); err != nil {
+				return nil, fmt.Errorf("batchnorm %d: %w", op.layer, err)
+			}
+			m = sums[0]
+		}
+		op.m = m
+	}
+	parallelFor(c, func(ch int) {
+		var mean, invStd float64
+		if op.batch {
+			sums := op.red
+			mean = sums[1+ch] / m
+			variance := max(sums[1+c+ch]/m-mean*mean, 0)
 			invStd = 1 / math.Sqrt(variance+op.eps)
 			switch op.mode.bn {
 			case BNTrain:
@@ -138,6 +170,15 @@ func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
 		st.count += m
 	}
 	return op.outT, nil
+}
+
+// sums returns the op's reduction buffer: a count, then c sums, then c
+// more (the layout synchronised BatchNorm exchanges).
+func (op *batchNorm) sums() []float64 {
+	if op.red == nil {
+		op.red = make([]float64, 1+2*op.c)
+	}
+	return op.red
 }
 
 func (op *batchNorm) DiffWRT(int) []bool { return []bool{true, true, true} }
@@ -180,6 +221,8 @@ type bnGrad struct {
 	wrt  int
 	outT *tensor.Dense
 	out  []float32
+	// Σ dy and Σ dy·x̂ over every worker (synchronised BatchNorm)
+	gsumDy, gsumDyXh []float64
 }
 
 func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
@@ -218,8 +261,33 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 			sdy += a
 			sdyx += d
 		}
-		sdyxh := (sdyx - mean*sdy) * inv // Σ dy·x̂
-		f.sumDy[ch], f.sumDyXh[ch] = sdy, sdyxh
+		// this worker's Σ dy and Σ dy·x̂: its dβ and dγ
+		f.sumDy[ch], f.sumDyXh[ch] = sdy, (sdyx-mean*sdy)*inv
+		if f.synced {
+			f.red[ch], f.red[c+ch] = sdy, sdyx
+		}
+	})
+	sumDy, sumDyXh := f.sumDy, f.sumDyXh
+	if f.synced {
+		// synchronised BatchNorm: x̂ depends on every worker's batch, so dx
+		// takes Σ dy and Σ dy·x̂ over all of them (each worker's dy is of
+		// its own loss), over the count they cover
+		red := f.red[:2*c]
+		if err := f.mode.sync(2*f.layer+1, red); err != nil {
+			return nil, fmt.Errorf("batchnorm %d backward: %w", f.layer, err)
+		}
+		if op.gsumDy == nil {
+			op.gsumDy, op.gsumDyXh = make([]float64, c), make([]float64, c)
+		}
+		for ch := range c {
+			op.gsumDy[ch] = red[ch]
+			op.gsumDyXh[ch] = (red[c+ch] - f.mean[ch]*red[ch]) * f.invStd[ch]
+		}
+		sumDy, sumDyXh, m = op.gsumDy, op.gsumDyXh, f.m
+	}
+	parallelFor(c, func(ch int) {
+		mean, inv := f.mean[ch], f.invStd[ch]
+		sdy, sdyxh := sumDy[ch], sumDyXh[ch]
 		k := float64(gamma[ch]) * inv
 		a, b, cc := float32(k), float32(0), float32(0)
 		if f.batch {

@@ -216,7 +216,7 @@ func TestGradCheck(t *testing.T) {
 			if err != nil {
 				return nil, err
 			}
-			bn := newBatchNorm(tensor.Shape{n, o, h, w}, 1e-3, st, &runMode{bn: BNTrain})
+			bn := newBatchNorm(tensor.Shape{n, o, h, w}, 1e-3, 0, st, &runMode{bn: BNTrain})
 			bn.maskInput = true
 			return G.ApplyOp(bn, y, in[3], in[4])
 		}, []gcInput{
@@ -236,7 +236,7 @@ func TestGradCheck(t *testing.T) {
 			if err != nil {
 				return nil, err
 			}
-			bn := newBatchNorm(tensor.Shape{6, 4}, 1e-3, st, &runMode{bn: BNTrain})
+			bn := newBatchNorm(tensor.Shape{6, 4}, 1e-3, 0, st, &runMode{bn: BNTrain})
 			bn.maskInput = true
 			return G.ApplyOp(bn, y, in[3], in[4])
 		}, []gcInput{
@@ -260,7 +260,7 @@ func TestGradCheck(t *testing.T) {
 		t.Run(mode.name, func(t *testing.T) {
 			s := tensor.Shape{n, c, h, w}
 			st := &bnState{mean: []float32{0.1, -0.2, 0.3}, variance: []float32{1.5, 0.7, 2}, momentum: 0.99}
-			gradCheck(t, mode.name, func() G.Op { return newBatchNorm(s, 1e-3, st, &runMode{bn: mode.bn}) }, []gcInput{
+			gradCheck(t, mode.name, func() G.Op { return newBatchNorm(s, 1e-3, 0, st, &runMode{bn: mode.bn}) }, []gcInput{
 				{s, randData(rng, s.TotalSize(), 2), true},
 				{tensor.Shape{c}, randData(rng, c, 1), true},
 				{tensor.Shape{c}, randData(rng, c, 1), true},
@@ -270,7 +270,7 @@ func TestGradCheck(t *testing.T) {
 	t.Run("batchnorm2d", func(t *testing.T) {
 		s := tensor.Shape{6, 5}
 		st := &bnState{mean: make([]float32, 5), variance: []float32{1, 1, 1, 1, 1}, momentum: 0.99}
-		gradCheck(t, "batchnorm2d", func() G.Op { return newBatchNorm(s, 1e-3, st, &runMode{bn: BNTrain}) }, []gcInput{
+		gradCheck(t, "batchnorm2d", func() G.Op { return newBatchNorm(s, 1e-3, 0, st, &runMode{bn: BNTrain}) }, []gcInput{
 			{s, randData(rng, 30, 1), true},
 			{tensor.Shape{5}, randData(rng, 5, 1), true},
 			{tensor.Shape{5}, randData(rng, 5, 1), true},

@@ -220,6 +220,16 @@ type StepOptions struct {
 	Seed    uint64 // dropout seed: run seed mixed with the worker's rank
 	Step    uint64 // dropout step: with Seed, fixes every mask
 	BN      BNMode // BNTrain normally
+	// BNSync, if set (with BNTrain), makes BatchNorm synchronised across
+	// data-parallel workers: every BatchNorm layer calls it once forward
+	// (slot 2·layer: a count, then per channel the sums of x, then of x²)
+	// and once backward (slot 2·layer+1: per channel Σ dy, then Σ dy·x),
+	// and it must replace vals, in place, with their element-wise totals
+	// over every worker's batch of the step. Every worker then normalises
+	// with the statistics of the whole global batch, and the averaged
+	// gradients are those of one process training on it (PyTorch's
+	// SyncBatchNorm). An error fails the step.
+	BNSync func(slot int, vals []float64) error
 }
 
 // TrainStep runs forward and backward on one batch: x holds batch images
@@ -237,7 +247,7 @@ func (n *Net) TrainStep(x, y []float32, batch int, opt StepOptions) (float64, []
 	}
 	copy(g.x, x)
 	copy(g.y, y)
-	g.mode = runMode{bn: opt.BN, dropout: opt.Dropout, seed: opt.Seed, step: opt.Step}
+	g.mode = runMode{bn: opt.BN, dropout: opt.Dropout, seed: opt.Seed, step: opt.Step, sync: opt.BNSync}
 	if err := g.run(); err != nil {
 		return 0, nil, fmt.Errorf("train step: %w", err)
 	}
@@ -384,7 +394,7 @@ func (n *Net) build(batch int, train bool) (*graph, error) {
 		cv := newConv3x3(batch, c, side, side, o, i > 0, true)
 		cv.gradMasked = true
 		h = apply(cv, h, nodes[fmt.Sprintf("conv%d/w", i+1)], nodes[fmt.Sprintf("conv%d/b", i+1)])
-		bn := newBatchNorm(tensor.Shape{batch, o, side, side}, cfg.BNEps, n.bn[i], &gr.mode)
+		bn := newBatchNorm(tensor.Shape{batch, o, side, side}, cfg.BNEps, i, n.bn[i], &gr.mode)
 		bn.maskInput = true
 		h = apply(bn, h, nodes[fmt.Sprintf("bn%d/gamma", i+1)], nodes[fmt.Sprintf("bn%d/beta", i+1)])
 		c = o
@@ -409,7 +419,7 @@ func (n *Net) build(batch int, train bool) (*graph, error) {
 	d1 := newDense(batch, flat, cfg.Dense, true)
 	d1.gradMasked = true
 	h = apply(d1, h, nodes["dense1/w"], nodes["dense1/b"])
-	bn6 := newBatchNorm(ds, cfg.BNEps, n.bn[5], &gr.mode)
+	bn6 := newBatchNorm(ds, cfg.BNEps, 5, n.bn[5], &gr.mode)
 	bn6.maskInput = true
 	h = apply(bn6, h, nodes["bn6/gamma"], nodes["bn6/beta"])
 	h = apply(newDropout(ds, cfg.Dropout[3], 4, &gr.mode), h)
