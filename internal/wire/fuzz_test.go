@@ -105,3 +105,11 @@ func FuzzCheckpointReply(f *testing.F) {
 func FuzzStatusReply(f *testing.F) {
 	fuzzDecoder(f, func() message { return new(StatusReply) }, seedsOf(&StatusReply{})...)
 }
+
+func FuzzBNRequest(f *testing.F) {
+	fuzzDecoder(f, func() message { return new(BNRequest) }, seedsOf(&BNRequest{})...)
+}
+
+func FuzzBNReply(f *testing.F) {
+	fuzzDecoder(f, func() message { return new(BNReply) }, seedsOf(&BNReply{})...)
+}

@@ -34,6 +34,8 @@ func sampleMessages() []message {
 		&CheckpointRequest{RunID: "r", WorkerID: "coordinator", Op: CheckpointSave, Version: -1, Object: "checkpoints/r/j/000000000010-000001/ps-000.bin"},
 		&CheckpointRequest{RunID: "r", Op: CheckpointRestore, Version: 10, Object: "x/ps-001.bin", SHA256: "ab12", Bytes: 1 << 35},
 		&CheckpointReply{RunID: "r", Server: 1, Version: 10, SHA256: "ab12", Bytes: 12345},
+		&BNRequest{RunID: "r", WorkerID: "w1", Gen: 1<<63 | 5, Step: 17, Slot: 3, Values: []float64{32, -1.5, 2.25e10, 0, 7}},
+		&BNReply{RunID: "r", WorkerID: "w1", Step: 17, Slot: 3, Values: []float64{96, -4.5, 6.75e10, 1e-300, 21}, Workers: 3},
 		&StatusReply{
 			RunID: "r", WorkerID: "w", Server: 1, Mode: "sync", Initialised: true, Version: 10, Step: 10,
 			Members: 3, Pending: 2, BytesIn: 1 << 40, BytesOut: 7, Accepted: 99, Steps: 10, Missing: 1,
