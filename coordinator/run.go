@@ -414,6 +414,9 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 			l.mu.Unlock()
 			return fmt.Errorf("resume: %w", err)
 		}
+		if l.asched != nil {
+			l.asched.CutEvery(spec.CheckpointEvery) // async: a checkpoint every K batches
+		}
 		l.lossSum, l.lossN, l.images, l.epochT0, l.computeT = 0, 0, 0, time.Now(), 0
 		if mid {
 			// workers of the checkpoint that are not back give up their units
@@ -569,6 +572,29 @@ func (l *leader) stepCheckpoint(ctx context.Context) error {
 	return l.saveOrWarn(ctx, rs.Step, rs, l.curEpoch, "steps", false)
 }
 
+// asyncCheckpoint checkpoints an async or SSP run at a cut: no batch is
+// out, so no gradient is in flight and every server saves its part as it
+// is (version -1), as at an epoch's end; the run state holds the
+// scheduler's position, so a resume goes on mid-epoch. Then batches are
+// handed out again.
+func (l *leader) asyncCheckpoint(ctx context.Context) error {
+	l.mu.Lock()
+	st, err := l.asched.Export()
+	rs := RunState{Epoch: l.curEpoch, Sched: &st, AsyncSteps: st.Steps, LossSum: l.lossSum, LossN: l.lossN, Images: l.images,
+		AuditSeq: l.auditSeq, Seconds: time.Since(l.epochT0).Seconds()}
+	l.mu.Unlock()
+	if err == nil {
+		err = l.saveOrWarn(ctx, -1, rs, l.curEpoch, "steps", false)
+	}
+	l.mu.Lock()
+	if l.asched != nil {
+		l.asched.Resume()
+	}
+	l.broadcastLocked()
+	l.mu.Unlock()
+	return err
+}
+
 // dropAbsentLocked releases the units of the checkpoint's workers that are
 // not live now (resumed with fewer or other workers).
 func (l *leader) dropAbsentLocked(st *SchedState) {
@@ -600,7 +626,8 @@ func (l *leader) dropAbsentLocked(st *SchedState) {
 }
 
 // asyncEpoch waits until the Next calls have consumed every record of the
-// epoch; it returns the workers' step counters.
+// epoch, checkpointing at every cut (spec.CheckpointEvery batches); it
+// returns the workers' step counters.
 func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
 	for {
 		l.mu.Lock()
@@ -609,6 +636,13 @@ func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
 			l.asched = nil // workers wait while the epoch is judged
 			l.mu.Unlock()
 			return steps, nil
+		}
+		if l.asched.AtCut() {
+			l.mu.Unlock()
+			if err := l.asyncCheckpoint(ctx); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		wake := l.wake
 		l.mu.Unlock()
@@ -768,7 +802,7 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 				l.imagesCounter.Inc()
 				l.auditLocked(held)
 			}
-			if l.asched.Done() {
+			if l.asched.Done() || l.asched.AtCut() {
 				l.broadcastLocked()
 			}
 			if ok {

@@ -184,6 +184,13 @@ func (s *Scheduler) Done() bool { return s.ledger.Done() && !s.open }
 // servers answered, so they applied it). A worker that dies after its push
 // but before asking again has its last batch handed out again: at most one
 // batch per dead worker is seen twice, in async modes only.
+//
+// With a cut every K batches (CutEvery), the scheduler stops handing out
+// new batches after the K-th since the last cut; the batches out are still
+// re-issued (a refused push) and taken back (reported, or the worker
+// dropped). Once none is out the run is at a cut (AtCut): no gradient is in
+// flight, so a checkpoint of every parameter server as it is and of Export
+// is consistent. Resume hands out batches again.
 type AsyncScheduler struct {
 	units  []Unit
 	seed   uint64
@@ -193,6 +200,8 @@ type AsyncScheduler struct {
 	out    map[string]Batch // the batch each worker holds
 	steps  map[string]int64 // each worker's next step number
 	orders map[int][]int
+	every  int // new batches between cuts; 0: no cuts
+	handed int // new batches handed out since the last cut
 }
 
 // NewAsyncScheduler starts epoch; steps carries the workers' step counters
@@ -207,6 +216,21 @@ func NewAsyncScheduler(units []Unit, seed uint64, epoch, batch int, steps map[st
 
 // Steps returns the workers' step counters, to carry into the next epoch.
 func (s *AsyncScheduler) Steps() map[string]int64 { return s.steps }
+
+// CutEvery makes the scheduler pause for a cut after every k new batches
+// (0: never). The count starts afresh.
+func (s *AsyncScheduler) CutEvery(k int) { s.every, s.handed = max(k, 0), 0 }
+
+// Pausing reports whether the scheduler hands out no new batch until Resume.
+func (s *AsyncScheduler) Pausing() bool { return s.every > 0 && s.handed >= s.every }
+
+// AtCut reports whether the scheduler is paused with no batch out and
+// records left in the epoch: the moment to checkpoint mid-epoch. (At the
+// epoch's end the epoch's own checkpoint is the cut.)
+func (s *AsyncScheduler) AtCut() bool { return s.Pausing() && len(s.out) == 0 && !s.Done() }
+
+// Resume hands out batches again after a cut.
+func (s *AsyncScheduler) Resume() { s.handed = 0 }
 
 // Next records that worker finished the batch of step done (its push was
 // applied; -1 if none) and returns its next batch, or false when the epoch
@@ -225,6 +249,9 @@ func (s *AsyncScheduler) Next(w string, done int64) (Batch, bool, error) {
 		s.steps[w]++
 		s.out[w] = b
 		return b, true, nil
+	}
+	if s.Pausing() {
+		return Batch{}, false, nil // waiting for a cut
 	}
 	p, ok := s.pos[w]
 	if !ok || p.next >= s.units[p.unit].Len {
@@ -253,6 +280,7 @@ func (s *AsyncScheduler) Next(w string, done int64) (Batch, bool, error) {
 	}
 	s.steps[w]++
 	s.out[w] = b
+	s.handed++
 	return b, true, nil
 }
 
@@ -334,7 +362,8 @@ func RestoreScheduler(units []Unit, seed uint64, batch int, st SchedState) (*Sch
 	return s, nil
 }
 
-// Export returns the scheduler's position; an error while a batch is out.
+// Export returns the scheduler's position; an error while a batch is out
+// (take it at a cut, or at the epoch's end).
 func (s *AsyncScheduler) Export() (SchedState, error) {
 	if len(s.out) > 0 {
 		return SchedState{}, fmt.Errorf("coordinator: %d batches are out", len(s.out))

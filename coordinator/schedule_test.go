@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"reflect"
 	"sort"
@@ -260,5 +261,151 @@ func TestSchedulerExportRestore(t *testing.T) {
 	}
 	if _, err := RestoreScheduler(us[:3], 7, 16, back); err == nil {
 		t.Error("restored a ledger onto other units")
+	}
+}
+
+// Async with a cut every k batches: after the k-th new batch the scheduler
+// hands out nothing new, still re-issues a batch whose push was refused,
+// and reaches a cut once every batch out is reported or its worker
+// dropped. A scheduler exported at a cut and restored (as a resume does,
+// sometimes without one of the workers) goes on so that every record of
+// the epoch is consumed exactly once.
+func TestAsyncSchedulerCuts(t *testing.T) {
+	us, _ := Units(testManifest(), "train", 100)
+	total := 0
+	for _, u := range us {
+		total += u.Len
+	}
+	for _, c := range []struct {
+		name        string
+		every       int
+		refuse, die float64
+	}{
+		{"every 1", 1, 0, 0},
+		{"every 4", 4, 0.1, 0},
+		{"every 7 with deaths", 7, 0.1, 0.02},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for seed := uint64(0); seed < 10; seed++ {
+				s := NewAsyncScheduler(us, seed, 1, 16, nil)
+				s.CutEvery(c.every)
+				rng := rand.New(rand.NewPCG(seed, 5))
+				type state struct {
+					b    Batch
+					have bool
+					done int64
+				}
+				ws := map[string]*state{"w0": {done: -1}, "w1": {done: -1}, "w2": {done: -1}}
+				consumed := map[uint64]int{}
+				cuts, handed, next := 0, 0, 3
+				for n := 0; !s.Done(); n++ {
+					if n > 50000 {
+						t.Fatal("epoch never ends")
+					}
+					if s.AtCut() {
+						if handed != c.every {
+							t.Fatalf("seed %d: cut after %d new batches, want %d", seed, handed, c.every)
+						}
+						st, err := s.Export()
+						if err != nil {
+							t.Fatalf("seed %d: export at a cut: %v", seed, err)
+						}
+						b, _ := json.Marshal(st)
+						var back SchedState
+						if err := json.Unmarshal(b, &back); err != nil {
+							t.Fatal(err)
+						}
+						if s, err = RestoreAsyncScheduler(us, seed, 16, back); err != nil {
+							t.Fatal(err)
+						}
+						s.CutEvery(c.every)
+						if rng.Float64() < 0.3 && len(ws) > 1 { // resumed without a worker
+							for w := range ws {
+								s.Drop(w)
+								delete(ws, w)
+								break
+							}
+						}
+						for _, st := range ws { // a resume starts a new generation
+							st.done = -1
+						}
+						cuts, handed = cuts+1, 0
+						continue
+					}
+					var names []string
+					for w := range ws {
+						names = append(names, w)
+					}
+					sort.Strings(names)
+					w := names[rng.IntN(len(names))]
+					st := ws[w]
+					if st.have {
+						switch r := rng.Float64(); {
+						case r < c.refuse: // push refused: not applied
+						case r < c.refuse+c.die && len(ws) > 1: // died before its push was applied
+							s.Drop(w)
+							delete(ws, w)
+							ws[fmt.Sprint("n", next)] = &state{done: -1}
+							next++
+							continue
+						default:
+							for _, id := range st.b.IDs {
+								consumed[id]++
+							}
+							st.done = st.b.Step
+						}
+					}
+					pausing, held := s.Pausing(), st.have && st.done < st.b.Step
+					b, ok, err := s.Next(w, st.done)
+					if err != nil {
+						t.Fatal(err)
+					}
+					switch {
+					case ok && pausing && !held:
+						t.Fatalf("seed %d: a new batch for %s while pausing for a cut", seed, w)
+					case ok && held && !reflect.DeepEqual(b.IDs, st.b.IDs):
+						t.Fatalf("seed %d: a refused batch came back with other records", seed)
+					case ok && !held:
+						handed++
+					}
+					st.have = ok
+					if ok {
+						st.b = b
+					}
+				}
+				if cuts == 0 {
+					t.Fatalf("seed %d: no cut in the epoch", seed)
+				}
+				if len(consumed) != total {
+					t.Fatalf("seed %d: %d records consumed, want %d", seed, len(consumed), total)
+				}
+				for id, n := range consumed {
+					if n != 1 {
+						t.Fatalf("seed %d: record %d consumed %d times", seed, id, n)
+					}
+				}
+			}
+		})
+	}
+}
+
+// A scheduler without cuts never pauses; Export fails while a batch is out.
+func TestAsyncSchedulerNoCuts(t *testing.T) {
+	us, _ := Units(testManifest(), "train", 100)
+	s := NewAsyncScheduler(us, 1, 0, 16, nil)
+	for range 100 {
+		if _, ok, err := s.Next("w0", -1); !ok || err != nil {
+			t.Fatalf("next: %v, %v", ok, err)
+		}
+		if s.Pausing() || s.AtCut() {
+			t.Fatal("pausing without CutEvery")
+		}
+		s.Drop("w0")
+	}
+	if _, ok, _ := s.Next("w0", -1); !ok {
+		t.Fatal("no batch")
+	}
+	if _, err := s.Export(); err == nil {
+		t.Error("exported with a batch out")
 	}
 }

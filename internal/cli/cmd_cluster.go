@@ -193,7 +193,7 @@ func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.BoolVar(&s.Augment.Enabled, "augment", s.Augment.Enabled, "augment training images")
 	fs.BoolVar(&s.BNEstimate, "bn-estimate", s.BNEstimate, "re-estimate BatchNorm statistics before validating and saving")
 	fs.BoolVar(&s.EvalRunning, "eval-running-bn", s.EvalRunning, "also validate with the running BatchNorm statistics")
-	fs.IntVar(&s.CheckpointEvery, "checkpoint-every", s.CheckpointEvery, "sync: steps between checkpoints (0: epoch ends only; every epoch's end checkpoints)")
+	fs.IntVar(&s.CheckpointEvery, "checkpoint-every", s.CheckpointEvery, "steps (async, ssp: batches) between checkpoints (0: epoch ends only; every epoch's end checkpoints)")
 	fs.IntVar(&s.KeepCheckpoints, "keep-checkpoints", s.KeepCheckpoints, "newest checkpoints kept (and the best one)")
 	fs.BoolVar(&s.Audit, "audit", s.Audit, "log every consumed batch's record IDs to OUT/audit.log (exactly-once checks)")
 	fs.StringVar(&s.Checkpoints, "checkpoints", s.Checkpoints, "checkpoint store, path or URL (default: the data store, under checkpoints/)")

@@ -56,9 +56,9 @@ type Spec struct {
 	// Checkpoints is the store (path or URL) for checkpoints; empty means
 	// the data store, under "checkpoints/".
 	Checkpoints string `json:"checkpoints,omitempty"`
-	// CheckpointEvery is the number of sync steps between checkpoints (0:
-	// only at epoch ends, which always checkpoint). Async and SSP runs
-	// checkpoint at epoch ends.
+	// CheckpointEvery is the number of sync steps between checkpoints, or
+	// in async and SSP runs of batches handed out between checkpoints (0:
+	// only at epoch ends, which always checkpoint).
 	CheckpointEvery int `json:"checkpoint_every"`
 	// KeepCheckpoints is how many of the newest checkpoints retention keeps
 	// (the best one is kept as well).
