@@ -216,7 +216,7 @@ type leader struct {
 
 func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	spec := l.spec
-	st, man, net, err := netspec.Open(ctx, spec.Data, spec.Seed)
+	st, man, net, err := netspec.Open(ctx, spec.Data, spec.Seed, spec.StorePolicy(l.log))
 	if err != nil {
 		return err
 	}
@@ -246,7 +246,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	if _, err := cluster.Create(ctx, l.cli, cluster.RunKeys(spec.Run).WireSpec(), wb); err != nil && !errors.Is(err, cluster.ErrConflict) {
 		return fmt.Errorf("publish the model spec: %w", err)
 	}
-	loc, err := job.OpenCheckpoints(ctx, spec, st)
+	loc, err := job.OpenCheckpoints(ctx, spec, st, spec.StorePolicy(l.log))
 	if err != nil {
 		return err
 	}

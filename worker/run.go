@@ -84,7 +84,9 @@ func Run(ctx context.Context, cfg Config) error {
 	sess.ServeMetrics(m.handler())
 	spec, mem, cli, keys := sess.Spec, sess.Members, sess.Client, sess.Keys
 
-	st, man, net, err := netspec.Open(ctx, spec.Data, spec.Seed)
+	// shard reads retry a store out of reach for spec.StoreRetry; then the
+	// worker exits with the error and its units go back to the pool
+	st, man, net, err := netspec.Open(ctx, spec.Data, spec.Seed, spec.StorePolicy(log))
 	if err != nil {
 		return err
 	}

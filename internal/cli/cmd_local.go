@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +13,10 @@ import (
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/tailorml/tailor/fashion"
+	"github.com/tailorml/tailor/internal/certs"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/supervise"
@@ -33,6 +38,9 @@ func runLocal(ctx context.Context, env *Env) int {
 		testN              int
 		keep               bool
 		etcdFlag           string
+		secure             bool
+		sec                securityFlags
+		gossipKeyFile      string
 	)
 	fs := newFlagSet(env, "local", "", `
 Starts a real cluster on this machine and trains on it: an embedded etcd, a
@@ -45,7 +53,18 @@ one's environment, so AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY set here reach
 them. The store is checked before anything starts. Every role serves
 Prometheus /metrics on a free port; 'tailor status' shows the run. Ctrl-C
 stops every process. The model, history and plot end up in OUT/run. With
---etcd the processes use that etcd instead of an embedded one.`)
+--etcd the processes use that etcd instead of an embedded one.
+
+With --secure the processes talk over mutual TLS, gossip is encrypted and
+the embedded etcd serves clients over TLS, requires a client certificate and
+a user and password: a development CA and a certificate (tailor certs init),
+a gossip key and etcd's passwords are made in OUT/certs (private files 0600)
+and kept for the next run. --tls-ca/--tls-cert/--tls-key and
+--gossip-key-file, if given, are used instead of the generated ones; with
+--etcd, etcd's TLS and user come from --etcd-*/--tls-* (or TAILOR_ETCD_*)
+as for any client. The processes get every setting as a flag: they do not
+read TAILOR_CONFIG (or TAILOR_GOSSIP, TAILOR_LISTEN, TAILOR_ADVERTISE, the
+TLS and etcd variables), whose fixed ports would collide on one machine.`)
 	fs.StringVar(&out, "out", "out/local", "output folder")
 	fs.IntVar(&workers, "workers", 3, "worker processes")
 	fs.BoolVar(&standby, "standby", false, "start a standby coordinator too")
@@ -54,6 +73,9 @@ stops every process. The model, history and plot end up in OUT/run. With
 	fs.IntVar(&valN, "val", 1000, "validation images of a composed data set")
 	fs.IntVar(&testN, "test", 1000, "test images of a composed data set")
 	fs.StringVar(&etcdFlag, "etcd", "", "etcd endpoints, comma-separated, to use instead of an embedded etcd")
+	fs.BoolVar(&secure, "secure", false, "mutual TLS, encrypted gossip, etcd over TLS with a user: certificates, keys and passwords made in OUT/certs")
+	fs.StringVar(&gossipKeyFile, "gossip-key-file", os.Getenv("TAILOR_GOSSIP_KEY_FILE"), "file holding the hex gossip key of the processes (with --secure default: OUT/certs/gossip.key, made if missing)")
+	sec.add(fs)
 	fs.BoolVar(&keep, "resume", false, "resume the run in OUT from its newest checkpoint (keeps OUT's etcd data) instead of starting afresh")
 	addSpecFlags(fs, &s)
 	if code, done := parse(env, fs); done {
@@ -106,22 +128,70 @@ stops every process. The model, history and plot end up in OUT/run. With
 		}
 	}
 	endpoints := (&clusterFlags{etcd: etcdFlag}).endpoints()
-	if len(endpoints) == 0 {
+	embedded := len(endpoints) == 0
+	// child is what the processes get: the given settings, or with
+	// --secure the generated ones where none were given
+	child := sec
+	var dev certs.Files // with --secure: OUT/certs's CA and pair
+	certDir := filepath.Join(out, "certs")
+	if secure {
+		if dev, err = ensureDevCerts(env, certDir); err != nil {
+			return fail(env, err)
+		}
+		if !sec.wireFiles().Enabled() {
+			child.tlsCA, child.tlsCert, child.tlsKey = dev.CA, dev.Cert, dev.Key
+		}
+		if gossipKeyFile == "" {
+			if gossipKeyFile, err = ensureGossipKey(certDir); err != nil {
+				return fail(env, err)
+			}
+		}
+	}
+	if _, err := (&clusterFlags{secret: gossipKeyFile}).key(); err != nil {
+		return fail(env, err)
+	}
+	if _, err := child.wireTLS(); err != nil {
+		return fail(env, err)
+	}
+	var cli *clientv3.Client
+	if embedded {
 		// etcd logs only what is fatal: at this level its start and stop
 		// print harmless "errors" (storage version, closed listeners)
-		e, err := cluster.StartEtcd(ctx, cluster.EtcdConfig{Dir: etcdDir, FastTicks: true, LogLevel: "fatal"})
+		ec := cluster.EtcdConfig{Dir: etcdDir, FastTicks: true, LogLevel: "fatal"}
+		if secure {
+			ec.ClientTLS, ec.ClientCertAuth = cluster.TLSFiles{CA: dev.CA, Cert: dev.Cert, Key: dev.Key}, true
+		}
+		e, err := cluster.StartEtcd(ctx, ec)
 		if err != nil {
 			return fail(env, err)
 		}
 		defer e.Close()
 		endpoints = e.Endpoints()
-		env.Log.Info("etcd", "endpoints", endpoints, "dir", etcdDir)
+		env.Log.Info("etcd", "endpoints", endpoints, "dir", etcdDir, "tls", secure)
+		// the embedded etcd is this run's: its TLS and user are ours, not
+		// the ones given for another etcd
+		child.etcdCA, child.etcdCert, child.etcdKey, child.etcdUser, child.etcdPassFile = "", "", "", "", ""
+		if secure {
+			user, pwFile, err := ensureEtcdAuth(ctx, endpoints, dev, certDir)
+			if err != nil {
+				return fail(env, err)
+			}
+			child.etcdCA, child.etcdCert, child.etcdKey, child.etcdUser, child.etcdPassFile = dev.CA, dev.Cert, dev.Key, user, pwFile
+			cli, err = child.etcdClient(endpoints)
+		} else {
+			cli, err = cluster.NewClient(endpoints)
+		}
+		if err != nil {
+			return fail(env, err)
+		}
 	} else {
 		env.Log.Info("etcd", "endpoints", endpoints)
-	}
-	cli, err := cluster.NewClient(endpoints)
-	if err != nil {
-		return fail(env, err)
+		if secure && !child.etcdFiles(endpoints).Enabled() {
+			env.Log.Warn("--secure with a plaintext etcd: give https:// endpoints and --etcd-ca (or --tls-ca)")
+		}
+		if cli, err = child.etcdClient(endpoints); err != nil {
+			return fail(env, err)
+		}
 	}
 	defer cli.Close()
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -138,17 +208,24 @@ stops every process. The model, history and plot end up in OUT/run. With
 	// every role serves /metrics on a free port and publishes it in its
 	// membership record, where tailor status finds it
 	etcdList := strings.Join(endpoints, ",")
-	common := []string{"--etcd", etcdList, "--run", s.Run, "--metrics-listen", "127.0.0.1:0"}
-	fmt.Fprintf(env.Stdout, "run %s: etcd %s; watch it with: tailor status --etcd %s --run %s --watch 2s\n", s.Run, etcdList, etcdList, s.Run)
+	secArgs := child.args()
+	common := append([]string{"--etcd", etcdList, "--run", s.Run, "--metrics-listen", "127.0.0.1:0", "--gossip", "127.0.0.1:0"}, secArgs...)
+	if gossipKeyFile != "" {
+		common = append(common, "--gossip-key-file", gossipKeyFile)
+	}
+	listen := []string{"--listen", "127.0.0.1:0"}
+	fmt.Fprintf(env.Stdout, "run %s: etcd %s; watch it with: %s\n", s.Run, etcdList,
+		strings.Join(append(append([]string{"tailor", "status", "--etcd", etcdList, "--run", s.Run}, secArgs...), "--watch", "2s"), " "))
+	childEnv := localChildEnv(embedded, child)
 	g := supervise.New(env.Stderr, 5*time.Second)
 	start := func(name string, args ...string) error {
-		return g.Start(supervise.Spec{Name: name, Path: self, Args: args})
+		return g.Start(supervise.Spec{Name: name, Path: self, Args: args, Env: childEnv})
 	}
-	if err := start("coordinator", append([]string{"coordinator", "--id", "coord-a"}, common...)...); err != nil {
+	if err := start("coordinator", append(append([]string{"coordinator", "--id", "coord-a"}, common...), listen...)...); err != nil {
 		return fail(env, err)
 	}
 	if standby {
-		if err := start("standby", append([]string{"coordinator", "--id", "coord-b"}, common...)...); err != nil {
+		if err := start("standby", append(append([]string{"coordinator", "--id", "coord-b"}, common...), listen...)...); err != nil {
 			g.Stop()
 			return fail(env, err)
 		}
@@ -156,8 +233,8 @@ stops every process. The model, history and plot end up in OUT/run. With
 	for i := 0; i < s.ParamServers; i++ {
 		// a parameter server that dies is started again: the coordinator
 		// rolls every server back to the last checkpoint once it is back
-		err := g.Start(supervise.Spec{Name: fmt.Sprintf("ps%d", i), Path: self, Restart: true,
-			Args: append([]string{"paramserver", "--index", strconv.Itoa(i)}, common...)})
+		err := g.Start(supervise.Spec{Name: fmt.Sprintf("ps%d", i), Path: self, Restart: true, Env: childEnv,
+			Args: append(append([]string{"paramserver", "--index", strconv.Itoa(i)}, common...), listen...)})
 		if err != nil {
 			g.Stop()
 			return fail(env, err)
@@ -242,4 +319,167 @@ func ensureFashionShards(ctx context.Context, env *Env, out, shards string, size
 	bc.Size, bc.Overwrite = size, true
 	_, err = shard.Build(ctx, bc, fc.Out, st, env.Stderr, env.Log)
 	return err
+}
+
+// args are the flags of s that are set, as a command line: file names and
+// a user name, never a secret.
+func (s securityFlags) args() []string {
+	var a []string
+	for _, f := range []struct{ name, v string }{
+		{"tls-ca", s.tlsCA}, {"tls-cert", s.tlsCert}, {"tls-key", s.tlsKey},
+		{"etcd-ca", s.etcdCA}, {"etcd-cert", s.etcdCert}, {"etcd-key", s.etcdKey},
+		{"etcd-user", s.etcdUser}, {"etcd-password-file", s.etcdPassFile},
+	} {
+		if f.v != "" {
+			a = append(a, "--"+f.name, f.v)
+		}
+	}
+	return a
+}
+
+// localChildEnv unsets, for the processes of tailor local, the variables
+// whose settings it passes them as flags or must not pass them: a config
+// file and the addresses (fixed ports would collide on one machine), and
+// the TLS and etcd settings it resolved. The etcd password stays when it
+// comes from the environment for an external etcd (it is never a flag).
+func localChildEnv(embedded bool, child securityFlags) []string {
+	env := []string{"TAILOR_CONFIG=", "TAILOR_GOSSIP=", "TAILOR_LISTEN=", "TAILOR_ADVERTISE=", "TAILOR_METRICS_LISTEN=",
+		"TAILOR_GOSSIP_KEY_FILE=", "TAILOR_TLS_CA=", "TAILOR_TLS_CERT=", "TAILOR_TLS_KEY=",
+		"TAILOR_ETCD_CA=", "TAILOR_ETCD_CERT=", "TAILOR_ETCD_KEY=", "TAILOR_ETCD_USER=", "TAILOR_ETCD_PASSWORD_FILE="}
+	if embedded || child.etcdUser == "" || child.etcdPassFile != "" {
+		env = append(env, "TAILOR_ETCD_PASSWORD=")
+	}
+	return env
+}
+
+// File names of tailor local --secure in OUT/certs, besides the CA and
+// the node pair of tailor certs init.
+const (
+	localGossipKey    = "gossip.key"
+	localEtcdPassword = "etcd-password"      // the etcd user's (localEtcdUser)
+	localEtcdRootPass = "etcd-root-password" // etcd's root user's, to administer it
+	localEtcdUser     = "tailor"
+)
+
+// ensureDevCerts returns the CA and node pair in dir, made with
+// certs.Init unless a pair there is signed by the CA, good for 127.0.0.1
+// and valid for another day.
+func ensureDevCerts(env *Env, dir string) (certs.Files, error) {
+	f := certs.Files{CA: filepath.Join(dir, certs.CAFile), Cert: filepath.Join(dir, certs.CertFile(certs.NodeName)), Key: filepath.Join(dir, certs.KeyFile(certs.NodeName))}
+	if c, err := f.Load(); err == nil {
+		leaf := c.Certificates[0].Leaf
+		if leaf != nil && leaf.VerifyHostname("127.0.0.1") == nil && time.Until(leaf.NotAfter) > 24*time.Hour {
+			env.Log.Info("using existing certificates", "dir", dir)
+			return f, nil
+		}
+	}
+	cfg := certs.DefaultInitConfig(dir)
+	cfg.Force = true
+	if _, err := certs.Init(cfg); err != nil {
+		return f, fmt.Errorf("secure: %w", err)
+	}
+	env.Log.Info("made a development CA and certificate", "dir", dir)
+	return f, nil
+}
+
+// ensureGossipKey returns dir's gossip key file, written (0600, 32 random
+// bytes in hex) unless it holds a valid key.
+func ensureGossipKey(dir string) (string, error) {
+	path := filepath.Join(dir, localGossipKey)
+	if _, err := (&clusterFlags{secret: path}).key(); err == nil {
+		return path, nil
+	}
+	if err := writeSecret(path, 32); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// writeSecret replaces path (0600) with n random bytes in hex and a
+// newline.
+func writeSecret(path string, n int) error {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return fmt.Errorf("secure: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("secure: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("secure: %w", err)
+	}
+	_, err = f.WriteString(hex.EncodeToString(b) + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("secure: write %s: %w", path, err)
+	}
+	return nil
+}
+
+// ensureEtcdAuth turns on the auth of the embedded etcd at endpoints (TLS
+// with client certificates of f's CA), unless it is on (a resumed run):
+// a root user, and a user localEtcdUser whose role may read and write
+// /tailor/ only, with random passwords written to dir (0600). It returns
+// the user and its password file.
+func ensureEtcdAuth(ctx context.Context, endpoints []string, f certs.Files, dir string) (user, pwFile string, err error) {
+	user, pwFile = localEtcdUser, filepath.Join(dir, localEtcdPassword)
+	tc, err := f.Load()
+	if err != nil {
+		return "", "", fmt.Errorf("secure: %w", err)
+	}
+	admin, err := cluster.NewAuthClient(endpoints, cluster.EtcdAuth{TLS: tc})
+	if err != nil {
+		return "", "", fmt.Errorf("secure: %w", err)
+	}
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := admin.AuthStatus(ctx)
+	if err != nil {
+		return "", "", fmt.Errorf("secure: etcd auth status: %w", err)
+	}
+	if st.Enabled {
+		// a resumed run: the users exist, with the password in the file
+		if _, err := (&securityFlags{etcdPassFile: pwFile}).password(); err != nil {
+			return "", "", fmt.Errorf("secure: etcd has auth on but its password is lost (start afresh without --resume): %w", err)
+		}
+		return user, pwFile, nil
+	}
+	rootFile := filepath.Join(dir, localEtcdRootPass)
+	for _, p := range []string{rootFile, pwFile} {
+		if err := writeSecret(p, 16); err != nil {
+			return "", "", err
+		}
+	}
+	var pw [2]string
+	for i, p := range []string{rootFile, pwFile} {
+		if pw[i], err = (&securityFlags{etcdPassFile: p}).password(); err != nil {
+			return "", "", fmt.Errorf("secure: %w", err)
+		}
+	}
+	steps := []struct {
+		what string
+		do   func() error
+	}{
+		{"add user root", func() error { _, err := admin.UserAdd(ctx, "root", pw[0]); return err }},
+		{"grant root the root role", func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err }},
+		{"add role " + user, func() error { _, err := admin.RoleAdd(ctx, user); return err }},
+		{"grant role " + user + " /tailor/", func() error {
+			_, err := admin.RoleGrantPermission(ctx, user, "/tailor/", clientv3.GetPrefixRangeEnd("/tailor/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		}},
+		{"add user " + user, func() error { _, err := admin.UserAdd(ctx, user, pw[1]); return err }},
+		{"grant " + user + " its role", func() error { _, err := admin.UserGrantRole(ctx, user, user); return err }},
+		{"enable auth", func() error { _, err := admin.AuthEnable(ctx); return err }},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			// etcd's errors never hold the passwords it was given
+			return "", "", fmt.Errorf("secure: etcd auth: %s: %w", s.what, err)
+		}
+	}
+	return user, pwFile, nil
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -63,6 +64,10 @@ type Spec struct {
 	// KeepCheckpoints is how many of the newest checkpoints retention keeps
 	// (the best one is kept as well).
 	KeepCheckpoints int `json:"keep_checkpoints"`
+	// StoreRetry is how long the roles retry an object-store read or write
+	// that fails transiently (unreachable endpoint, 5xx, SlowDown) before
+	// they give up: 0 means shard.DefaultRetryBudget, negative no retries.
+	StoreRetry time.Duration `json:"store_retry,omitempty"`
 	// Audit makes the coordinator log every consumed batch's record IDs to
 	// audit.log in Out (for tests and investigations: exactly once per epoch).
 	Audit bool `json:"audit,omitempty"`
@@ -75,13 +80,35 @@ type Spec struct {
 // spec names no checkpoint store of its own.
 const CheckpointPrefix = "checkpoints/"
 
+// StorePolicy is how the running roles retry object-store operations
+// (StoreRetry), logging each retry to log.
+func (s Spec) StorePolicy(log *slog.Logger) shard.RetryPolicy {
+	p := shard.DefaultRetryPolicy()
+	switch {
+	case s.StoreRetry > 0:
+		p.Budget = s.StoreRetry
+	case s.StoreRetry < 0:
+		p.Budget = 0
+	}
+	p.Log = log
+	return p
+}
+
 // OpenCheckpoints opens the run's checkpoint location. data is the run's
-// data store, already open (used when the spec names no other store).
-func OpenCheckpoints(ctx context.Context, s Spec, data shard.Store) (checkpoint.Location, error) {
+// data store, already open (used when the spec names no other store); a
+// store of its own is opened with retries under retry, unless its budget
+// is 0 (tools run by hand).
+func OpenCheckpoints(ctx context.Context, s Spec, data shard.Store, retry shard.RetryPolicy) (checkpoint.Location, error) {
 	if s.Checkpoints == "" {
 		return checkpoint.Location{Store: data, Prefix: CheckpointPrefix}, nil
 	}
-	st, err := shard.OpenStore(ctx, s.Checkpoints)
+	var st shard.Store
+	var err error
+	if retry.Budget > 0 {
+		st, err = shard.OpenStoreRetry(ctx, s.Checkpoints, retry)
+	} else {
+		st, err = shard.OpenStore(ctx, s.Checkpoints)
+	}
 	if err != nil {
 		return checkpoint.Location{}, fmt.Errorf("checkpoint store: %w", err)
 	}
