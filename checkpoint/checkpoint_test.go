@@ -6,8 +6,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"math"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -238,3 +241,53 @@ func TestLocationListReadRetain(t *testing.T) {
 		t.Error("read another job's checkpoint")
 	}
 }
+
+// failingPuts fails its first n Puts half-way through the upload with a
+// reset connection.
+type failingPuts struct {
+	shard.Store
+	n int
+}
+
+func (f *failingPuts) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+	if f.n > 0 {
+		f.n--
+		io.CopyN(io.Discard, r, size/2)
+		return fmt.Errorf("put %q: write tcp: %w", name, syscall.ECONNRESET)
+	}
+	return f.Store.Put(ctx, name, r, size)
+}
+
+// A part upload that fails half-way is retried from the start by a store
+// with retries (the part stream starts over), and the stored part verifies.
+func TestWritePartRetried(t *testing.T) {
+	local, err := shard.NewLocalStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	flaky := &failingPuts{Store: local, n: 2}
+	policy := shard.RetryPolicy{Budget: 5 * time.Second, Initial: time.Millisecond, Max: 10 * time.Millisecond}
+	l := Location{Store: shard.WithRetry(flaky, policy)}
+	p := samplePart()
+	_, want := encodePart(t, p)
+	b, err := l.WritePart(ctx, dir0+PartObject(1), p)
+	if err != nil {
+		t.Fatalf("WritePart: %v", err)
+	}
+	if flaky.n != 0 || b.SHA256 != hex.EncodeToString(want[:]) {
+		t.Fatalf("%d failures left, digest %s; want 0 and %x", flaky.n, b.SHA256, want)
+	}
+	b.Object = PartObject(1)
+	if _, err := l.ReadPart(ctx, "r", "j", "c", b); err != nil {
+		t.Fatalf("ReadPart after retries: %v", err)
+	}
+	// without retries the first failure is the answer
+	flaky.n = 1
+	if _, err := (Location{Store: flaky}).WritePart(ctx, dir0+PartObject(1), p); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("WritePart without retries: %v, want the reset", err)
+	}
+}
+
+// dir0 is the folder of checkpoint "c" of run r, job j, at the root.
+var dir0 = Location{}.Dir("r", "j", "c")

@@ -286,24 +286,71 @@ func (l Location) ReadPart(ctx context.Context, run, job, name string, b Blob) (
 
 // WritePart stores p as an object of the checkpoint store, streaming it
 // (no copy of the whole blob in memory), and returns its manifest entry.
+// The stream can start over (io.Seeker to 0), so a store with retries
+// (shard.WithRetry) retries a failed upload.
 func (l Location) WritePart(ctx context.Context, object string, p *Part) (Blob, error) {
 	size, err := PartSize(p)
 	if err != nil {
 		return Blob{}, err
 	}
-	pr, pw := io.Pipe()
-	var sum [32]byte
-	go func() {
-		var err error
-		sum, _, err = WritePart(pw, p)
-		pw.CloseWithError(err)
-	}()
-	err = l.Store.Put(ctx, object, pr, size)
-	pr.CloseWithError(errors.New("checkpoint: upload ended")) // stops the writer if Put failed early
+	r := &partReader{p: p}
+	r.start()
+	err = l.Store.Put(ctx, object, r, size)
+	sum, encErr := r.stop()
 	if err != nil {
 		return Blob{}, fmt.Errorf("store checkpoint part: %w", err)
 	}
+	if encErr != nil {
+		return Blob{}, fmt.Errorf("store checkpoint part: %w", encErr)
+	}
 	return Blob{Server: p.Server, Object: object, SHA256: hex.EncodeToString(sum[:]), Bytes: size, Version: p.Version}, nil
+}
+
+// partReader streams a part's encoding (WritePart in a goroutine, through
+// a pipe). Seek(0, io.SeekStart) starts the encoding over.
+type partReader struct {
+	p    *Part
+	pr   *io.PipeReader
+	done chan struct{}
+	sum  [32]byte
+	err  error
+}
+
+func (r *partReader) start() {
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	r.pr, r.done = pr, done
+	go func() {
+		defer close(done)
+		var err error
+		r.sum, _, err = WritePart(pw, r.p)
+		r.err = err
+		pw.CloseWithError(err)
+	}()
+}
+
+// stop ends the encoding (if the upload stopped early) and returns its
+// digest and error.
+func (r *partReader) stop() ([32]byte, error) {
+	r.pr.CloseWithError(errUploadEnded)
+	<-r.done
+	if errors.Is(r.err, errUploadEnded) {
+		return r.sum, nil // the reader stopped early: Put's error says why
+	}
+	return r.sum, r.err
+}
+
+var errUploadEnded = errors.New("checkpoint: upload ended")
+
+func (r *partReader) Read(b []byte) (int, error) { return r.pr.Read(b) }
+
+func (r *partReader) Seek(offset int64, whence int) (int64, error) {
+	if offset != 0 || whence != io.SeekStart {
+		return 0, errors.New("checkpoint: a part stream only goes back to its start")
+	}
+	r.stop()
+	r.start()
+	return 0, nil
 }
 
 // VerifyPart checks a stored part against its digest without keeping it.

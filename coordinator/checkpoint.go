@@ -11,6 +11,7 @@ import (
 	"github.com/tailorml/tailor/checkpoint"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/wire"
+	"github.com/tailorml/tailor/shard"
 	"github.com/tailorml/tailor/train"
 )
 
@@ -124,7 +125,9 @@ func (l *leader) saveOrWarn(ctx context.Context, version int64, rs RunState, epo
 // resume restores the newest valid checkpoint of the job into the parameter
 // servers and returns its manifest and state; nil when the job has none. A
 // checkpoint that fails any check (manifest checksum, a part's size or
-// digest, a restore refused) is skipped with a warning for the one before.
+// digest, a restore refused) is skipped with a warning for the one before;
+// a store out of reach for the whole retry budget (spec.StoreRetry) ends
+// the resume with that error.
 func (l *leader) resume(ctx context.Context) (*checkpoint.Meta, *RunState, error) {
 	c := l.ck
 	keys := cluster.RunKeys(l.spec.Run)
@@ -160,6 +163,12 @@ func (l *leader) resume(ctx context.Context) (*checkpoint.Meta, *RunState, error
 		}
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
+		}
+		if errors.Is(err, shard.ErrUnreachable) {
+			// the store was out of reach for the whole retry budget: the
+			// older checkpoints are in the same store, and nothing is
+			// known to be wrong with this one
+			return nil, nil, fmt.Errorf("resume from checkpoint %s: %w", name, err)
 		}
 		l.log.Warn("checkpoint unusable, trying the one before", "name", name, "err", err)
 	}

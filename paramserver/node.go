@@ -91,11 +91,13 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	data, err := shard.OpenStore(ctx, spec.Data)
+	// checkpoint parts are written and read with retries (spec.StoreRetry)
+	retry := spec.StorePolicy(log)
+	data, err := shard.OpenStoreRetry(ctx, spec.Data, retry)
 	if err != nil {
 		return err
 	}
-	ckpts, err := job.OpenCheckpoints(ctx, spec, data)
+	ckpts, err := job.OpenCheckpoints(ctx, spec, data, retry)
 	if err != nil {
 		return err
 	}

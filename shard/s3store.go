@@ -309,6 +309,9 @@ type OpenOptions struct {
 	S3 map[string]string
 	// Getenv reads the environment; nil means os.Getenv.
 	Getenv func(string) string
+	// MaxAttempts, if positive, replaces S3Config.MaxAttempts (the S3
+	// client's own tries of a request).
+	MaxAttempts int
 }
 
 // OpenStoreWith is OpenStore with settings for s3:// locations.
@@ -319,6 +322,9 @@ func OpenStoreWith(ctx context.Context, rawURL string, opts OpenOptions) (Store,
 	cfg, err := ParseS3URL(rawURL, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if opts.MaxAttempts > 0 {
+		cfg.MaxAttempts = opts.MaxAttempts
 	}
 	st, err := NewS3Store(ctx, cfg)
 	if err != nil {
@@ -713,8 +719,12 @@ func (s *S3Store) wrap(ctx context.Context, op, name string, err error) error {
 			strings.Contains(err.Error(), "does not look like a TLS handshake"):
 			hint = " (it speaks plain HTTP: set tls=false or an http:// endpoint)"
 		}
-		return fmt.Errorf("%s: cannot reach s3 endpoint %s after %d attempts%s: %v: %w",
-			what, s.cfg.endpointURL(), s.cfg.MaxAttempts, hint, unwrapURLError(err), ErrUnreachable)
+		after := ""
+		if s.cfg.MaxAttempts > 1 {
+			after = fmt.Sprintf(" after %d attempts", s.cfg.MaxAttempts)
+		}
+		return fmt.Errorf("%s: cannot reach s3 endpoint %s%s%s: %w: %w",
+			what, s.cfg.endpointURL(), after, hint, unwrapURLError(err), ErrUnreachable)
 	}
 	return fmt.Errorf("%s: s3 %s: %w", what, s.cfg.endpointURL(), err)
 }
@@ -876,12 +886,26 @@ func (e *exactReader) checkEnd() error {
 
 // Get implements Store. The object streams from the service as it is read.
 func (s *S3Store) Get(ctx context.Context, name string) (io.ReadCloser, error) {
+	return s.getFrom(ctx, name, 0)
+}
+
+// getFrom is Get from byte off on (a range request), for WithRetry.
+func (s *S3Store) getFrom(ctx context.Context, name string, off int64) (io.ReadCloser, error) {
 	key, err := s.key("get", name)
 	if err != nil {
 		return nil, err
 	}
-	body, _, _, err := s.core.GetObject(ctx, s.cfg.Bucket, key, minio.GetObjectOptions{})
+	var opts minio.GetObjectOptions
+	if off > 0 {
+		if err := opts.SetRange(off, 0); err != nil {
+			return nil, fmt.Errorf("get %q: %w", name, err)
+		}
+	}
+	body, _, _, err := s.core.GetObject(ctx, s.cfg.Bucket, key, opts)
 	if err != nil {
+		if off > 0 && minio.ToErrorResponse(err).Code == "InvalidRange" {
+			return io.NopCloser(bytes.NewReader(nil)), nil // the break came at the very end
+		}
 		return nil, s.wrap(ctx, "get", name, err)
 	}
 	return body, nil

@@ -182,6 +182,19 @@ func (s *LocalStore) Get(ctx context.Context, name string) (io.ReadCloser, error
 	return f, nil
 }
 
+// getFrom is Get from byte off on, for WithRetry.
+func (s *LocalStore) getFrom(ctx context.Context, name string, off int64) (io.ReadCloser, error) {
+	rc, err := s.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := rc.(*os.File).Seek(off, io.SeekStart); err != nil {
+		rc.Close()
+		return nil, fmt.Errorf("get %q: %w", name, err)
+	}
+	return rc, nil
+}
+
 // Stat implements Store.
 func (s *LocalStore) Stat(ctx context.Context, name string) (int64, error) {
 	p, err := s.path("stat", name)

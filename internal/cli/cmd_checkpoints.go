@@ -84,7 +84,7 @@ names unless --force.`)
 	if err != nil {
 		return fail(env, err)
 	}
-	loc, err := job.OpenCheckpoints(cctx, spec, data)
+	loc, err := job.OpenCheckpoints(cctx, spec, data, shard.RetryPolicy{})
 	if err != nil {
 		return fail(env, err)
 	}

@@ -54,9 +54,10 @@ func Push(n *model.Net, grads [][]float32) [][]float32 {
 
 // Open opens a run's shard store and manifest and builds the run's net (the
 // architecture the manifest's image size and labels call for, weights drawn
-// from seed): what the coordinator and every worker start from.
-func Open(ctx context.Context, data string, seed uint64) (shard.Store, *shard.Manifest, *model.Net, error) {
-	st, err := shard.OpenStore(ctx, data)
+// from seed): what the coordinator and every worker start from. The store
+// retries every operation under retry (shard.OpenStoreRetry).
+func Open(ctx context.Context, data string, seed uint64, retry shard.RetryPolicy) (shard.Store, *shard.Manifest, *model.Net, error) {
+	st, err := shard.OpenStoreRetry(ctx, data, retry)
 	if err != nil {
 		return nil, nil, nil, err
 	}
