@@ -197,6 +197,7 @@ func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.IntVar(&s.KeepCheckpoints, "keep-checkpoints", s.KeepCheckpoints, "newest checkpoints kept (and the best one)")
 	fs.BoolVar(&s.Audit, "audit", s.Audit, "log every consumed batch's record IDs to OUT/audit.log (exactly-once checks)")
 	fs.StringVar(&s.Checkpoints, "checkpoints", s.Checkpoints, "checkpoint store, path or URL (default: the data store, under checkpoints/)")
+	fs.DurationVar(&s.StoreRetry, "store-retry", s.StoreRetry, "how long every role retries an object store that is out of reach, then gives up (0: 90s; negative: no retries)")
 }
 
 func runSubmit(ctx context.Context, env *Env) int {
