@@ -346,7 +346,11 @@ func (m *Membership) startGossip(cfg MembershipConfig) (*memberlist.Memberlist, 
 		if err != nil {
 			return nil, fmt.Errorf("cluster: gossip advertise %q: %w", cfg.GossipAdvertise, err)
 		}
-		mc.AdvertiseAddr = ah
+		// memberlist advertises an IP address: a host name (a container's
+		// service name, as --advertise gives it) is resolved here, once
+		if mc.AdvertiseAddr, err = resolveIP(ah); err != nil {
+			return nil, fmt.Errorf("cluster: gossip advertise %q: %w", cfg.GossipAdvertise, err)
+		}
 		if mc.AdvertisePort, err = strconv.Atoi(ap); err != nil {
 			return nil, fmt.Errorf("cluster: gossip advertise %q: %w", cfg.GossipAdvertise, err)
 		}
@@ -360,6 +364,27 @@ func (m *Membership) startGossip(cfg MembershipConfig) (*memberlist.Memberlist, 
 		return nil, fmt.Errorf("cluster: start gossip: %w", err)
 	}
 	return ml, nil
+}
+
+// resolveIP returns host if it is an IP address, else its first IPv4
+// address (or first address).
+func resolveIP(host string) (string, error) {
+	if net.ParseIP(host) != nil {
+		return host, nil
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil {
+		return "", err
+	}
+	for _, ip := range ips {
+		if ip.To4() != nil {
+			return ip.String(), nil
+		}
+	}
+	if len(ips) == 0 {
+		return "", fmt.Errorf("no address for %s", host)
+	}
+	return ips[0].String(), nil
 }
 
 // register grants a lease and writes the member record under it.
