@@ -187,6 +187,7 @@ type leader struct {
 	sched  *Scheduler      // sync mode
 	asched *AsyncScheduler // async and ssp modes
 	steps  *Steps
+	bn     *bnReducer    // synchronised BatchNorm
 	wake   chan struct{} // closed and replaced when reservations change
 	// the last step each worker reported finished
 	reported map[string]int64
@@ -272,6 +273,8 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 	defer l.steps.Close()
+	l.bn = newBNReducer(spec.Run, l.steps.Participants, l.genNow, l.log)
+	defer l.bn.Close()
 	l.registerMetrics()
 	every := l.cfg.ProgressInterval
 	if every <= 0 {
@@ -281,6 +284,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	gs := grpc.NewServer(wire.ServerOptions(l.cfg.TLS)...)
 	wire.RegisterWork(gs, l)
 	wire.RegisterSteps(gs, l.steps)
+	wire.RegisterBN(gs, l.bn)
 	go gs.Serve(lis)
 	defer gs.Stop()
 
@@ -704,6 +708,7 @@ func (l *leader) commit(ctx context.Context, d wire.Decision) (wire.Decision, er
 		l.auditLocked(b)
 	}
 	l.imagesCounter.Add(float64(len(done)))
+	l.bn.Finished(d.Step)
 	l.broadcastLocked()
 	select {
 	case l.decided <- d.Step:
@@ -731,6 +736,7 @@ func (l *leader) watch(events <-chan cluster.Event) {
 		case cluster.EventFailed, cluster.EventGone, cluster.EventLeft:
 			l.log.Info("worker lost", "worker", ev.Member.ID, "event", ev.Kind)
 			l.steps.Drop(ev.Member.ID)
+			l.bn.Reevaluate() // its BatchNorm exchanges go on without it
 			l.mu.Lock()
 			if l.sched != nil {
 				l.sched.Drop(ev.Member.ID)
@@ -836,6 +842,9 @@ func (l *leader) newGen() {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	l.gen.Store(binary.LittleEndian.Uint64(b[:]) | 1)
+	if l.bn != nil {
+		l.bn.Reset() // the workers in a BatchNorm exchange start over
+	}
 }
 
 func (l *leader) genNow() uint64 { return l.gen.Load() }

@@ -36,9 +36,14 @@ type Compute struct {
 	tensors [][]float32 // aliases of the net's weights and statistics, spec order
 	x, y    []float32
 	version int64
+	// bnSync, if set, synchronises BatchNorm with the step's other workers
+	bnSync func(ctx context.Context, step int64, slot int, vals []float64) error
 
 	// time spent, for the "share of a step spent communicating" figure
 	ComputeTime, PushTime, PullTime time.Duration
+	// BNSyncTime is the part of ComputeTime spent exchanging BatchNorm
+	// statistics (waiting for the step's slowest worker included)
+	BNSyncTime time.Duration
 }
 
 // NewCompute wires a net to a parameter-server client built from the same
@@ -51,6 +56,13 @@ func NewCompute(cfg ComputeConfig, net *model.Net, client *wire.Client) *Compute
 // SetClient replaces the connection to the parameter servers (one of them
 // moved: restarted elsewhere).
 func (c *Compute) SetClient(client *wire.Client) { c.client = client }
+
+// SetBNSync makes every step's BatchNorm synchronised through f (see
+// model.StepOptions.BNSync): f exchanges a slot's sums for their totals
+// over the step's workers.
+func (c *Compute) SetBNSync(f func(ctx context.Context, step int64, slot int, vals []float64) error) {
+	c.bnSync = f
+}
 
 // Net is the worker's copy of the net.
 func (c *Compute) Net() *model.Net { return c.net }
@@ -89,9 +101,16 @@ func (c *Compute) Step(ctx context.Context, step int64, epoch int, recs []*shard
 	t0 := time.Now()
 	k := len(recs)
 	train.FillBatch(c.x, c.y, recs, cfg.Labels, cfg.Size, cfg.Size, cfg.Channels, c.cfg.Augment, c.cfg.Mean, c.cfg.Std, c.cfg.Seed, epoch)
-	loss, grads, err := c.net.TrainStep(c.x[:k*n], c.y[:k*cfg.Labels], k, model.StepOptions{
-		Dropout: true, Seed: model.DropoutSeed(c.cfg.Seed, c.cfg.Rank), Step: uint64(step), BN: model.BNTrain,
-	})
+	opt := model.StepOptions{Dropout: true, Seed: model.DropoutSeed(c.cfg.Seed, c.cfg.Rank), Step: uint64(step), BN: model.BNTrain}
+	if c.bnSync != nil {
+		opt.BNSync = func(slot int, vals []float64) error {
+			t := time.Now()
+			err := c.bnSync(ctx, step, slot, vals)
+			c.BNSyncTime += time.Since(t)
+			return err
+		}
+	}
+	loss, grads, err := c.net.TrainStep(c.x[:k*n], c.y[:k*cfg.Labels], k, opt)
 	c.ComputeTime += time.Since(t0)
 	if err != nil {
 		return 0, err

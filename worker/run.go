@@ -110,6 +110,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	w := &runner{cfg: cfg, spec: spec, log: log, cli: cli, elect: elect, comp: comp, ps: client, cache: cache, man: man, m: m,
 		mem: mem, wspec: wspec, psAddrs: psAddrs}
+	if spec.SyncBatchNorm() {
+		comp.SetBNSync(w.reduceBN)
+	}
 	err = w.loop(ctx)
 	client = w.ps // the one to close
 	return err
@@ -134,7 +137,26 @@ type runner struct {
 	conn       *grpc.ClientConn
 	coordAddr  string
 	work       *wire.WorkClient
+	bn         *wire.BNClient
+	gen        uint64 // the coordinator generation of the last reply
 	firstIndex map[string]int
+}
+
+// reduceBN exchanges a BatchNorm slot's sums with the other workers of the
+// step, through the coordinator that gave this worker the step.
+func (w *runner) reduceBN(ctx context.Context, step int64, slot int, vals []float64) error {
+	if w.bn == nil {
+		return errors.New("synchronised batchnorm: no coordinator")
+	}
+	// the others may still be computing: wait as long as a step may last
+	rctx, cancel := context.WithTimeout(ctx, w.spec.StepDeadline)
+	defer cancel()
+	rep, err := w.bn.Reduce(rctx, &wire.BNRequest{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Gen: w.gen, Step: step, Slot: slot, Values: vals})
+	if err != nil {
+		return fmt.Errorf("synchronised batchnorm: %w", err)
+	}
+	copy(vals, rep.Values)
+	return nil
 }
 
 // coordinator (re)connects to the current leader.
@@ -153,7 +175,7 @@ func (w *runner) coordinator(ctx context.Context) (*wire.WorkClient, error) {
 			if err != nil {
 				return nil, err
 			}
-			w.conn, w.coordAddr, w.work = conn, addr, wire.NewWorkClient(conn)
+			w.conn, w.coordAddr, w.work, w.bn = conn, addr, wire.NewWorkClient(conn), wire.NewBNClient(conn)
 			w.log.Info("coordinator", "addr", addr, "id", l.Member.ID)
 			return w.work, nil
 		}
@@ -176,38 +198,37 @@ func (w *runner) loop(ctx context.Context) error {
 		return err
 	}
 	done, loss := int64(-1), 0.0
-	idle := false  // told the parameter servers (SSP) since the last step
-	var gen uint64 // the coordinator generation of the last reply
+	idle := false // told the parameter servers (SSP) since the last step
 	backoff := 100 * time.Millisecond
 	for {
 		wc, err := w.coordinator(ctx)
 		if err != nil {
 			return err
 		}
-		rep, err := wc.Next(ctx, &wire.WorkRequest{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Done: done, Version: w.comp.Version(), Loss: loss, Gen: gen})
+		rep, err := wc.Next(ctx, &wire.WorkRequest{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Done: done, Version: w.comp.Version(), Loss: loss, Gen: w.gen})
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			// the coordinator may have died: find the new leader
 			w.log.Warn("asking for work failed; retrying", "err", err, "backoff", backoff)
-			w.work, w.coordAddr = nil, ""
+			w.work, w.bn, w.coordAddr = nil, nil, ""
 			time.Sleep(backoff)
 			backoff = min(2*backoff, 3*time.Second)
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		if rep.Gen != gen {
+		if rep.Gen != w.gen {
 			// a new leader, or a rollback: what this worker did before is
 			// not this generation's business
-			gen, done, idle = rep.Gen, -1, false
+			w.gen, done, idle = rep.Gen, -1, false
 		}
 		switch rep.Kind {
 		case wire.WorkDone:
 			c := w.comp
 			total := c.ComputeTime + c.PushTime + c.PullTime
 			w.log.Info("run done", "steps", done+1, "compute_s", c.ComputeTime.Seconds(), "push_s", c.PushTime.Seconds(),
-				"pull_s", c.PullTime.Seconds(), "input_stall_s", w.cache.Stall().Seconds(),
+				"pull_s", c.PullTime.Seconds(), "bn_sync_s", c.BNSyncTime.Seconds(), "input_stall_s", w.cache.Stall().Seconds(),
 				"communication_share", math.Round(100*float64(c.PushTime+c.PullTime)/float64(max(total, 1)))/100)
 			return nil
 		case wire.WorkWait:

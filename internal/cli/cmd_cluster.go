@@ -192,6 +192,7 @@ func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.Float64Var(&s.Adam.LR, "lr", s.Adam.LR, "Adam learning rate")
 	fs.BoolVar(&s.Augment.Enabled, "augment", s.Augment.Enabled, "augment training images")
 	fs.BoolVar(&s.BNEstimate, "bn-estimate", s.BNEstimate, "re-estimate BatchNorm statistics before validating and saving")
+	fs.BoolVar(&s.SyncBN, "sync-bn", s.SyncBN, "sync: synchronise BatchNorm statistics across the workers of a step (global-batch statistics, as one process; off with --quorum)")
 	fs.BoolVar(&s.EvalRunning, "eval-running-bn", s.EvalRunning, "also validate with the running BatchNorm statistics")
 	fs.IntVar(&s.CheckpointEvery, "checkpoint-every", s.CheckpointEvery, "steps (async, ssp: batches) between checkpoints (0: epoch ends only; every epoch's end checkpoints)")
 	fs.IntVar(&s.KeepCheckpoints, "keep-checkpoints", s.KeepCheckpoints, "newest checkpoints kept (and the best one)")

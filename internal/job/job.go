@@ -46,10 +46,14 @@ type Spec struct {
 	Adam         optim.AdamConfig `json:"adam"` // Decay 0 with DecayAuto: LR/Epochs
 	DecayAuto    bool             `json:"decay_auto"`
 	BNEstimate   bool             `json:"bn_estimate"`
-	BNBatches    int              `json:"bn_batches"`
-	EvalRunning  bool             `json:"eval_running_bn"`
-	BestBy       string           `json:"best_by"`
-	Out          string           `json:"out"` // the coordinator's output folder (model, history)
+	// SyncBN synchronises BatchNorm across the workers of a sync step
+	// (every layer normalises with the statistics of the whole global
+	// batch, as one process would): see SyncBatchNorm.
+	SyncBN      bool   `json:"sync_bn"`
+	BNBatches   int    `json:"bn_batches"`
+	EvalRunning bool   `json:"eval_running_bn"`
+	BestBy      string `json:"best_by"`
+	Out         string `json:"out"` // the coordinator's output folder (model, history)
 	// Workers is how many live workers the coordinator waits for before the
 	// first step, and again after a resume (0: start with whoever is there).
 	// Sync runs are reproducible only with a fixed worker set.
@@ -123,8 +127,16 @@ func DefaultSpec(run, data string) Spec {
 		StepDeadline: 2 * time.Minute, ParamServers: 2, UnitSize: 256,
 		Augment: input.DefaultAugment(), Adam: optim.DefaultAdam(0), DecayAuto: true,
 		BNEstimate: true, BNBatches: 50, BestBy: "loss", Out: "out/" + run,
-		CheckpointEvery: 500, KeepCheckpoints: 3,
+		CheckpointEvery: 500, KeepCheckpoints: 3, SyncBN: true,
 	}
+}
+
+// SyncBatchNorm reports whether the workers synchronise BatchNorm: SyncBN
+// in sync mode without a quorum. (With backup workers a straggler would
+// hold every other worker's forward pass; async and SSP have no common
+// step.)
+func (s Spec) SyncBatchNorm() bool {
+	return s.SyncBN && s.Mode == ModeSync && s.Quorum == 0
 }
 
 // AdamConfig is the optimizer with the decay resolved.
