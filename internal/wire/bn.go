@@ -199,19 +199,9 @@ var bnDesc = grpc.ServiceDesc{
 	HandlerType: (*BNHandler)(nil),
 	Methods: []grpc.MethodDesc{{
 		MethodName: "Reduce",
-		Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-			req := new(BNRequest)
-			if err := dec(req); err != nil {
-				return nil, err
-			}
-			if icpt == nil {
-				return srv.(BNHandler).Reduce(ctx, req)
-			}
-			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodBNReduce}
-			return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
-				return srv.(BNHandler).Reduce(ctx, r.(*BNRequest))
-			})
-		},
+		Handler: unary(MethodBNReduce, func(srv any, ctx context.Context, req *BNRequest) (any, error) {
+			return srv.(BNHandler).Reduce(ctx, req)
+		}),
 	}},
 	Metadata: "internal/wire",
 }

@@ -51,13 +51,17 @@ var serviceDesc = grpc.ServiceDesc{
 	HandlerType: (*Handler)(nil),
 	Methods: []grpc.MethodDesc{{
 		MethodName: "Status",
-		Handler:    statusHandler,
+		Handler: unary(MethodStatus, func(srv any, ctx context.Context, req *StatusRequest) (any, error) {
+			return srv.(Handler).Status(ctx, req)
+		}),
 	}, {
 		MethodName: "Idle",
-		Handler:    idleHandler,
+		Handler:    unary(MethodIdle, func(srv any, ctx context.Context, req *IdleRequest) (any, error) { return srv.(Handler).Idle(ctx, req) }),
 	}, {
 		MethodName: "Checkpoint",
-		Handler:    checkpointHandler,
+		Handler: unary(MethodCheckpoint, func(srv any, ctx context.Context, req *CheckpointRequest) (any, error) {
+			return srv.(Handler).Checkpoint(ctx, req)
+		}),
 	}},
 	Streams: []grpc.StreamDesc{
 		streamPush: {
@@ -87,46 +91,20 @@ func pullHandler(srv any, st grpc.ServerStream) error {
 	return srv.(Handler).Pull(req, st)
 }
 
-func statusHandler(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-	req := new(StatusRequest)
-	if err := dec(req); err != nil {
-		return nil, err
+// unary is the gRPC handler of a unary method: it decodes a new Req and
+// passes it to call, through the server's interceptor if it has one.
+func unary[Req any](method string, call func(srv any, ctx context.Context, req *Req) (any, error)) grpc.MethodHandler {
+	return func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+		req := new(Req)
+		if err := dec(req); err != nil {
+			return nil, err
+		}
+		if icpt == nil {
+			return call(srv, ctx, req)
+		}
+		info := &grpc.UnaryServerInfo{Server: srv, FullMethod: method}
+		return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) { return call(srv, ctx, r.(*Req)) })
 	}
-	if icpt == nil {
-		return srv.(Handler).Status(ctx, req)
-	}
-	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodStatus}
-	return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
-		return srv.(Handler).Status(ctx, r.(*StatusRequest))
-	})
-}
-
-func idleHandler(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-	req := new(IdleRequest)
-	if err := dec(req); err != nil {
-		return nil, err
-	}
-	if icpt == nil {
-		return srv.(Handler).Idle(ctx, req)
-	}
-	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodIdle}
-	return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
-		return srv.(Handler).Idle(ctx, r.(*IdleRequest))
-	})
-}
-
-func checkpointHandler(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-	req := new(CheckpointRequest)
-	if err := dec(req); err != nil {
-		return nil, err
-	}
-	if icpt == nil {
-		return srv.(Handler).Checkpoint(ctx, req)
-	}
-	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodCheckpoint}
-	return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
-		return srv.(Handler).Checkpoint(ctx, r.(*CheckpointRequest))
-	})
 }
 
 // Register puts a parameter server on a gRPC server built with

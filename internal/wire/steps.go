@@ -290,23 +290,11 @@ var stepsDesc = grpc.ServiceDesc{
 	HandlerType: (*StepsHandler)(nil),
 	Methods: []grpc.MethodDesc{{
 		MethodName: "Decide",
-		Handler:    decideHandler,
+		Handler: unary(MethodDecide, func(srv any, ctx context.Context, req *DecideRequest) (any, error) {
+			return srv.(StepsHandler).Decide(ctx, req)
+		}),
 	}},
 	Metadata: "internal/wire",
-}
-
-func decideHandler(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-	req := new(DecideRequest)
-	if err := dec(req); err != nil {
-		return nil, err
-	}
-	if icpt == nil {
-		return srv.(StepsHandler).Decide(ctx, req)
-	}
-	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodDecide}
-	return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
-		return srv.(StepsHandler).Decide(ctx, r.(*DecideRequest))
-	})
 }
 
 // RegisterSteps puts the Steps service on a gRPC server built with

@@ -169,19 +169,9 @@ var workDesc = grpc.ServiceDesc{
 	HandlerType: (*WorkHandler)(nil),
 	Methods: []grpc.MethodDesc{{
 		MethodName: "Next",
-		Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-			req := new(WorkRequest)
-			if err := dec(req); err != nil {
-				return nil, err
-			}
-			if icpt == nil {
-				return srv.(WorkHandler).Next(ctx, req)
-			}
-			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodWorkNext}
-			return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
-				return srv.(WorkHandler).Next(ctx, r.(*WorkRequest))
-			})
-		},
+		Handler: unary(MethodWorkNext, func(srv any, ctx context.Context, req *WorkRequest) (any, error) {
+			return srv.(WorkHandler).Next(ctx, req)
+		}),
 	}},
 	Metadata: "internal/wire",
 }
