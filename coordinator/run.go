@@ -788,12 +788,12 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 		if l.done {
 			l.mu.Unlock()
 			rep.Kind = wire.WorkDone
-			return rep, nil
+			return l.waitReply(rep), nil
 		}
 		if l.sched != nil {
 			if b, ok := l.sched.Reservation(req.WorkerID); ok && b.Step > req.Done {
 				l.mu.Unlock()
-				return batchReply(rep, b), nil
+				return l.batchReply(rep, b), nil
 			}
 		}
 		if l.asched != nil {
@@ -813,14 +813,14 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 			}
 			if ok {
 				l.mu.Unlock()
-				return batchReply(rep, b), nil
+				return l.batchReply(rep, b), nil
 			}
 			if fresh && l.spec.Mode == job.ModeSSP {
 				// at once, not after the long poll: the worker tells the
 				// parameter servers it is idle, so that it stops holding
 				// back the workers still finishing the epoch
 				l.mu.Unlock()
-				return rep, nil
+				return l.waitReply(rep), nil
 			}
 			req.Done = -1 // reported; now just wait for the next epoch
 		}
@@ -829,7 +829,7 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 		select {
 		case <-wake:
 		case <-timeout.C:
-			return rep, nil
+			return l.waitReply(rep), nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -849,7 +849,17 @@ func (l *leader) newGen() {
 
 func (l *leader) genNow() uint64 { return l.gen.Load() }
 
-func batchReply(rep *wire.WorkReply, b Batch) *wire.WorkReply {
+// waitReply is rep (a wait or done) with the current generation: a long
+// poll may have begun under the one before.
+func (l *leader) waitReply(rep *wire.WorkReply) *wire.WorkReply {
+	rep.Gen = l.genNow()
+	return rep
+}
+
+func (l *leader) batchReply(rep *wire.WorkReply, b Batch) *wire.WorkReply {
+	// the generation of the batch's scheduler: a long poll may have begun
+	// under the one before
+	rep.Gen = l.genNow()
 	rep.Kind, rep.Step, rep.Epoch, rep.Shard = wire.WorkBatch, b.Step, int64(b.Epoch), b.Shard
 	for _, o := range b.Offsets {
 		rep.Offsets = append(rep.Offsets, uint64(o))
