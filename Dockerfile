@@ -6,7 +6,7 @@
 #   docker run --rm tailor --help
 #
 # The image holds tailor and the helper (deploy/helper: health checks,
-# "{hostname}" in arguments). docker-compose.yml builds and uses it. Without
+# "{hostname}" in arguments, the compose cluster's certificates). docker-compose.yml builds and uses it. Without
 # a registry, deploy/compose.scratch.yml builds FROM-scratch images instead.
 ARG GO_VERSION=1.26
 
@@ -26,9 +26,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libopenblas0-pthread dataset-fashion-mnist \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /work --create-home --shell /usr/sbin/nologin tailor \
- && install -d -o tailor -g tailor /out
+ && install -d -o tailor -g tailor /out \
+ && install -d -m 0700 -o tailor -g tailor /certs
 COPY --from=build /out/tailor /out/helper /usr/local/bin/
-# named volumes mounted on /work and /out start out owned by tailor
+# named volumes mounted on /work, /out and /certs start out owned by tailor
 USER tailor
 WORKDIR /work
 ENTRYPOINT ["tailor"]

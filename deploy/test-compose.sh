@@ -11,7 +11,10 @@
 #      reconnected, come back (same process, or restarted by its restart
 #      policy after it gave up) and train again (its step count grows);
 #
-# and the run must end: state done in etcd, the coordinators exit 0, and the
+# The roles talk over mutual TLS with the certificates of the certs job and
+# gossip with its key; the test checks tailor status needs the certificates
+# to read the parameter servers. The run must end: state done in etcd, the
+# coordinators exit 0, and the
 # model it wrote scores the test split (tailor eval). Everything the test
 # made (containers, network, volumes, images) is removed at the end, also on
 # failure or Ctrl-C.
@@ -123,7 +126,7 @@ log "images: $(docker images --format '{{.Repository}} {{.Size}}' | grep "^$proj
 
 # --- up ------------------------------------------------------------------
 up=1
-log "up: etcd, s3, bucket, data, ingest, submit, coordinator, standby, ps0, ps1, 3 workers"
+log "up: etcd, s3, bucket, certs, data, ingest, submit, coordinator, standby, ps0, ps1, 3 workers"
 dc up -d --no-build --scale worker=3 >/dev/null 2>&1 || {
   dc ps
   die "docker compose up"
@@ -137,9 +140,19 @@ wid() { docker inspect -f '{{.Config.Hostname}}' "$1"; } # a worker's id is its 
 net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$ps0")
 log "up; network $net; workers $(for w in "${workers[@]}"; do printf '%s ' "$(wid "$w")"; done)"
 
+certs_vol=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/certs"}}{{.Name}}{{end}}{{end}}' "$ps0")
+[ -n "$certs_vol" ] || die "ps0 has no /certs volume"
+
 # status as the cluster sees it: tailor status --json, from a throwaway
-# container on the cluster's network (the servers exit once the run is done)
+# container on the cluster's network (the servers exit once the run is
+# done), with the cluster's certificates (it dials the parameter servers
+# over mutual TLS); plain_status has none
 status() {
+  docker run --rm --network "$net" -e TAILOR_ETCD=http://etcd:2379 -e TAILOR_RUN="${TAILOR_RUN:-compose-test}" \
+    -v "$certs_vol:/certs:ro" -e TAILOR_TLS_CA=/certs/ca.pem -e TAILOR_TLS_CERT=/certs/node.pem -e TAILOR_TLS_KEY=/certs/node-key.pem \
+    "$TAILOR_IMAGE" status --json --timeout 5s 2>/dev/null
+}
+plain_status() {
   docker run --rm --network "$net" -e TAILOR_ETCD=http://etcd:2379 -e TAILOR_RUN="${TAILOR_RUN:-compose-test}" \
     "$TAILOR_IMAGE" status --json --timeout 5s 2>/dev/null
 }
@@ -172,6 +185,23 @@ curl -fsS "http://$port/metrics" >/dev/null || die "coordinator /metrics on the 
 port=$(dc port etcd 2379 | tail -n1)
 curl -fsS "http://$port/health" | grep true >/dev/null || die "etcd /health on the published port $port"
 log "published ports answer (coordinator /metrics, etcd /health)"
+
+# TLS is on: the servers publish their service names (--advertise, the
+# names in their certificate) and answer tailor status with the cluster's
+# certificate; without it they refuse it (a status problem per server)
+s=$(status)
+jq -e '[.members[] | select(.role == "paramserver") | .addrs.grpc] | sort == ["ps0:7000", "ps1:7000"]' <<<"$s" >/dev/null ||
+  die "the parameter servers publish $(jq -c '[.members[] | select(.role == "paramserver") | .addrs.grpc]' <<<"$s"), want ps0:7000 and ps1:7000"
+jq -e '[.members[] | select(.role == "paramserver") | .paramserver.version] | length == 2 and all(. != null)' <<<"$s" >/dev/null ||
+  die "tailor status with the certificates got no answer of the parameter servers: $(jq -c .problems <<<"$s")"
+p=$(plain_status) || true
+jq -e '[.problems[]? | select(test("paramserver ps[01]: "))] | length == 2' <<<"$p" >/dev/null &&
+  jq -e '[.members[] | select(.role == "paramserver") | .paramserver] | all(. == null)' <<<"$p" >/dev/null ||
+  die "tailor status without a certificate was answered by the parameter servers: $p"
+log "mutual TLS: status with the certificates reads ps0:7000 and ps1:7000; without them refused: $(jq -r '.problems[0]' <<<"$p" | cut -c1-160)"
+if dc logs --no-color ps0 2>/dev/null | grep -qi 'no installed keys'; then
+  die "ps0 logs gossip it could not decrypt: the members do not share the key"
+fi
 
 # --- 1. kill a worker ----------------------------------------------------
 victim=${workers[2]} victim_id=$(wid "${workers[2]}")

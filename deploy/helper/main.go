@@ -12,6 +12,11 @@
 //	                            (http://host:port) unless it exists, with the
 //	                            credentials in AWS_ACCESS_KEY_ID and
 //	                            AWS_SECRET_ACCESS_KEY; retries for up to a minute
+//	helper pki DIR HOSTS        the cluster's TLS and gossip key in DIR, unless
+//	                            there: tailor certs init --dir DIR --hosts HOSTS
+//	                            (ca.pem, node.pem, node-key.pem; ca-key.pem is
+//	                            removed: no role needs it), and gossip.key (32
+//	                            random bytes in hex); private files 0600
 //
 // "{hostname}" is replaced in get's URL too. A worker needs a unique id and
 // an address its peers can reach; in a scaled compose service only the host
@@ -23,12 +28,15 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -41,7 +49,7 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
-const usage = `usage: helper get URL | helper exec PROG [ARG...] | helper mkbucket ENDPOINT BUCKET`
+const usage = `usage: helper get URL | helper exec PROG [ARG...] | helper mkbucket ENDPOINT BUCKET | helper pki DIR HOSTS`
 
 func run(args []string) int {
 	if len(args) == 0 {
@@ -58,6 +66,8 @@ func run(args []string) int {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		err = mkbucket(ctx, args[1], args[2])
+	case args[0] == "pki" && len(args) == 3:
+		err = pki(args[1], args[2])
 	default:
 		fmt.Fprintln(os.Stderr, usage)
 		return 2
@@ -143,4 +153,51 @@ func mkbucket(ctx context.Context, endpoint, bucket string) error {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// pki makes the cluster's certificates (tailor certs init) and gossip key
+// in dir, each unless it is there: running it again (a second "docker
+// compose up") keeps what the running processes use.
+func pki(dir, hosts string) error {
+	if _, err := os.Stat(filepath.Join(dir, "node.pem")); errors.Is(err, os.ErrNotExist) {
+		tailor, err := exec.LookPath("tailor")
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(tailor, "certs", "init", "--force", "--dir", dir, "--hosts", hosts)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("tailor certs init: %w", err)
+		}
+		// the CA's key signs nothing more here; off the cluster's volume
+		if err := os.Remove(filepath.Join(dir, "ca-key.pem")); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	} else {
+		fmt.Printf("certificates in %s kept\n", dir)
+	}
+	key := filepath.Join(dir, "gossip.key")
+	if _, err := os.Stat(key); err == nil {
+		fmt.Printf("%s kept\n", key)
+		return nil
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(key, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(hex.EncodeToString(b) + "\n"); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Println(key)
+	return nil
 }
