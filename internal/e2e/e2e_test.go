@@ -109,6 +109,18 @@ func runLocal(t *testing.T, bin, data, mode string, workers int, unitSize string
 	if out, _ := exec.Command("pgrep", "-f", bin).Output(); len(out) > 0 {
 		t.Errorf("processes left running: %s", out)
 	}
+	// sync runs synchronise BatchNorm through the coordinator; the others
+	// have no common step to do it in
+	re := regexp.MustCompile(`msg="run done".* bn_sync_s=([0-9.e+-]+)`)
+	ms := re.FindAllStringSubmatch(stderr.String(), -1)
+	if len(ms) != workers {
+		t.Errorf("%d workers' \"run done\" lines with bn_sync_s, want %d", len(ms), workers)
+	}
+	for _, m := range ms {
+		if synced := m[1] != "0"; synced != (mode == "sync") {
+			t.Errorf("%s: a worker spent %ss in BatchNorm exchanges", mode, m[1])
+		}
+	}
 }
 
 // A worker killed with SIGKILL in the middle of a sync run: the others
