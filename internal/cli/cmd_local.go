@@ -133,7 +133,7 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 	// --secure the generated ones where none were given
 	child := sec
 	var dev certs.Files // with --secure: OUT/certs's CA and pair
-	certDir := filepath.Join(out, "certs")
+	certDir := mustAbs(filepath.Join(out, "certs"))
 	if secure {
 		if dev, err = ensureDevCerts(env, certDir); err != nil {
 			return fail(env, err)
