@@ -791,7 +791,9 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 			return l.waitReply(rep), nil
 		}
 		if l.sched != nil {
-			if b, ok := l.sched.Reservation(req.WorkerID); ok && b.Step > req.Done {
+			// not a step the worker was dropped from (gossip took it for
+			// dead): the step goes on without it, and it would only fail
+			if b, ok := l.sched.Reservation(req.WorkerID); ok && b.Step > req.Done && slices.Contains(l.steps.Participants(b.Step), req.WorkerID) {
 				l.mu.Unlock()
 				return l.batchReply(rep, b), nil
 			}
