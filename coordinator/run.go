@@ -187,8 +187,13 @@ type leader struct {
 	sched  *Scheduler      // sync mode
 	asched *AsyncScheduler // async and ssp modes
 	steps  *Steps
-	bn     *bnReducer    // synchronised BatchNorm
-	wake   chan struct{} // closed and replaced when reservations change
+	bn     *bnReducer // synchronised BatchNorm
+	// benched workers are members that did not take part in a step they
+	// were given (synchronised BatchNorm's deadline): no work for them
+	// until they ask for it
+	benched map[string]bool
+	benchMu sync.Mutex
+	wake    chan struct{} // closed and replaced when reservations change
 	// the last step each worker reported finished
 	reported map[string]int64
 	decided  chan int64
@@ -273,7 +278,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 	defer l.steps.Close()
-	l.bn = newBNReducer(spec.Run, l.steps.Participants, l.genNow, l.log)
+	l.bn = newBNReducer(spec.Run, l.steps.Participants, l.genNow, spec.StepDeadline, l.bench, l.log)
 	defer l.bn.Close()
 	l.registerMetrics()
 	every := l.cfg.ProgressInterval
@@ -680,13 +685,43 @@ func (l *leader) waitDecided(ctx context.Context, step int64) error {
 	}
 }
 
-// liveWorkers returns the live workers in rank order.
+// liveWorkers returns the live workers in rank order, less the benched.
 func (l *leader) liveWorkers() []string {
 	var ids []string
+	l.benchMu.Lock()
+	defer l.benchMu.Unlock()
 	for _, m := range l.mem.Members(cluster.RoleWorker) {
-		ids = append(ids, m.ID)
+		if !l.benched[m.ID] {
+			ids = append(ids, m.ID)
+		}
 	}
 	return ids
+}
+
+// bench takes workers that missed a step's synchronised BatchNorm out of
+// the step and of the next ones, as if they had died, until they ask for
+// work again: a member that does not compute must not hold every step.
+func (l *leader) bench(step int64, missing []string) {
+	l.benchMu.Lock()
+	if l.benched == nil {
+		l.benched = map[string]bool{}
+	}
+	for _, w := range missing {
+		l.benched[w] = true
+	}
+	l.benchMu.Unlock()
+	for _, w := range missing {
+		l.log.Warn("worker left out of a step: no work for it until it asks", "worker", w, "step", step)
+		l.steps.Drop(w)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, w := range missing {
+		if l.sched != nil {
+			l.sched.Drop(w)
+		}
+	}
+	l.broadcastLocked()
 }
 
 // commit records a sync-step decision: the included workers' batches are
@@ -770,6 +805,9 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 		// a rollback to a checkpoint undid: not a report for this one
 		req.Done = -1
 	}
+	l.benchMu.Lock()
+	delete(l.benched, req.WorkerID) // it asks: it may work again
+	l.benchMu.Unlock()
 	last, ok := l.reported[req.WorkerID]
 	fresh := req.Done >= 0 && (!ok || req.Done > last)
 	if fresh {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -30,15 +31,22 @@ type bnReducer struct {
 	parts bnParticipants
 	gen   func() uint64
 	log   *slog.Logger
+	// deadline bounds the wait for a slot's last participant; those
+	// still missing then are left out of the step, and onTimeout learns
+	// who they were (outside the lock).
+	deadline  time.Duration
+	onTimeout func(step int64, missing []string)
 
-	mu     sync.Mutex
-	steps  map[int64]map[int]*bnSlot // open slots by step and slot
-	floor  int64                     // slots of earlier steps are refused
-	closed bool
+	mu       sync.Mutex
+	steps    map[int64]map[int]*bnSlot // open slots by step and slot
+	excluded map[int64]map[string]bool // participants left out of a step at a slot's deadline
+	floor    int64                     // slots of earlier steps are refused
+	closed   bool
 }
 
 // bnSlot is one slot of one step.
 type bnSlot struct {
+	timer   *time.Timer
 	vals    map[string][]float64
 	done    chan struct{}
 	total   []float64
@@ -50,8 +58,18 @@ type bnSlot struct {
 // generation: the worker's step fails and it asks for work again.
 var errBNStale = errors.New("stale step")
 
-func newBNReducer(runID string, parts bnParticipants, gen func() uint64, log *slog.Logger) *bnReducer {
-	return &bnReducer{runID: runID, parts: parts, gen: gen, log: log, steps: map[int64]map[int]*bnSlot{}}
+func newBNReducer(runID string, parts bnParticipants, gen func() uint64, deadline time.Duration, onTimeout func(int64, []string), log *slog.Logger) *bnReducer {
+	return &bnReducer{runID: runID, parts: parts, gen: gen, deadline: deadline, onTimeout: onTimeout, log: log,
+		steps: map[int64]map[int]*bnSlot{}, excluded: map[int64]map[string]bool{}}
+}
+
+// partsLocked are the participants of step not left out of it.
+func (r *bnReducer) partsLocked(step int64) []string {
+	ps := r.parts(step)
+	if ex := r.excluded[step]; len(ex) > 0 {
+		ps = slices.DeleteFunc(slices.Clone(ps), func(w string) bool { return ex[w] })
+	}
+	return ps
 }
 
 // Reduce implements wire.BNHandler.
@@ -83,7 +101,7 @@ func (r *bnReducer) contribute(req *wire.BNRequest) (*bnSlot, error) {
 		return nil, status.Error(codes.Unavailable, "coordinator: batchnorm closed")
 	case req.Gen != r.gen() || req.Step < r.floor:
 		return nil, status.Errorf(codes.FailedPrecondition, "coordinator: batchnorm: %v: step %d (generation %x)", errBNStale, req.Step, req.Gen)
-	case !slices.Contains(r.parts(req.Step), req.WorkerID):
+	case !slices.Contains(r.partsLocked(req.Step), req.WorkerID):
 		return nil, status.Errorf(codes.FailedPrecondition, "coordinator: batchnorm: %q is no participant of step %d", req.WorkerID, req.Step)
 	}
 	slots := r.steps[req.Step]
@@ -95,6 +113,10 @@ func (r *bnReducer) contribute(req *wire.BNRequest) (*bnSlot, error) {
 	if s == nil {
 		s = &bnSlot{vals: map[string][]float64{}, done: make(chan struct{})}
 		slots[req.Slot] = s
+		if r.deadline > 0 {
+			step, slot := req.Step, req.Slot
+			s.timer = time.AfterFunc(r.deadline, func() { r.timeout(step, slot, s) })
+		}
 	}
 	if s.total != nil || s.err != nil {
 		return s, nil // a retry of a decided slot gets the same answer
@@ -115,7 +137,7 @@ func (r *bnReducer) evaluateLocked(step int64, s *bnSlot) {
 	if s.total != nil || s.err != nil {
 		return
 	}
-	ps := r.parts(step)
+	ps := r.partsLocked(step)
 	var from []string
 	for _, w := range ps {
 		if _, ok := s.vals[w]; !ok {
@@ -133,7 +155,45 @@ func (r *bnReducer) evaluateLocked(step int64, s *bnSlot) {
 		}
 	}
 	s.total, s.workers, s.vals = total, len(from), nil
+	if s.timer != nil {
+		s.timer.Stop()
+	}
 	close(s.done)
+}
+
+// timeout leaves the participants still missing from slot s of step out
+// of the step, so that the others go on: a worker that is a member but
+// does not compute (hung, or unable to reach this coordinator) must not
+// hold the run.
+func (r *bnReducer) timeout(step int64, slot int, s *bnSlot) {
+	r.mu.Lock()
+	if r.closed || s.total != nil || s.err != nil || r.steps[step][slot] != s {
+		r.mu.Unlock()
+		return
+	}
+	var missing []string
+	for _, w := range r.partsLocked(step) {
+		if _, ok := s.vals[w]; !ok {
+			missing = append(missing, w)
+		}
+	}
+	ex := r.excluded[step]
+	if ex == nil {
+		ex = map[string]bool{}
+		r.excluded[step] = ex
+	}
+	for _, w := range missing {
+		ex[w] = true
+	}
+	for _, other := range r.steps[step] {
+		r.evaluateLocked(step, other)
+	}
+	r.mu.Unlock()
+	r.log.Warn("synchronised batchnorm: workers missing at the deadline are left out of the step", "step", step, "slot", slot,
+		"missing", missing, "deadline", r.deadline)
+	if r.onTimeout != nil && len(missing) > 0 {
+		r.onTimeout(step, missing)
+	}
 }
 
 // Reevaluate totals the open slots whose missing participants were
@@ -160,6 +220,11 @@ func (r *bnReducer) Finished(step int64) {
 			delete(r.steps, t)
 		}
 	}
+	for t := range r.excluded {
+		if t <= step {
+			delete(r.excluded, t)
+		}
+	}
 }
 
 // Reset fails every open slot (a rollback or a new leader generation): the
@@ -171,6 +236,7 @@ func (r *bnReducer) Reset() {
 		r.failLocked(slots, errors.New("the run was rolled back"))
 		delete(r.steps, t)
 	}
+	clear(r.excluded)
 	r.floor = 0
 }
 
@@ -184,6 +250,9 @@ func (r *bnReducer) Close() {
 
 func (r *bnReducer) failLocked(slots map[int]*bnSlot, why error) {
 	for _, s := range slots {
+		if s.timer != nil {
+			s.timer.Stop()
+		}
 		if s.total == nil && s.err == nil {
 			s.err = status.Errorf(codes.FailedPrecondition, "coordinator: batchnorm: %v: %v", errBNStale, why)
 			close(s.done)

@@ -16,14 +16,20 @@ import (
 
 // bnRig is a bnReducer with participants and a generation the test sets.
 type bnRig struct {
-	mu    sync.Mutex
-	parts []string
-	gen   uint64
-	r     *bnReducer
+	mu       sync.Mutex
+	parts    []string
+	gen      uint64
+	deadline time.Duration
+	timedOut []string
+	r        *bnReducer
 }
 
 func newBNRig(t *testing.T, parts ...string) *bnRig {
-	g := &bnRig{parts: parts, gen: 7}
+	return newBNRigDeadline(t, time.Minute, parts...)
+}
+
+func newBNRigDeadline(t *testing.T, deadline time.Duration, parts ...string) *bnRig {
+	g := &bnRig{parts: parts, gen: 7, deadline: deadline}
 	g.r = newBNReducer("run", func(int64) []string {
 		g.mu.Lock()
 		defer g.mu.Unlock()
@@ -32,6 +38,10 @@ func newBNRig(t *testing.T, parts ...string) *bnRig {
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		return g.gen
+	}, g.deadline, func(step int64, missing []string) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		g.timedOut = append(g.timedOut, missing...)
 	}, slog.New(slog.DiscardHandler))
 	t.Cleanup(g.r.Close)
 	return g
@@ -161,4 +171,34 @@ func TestBNReduceReset(t *testing.T) {
 	if _, err := b.wait(t); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("after the step was decided: %v", err)
 	}
+}
+
+// A participant that is a member but never sends (it hangs, or cannot
+// reach the coordinator) is left out of the step at the slot's deadline:
+// the others go on, and the leader learns who it was.
+func TestBNReduceDeadline(t *testing.T) {
+	g := newBNRigDeadline(t, 150*time.Millisecond, "w0", "w1", "w2")
+	start := time.Now()
+	a := g.send("w0", 2, 0, 1)
+	b := g.send("w2", 2, 0, 4)
+	wantTotal(t, a, 2, 5)
+	wantTotal(t, b, 2, 5)
+	if el := time.Since(start); el < 140*time.Millisecond {
+		t.Errorf("totalled after %v, before the deadline", el)
+	}
+	g.mu.Lock()
+	if !slices.Equal(g.timedOut, []string{"w1"}) {
+		t.Errorf("left out %v, want [w1]", g.timedOut)
+	}
+	g.mu.Unlock()
+	// the later slots of the step do not wait for it, and it is refused
+	c0, c2 := g.send("w0", 2, 1, 1), g.send("w2", 2, 1, 2)
+	wantTotal(t, c0, 2, 3)
+	wantTotal(t, c2, 2, 3)
+	if _, err := g.send("w1", 2, 1, 9).wait(t); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("the left-out worker: %v", err)
+	}
+	// the next step includes it again
+	c := g.send("w1", 3, 0, 1)
+	c.pending(t)
 }
