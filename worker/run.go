@@ -111,7 +111,13 @@ func Run(ctx context.Context, cfg Config) error {
 	w := &runner{cfg: cfg, spec: spec, log: log, cli: cli, elect: elect, comp: comp, ps: client, cache: cache, man: man, m: m,
 		mem: mem, wspec: wspec, psAddrs: psAddrs}
 	if spec.SyncBatchNorm() {
-		comp.SetBNSync(w.reduceBN)
+		stall := fault.Duration("worker." + cfg.ID + ".bnstall")
+		comp.SetBNSync(func(ctx context.Context, step int64, slot int, vals []float64) error {
+			if stall > 0 && slot == 0 {
+				time.Sleep(stall) // fault injection: a member that does not compute
+			}
+			return w.reduceBN(ctx, step, slot, vals)
+		})
 	}
 	err = w.loop(ctx)
 	client = w.ps // the one to close

@@ -217,6 +217,35 @@ func TestStragglerQuorum(t *testing.T) {
 	}
 }
 
+// A worker that stays a member but does not compute (fault
+// worker.w1.bnstall: it sleeps before each step's first synchronised
+// BatchNorm exchange) does not hold the run: at the step deadline it is
+// left out of the step and benched until it asks for work again, the
+// other goes on, and every record is consumed exactly once per epoch.
+func TestSyncBatchNormStall(t *testing.T) {
+	bin := buildTailor(t)
+	data := testShards(t, 24)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
+		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--step-deadline", "2s", "--audit")
+	cmd.Env = append(os.Environ(), "TAILOR_FAULTS=worker.w1.bnstall=4s")
+	output, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("tailor local with a stalled worker: %v\n%s", err, output)
+	}
+	left := regexp.MustCompile(`coordinator +\| .*msg="worker left out of a step: no work for it until it asks" .*worker=w1`).FindAll(output, -1)
+	if len(left) == 0 {
+		t.Errorf("the stalled worker was never left out:\n%s", output)
+	}
+	t.Logf("w1 left out of %d steps", len(left))
+	wantEpochs(t, out, 2)
+	if n := checkAudit(t, filepath.Join(out, "run"), data, 2); n != 0 {
+		t.Errorf("%d rollbacks, want none", n)
+	}
+}
+
 // A parameter server killed with SIGKILL in the middle of a sync run:
 // `tailor local` starts it again, the coordinator pauses, rolls every
 // server back to the last checkpoint and the run completes, every record

@@ -6,6 +6,8 @@
 // Faults in use:
 //
 //	worker.<id>.delay=DURATION   a worker sleeps this long before each push (a straggler)
+//	worker.<id>.bnstall=DURATION a worker sleeps this long before each step's first
+//	                             synchronised-BatchNorm exchange (a member that does not compute)
 package fault
 
 import (
