@@ -289,7 +289,6 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	gs := grpc.NewServer(wire.ServerOptions(l.cfg.TLS)...)
 	wire.RegisterWork(gs, l)
 	wire.RegisterSteps(gs, l.steps)
-	wire.RegisterBN(gs, l.bn)
 	go gs.Serve(lis)
 	defer gs.Stop()
 
@@ -788,6 +787,11 @@ func (l *leader) watch(events <-chan cluster.Event) {
 func (l *leader) broadcastLocked() {
 	close(l.wake)
 	l.wake = make(chan struct{})
+}
+
+// ReduceBN implements wire.WorkHandler: synchronised BatchNorm.
+func (l *leader) ReduceBN(ctx context.Context, req *wire.BNRequest) (*wire.BNReply, error) {
+	return l.bn.Reduce(ctx, req)
 }
 
 // Next implements wire.WorkHandler: it answers when the worker has a batch

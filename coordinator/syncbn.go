@@ -25,7 +25,7 @@ import (
 // bnParticipants returns the participants of a step, in rank order.
 type bnParticipants func(step int64) []string
 
-// bnReducer implements wire.BNHandler.
+// bnReducer answers the workers' ReduceBN calls.
 type bnReducer struct {
 	runID string
 	parts bnParticipants
@@ -72,7 +72,7 @@ func (r *bnReducer) partsLocked(step int64) []string {
 	return ps
 }
 
-// Reduce implements wire.BNHandler.
+// Reduce is the leader's wire.WorkHandler ReduceBN.
 func (r *bnReducer) Reduce(ctx context.Context, req *wire.BNRequest) (*wire.BNReply, error) {
 	if req.RunID != r.runID {
 		return nil, wire.RejectStatus(wire.ReasonRunID, req.RunID)

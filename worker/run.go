@@ -143,7 +143,6 @@ type runner struct {
 	conn       *grpc.ClientConn
 	coordAddr  string
 	work       *wire.WorkClient
-	bn         *wire.BNClient
 	gen        uint64 // the coordinator generation of the last reply
 	firstIndex map[string]int
 }
@@ -151,13 +150,13 @@ type runner struct {
 // reduceBN exchanges a BatchNorm slot's sums with the other workers of the
 // step, through the coordinator that gave this worker the step.
 func (w *runner) reduceBN(ctx context.Context, step int64, slot int, vals []float64) error {
-	if w.bn == nil {
+	if w.work == nil {
 		return errors.New("synchronised batchnorm: no coordinator")
 	}
 	// the others may still be computing: wait as long as a step may last
 	rctx, cancel := context.WithTimeout(ctx, w.spec.StepDeadline)
 	defer cancel()
-	rep, err := w.bn.Reduce(rctx, &wire.BNRequest{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Gen: w.gen, Step: step, Slot: slot, Values: vals})
+	rep, err := w.work.ReduceBN(rctx, &wire.BNRequest{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Gen: w.gen, Step: step, Slot: slot, Values: vals})
 	if err != nil {
 		return fmt.Errorf("synchronised batchnorm: %w", err)
 	}
@@ -181,7 +180,7 @@ func (w *runner) coordinator(ctx context.Context) (*wire.WorkClient, error) {
 			if err != nil {
 				return nil, err
 			}
-			w.conn, w.coordAddr, w.work, w.bn = conn, addr, wire.NewWorkClient(conn), wire.NewBNClient(conn)
+			w.conn, w.coordAddr, w.work = conn, addr, wire.NewWorkClient(conn)
 			w.log.Info("coordinator", "addr", addr, "id", l.Member.ID)
 			return w.work, nil
 		}
@@ -218,7 +217,7 @@ func (w *runner) loop(ctx context.Context) error {
 			}
 			// the coordinator may have died: find the new leader
 			w.log.Warn("asking for work failed; retrying", "err", err, "backoff", backoff)
-			w.work, w.bn, w.coordAddr = nil, nil, ""
+			w.work, w.coordAddr = nil, ""
 			time.Sleep(backoff)
 			backoff = min(2*backoff, 3*time.Second)
 			continue

@@ -5,26 +5,22 @@ import (
 	"fmt"
 	"math"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
 )
 
-// The BatchNorm service synchronises BatchNorm statistics across the
-// workers of a sync step (synchronised BatchNorm, as PyTorch's
+// The Work service's ReduceBN synchronises BatchNorm statistics across
+// the workers of a sync step (synchronised BatchNorm, as PyTorch's
 // SyncBatchNorm):
 //
-//	tailor.coord.v1.BatchNorm/Reduce   BNRequest → BNReply (unary, long-poll)
+//	tailor.coord.v1.Work/ReduceBN   BNRequest → BNReply (unary, long-poll)
 //
 // Every participant of step Step sends, for each slot (a BatchNorm layer's
 // forward or backward pass), its per-channel sums; the coordinator answers
 // every one of them with the same element-wise total over the step's
 // participants, summed in rank order, once all have sent theirs.
-const (
-	BNServiceName  = "tailor.coord.v1.BatchNorm"
-	MethodBNReduce = "/" + BNServiceName + "/Reduce"
-)
+const MethodReduceBN = "/" + WorkServiceName + "/ReduceBN"
 
-// Message types of the BatchNorm service.
+// Message types of ReduceBN.
 const (
 	TypeBNRequest MsgType = 18
 	TypeBNReply   MsgType = 19
@@ -189,38 +185,10 @@ func (r *BNReply) MarshalBinary() ([]byte, error) { return materialize(r.marshal
 // UnmarshalBinary decodes a reply.
 func (r *BNReply) UnmarshalBinary(b []byte) error { return r.unmarshal(oneBuffer(b)) }
 
-// BNHandler is what the coordinator implements.
-type BNHandler interface {
-	Reduce(ctx context.Context, req *BNRequest) (*BNReply, error)
-}
-
-var bnDesc = grpc.ServiceDesc{
-	ServiceName: BNServiceName,
-	HandlerType: (*BNHandler)(nil),
-	Methods: []grpc.MethodDesc{{
-		MethodName: "Reduce",
-		Handler: unary(MethodBNReduce, func(srv any, ctx context.Context, req *BNRequest) (any, error) {
-			return srv.(BNHandler).Reduce(ctx, req)
-		}),
-	}},
-	Metadata: "internal/wire",
-}
-
-// RegisterBN puts the coordinator's BatchNorm service on a gRPC server.
-func RegisterBN(s grpc.ServiceRegistrar, h BNHandler) { s.RegisterService(&bnDesc, h) }
-
-// BNClient is a worker's side of the BatchNorm service.
-type BNClient struct {
-	conn grpc.ClientConnInterface
-}
-
-// NewBNClient uses conn (dialled with DialOptions).
-func NewBNClient(conn grpc.ClientConnInterface) *BNClient { return &BNClient{conn: conn} }
-
-// Reduce sends the worker's values for a slot and waits for the total.
-func (c *BNClient) Reduce(ctx context.Context, req *BNRequest) (*BNReply, error) {
+// ReduceBN sends the worker's values for a slot and waits for the total.
+func (c *WorkClient) ReduceBN(ctx context.Context, req *BNRequest) (*BNReply, error) {
 	rep := new(BNReply)
-	if err := c.conn.Invoke(ctx, MethodBNReduce, req, rep); err != nil {
+	if err := c.conn.Invoke(ctx, MethodReduceBN, req, rep); err != nil {
 		return nil, err
 	}
 	switch {

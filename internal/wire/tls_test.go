@@ -16,7 +16,10 @@ import (
 )
 
 // countingWork is echoWork counting the requests that reached it.
-type countingWork struct{ calls atomic.Int32 }
+type countingWork struct {
+	echoWork
+	calls atomic.Int32
+}
 
 func (w *countingWork) Next(ctx context.Context, req *WorkRequest) (*WorkReply, error) {
 	w.calls.Add(1)

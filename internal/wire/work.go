@@ -11,7 +11,8 @@ import (
 
 // The Work service is how a worker gets its batches from the coordinator:
 //
-//	tailor.coord.v1.Work/Next   WorkRequest → WorkReply (unary, long-poll)
+//	tailor.coord.v1.Work/Next       WorkRequest → WorkReply (unary, long-poll)
+//	tailor.coord.v1.Work/ReduceBN   BNRequest → BNReply (bn.go)
 //
 // A worker calls Next when it is ready for a step, reporting the step it
 // just finished; the coordinator answers when the worker's next step is
@@ -162,6 +163,7 @@ func appendFixed64(b []byte, v uint64) []byte {
 // WorkHandler is what the coordinator implements.
 type WorkHandler interface {
 	Next(ctx context.Context, req *WorkRequest) (*WorkReply, error)
+	ReduceBN(ctx context.Context, req *BNRequest) (*BNReply, error)
 }
 
 var workDesc = grpc.ServiceDesc{
@@ -171,6 +173,11 @@ var workDesc = grpc.ServiceDesc{
 		MethodName: "Next",
 		Handler: unary(MethodWorkNext, func(srv any, ctx context.Context, req *WorkRequest) (any, error) {
 			return srv.(WorkHandler).Next(ctx, req)
+		}),
+	}, {
+		MethodName: "ReduceBN",
+		Handler: unary(MethodReduceBN, func(srv any, ctx context.Context, req *BNRequest) (any, error) {
+			return srv.(WorkHandler).ReduceBN(ctx, req)
 		}),
 	}},
 	Metadata: "internal/wire",

@@ -59,6 +59,10 @@ func FuzzWorkReply(f *testing.F) {
 
 type echoWork struct{}
 
+func (echoWork) ReduceBN(ctx context.Context, req *BNRequest) (*BNReply, error) {
+	return &BNReply{RunID: req.RunID, WorkerID: req.WorkerID, Step: req.Step, Slot: req.Slot, Values: req.Values, Workers: 1}, nil
+}
+
 func (echoWork) Next(ctx context.Context, req *WorkRequest) (*WorkReply, error) {
 	return &WorkReply{RunID: req.RunID, WorkerID: req.WorkerID, Kind: WorkBatch, Step: req.Done + 1, Shard: "x", Offsets: []uint64{uint64(req.Version)}}, nil
 }
