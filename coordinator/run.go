@@ -239,7 +239,9 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	if err := os.MkdirAll(spec.Out, 0o755); err != nil {
 		return err
 	}
-	val := &train.Validator{Cfg: train.ValidatorConfig{Out: spec.Out, BNEstimate: spec.BNEstimate, BNBatches: spec.BNBatches, Batch: spec.Batch,
+	// BatchNorm is re-estimated over BNBatches batches of the global batch:
+	// the images one process training with that batch uses
+	val := &train.Validator{Cfg: train.ValidatorConfig{Out: spec.Out, BNEstimate: spec.BNEstimate, BNBatches: spec.BNBatches, Batch: spec.Batch * max(1, spec.Workers),
 		EvalBatch: 64, EvalRunning: spec.EvalRunning, BestBy: spec.BestBy, Seed: spec.Seed,
 		Meta: map[string]string{"run": spec.Run, "data": spec.Data, "mode": spec.Mode, "interpolation": man.Build.Interpolation}},
 		Labels: man.Labels, Mean: mean, Std: std, Train: trainSet, Val: valSet}

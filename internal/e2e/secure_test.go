@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +23,7 @@ import (
 	"github.com/tailorml/tailor/internal/certs"
 	"github.com/tailorml/tailor/internal/certs/certstest"
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/wire"
 )
 
@@ -143,6 +146,35 @@ func TestSecureLocal(t *testing.T) {
 		if _, err := cluster.GetJSON(ctx, cli, keys.WireSpec(), &spec); err != nil && !errors.Is(err, cluster.ErrNotFound) {
 			t.Fatal(err)
 		}
+	}
+
+	// every member's /metrics (plain HTTP, scraped by Prometheus) shows no
+	// secret either: checked with the outputs below
+	var scraped strings.Builder
+	resp, err := cli.Get(ctx, keys.Members(), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		var m cluster.Member
+		if err := json.Unmarshal(kv.Value, &m); err != nil {
+			t.Fatal(err)
+		}
+		addr := m.Addrs[job.AddrMetrics]
+		if addr == "" {
+			continue
+		}
+		res, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Errorf("metrics of %s/%s: %v", m.Role, m.ID, err)
+			continue
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		scraped.Write(b)
+	}
+	if !strings.Contains(scraped.String(), "tailor_ps_") {
+		t.Errorf("no parameter server metrics scraped:\n%.2000s", scraped.String())
 	}
 
 	// the rogue workers start now and end within 30 s or so: meanwhile
@@ -280,7 +312,7 @@ func TestSecureLocal(t *testing.T) {
 			t.Errorf("an epoch not with the 2 workers: %s", line)
 		}
 	}
-	combined += log
+	combined += log + scraped.String()
 	for name, s := range secrets {
 		for _, line := range strings.Split(s, "\n") {
 			if strings.HasPrefix(line, "-----") || len(line) < 16 {
