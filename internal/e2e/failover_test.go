@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/fault"
 	"github.com/tailorml/tailor/shard"
 )
 
@@ -190,23 +191,33 @@ func TestWorkerHangAndRejoin(t *testing.T) {
 	}
 }
 
+// runFaulty runs `tailor local` in sync mode for 2 epochs with --audit,
+// 2 parameter servers, args and the faults in TAILOR_FAULTS; it fails the
+// test unless the run succeeds, and returns its output, output folder and
+// data.
+func runFaulty(t *testing.T, faults string, args ...string) (output []byte, out, data string) {
+	t.Helper()
+	bin := buildTailor(t)
+	data = testShards(t, 24)
+	out = t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"local", "--out", out, "--data", data, "--ps", "2",
+		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--audit"}, args...)...)
+	cmd.Env = append(os.Environ(), fault.Env+"="+faults)
+	output, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("tailor local with %s: %v\n%s", faults, err, output)
+	}
+	return output, out, data
+}
+
 // Backup workers: with --quorum 2 of 3, a sync step goes on with the first
 // two gradients; the straggler's (fault worker.w2.delay) is dropped as late
 // and counted by the parameter servers, and its records are not lost: every
 // record is still consumed exactly once per epoch.
 func TestStragglerQuorum(t *testing.T) {
-	bin := buildTailor(t)
-	data := testShards(t, 24)
-	out := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "3", "--ps", "2",
-		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--quorum", "2", "--audit")
-	cmd.Env = append(os.Environ(), "TAILOR_FAULTS=worker.w2.delay=250ms")
-	output, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("tailor local with a straggler: %v\n%s", err, output)
-	}
+	output, out, data := runFaulty(t, "worker.w2.delay=250ms", "--workers", "3", "--quorum", "2")
 	late := regexp.MustCompile(`ps[01] +\| .*msg="push rejected" .*worker=w2 .*reason=late`).FindAll(output, -1)
 	if len(late) == 0 {
 		t.Errorf("no late gradient of the straggler was dropped:\n%s", output)
@@ -223,18 +234,7 @@ func TestStragglerQuorum(t *testing.T) {
 // left out of the step and benched until it asks for work again, the
 // other goes on, and every record is consumed exactly once per epoch.
 func TestSyncBatchNormStall(t *testing.T) {
-	bin := buildTailor(t)
-	data := testShards(t, 24)
-	out := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
-		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--step-deadline", "2s", "--audit")
-	cmd.Env = append(os.Environ(), "TAILOR_FAULTS=worker.w1.bnstall=4s")
-	output, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("tailor local with a stalled worker: %v\n%s", err, output)
-	}
+	output, out, data := runFaulty(t, "worker.w1.bnstall=4s", "--workers", "2", "--step-deadline", "2s")
 	left := regexp.MustCompile(`coordinator +\| .*msg="worker left out of a step: no work for it until it asks" .*worker=w1`).FindAll(output, -1)
 	if len(left) == 0 {
 		t.Errorf("the stalled worker was never left out:\n%s", output)
