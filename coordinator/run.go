@@ -713,14 +713,22 @@ func (l *leader) bench(step int64, missing []string) {
 	l.benchMu.Unlock()
 	for _, w := range missing {
 		l.log.Warn("worker left out of a step: no work for it until it asks", "worker", w, "step", step)
-		l.steps.Drop(w)
+		l.dropWorker(w)
 	}
+}
+
+// dropWorker takes a worker out of the open and later steps and out of the
+// schedule: its reservation and units go back to the pool.
+func (l *leader) dropWorker(id string) {
+	l.steps.Drop(id)
+	l.bn.Reevaluate() // its BatchNorm exchanges go on without it
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, w := range missing {
-		if l.sched != nil {
-			l.sched.Drop(w)
-		}
+	if l.sched != nil {
+		l.sched.Drop(id)
+	}
+	if l.asched != nil {
+		l.asched.Drop(id)
 	}
 	l.broadcastLocked()
 }
@@ -771,17 +779,7 @@ func (l *leader) watch(events <-chan cluster.Event) {
 		switch ev.Kind {
 		case cluster.EventFailed, cluster.EventGone, cluster.EventLeft:
 			l.log.Info("worker lost", "worker", ev.Member.ID, "event", ev.Kind)
-			l.steps.Drop(ev.Member.ID)
-			l.bn.Reevaluate() // its BatchNorm exchanges go on without it
-			l.mu.Lock()
-			if l.sched != nil {
-				l.sched.Drop(ev.Member.ID)
-			}
-			if l.asched != nil {
-				l.asched.Drop(ev.Member.ID)
-			}
-			l.broadcastLocked()
-			l.mu.Unlock()
+			l.dropWorker(ev.Member.ID)
 		}
 	}
 }
