@@ -269,7 +269,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		}
 		defer l.audit.close()
 	}
-	units, err := Units(man, shard.SplitTrain, spec.UnitSize)
+	units, err := planUnits(spec, man)
 	if err != nil {
 		return err
 	}
@@ -315,6 +315,23 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	}
 }
 
+// planUnits returns the function that cuts an epoch into units: pieces of
+// the epoch's permutation of the whole split (shuffle "global"), or the same
+// shard ranges every epoch ("units").
+func planUnits(spec job.Spec, man *shard.Manifest) (func(epoch int) ([]Unit, error), error) {
+	if spec.GlobalShuffle() {
+		if _, err := GlobalUnits(man, shard.SplitTrain, spec.Seed, 0, spec.Batch); err != nil {
+			return nil, err
+		}
+		return func(epoch int) ([]Unit, error) { return GlobalUnits(man, shard.SplitTrain, spec.Seed, epoch, spec.Batch) }, nil
+	}
+	units, err := Units(man, shard.SplitTrain, spec.UnitSize)
+	if err != nil {
+		return nil, err
+	}
+	return func(int) ([]Unit, error) { return units, nil }, nil
+}
+
 // errLostLeadership ends a term: the leader's election lease is gone.
 var errLostLeadership = errors.New("coordinator: lost leadership")
 
@@ -354,7 +371,7 @@ func (l *leader) psLost(m cluster.Member) {
 // checkpoint (or initialises them and takes checkpoint 0), and trains to
 // the end of the run. It returns errRollback-wrapped errors when a
 // parameter server is lost meanwhile.
-func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float32, units []Unit, val *train.Validator,
+func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float32, units func(epoch int) ([]Unit, error), val *train.Validator,
 	net *model.Net, st shard.Store, man *shard.Manifest) error {
 	spec := l.spec
 	l.mu.Lock()
@@ -407,9 +424,12 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 	}
 	for epoch := rs.Epoch; epoch < spec.Epochs; epoch++ {
 		mid := epoch == rs.Epoch && rs.Sched != nil // resumed in the middle of this epoch
+		units, err := units(epoch)
+		if err != nil {
+			return err
+		}
 		l.mu.Lock()
 		l.curEpoch = epoch
-		var err error
 		switch {
 		case spec.Mode == job.ModeSync && mid:
 			l.sched, err = RestoreScheduler(units, spec.Seed, spec.Batch, *rs.Sched)
@@ -904,10 +924,7 @@ func (l *leader) batchReply(rep *wire.WorkReply, b Batch) *wire.WorkReply {
 	// the generation of the batch's scheduler: a long poll may have begun
 	// under the one before
 	rep.Gen = l.genNow()
-	rep.Kind, rep.Step, rep.Epoch, rep.Shard = wire.WorkBatch, b.Step, int64(b.Epoch), b.Shard
-	for _, o := range b.Offsets {
-		rep.Offsets = append(rep.Offsets, uint64(o))
-	}
+	rep.Kind, rep.Step, rep.Epoch, rep.IDs = wire.WorkBatch, b.Step, int64(b.Epoch), b.IDs
 	return rep
 }
 

@@ -6,18 +6,15 @@ import (
 	"sort"
 )
 
-// Batch is one worker's work for one step: records of one unit, given as
-// offsets into the unit's shard.
+// Batch is one worker's work for one step: records of one unit.
 type Batch struct {
-	Step    int64
-	Epoch   int
-	Worker  string
-	Unit    int
-	From    int    // positions [From, To) of the unit's visiting order
-	To      int    //
-	Shard   string // shard object name
-	Offsets []int  // record offsets within the shard, in visiting order
-	IDs     []uint64
+	Step   int64
+	Epoch  int
+	Worker string
+	Unit   int
+	From   int      // positions [From, To) of the unit's visiting order
+	To     int      //
+	IDs    []uint64 // dataset-wide record IDs, in visiting order
 }
 
 // Scheduler turns an epoch's ledger into lockstep (sync) steps. At the start
@@ -101,9 +98,8 @@ func (s *Scheduler) Begin(live []string) ([]Batch, error) {
 		}
 		u := s.units[p.unit]
 		to := min(p.next+s.batch, u.Len)
-		b := Batch{Step: s.step, Epoch: s.ledger.Epoch, Worker: w, Unit: u.ID, From: p.next, To: to, Shard: u.Shard}
+		b := Batch{Step: s.step, Epoch: s.ledger.Epoch, Worker: w, Unit: u.ID, From: p.next, To: to}
 		for _, i := range s.order(u.ID)[p.next:to] {
-			b.Offsets = append(b.Offsets, u.Offset+i)
 			b.IDs = append(b.IDs, u.RecordID(i))
 		}
 		s.res[w] = b
@@ -273,9 +269,8 @@ func (s *AsyncScheduler) Next(w string, done int64) (Batch, bool, error) {
 		o = u.RecordOrder(s.seed, s.ledger.Epoch)
 		s.orders[u.ID] = o
 	}
-	b := Batch{Step: s.steps[w], Epoch: s.ledger.Epoch, Worker: w, Unit: u.ID, From: p.next, To: to, Shard: u.Shard}
+	b := Batch{Step: s.steps[w], Epoch: s.ledger.Epoch, Worker: w, Unit: u.ID, From: p.next, To: to}
 	for _, i := range o[p.next:to] {
-		b.Offsets = append(b.Offsets, u.Offset+i)
 		b.IDs = append(b.IDs, u.RecordID(i))
 	}
 	s.steps[w]++

@@ -7,13 +7,24 @@ import (
 	"reflect"
 	"sort"
 	"testing"
+
+	"github.com/tailorml/tailor/train"
 )
 
 // Sync epochs with deaths, joins and late workers: every record is consumed
 // exactly once, and each step's batches are disjoint.
 func TestSchedulerExactlyOnce(t *testing.T) {
+	for _, plan := range []string{"units", "global"} {
+		t.Run(plan, func(t *testing.T) { testSchedulerExactlyOnce(t, plan) })
+	}
+}
+
+func testSchedulerExactlyOnce(t *testing.T, plan string) {
 	for seed := uint64(0); seed < 30; seed++ {
 		us, _ := Units(testManifest(), "train", 100)
+		if plan == "global" {
+			us, _ = GlobalUnits(testManifest(), "train", seed, 1, 16)
+		}
 		s := NewScheduler(us, seed, 1, 16, 0)
 		rng := rand.New(rand.NewPCG(seed, 9))
 		live := map[string]bool{"w0": true, "w1": true, "w2": true}
@@ -98,11 +109,60 @@ func TestSchedulerErrors(t *testing.T) {
 	if _, err := s.Decide(5, []string{"zz"}); err == nil {
 		t.Error("non-participant included")
 	}
-	// offsets point into the shard and match the record IDs
+	// the records are the unit's
 	for _, b := range res {
-		for i, off := range b.Offsets {
-			if b.IDs[i] != us[b.Unit].FirstID+uint64(off) {
-				t.Errorf("offset %d does not match id %d", off, b.IDs[i])
+		u := us[b.Unit]
+		for _, id := range b.IDs {
+			if first := u.FirstID + uint64(u.Offset); id < first || id >= first+uint64(u.Len) {
+				t.Errorf("record %d is not in unit %+v", id, u)
+			}
+		}
+	}
+}
+
+// With the global plan, a sync step of N workers at batch B trains exactly
+// the single-process trainer's batch of N·B at the same step, the last,
+// short one included: the participants' batches, in worker order, are the
+// consecutive pieces of train.Order.
+func TestGlobalPlanIsOneProcess(t *testing.T) {
+	const seed, batch, n = 7, 16, 1030
+	for _, workers := range []int{1, 3, 4} {
+		for epoch := range 2 {
+			us, err := GlobalUnits(testManifest(), "train", seed, epoch, batch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ws []string
+			for i := range workers {
+				ws = append(ws, fmt.Sprintf("w%d", i))
+			}
+			order := train.Order(n, seed, epoch)
+			s := NewScheduler(us, seed, epoch, batch, 0)
+			for step := 0; !s.Done(); step++ {
+				res, err := s.Begin(ws)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []uint64
+				var included []string
+				for _, b := range res {
+					got = append(got, b.IDs...)
+					included = append(included, b.Worker)
+				}
+				g := workers * batch
+				var want []uint64
+				for _, i := range order[step*g : min((step+1)*g, n)] {
+					want = append(want, uint64(i)) // the split's first ID is 0
+				}
+				if !reflect.DeepEqual(got, want) {
+					t.Fatalf("%d workers, epoch %d, step %d: batch %v, want %v", workers, epoch, step, got, want)
+				}
+				if _, err := s.Decide(int64(step), included); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if steps := s.Step(); steps != int64((n+workers*batch-1)/(workers*batch)) {
+				t.Errorf("%d workers: %d steps", workers, steps)
 			}
 		}
 	}

@@ -7,18 +7,35 @@ import (
 	"sort"
 
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/train"
 )
 
-// A Unit is the smallest piece of an epoch handed to a worker: a contiguous
-// range of records of one shard. Within a unit, records are visited in an
-// order that is a pure function of (seed, epoch, unit), so a unit that moves
-// to another worker half-way continues exactly where it stopped.
+// A Unit is the smallest piece of an epoch handed to a worker. There are two
+// plans (Shuffle of the job spec):
+//
+//   - "units": a unit is a contiguous range of records of one shard, the same
+//     in every epoch (Units). Within a unit, records are visited in an order
+//     that is a pure function of (seed, epoch, unit), and units are handed
+//     out in an order drawn per epoch. A worker reads only its units' shards.
+//   - "global": the epoch's units are consecutive batch-sized pieces of one
+//     permutation of the whole split, the one the single-process trainer
+//     draws (train.Order), handed out in that order (GlobalUnits). A sync
+//     step's participants take consecutive pieces, so the step's global
+//     batch is exactly the one process's batch at the same global batch
+//     size. Records come from any shard: a worker caches the whole split.
+//
+// Either way the visiting order is a pure function of (seed, epoch, unit), so
+// a unit that moves to another worker half-way continues exactly where it
+// stopped.
 type Unit struct {
 	ID      int    `json:"id"`
 	Shard   string `json:"shard"`    // shard object name
 	FirstID uint64 `json:"first_id"` // record ID of the shard's first record
 	Offset  int    `json:"offset"`   // first record of the unit, within the shard
 	Len     int    `json:"len"`      // records in the unit
+	// IDs are a global unit's record IDs in visiting order (nil for a
+	// shard range).
+	IDs []uint64 `json:"-"`
 }
 
 // Units cuts a split's shards into units of at most size records. Unit IDs
@@ -40,18 +57,74 @@ func Units(m *shard.Manifest, split string, size int) ([]Unit, error) {
 	return us, nil
 }
 
+// GlobalUnits cuts the epoch's permutation of a split's records (the one
+// train.Order draws for the single-process trainer, over the split's records
+// in ID order) into units of size records, in order.
+func GlobalUnits(m *shard.Manifest, split string, seed uint64, epoch, size int) ([]Unit, error) {
+	if size < 1 {
+		return nil, fmt.Errorf("unit size %d: want at least 1", size)
+	}
+	sp, err := m.Split(split)
+	if err != nil {
+		return nil, err
+	}
+	if len(sp.Shards) == 0 {
+		return nil, fmt.Errorf("split %s has no shards", split)
+	}
+	first := sp.Shards[0].FirstID
+	order := train.Order(int(sp.Records), seed, epoch)
+	var us []Unit
+	for off := 0; off < len(order); off += size {
+		u := Unit{ID: len(us), Len: min(size, len(order)-off)}
+		for _, i := range order[off : off+u.Len] {
+			u.IDs = append(u.IDs, first+uint64(i))
+		}
+		us = append(us, u)
+	}
+	return us, nil
+}
+
+// global reports whether the unit is a piece of the split's permutation.
+func (u Unit) global() bool { return u.IDs != nil }
+
 // RecordOrder is the visiting order of a unit's records in an epoch: indices
-// 0..Len-1 into the unit.
+// 0..Len-1 into the unit. A global unit is visited as it is.
 func (u Unit) RecordOrder(seed uint64, epoch int) []int {
+	if u.global() {
+		o := make([]int, u.Len)
+		for i := range o {
+			o[i] = i
+		}
+		return o
+	}
 	return rand.New(rand.NewPCG(seed^0x0de5, uint64(epoch)<<32|uint64(u.ID))).Perm(u.Len)
 }
 
-// RecordID is the dataset-wide ID of the unit's i-th record (in shard order).
-func (u Unit) RecordID(i int) uint64 { return u.FirstID + uint64(u.Offset+i) }
+// RecordID is the dataset-wide ID of the unit's i-th record (in shard order,
+// or for a global unit in visiting order).
+func (u Unit) RecordID(i int) uint64 {
+	if u.global() {
+		return u.IDs[i]
+	}
+	return u.FirstID + uint64(u.Offset+i)
+}
 
-// EpochOrder is the order in which an epoch hands out units.
+// EpochOrder is the order in which an epoch hands out units of shard ranges.
 func EpochOrder(n int, seed uint64, epoch int) []int {
 	return rand.New(rand.NewPCG(seed, uint64(epoch)+0xe0c)).Perm(n)
+}
+
+// handOrder is the order in which an epoch hands out units: global units in
+// their own order (they are already shuffled), shard ranges by EpochOrder.
+func handOrder(units []Unit, seed uint64, epoch int) []int {
+	if len(units) > 0 && units[0].global() {
+		o := make([]int, len(units))
+		for i := range o {
+			o[i] = i
+		}
+		return o
+	}
+	return EpochOrder(len(units), seed, epoch)
 }
 
 // UnitState is the ledger's view of one unit in an epoch.
@@ -86,7 +159,7 @@ var (
 
 // NewLedger starts an epoch over units.
 func NewLedger(units []Unit, seed uint64, epoch int) *Ledger {
-	return &Ledger{Epoch: epoch, Units: units, State: make([]UnitState, len(units)), order: EpochOrder(len(units), seed, epoch)}
+	return &Ledger{Epoch: epoch, Units: units, State: make([]UnitState, len(units)), order: handOrder(units, seed, epoch)}
 }
 
 // Assign gives worker the next unit with records left: released units first,

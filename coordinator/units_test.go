@@ -48,6 +48,49 @@ func TestUnits(t *testing.T) {
 	}
 }
 
+func TestGlobalUnits(t *testing.T) {
+	a, err := GlobalUnits(testManifest(), "train", 3, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := GlobalUnits(testManifest(), "train", 3, 1, 100)
+	if len(a) != 11 || a[10].Len != 30 {
+		t.Fatalf("%d units, last of %d: want 11, last of 30", len(a), a[len(a)-1].Len)
+	}
+	seen := map[uint64]bool{}
+	same := true
+	for i, u := range a {
+		if u.ID != i || len(u.IDs) != u.Len {
+			t.Fatalf("unit %d: %+v", i, u)
+		}
+		for j := range u.Len {
+			if seen[u.RecordID(j)] || u.RecordID(j) >= 1030 {
+				t.Fatalf("record %d twice or out of the split", u.RecordID(j))
+			}
+			seen[u.RecordID(j)] = true
+			same = same && u.RecordID(j) == b[i].RecordID(j)
+		}
+		if o := u.RecordOrder(3, 0); o[0] != 0 || o[len(o)-1] != u.Len-1 {
+			t.Errorf("global unit visited out of order: %v", o)
+		}
+	}
+	if len(seen) != 1030 {
+		t.Errorf("cover %d records, want 1030", len(seen))
+	}
+	if same {
+		t.Error("two epochs, one permutation")
+	}
+	if o := handOrder(a, 3, 0); o[0] != 0 || o[10] != 10 {
+		t.Errorf("global units handed out of order: %v", o)
+	}
+	if _, err := GlobalUnits(testManifest(), "train", 3, 0, 0); err == nil {
+		t.Error("unit size 0 accepted")
+	}
+	if _, err := GlobalUnits(testManifest(), "nope", 3, 0, 10); !errors.Is(err, shard.ErrUnknownSplit) {
+		t.Errorf("unknown split: %v", err)
+	}
+}
+
 // A randomised epoch with workers that die mid-unit and workers that join:
 // at the end every record was consumed exactly once.
 func TestLedgerExactlyOnce(t *testing.T) {

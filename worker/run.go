@@ -103,7 +103,22 @@ func Run(ctx context.Context, cfg Config) error {
 	mean, std := man.Normalization()
 	comp := NewCompute(ComputeConfig{Rank: Rank(cfg.ID), Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std,
 		Sync: spec.Mode == job.ModeSync, Delay: fault.Duration("worker." + cfg.ID + ".delay")}, net, client)
-	cache := NewShardCache(st, man, max(cfg.ShardCache, 2))
+	csize := max(cfg.ShardCache, 2)
+	if spec.GlobalShuffle() {
+		// every batch draws from the whole training split
+		sp, err := man.Split(shard.SplitTrain)
+		if err != nil {
+			return err
+		}
+		csize = max(csize, len(sp.Shards))
+		log.Info("global shuffle: caching the training split", "shards", len(sp.Shards), "bytes", sp.Bytes)
+	}
+	cache := NewShardCache(st, man, csize)
+	if spec.GlobalShuffle() {
+		if err := cache.PrefetchSplit(ctx, shard.SplitTrain); err != nil {
+			return err
+		}
+	}
 	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: mem.Self()})
 	if err != nil {
 		return err
@@ -251,7 +266,7 @@ func (w *runner) loop(ctx context.Context) error {
 			continue
 		}
 		idle = false
-		recs, err := w.records(ctx, rep.Shard, rep.Offsets)
+		recs, err := w.cache.Lookup(ctx, shard.SplitTrain, rep.IDs)
 		if err != nil {
 			return err
 		}
@@ -342,18 +357,3 @@ func (w *runner) followServers(ctx context.Context) {
 	w.comp.SetClient(client)
 }
 
-// records returns the records at offsets of a shard, prefetching the shard.
-func (w *runner) records(ctx context.Context, name string, offsets []uint64) ([]*shard.Record, error) {
-	all, err := w.cache.Records(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	recs := make([]*shard.Record, len(offsets))
-	for i, o := range offsets {
-		if o >= uint64(len(all)) {
-			return nil, fmt.Errorf("record offset %d outside shard %s (%d records)", o, name, len(all))
-		}
-		recs[i] = &all[o]
-	}
-	return recs, nil
-}

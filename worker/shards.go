@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -132,6 +133,46 @@ func (c *ShardCache) Records(ctx context.Context, name string) ([]shard.Record, 
 		return nil, fmt.Errorf("read %s: %w", name, e.err)
 	}
 	return e.recs, nil
+}
+
+// Lookup returns the records with the given dataset-wide IDs, all of one
+// split, reading (or waiting for) the shards that hold them.
+func (c *ShardCache) Lookup(ctx context.Context, split string, ids []uint64) ([]*shard.Record, error) {
+	sp, err := c.man.Split(split)
+	if err != nil {
+		return nil, err
+	}
+	recs := make([]*shard.Record, len(ids))
+	for i, id := range ids {
+		// the split's shards hold consecutive IDs, in order
+		k := sort.Search(len(sp.Shards), func(k int) bool { return sp.Shards[k].FirstID+uint64(sp.Shards[k].Records) > id })
+		if k == len(sp.Shards) || id < sp.Shards[k].FirstID {
+			return nil, fmt.Errorf("record %d is not in the %s split", id, split)
+		}
+		all, err := c.Records(ctx, sp.Shards[k].Name)
+		if err != nil {
+			return nil, err
+		}
+		o := id - sp.Shards[k].FirstID
+		if o >= uint64(len(all)) {
+			return nil, fmt.Errorf("record %d outside shard %s (%d records)", id, sp.Shards[k].Name, len(all))
+		}
+		recs[i] = &all[o]
+	}
+	return recs, nil
+}
+
+// PrefetchSplit starts reading every shard of a split (as many as the cache
+// holds).
+func (c *ShardCache) PrefetchSplit(ctx context.Context, split string) error {
+	sp, err := c.man.Split(split)
+	if err != nil {
+		return err
+	}
+	for _, sh := range sp.Shards[:min(len(sp.Shards), c.max)] {
+		c.Prefetch(ctx, sh.Name)
+	}
+	return nil
 }
 
 // Stall is the total time Records spent waiting for shard reads: the input

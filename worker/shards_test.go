@@ -81,3 +81,36 @@ func TestShardCache(t *testing.T) {
 		t.Errorf("retry after repair: %v", err)
 	}
 }
+
+// Lookup finds records by dataset-wide ID across every shard of a split.
+func TestShardCacheLookup(t *testing.T) {
+	st, m := testData(t)
+	train, _ := m.Split("train")
+	val, _ := m.Split("val")
+	c := NewShardCache(st, m, len(train.Shards))
+	ctx := context.Background()
+	if err := c.PrefetchSplit(ctx, "train"); err != nil {
+		t.Fatal(err)
+	}
+	var ids []uint64
+	for _, sh := range train.Shards { // the last record of each shard, then the first
+		ids = append(ids, sh.FirstID+uint64(sh.Records)-1, sh.FirstID)
+	}
+	recs, err := c.Lookup(ctx, "train", ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range recs {
+		if r.ID != ids[i] {
+			t.Errorf("record %d: got id %d", ids[i], r.ID)
+		}
+	}
+	if len(c.entries) != len(train.Shards) {
+		t.Errorf("cache holds %d of %d shards", len(c.entries), len(train.Shards))
+	}
+	for _, id := range []uint64{val.Shards[0].FirstID, 1 << 40} {
+		if _, err := c.Lookup(ctx, "train", []uint64{id}); err == nil {
+			t.Errorf("record %d outside the train split accepted", id)
+		}
+	}
+}

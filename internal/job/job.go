@@ -29,6 +29,12 @@ const (
 	ModeSSP   = "ssp" // bounded staleness
 )
 
+// Shuffle plans of a run.
+const (
+	ShuffleGlobal = "global"
+	ShuffleUnits  = "units"
+)
+
 // Spec is a training run.
 type Spec struct {
 	Run          string           `json:"run"`
@@ -41,7 +47,13 @@ type Spec struct {
 	Quorum       int              `json:"quorum"`        // sync: apply a step after this many gradients (0: all)
 	StepDeadline time.Duration    `json:"step_deadline"` // sync: bound on one step
 	ParamServers int              `json:"param_servers"`
-	UnitSize     int              `json:"unit_size"` // records per work unit
+	UnitSize     int              `json:"unit_size"` // records per work unit (shuffle "units")
+	// Shuffle is how an epoch's records are dealt to the workers: "global"
+	// (one permutation of the whole training split, the single-process
+	// trainer's, cut into batches; every worker caches the whole split) or
+	// "units" (ranges of UnitSize records of one shard, shuffled within;
+	// a worker reads only the shards of its units). See coordinator.Unit.
+	Shuffle string `json:"shuffle,omitempty"`
 	Augment      input.Augment    `json:"augment"`
 	Adam         optim.AdamConfig `json:"adam"` // Decay 0 with DecayAuto: LR/Epochs
 	DecayAuto    bool             `json:"decay_auto"`
@@ -124,12 +136,17 @@ func OpenCheckpoints(ctx context.Context, s Spec, data shard.Store, retry shard.
 func DefaultSpec(run, data string) Spec {
 	return Spec{
 		Run: run, Data: data, Epochs: 30, Batch: 32, Seed: 1, Mode: ModeSync, Staleness: 2,
-		StepDeadline: 2 * time.Minute, ParamServers: 2, UnitSize: 256,
+		StepDeadline: 2 * time.Minute, ParamServers: 2, UnitSize: 256, Shuffle: ShuffleGlobal,
 		Augment: input.DefaultAugment(), Adam: optim.DefaultAdam(0), DecayAuto: true,
 		BNEstimate: true, BNBatches: 50, BestBy: "loss", Out: "out/" + run,
 		CheckpointEvery: 500, KeepCheckpoints: 3, SyncBN: true,
 	}
 }
+
+// GlobalShuffle reports whether the run deals records from one permutation
+// of the whole split (a spec of an older version, without the field, deals
+// units).
+func (s Spec) GlobalShuffle() bool { return s.Shuffle == ShuffleGlobal }
 
 // SyncBatchNorm reports whether the workers synchronise BatchNorm: SyncBN
 // in sync mode without a quorum. (With backup workers a straggler would
@@ -173,6 +190,11 @@ func (s Spec) Validate() error {
 	}
 	if s.ParamServers < 1 {
 		errs = append(errs, fmt.Errorf("param servers %d: want at least 1", s.ParamServers))
+	}
+	switch s.Shuffle {
+	case ShuffleGlobal, ShuffleUnits, "":
+	default:
+		errs = append(errs, fmt.Errorf("shuffle %q: want global or units", s.Shuffle))
 	}
 	if s.UnitSize < s.Batch {
 		errs = append(errs, fmt.Errorf("unit size %d: want at least one batch (%d)", s.UnitSize, s.Batch))

@@ -34,7 +34,7 @@ type WorkKind uint8
 
 // Kinds of WorkReply.
 const (
-	WorkBatch WorkKind = 1 // train on Offsets of Shard as Step
+	WorkBatch WorkKind = 1 // train on the records IDs as Step
 	WorkWait  WorkKind = 2 // no batch for this worker now; ask again
 	WorkDone  WorkKind = 3 // the run is over
 )
@@ -62,8 +62,7 @@ type WorkReply struct {
 	Kind     WorkKind
 	Step     int64
 	Epoch    int64
-	Shard    string
-	Offsets  []uint64 // record offsets within Shard, in visiting order
+	IDs      []uint64 // dataset-wide record IDs, in visiting order
 	Gen      uint64   // the coordinator's generation (see WorkRequest.Gen)
 }
 
@@ -100,22 +99,21 @@ func (r *WorkRequest) MarshalBinary() ([]byte, error) { return materialize(r.mar
 func (r *WorkRequest) UnmarshalBinary(b []byte) error { return r.unmarshal(oneBuffer(b)) }
 
 func (r *WorkReply) marshal() (mem.BufferSlice, error) {
-	if err := checkStrings(r.RunID, r.WorkerID, r.Shard); err != nil {
+	if err := checkStrings(r.RunID, r.WorkerID); err != nil {
 		return nil, err
 	}
-	if len(r.Offsets) > MaxBatchRecords {
-		return nil, fmt.Errorf("wire: %d offsets exceed %d", len(r.Offsets), MaxBatchRecords)
+	if len(r.IDs) > MaxBatchRecords {
+		return nil, fmt.Errorf("wire: %d record ids exceed %d", len(r.IDs), MaxBatchRecords)
 	}
-	h := beginHeader(TypeWorkReply, 64+len(r.RunID)+len(r.WorkerID)+len(r.Shard)+5*len(r.Offsets))
+	h := beginHeader(TypeWorkReply, 64+len(r.RunID)+len(r.WorkerID)+10*len(r.IDs))
 	h = appendString(h, r.RunID)
 	h = appendString(h, r.WorkerID)
 	h = appendUvarint(h, uint64(r.Kind))
 	h = appendVarint(h, r.Step)
 	h = appendVarint(h, r.Epoch)
-	h = appendString(h, r.Shard)
-	h = appendUvarint(h, uint64(len(r.Offsets)))
-	for _, o := range r.Offsets {
-		h = appendUvarint(h, o)
+	h = appendUvarint(h, uint64(len(r.IDs)))
+	for _, id := range r.IDs {
+		h = appendUvarint(h, id)
 	}
 	h = appendUvarint(h, r.Gen)
 	h, err := finishHeader(h)
@@ -132,19 +130,18 @@ func (r *WorkReply) unmarshal(data mem.BufferSlice) error {
 		}
 		r.Step = d.varint("step")
 		r.Epoch = d.varint("epoch")
-		d.str("shard", &r.Shard)
-		n := d.int("offset count", MaxBatchRecords)
+		n := d.int("record id count", MaxBatchRecords)
 		if d.err != nil {
 			return
 		}
-		// each offset takes at least one byte: do not allocate past the data
+		// each id takes at least one byte: do not allocate past the data
 		if n > len(d.b) {
-			d.fail("offset count")
+			d.fail("record id count")
 			return
 		}
-		r.Offsets = r.Offsets[:0]
+		r.IDs = r.IDs[:0]
 		for i := 0; i < n && d.err == nil; i++ {
-			r.Offsets = append(r.Offsets, d.uvarint("offset", math.MaxUint32))
+			r.IDs = append(r.IDs, d.uvarint("record id", math.MaxUint64))
 		}
 		r.Gen = d.uvarint("generation", math.MaxUint64)
 	})

@@ -21,7 +21,7 @@ func TestWorkMessagesRoundTrip(t *testing.T) {
 	if err := got.UnmarshalBinary(b); err != nil || got != *req {
 		t.Fatalf("request: %+v %v", got, err)
 	}
-	rep := &WorkReply{RunID: "r", WorkerID: "w1", Kind: WorkBatch, Step: 12, Epoch: 3, Shard: "shards/train-00001.shard", Offsets: []uint64{5, 300, 2, 4095}, Gen: 3}
+	rep := &WorkReply{RunID: "r", WorkerID: "w1", Kind: WorkBatch, Step: 12, Epoch: 3, IDs: []uint64{5, 300, 2, 4095, 1 << 40}, Gen: 3}
 	b, err = rep.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +39,7 @@ func TestWorkMessagesRoundTrip(t *testing.T) {
 }
 
 func FuzzWorkReply(f *testing.F) {
-	rep := &WorkReply{RunID: "r", WorkerID: "w", Kind: WorkWait, Step: 1, Shard: "s", Offsets: []uint64{1, 2}}
+	rep := &WorkReply{RunID: "r", WorkerID: "w", Kind: WorkWait, Step: 1, IDs: []uint64{1, 2}}
 	b, _ := rep.MarshalBinary()
 	f.Add(b)
 	req := &WorkRequest{RunID: "r", WorkerID: "w", Done: 3}
@@ -64,7 +64,7 @@ func (echoWork) ReduceBN(ctx context.Context, req *BNRequest) (*BNReply, error) 
 }
 
 func (echoWork) Next(ctx context.Context, req *WorkRequest) (*WorkReply, error) {
-	return &WorkReply{RunID: req.RunID, WorkerID: req.WorkerID, Kind: WorkBatch, Step: req.Done + 1, Shard: "x", Offsets: []uint64{uint64(req.Version)}}, nil
+	return &WorkReply{RunID: req.RunID, WorkerID: req.WorkerID, Kind: WorkBatch, Step: req.Done + 1, IDs: []uint64{uint64(req.Version)}}, nil
 }
 
 func TestWorkService(t *testing.T) {
@@ -87,7 +87,7 @@ func TestWorkService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Step != 5 || rep.Offsets[0] != 9 {
+	if rep.Step != 5 || rep.IDs[0] != 9 {
 		t.Errorf("reply %+v", rep)
 	}
 }
