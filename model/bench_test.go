@@ -50,3 +50,32 @@ func cpuSeconds() float64 {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
 }
+
+// BenchmarkPredict measures inference (running BatchNorm statistics, no
+// dropout) at batch 32.
+func BenchmarkPredict(b *testing.B) {
+	for _, size := range []int{32, 64, 96} {
+		b.Run(fmt.Sprintf("size%d", size), func(b *testing.B) {
+			const batch = 32
+			net, err := New(DefaultConfig(size, 15), 1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(1, 1))
+			x := randData(rng, batch*net.Config().InputLen(), 1)
+			out := make([]float32, batch*15)
+			if err := net.Predict(x, batch, out); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			cpu0 := cpuSeconds()
+			for i := 0; i < b.N; i++ {
+				if err := net.Predict(x, batch, out); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(batch*b.N)/b.Elapsed().Seconds(), "img/s")
+			b.ReportMetric((cpuSeconds()-cpu0)/float64(b.N)*1e3, "cpu-ms/op")
+		})
+	}
+}

@@ -64,7 +64,8 @@ type specView struct {
 	ParamServers int    `json:"param_servers"`
 	Quorum       int    `json:"quorum,omitempty"`
 	Staleness    int    `json:"staleness,omitempty"`
-	UnitSize     int    `json:"unit_size"`
+	Shuffle      string `json:"shuffle"`
+	UnitSize     int    `json:"unit_size,omitempty"` // shuffle "units"
 	Seed         uint64 `json:"seed"`
 	Data         string `json:"data"` // without anything secret
 	Out          string `json:"out"`
@@ -216,9 +217,14 @@ func collectStatus(ctx context.Context, cli *clientv3.Client, run string, sec *t
 		return nil, fmt.Errorf("read run %q from etcd %s: %w", run, strings.Join(cli.Endpoints(), ","), err)
 	}
 	v.Spec = specView{Mode: spec.Mode, Epochs: spec.Epochs, Batch: spec.Batch, ParamServers: spec.ParamServers, Quorum: spec.Quorum,
-		UnitSize: spec.UnitSize, Seed: spec.Seed, Data: redactLocation(spec.Data), Out: spec.Out}
+		Shuffle: "units", Seed: spec.Seed, Data: redactLocation(spec.Data), Out: spec.Out}
 	if spec.Mode == job.ModeSSP {
 		v.Spec.Staleness = spec.Staleness
+	}
+	if spec.GlobalShuffle() {
+		v.Spec.Shuffle = job.ShuffleGlobal
+	} else {
+		v.Spec.UnitSize = spec.UnitSize
 	}
 
 	var st coordinator.RunStatus
@@ -433,8 +439,12 @@ func writeStatus(w io.Writer, v *runStatusView) {
 	}
 	fmt.Fprintf(w, "run %s: %s\n", v.Run, state)
 	s := v.Spec
-	spec := fmt.Sprintf("%s, %d epochs, batch %d per worker, %d parameter servers, units of %d, seed %d", s.Mode, s.Epochs, s.Batch,
-		s.ParamServers, s.UnitSize, s.Seed)
+	deal := "global shuffle"
+	if s.Shuffle != job.ShuffleGlobal {
+		deal = fmt.Sprintf("units of %d", s.UnitSize)
+	}
+	spec := fmt.Sprintf("%s, %d epochs, batch %d per worker, %d parameter servers, %s, seed %d", s.Mode, s.Epochs, s.Batch,
+		s.ParamServers, deal, s.Seed)
 	if s.Quorum > 0 {
 		spec += fmt.Sprintf(", quorum %d", s.Quorum)
 	}

@@ -60,32 +60,34 @@ func testShards(t *testing.T, size int) string {
 
 // TestLocalCluster trains with `tailor local`: workers, 2 parameter
 // servers and a standby coordinator as separate processes, in the sync,
-// async and bounded-staleness update modes. The ssp case is the hardest
-// bound, staleness 0, with 3 workers on 4 units of 5 batches: at each
-// epoch's end one worker is still on its unit while two have run out of
-// work, and it must not wait for them.
+// async and bounded-staleness update modes. Sync and async deal records
+// from the split's permutation (shuffle global). The ssp case deals shard
+// ranges (shuffle units) with the hardest bound, staleness 0, and 3 workers
+// on 4 units of 5 batches: at each epoch's end one worker is still on its
+// unit while two have run out of work, and it must not wait for them.
 func TestLocalCluster(t *testing.T) {
 	bin := buildTailor(t)
 	data := testShards(t, 24)
 	for _, c := range []struct {
 		mode     string
 		workers  int
+		shuffle  string
 		unitSize string
 	}{
-		{"sync", 2, "32"},
-		{"async", 2, "32"},
-		{"ssp", 3, "40"},
+		{"sync", 2, "global", "32"},
+		{"async", 2, "global", "32"},
+		{"ssp", 3, "units", "40"},
 	} {
-		t.Run(c.mode, func(t *testing.T) { runLocal(t, bin, data, c.mode, c.workers, c.unitSize) })
+		t.Run(c.mode, func(t *testing.T) { runLocal(t, bin, data, c.mode, c.workers, c.shuffle, c.unitSize) })
 	}
 }
 
-func runLocal(t *testing.T, bin, data, mode string, workers int, unitSize string) {
+func runLocal(t *testing.T, bin, data, mode string, workers int, shuffle, unitSize string) {
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", strconv.Itoa(workers), "--ps", "2", "--standby",
-		"--epochs", "2", "--batch", "8", "--unit-size", unitSize, "--mode", mode, "--staleness", "0")
+		"--epochs", "2", "--batch", "8", "--shuffle", shuffle, "--unit-size", unitSize, "--mode", mode, "--staleness", "0")
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -139,7 +139,8 @@ func TestCoordinatorFailover(t *testing.T) {
 // A worker hung with SIGSTOP in the middle of a sync run is declared lost
 // within 3 s, the step goes on without it and its records go to the others;
 // continued with SIGCONT, it rejoins under a new lease and gets work again.
-// Every record is consumed exactly once per epoch.
+// Every record is consumed exactly once per epoch. Records are dealt as
+// shard ranges (shuffle units), so a unit moves to another worker half-way.
 func TestWorkerHangAndRejoin(t *testing.T) {
 	bin := buildTailor(t)
 	data := testShards(t, 24)
@@ -147,7 +148,7 @@ func TestWorkerHangAndRejoin(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	r := startLocal(t, ctx, bin, nil, "--out", out, "--data", data, "--workers", "3", "--ps", "2",
-		"--epochs", "6", "--batch", "8", "--unit-size", "16", "--audit")
+		"--epochs", "6", "--batch", "8", "--shuffle", "units", "--unit-size", "16", "--audit")
 	r.waitFor(regexp.MustCompile(`msg=epoch`), 2*time.Minute)
 	stopped := time.Now()
 	p := r.signal("worker --id w1", "-STOP")
