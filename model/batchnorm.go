@@ -31,6 +31,9 @@ type runMode struct {
 	// sync, if set, makes BatchNorm synchronised (BNTrain only): see
 	// StepOptions.BNSync
 	sync func(slot int, vals []float64) error
+	// ready, if set, is told each parameter's index once its gradient is
+	// final (StepOptions.GradReady)
+	ready func(param int)
 }
 
 // bnState is one BatchNorm layer's running statistics, shared by all graphs
@@ -217,6 +220,7 @@ func (op *batchNorm) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, err
 // running statistics (frozen), dx = γσ⁻¹·dy. Sums are in float64.
 type bnGrad struct {
 	opBase
+	gradReady
 	fwd  *batchNorm
 	wrt  int
 	outT *tensor.Dense
@@ -226,6 +230,7 @@ type bnGrad struct {
 }
 
 func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
+	defer op.fire()
 	f := op.fwd
 	switch op.wrt {
 	case 1:

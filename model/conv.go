@@ -139,6 +139,7 @@ func (op *convGradInput) Do(vals ...G.Value) (G.Value, error) {
 // the forward pass kept.
 type convGradWeight struct {
 	opBase
+	gradReady
 	fwd  *conv3x3
 	outT *tensor.Dense
 	out  []float32
@@ -146,6 +147,7 @@ type convGradWeight struct {
 }
 
 func (op *convGradWeight) Do(vals ...G.Value) (G.Value, error) {
+	defer op.fire()
 	f := op.fwd
 	dy, err := f32(vals[1], f.n*f.o*f.h*f.w, "conv output grad")
 	if err != nil {
@@ -180,12 +182,14 @@ func (op *convGradWeight) Do(vals ...G.Value) (G.Value, error) {
 // in float64.
 type biasGrad struct {
 	opBase
+	gradReady
 	n, c, s int
 	outT    *tensor.Dense
 	out     []float32
 }
 
 func (op *biasGrad) Do(vals ...G.Value) (G.Value, error) {
+	defer op.fire()
 	dy, err := f32(vals[0], op.n*op.c*op.s, "bias grad input")
 	if err != nil {
 		return nil, err

@@ -361,6 +361,7 @@ func (op *dense) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) 
 // inputs x, dy).
 type denseGrad struct {
 	opBase
+	gradReady
 	fwd  *dense
 	wrt  int
 	outT *tensor.Dense
@@ -368,6 +369,7 @@ type denseGrad struct {
 }
 
 func (op *denseGrad) Do(vals ...G.Value) (G.Value, error) {
+	defer op.fire()
 	f := op.fwd
 	dy, err := f32(vals[1], f.n*f.m, "dense grad")
 	if err != nil {

@@ -230,6 +230,13 @@ type StepOptions struct {
 	// gradients are those of one process training on it (PyTorch's
 	// SyncBatchNorm). An error fails the step.
 	BNSync func(slot int, vals []float64) error
+	// GradReady, if set, is called during the backward pass with each
+	// parameter's index (in Params order) and gradient as soon as that
+	// gradient is final, in the order backprop produces them (last layer
+	// first), so that a worker can send it while the rest is computed.
+	// It runs on the step's goroutine and must not block; the slice must
+	// not be written, and is valid until the next step.
+	GradReady func(param int, grad []float32)
 }
 
 // TrainStep runs forward and backward on one batch: x holds batch images
@@ -248,6 +255,9 @@ func (n *Net) TrainStep(x, y []float32, batch int, opt StepOptions) (float64, []
 	copy(g.x, x)
 	copy(g.y, y)
 	g.mode = runMode{bn: opt.BN, dropout: opt.Dropout, seed: opt.Seed, step: opt.Step, sync: opt.BNSync}
+	if opt.GradReady != nil {
+		g.mode.ready = func(p int) { opt.GradReady(p, g.grads[p]) }
+	}
 	if err := g.run(); err != nil {
 		return 0, nil, fmt.Errorf("train step: %w", err)
 	}
@@ -333,8 +343,29 @@ func (g *graph) run() error {
 	return g.vm.RunAll()
 }
 
-// bufferOp is an op whose output buffer can be read directly after a run.
-type bufferOp interface{ buffer() []float32 }
+// bufferOp is an op whose output buffer can be read directly after a run:
+// a parameter's gradient, final once the op has run (readyHook).
+type bufferOp interface {
+	buffer() []float32
+	readyHook() *gradReady
+}
+
+// gradReady makes a gradient op tell the step (StepOptions.GradReady) that
+// the gradients of its parameters are final, as soon as it has run.
+type gradReady struct {
+	params []int
+	mode   *runMode
+}
+
+func (r *gradReady) readyHook() *gradReady { return r }
+
+func (r *gradReady) fire() {
+	if r.mode != nil && r.mode.ready != nil {
+		for _, p := range r.params {
+			r.mode.ready(p)
+		}
+	}
+}
 
 func (op *convGradWeight) buffer() []float32 { return op.out }
 func (op *biasGrad) buffer() []float32       { return op.out }
@@ -453,6 +484,8 @@ func (n *Net) build(batch int, train bool) (*graph, error) {
 			return nil, fmt.Errorf("gradient of %s comes from %v, not from a layer op", n.params[i].Name, gn.Op())
 		}
 		gr.grads = append(gr.grads, b.buffer())
+		h := b.readyHook()
+		h.params, h.mode = append(h.params, i), &gr.mode
 	}
 	gr.vm = G.NewTapeMachine(eg)
 	return gr, nil

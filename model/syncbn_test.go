@@ -3,6 +3,7 @@ package model
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -184,4 +185,42 @@ func cloneGrads(g [][]float32) [][]float32 {
 		out[i] = append([]float32(nil), g[i]...)
 	}
 	return out
+}
+
+// GradReady reports every parameter's gradient exactly once, during the
+// backward pass (the last layer's first), and each is already final: equal
+// to what TrainStep returns.
+func TestGradReady(t *testing.T) {
+	net, err := New(DefaultConfig(16, 5), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const batch = 4
+	rng := rand.New(rand.NewPCG(2, 2))
+	x := randData(rng, batch*net.Config().InputLen(), 1)
+	y := make([]float32, batch*5)
+	for i := range y {
+		y[i] = float32(rng.IntN(2))
+	}
+	var order []int
+	copies := map[int][]float32{}
+	opt := StepOptions{Dropout: true, Seed: 1, Step: 1, BN: BNTrain, GradReady: func(p int, g []float32) {
+		order = append(order, p)
+		copies[p] = append([]float32(nil), g...)
+	}}
+	_, grads, err := net.TrainStep(x, y, batch, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(order) != len(grads) || len(copies) != len(grads) {
+		t.Fatalf("%d calls for %d distinct of %d parameters", len(order), len(copies), len(grads))
+	}
+	if order[0] < len(grads)/2 || order[len(order)-1] > len(grads)/2 {
+		t.Errorf("gradients not reported in backward order: %v", order)
+	}
+	for p, g := range grads {
+		if !slices.Equal(copies[p], g) {
+			t.Errorf("parameter %d (%s): gradient changed after it was reported", p, net.Params()[p].Name)
+		}
+	}
 }
