@@ -25,9 +25,17 @@ func TestTensorsMatchModelFile(t *testing.T) {
 		if len(data[i]) != ts.Size {
 			t.Errorf("%s: %d values, spec says %d", ts.Name, len(data[i]), ts.Size)
 		}
+		p := TensorParam(n, i)
+		if (ts.Kind == wire.Param) != (p >= 0) {
+			t.Errorf("tensor %d (%s): kind %v, param %d", i, ts.Name, ts.Kind, p)
+		}
 		if ts.Kind == wire.Param {
-			if ts.Name != n.Params()[params].Name {
-				t.Errorf("param %d is %s, model has %s", params, ts.Name, n.Params()[params].Name)
+			// the last layer's first: the order backprop finishes them
+			if want := n.Params()[len(n.Params())-1-params]; ts.Name != want.Name || &data[i][0] != &want.Data[0] {
+				t.Errorf("tensor %d is %s, want %s", i, ts.Name, want.Name)
+			}
+			if ParamTensor(n, p) != i {
+				t.Errorf("param %d: tensor %d, want %d", p, ParamTensor(n, p), i)
 			}
 			params++
 		}
@@ -55,6 +63,9 @@ func TestTensorsMatchModelFile(t *testing.T) {
 	for i := range push {
 		if len(push[i]) != spec[i].Size {
 			t.Errorf("push tensor %d: %d values, spec %d", i, len(push[i]), spec[i].Size)
+		}
+		if p := TensorParam(n, i); p >= 0 && &push[i][0] != &grads[p][0] {
+			t.Errorf("push tensor %d is not the gradient of param %d", i, p)
 		}
 	}
 }
