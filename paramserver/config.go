@@ -59,6 +59,10 @@ type Config struct {
 	// and StepDeadline's local completion then do not apply; StepDeadline
 	// bounds each Decide call instead. Nil: the server decides alone.
 	Decider Decider `json:"-"`
+	// Encoding is how workers encode Param gradients in a push (the run's
+	// compression); chunks of any other encoding are refused
+	// (wire.ReasonEncoding). State values and Init are always float32.
+	Encoding wire.Encoding `json:"encoding"`
 	// Checkpoints is where Checkpoint requests read and write part blobs;
 	// with no store, they are refused.
 	Checkpoints checkpoint.Location `json:"-"`
@@ -123,6 +127,9 @@ func (c *Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("mode %q: want %q, %q or %q", c.Mode, Sync, Async, SSP))
+	}
+	if err := (wire.Compression{Encoding: c.Encoding, TopK: 1}).Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Decider != nil && c.Mode != Sync {
 		errs = append(errs, fmt.Errorf("a decider in mode %q: decisions are for sync steps", c.Mode))

@@ -105,6 +105,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	pc.Checkpoints = ckpts
 	pc.Index, pc.Servers, pc.Adam, pc.Mode = cfg.Index, spec.ParamServers, spec.AdamConfig(), Mode(spec.Mode)
 	pc.Staleness, pc.StepDeadline, pc.Logger = spec.Staleness, spec.StepDeadline, log
+	pc.Encoding = spec.WireCompression().Encoding
 	pc.TLS = cfg.TLS
 	var ld *leaderDecider
 	if pc.Mode == Sync {

@@ -354,12 +354,24 @@ func (s *Server) receive(st grpc.ServerStream, init bool) error {
 			reason, detail = wire.ReasonShape, "header changed within a push"
 			return discard(n)
 		}
-		if cur >= len(s.parts) || c.Part != s.parts[cur].ID || c.Offset != off || n == 0 || n/4 > s.parts[cur].Len-off {
+		floats := n / 4
+		if c.Encoding != wire.EncodingFloat32 {
+			floats = c.Count
+		}
+		if cur >= len(s.parts) || c.Part != s.parts[cur].ID || c.Offset != off || floats == 0 || floats > s.parts[cur].Len-off {
 			reason = wire.ReasonShape
-			detail = fmt.Sprintf("chunk of part %d at offset %d with %d floats; want part %d at offset %d", c.Part, c.Offset, n/4, s.partID(cur), off)
+			detail = fmt.Sprintf("chunk of part %d at offset %d with %d floats; want part %d at offset %d", c.Part, c.Offset, floats, s.partID(cur), off)
 			return discard(n)
 		}
 		p := s.parts[cur]
+		if want := s.encodingOf(p, init); c.Encoding != want {
+			reason = wire.ReasonEncoding
+			detail = fmt.Sprintf("part %d (%s) encoded as %s; the run's is %s", c.Part, p.Name, c.Encoding, want)
+			return discard(n)
+		}
+		if c.Encoding != wire.EncodingFloat32 {
+			return discard(n) // decoded into buf once received
+		}
 		return wire.Bytes(buf[p.Flat+off : p.Flat+off+n/4]), nil
 	}
 	for {
@@ -385,7 +397,13 @@ func (s *Server) receive(st grpc.ServerStream, init bool) error {
 		if reason != "" {
 			return s.refuse(st, &h, reason, detail)
 		}
-		if !wire.Finite(wire.Floats(ch.Payload)) {
+		got := buf[s.parts[cur].Flat+off : s.parts[cur].Flat+off+ch.Len()]
+		if ch.Encoding != wire.EncodingFloat32 {
+			if err := ch.Decode(got); err != nil {
+				return s.refuse(st, &h, wire.ReasonCorrupt, fmt.Sprintf("part %d (%s): %v", ch.Part, s.parts[cur].Name, err))
+			}
+		}
+		if !wire.Finite(got) {
 			return s.refuse(st, &h, wire.ReasonNonFinite, fmt.Sprintf("part %d (%s)", ch.Part, s.parts[cur].Name))
 		}
 		if off += ch.Len(); off == s.parts[cur].Len {
@@ -423,6 +441,15 @@ func (s *Server) receive(st grpc.ServerStream, init bool) error {
 	}
 	s.m.accepted.Add(1)
 	return st.SendMsg(&wire.PushReply{RunID: s.cfg.RunID, WorkerID: h.worker, Server: s.cfg.Index, Step: h.step, Version: version, Accepted: true})
+}
+
+// encodingOf is the encoding a push (or Init) must use for part p: the
+// run's for Param gradients, float32 for State values and initial weights.
+func (s *Server) encodingOf(p wire.Part, init bool) wire.Encoding {
+	if init || p.Kind != wire.Param {
+		return wire.EncodingFloat32
+	}
+	return s.cfg.Encoding
 }
 
 func (s *Server) partID(i int) int {

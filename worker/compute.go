@@ -41,6 +41,10 @@ type Compute struct {
 
 	// time spent, for the "share of a step spent communicating" figure
 	ComputeTime, PushTime, PullTime time.Duration
+	// PushBytes is the payload bytes pushed (after compression) in Pushes
+	// pushes
+	PushBytes uint64
+	Pushes    int
 	// BNSyncTime is the part of ComputeTime spent exchanging BatchNorm
 	// statistics (waiting for the step's slowest worker included)
 	BNSyncTime time.Duration
@@ -119,8 +123,11 @@ func (c *Compute) Step(ctx context.Context, step int64, epoch int, recs []*shard
 		time.Sleep(c.cfg.Delay) // fault injection: a straggler
 	}
 	t1 := time.Now()
+	b0 := c.client.PushedBytes()
 	v, err := c.client.Push(ctx, step, c.version, netspec.Push(c.net, grads))
 	c.PushTime += time.Since(t1)
+	c.PushBytes += c.client.PushedBytes() - b0
+	c.Pushes++
 	if err != nil {
 		return loss, fmt.Errorf("push step %d: %w", step, err)
 	}

@@ -95,7 +95,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	client, err := wire.NewClient(wire.ClientConfig{RunID: cfg.Run, WorkerID: cfg.ID, Addrs: psAddrs, Spec: wspec, TLS: cfg.TLS})
+	client, err := wire.NewClient(wire.ClientConfig{RunID: cfg.Run, WorkerID: cfg.ID, Addrs: psAddrs, Spec: wspec, TLS: cfg.TLS,
+		Compression: spec.WireCompression()})
 	if err != nil {
 		return err
 	}
@@ -249,7 +250,9 @@ func (w *runner) loop(ctx context.Context) error {
 			total := c.ComputeTime + c.PushTime + c.PullTime
 			w.log.Info("run done", "steps", done+1, "compute_s", c.ComputeTime.Seconds(), "push_s", c.PushTime.Seconds(),
 				"pull_s", c.PullTime.Seconds(), "bn_sync_s", c.BNSyncTime.Seconds(), "input_stall_s", w.cache.Stall().Seconds(),
-				"communication_share", math.Round(100*float64(c.PushTime+c.PullTime)/float64(max(total, 1)))/100)
+				"communication_share", math.Round(100*float64(c.PushTime+c.PullTime)/float64(max(total, 1)))/100,
+				"compression", w.spec.WireCompression().Encoding.String(), "push_bytes", c.PushBytes, "pushes", c.Pushes,
+				"push_bytes_per_step", c.PushBytes/uint64(max(c.Pushes, 1)))
 			return nil
 		case wire.WorkWait:
 			if w.spec.Mode == job.ModeSSP && !idle && done >= 0 {
@@ -346,7 +349,9 @@ func (w *runner) followServers(ctx context.Context) {
 	if err != nil || slices.Equal(addrs, w.psAddrs) {
 		return
 	}
-	client, err := wire.NewClient(wire.ClientConfig{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Addrs: addrs, Spec: w.wspec, TLS: w.cfg.TLS})
+	// a new client starts with a zero top-k residual, as a restarted worker
+	client, err := wire.NewClient(wire.ClientConfig{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Addrs: addrs, Spec: w.wspec, TLS: w.cfg.TLS,
+		Compression: w.spec.WireCompression()})
 	if err != nil {
 		w.log.Warn("reconnecting to the parameter servers", "err", err)
 		return

@@ -282,3 +282,20 @@ func TestSchemaCoversEveryCommand(t *testing.T) {
 }
 
 func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(s) }
+
+// TestConfigCompression: the spec's compression comes from the file like
+// any flag, and a bad one is refused by the spec's validation before any
+// etcd is contacted.
+func TestConfigCompression(t *testing.T) {
+	file := writeConfig(t, "submit:\n  data: /absent\n  compression: gzip\n  topk: 0.05\n")
+	code, stdout, _ := run(t, "config", "show", "--config", file, "submit")
+	for _, re := range []string{`(?m)^compression\s+gzip\s+file .*tailor.yaml:3$`, `(?m)^topk\s+0.05\s+file .*tailor.yaml:4$`} {
+		if code != 0 || !regexpMatch(re, stdout) {
+			t.Errorf("show submit: exit %d, output does not match %s:\n%s", code, re, stdout)
+		}
+	}
+	code, _, stderr := run(t, "submit", "--config", file, "--etcd", "http://127.0.0.1:1", "--run", "r")
+	if code != 1 || !strings.Contains(stderr, `compression "gzip": want none, fp16 or topk`) {
+		t.Errorf("submit with compression gzip: exit %d, stderr %q; want 1 and the spec error", code, stderr)
+	}
+}

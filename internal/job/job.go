@@ -18,6 +18,7 @@ import (
 	"github.com/tailorml/tailor/checkpoint"
 	"github.com/tailorml/tailor/input"
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/optim"
 	"github.com/tailorml/tailor/shard"
 )
@@ -37,27 +38,35 @@ const (
 
 // Spec is a training run.
 type Spec struct {
-	Run          string           `json:"run"`
-	Data         string           `json:"data"` // shard store URL or path, as every process sees it
-	Epochs       int              `json:"epochs"`
-	Batch        int              `json:"batch"` // per worker; global batch = Batch × participating workers
-	Seed         uint64           `json:"seed"`
-	Mode         string           `json:"mode"`
-	Staleness    int              `json:"staleness"`     // ssp: steps a worker may run ahead
-	Quorum       int              `json:"quorum"`        // sync: apply a step after this many gradients (0: all)
-	StepDeadline time.Duration    `json:"step_deadline"` // sync: bound on one step
-	ParamServers int              `json:"param_servers"`
-	UnitSize     int              `json:"unit_size"` // records per work unit (shuffle "units")
+	Run          string        `json:"run"`
+	Data         string        `json:"data"` // shard store URL or path, as every process sees it
+	Epochs       int           `json:"epochs"`
+	Batch        int           `json:"batch"` // per worker; global batch = Batch × participating workers
+	Seed         uint64        `json:"seed"`
+	Mode         string        `json:"mode"`
+	Staleness    int           `json:"staleness"`     // ssp: steps a worker may run ahead
+	Quorum       int           `json:"quorum"`        // sync: apply a step after this many gradients (0: all)
+	StepDeadline time.Duration `json:"step_deadline"` // sync: bound on one step
+	ParamServers int           `json:"param_servers"`
+	UnitSize     int           `json:"unit_size"` // records per work unit (shuffle "units")
 	// Shuffle is how an epoch's records are dealt to the workers: "global"
 	// (one permutation of the whole training split, the single-process
 	// trainer's, cut into batches; every worker caches the whole split) or
 	// "units" (ranges of UnitSize records of one shard, shuffled within;
 	// a worker reads only the shards of its units). See coordinator.Unit.
 	Shuffle string `json:"shuffle,omitempty"`
-	Augment      input.Augment    `json:"augment"`
-	Adam         optim.AdamConfig `json:"adam"` // Decay 0 with DecayAuto: LR/Epochs
-	DecayAuto    bool             `json:"decay_auto"`
-	BNEstimate   bool             `json:"bn_estimate"`
+	// Compression is how workers encode the gradients they push: "none"
+	// (or empty), "fp16" or "topk" (the largest TopK of every chunk, the
+	// rest kept by the worker and added to its next gradient). Weights
+	// are always pulled as float32. See wire.Encoding.
+	Compression string `json:"compression,omitempty"`
+	// TopK is the fraction of a gradient's floats a "topk" push sends, in
+	// (0, 1]; 0 means wire.DefaultTopK.
+	TopK       float64          `json:"topk,omitempty"`
+	Augment    input.Augment    `json:"augment"`
+	Adam       optim.AdamConfig `json:"adam"` // Decay 0 with DecayAuto: LR/Epochs
+	DecayAuto  bool             `json:"decay_auto"`
+	BNEstimate bool             `json:"bn_estimate"`
 	// SyncBN synchronises BatchNorm across the workers of a sync step
 	// (every layer normalises with the statistics of the whole global
 	// batch, as one process would): see SyncBatchNorm.
@@ -156,6 +165,19 @@ func (s Spec) SyncBatchNorm() bool {
 	return s.SyncBN && s.Mode == ModeSync && s.Quorum == 0
 }
 
+// WireCompression is the run's push encoding (the spec must be valid).
+func (s Spec) WireCompression() wire.Compression {
+	e, _ := wire.ParseEncoding(s.Compression)
+	c := wire.Compression{Encoding: e}
+	if e == wire.EncodingTopK {
+		c.TopK = s.TopK
+		if c.TopK == 0 {
+			c.TopK = wire.DefaultTopK
+		}
+	}
+	return c
+}
+
 // AdamConfig is the optimizer with the decay resolved.
 func (s Spec) AdamConfig() optim.AdamConfig {
 	a := s.Adam
@@ -207,6 +229,12 @@ func (s Spec) Validate() error {
 	}
 	if s.BestBy != "loss" && s.BestBy != "map" {
 		errs = append(errs, fmt.Errorf("best-by %q: want loss or map", s.BestBy))
+	}
+	if _, err := wire.ParseEncoding(s.Compression); err != nil {
+		errs = append(errs, fmt.Errorf("compression %q: want none, fp16 or topk", s.Compression))
+	}
+	if !(s.TopK >= 0 && s.TopK <= 1) {
+		errs = append(errs, fmt.Errorf("topk %v: want a fraction in (0, 1] (0: %v)", s.TopK, wire.DefaultTopK))
 	}
 	if err := s.Augment.Validate(); err != nil {
 		errs = append(errs, err)

@@ -3,6 +3,7 @@ package job
 import (
 	"context"
 	"errors"
+	"math"
 	"net"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/cluster/clustertest"
+	"github.com/tailorml/tailor/internal/wire"
 )
 
 func TestSubmitLoad(t *testing.T) {
@@ -102,4 +104,41 @@ func freePort(t *testing.T) string {
 	defer l.Close()
 	_, p, _ := net.SplitHostPort(l.Addr().String())
 	return p
+}
+
+func TestSpecCompression(t *testing.T) {
+	for _, tc := range []struct {
+		compression string
+		topk        float64
+		want        wire.Compression
+		bad         bool
+	}{
+		{compression: "", want: wire.Compression{}},
+		{compression: "none", topk: 0.3, want: wire.Compression{}},
+		{compression: "fp16", want: wire.Compression{Encoding: wire.EncodingFloat16}},
+		{compression: "topk", want: wire.Compression{Encoding: wire.EncodingTopK, TopK: wire.DefaultTopK}},
+		{compression: "topk", topk: 0.02, want: wire.Compression{Encoding: wire.EncodingTopK, TopK: 0.02}},
+		{compression: "topk", topk: 1, want: wire.Compression{Encoding: wire.EncodingTopK, TopK: 1}},
+		{compression: "gzip", bad: true},
+		{compression: "FP16", bad: true},
+		{compression: "topk", topk: 1.5, bad: true},
+		{compression: "topk", topk: -0.1, bad: true},
+		{compression: "topk", topk: math.NaN(), bad: true},
+	} {
+		s := DefaultSpec("r", "/data")
+		s.Compression, s.TopK = tc.compression, tc.topk
+		err := s.Validate()
+		if (err != nil) != tc.bad {
+			t.Errorf("%q, topk %v: Validate() = %v, want an error: %v", tc.compression, tc.topk, err, tc.bad)
+			continue
+		}
+		if !tc.bad {
+			if got := s.WireCompression(); got != tc.want {
+				t.Errorf("%q, topk %v: WireCompression() = %+v, want %+v", tc.compression, tc.topk, got, tc.want)
+			}
+			if err := s.WireCompression().Validate(); err != nil {
+				t.Errorf("%q, topk %v: %v", tc.compression, tc.topk, err)
+			}
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 )
@@ -27,6 +28,11 @@ type ClientConfig struct {
 	// NoChecksum turns off the CRC-32C of pushed and pulled payloads
 	// (FlagChecksum), trading integrity for about a quarter of the CPU.
 	NoChecksum bool
+	// Compression is how pushes encode Param gradients (the zero value:
+	// float32, uncompressed). With EncodingTopK the client keeps, per
+	// server, the residual of what it did not send and adds it to the next
+	// push (error feedback); a new Client starts with a zero residual.
+	Compression Compression
 	// TLS, if set, is the client's mutual TLS (see DialOptions); nil dials
 	// plaintext.
 	TLS *tls.Config
@@ -46,6 +52,21 @@ type Client struct {
 	chunkFloats     int
 	flags           uint64
 	conns           []*grpc.ClientConn
+	comp            Compression
+	enc             []encoder // per server, when compressing
+	pushed          atomic.Uint64
+}
+
+// encoder is one server's compression state: the encoded payloads of a
+// push (gRPC may read them until the server's reply is in) and, for
+// top-k, the residual (what was not sent, in the server's flat layout,
+// Part.Flat) and the residual the current push leaves if accepted.
+type encoder struct {
+	mu       sync.Mutex // one push per server at a time
+	buf      []byte
+	residual []float32
+	next     []float32
+	sel      topKSelector
 }
 
 // NewClient validates cfg, builds the plan and creates (lazy) connections
@@ -59,11 +80,18 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	case len(cfg.Addrs) == 0:
 		return nil, errors.New("wire: no server addresses")
 	}
+	if err := cfg.Compression.Validate(); err != nil {
+		return nil, err
+	}
 	plan, err := NewPlan(cfg.Spec, len(cfg.Addrs))
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{runID: cfg.RunID, workerID: cfg.WorkerID, plan: plan, chunkFloats: ClampChunkBytes(cfg.ChunkBytes) / 4, flags: FlagChecksum}
+	c := &Client{runID: cfg.RunID, workerID: cfg.WorkerID, plan: plan, chunkFloats: ClampChunkBytes(cfg.ChunkBytes) / 4, flags: FlagChecksum,
+		comp: cfg.Compression}
+	if c.comp.Encoding != EncodingFloat32 {
+		c.enc = make([]encoder, len(cfg.Addrs))
+	}
 	if cfg.NoChecksum {
 		c.flags = 0
 	}
@@ -87,6 +115,13 @@ func ClampChunkBytes(n int) int {
 	}
 	return min(max(n, MinChunkBytes), MaxChunkBytes) &^ 3
 }
+
+// PushedBytes is the payload bytes of every push this client has sent
+// (chunk headers, some 50 bytes a chunk, not counted; Init not counted).
+func (c *Client) PushedBytes() uint64 { return c.pushed.Load() }
+
+// Compression is how the client encodes pushes.
+func (c *Client) Compression() Compression { return c.comp }
 
 // Plan is the partition plan the client uses.
 func (c *Client) Plan() *Plan { return c.plan }
@@ -188,12 +223,22 @@ func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64,
 	if err != nil {
 		return fmt.Errorf("wire: server %d: %w", i, err)
 	}
-	if err := c.sendChunks(st, i, step, version, tensors); err != nil {
+	var enc *encoder
+	if stream == streamPush && c.enc != nil {
+		enc = &c.enc[i]
+		enc.mu.Lock()
+		defer enc.mu.Unlock()
+	}
+	sent, err := c.sendChunks(st, i, step, version, tensors, enc)
+	if stream == streamPush {
+		c.pushed.Add(uint64(sent))
+	}
+	if err != nil {
 		return fmt.Errorf("wire: push to server %d: %w", i, err)
 	}
-	// The payloads alias the caller's tensors. That is safe once the reply
-	// is in: the server answers after reading the whole push (or after
-	// refusing it, when the rest no longer matters).
+	// The payloads alias the caller's tensors (or enc's buffer). That is
+	// safe once the reply is in: the server answers after reading the
+	// whole push (or after refusing it, when the rest no longer matters).
 	if err := st.RecvMsg(reply); err != nil {
 		return fmt.Errorf("wire: push to server %d: %w", i, err)
 	}
@@ -210,30 +255,89 @@ func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64,
 	if reply.RunID != c.runID {
 		return fmt.Errorf("wire: push to server %d: accepted by run %q", i, reply.RunID)
 	}
+	if enc != nil && enc.next != nil {
+		// the server has the push: what it was not sent is the residual
+		enc.residual, enc.next = enc.next, enc.residual
+	}
 	return nil
 }
 
-// sendChunks streams server i's parts. An io.EOF from SendMsg means the
-// server has answered early (a refusal); the caller reads the answer.
-func (c *Client) sendChunks(st grpc.ClientStream, i int, step, version int64, tensors [][]float32) error {
+// sendChunks streams server i's parts, encoded by enc (nil: float32), and
+// returns the payload bytes sent. An io.EOF from SendMsg means the server
+// has answered early (a refusal); the caller reads the answer.
+func (c *Client) sendChunks(st grpc.ClientStream, i int, step, version int64, tensors [][]float32, enc *encoder) (int, error) {
 	ch := Chunk{
 		Type: TypePushChunk, RunID: c.runID, WorkerID: c.workerID, Plan: c.plan.Fingerprint(), Flags: c.flags,
 		Step: step, Version: version, Server: i,
 	}
-	for _, p := range c.plan.ServerParts(i) {
+	parts := c.plan.ServerParts(i)
+	if enc != nil {
+		enc.prepare(c.comp, parts, c.chunkFloats)
+	}
+	sent, used := 0, 0
+	for _, p := range parts {
 		data := tensors[p.Tensor][p.Offset : p.Offset+p.Len]
 		for off := 0; off < p.Len; off += c.chunkFloats {
 			n := min(c.chunkFloats, p.Len-off)
 			ch.Part, ch.Offset, ch.Payload = p.ID, off, Bytes(data[off:off+n])
+			ch.Encoding, ch.Scale, ch.Count = EncodingFloat32, 0, 0
+			if enc != nil && p.Kind == Param {
+				used += enc.encode(&ch, c.comp, data[off:off+n], p.Flat+off, used)
+			}
+			sent += len(ch.Payload)
 			if err := st.SendMsg(&ch); err != nil {
 				if errors.Is(err, io.EOF) {
-					return nil
+					return sent, nil
 				}
-				return err
+				return sent, err
 			}
 		}
 	}
-	return st.CloseSend()
+	return sent, st.CloseSend()
+}
+
+// prepare sizes the buffers for a push of parts.
+func (e *encoder) prepare(comp Compression, parts []Part, chunkFloats int) {
+	floats, bytes := 0, 0
+	for _, p := range parts {
+		floats = max(floats, p.Flat+p.Len)
+		if p.Kind != Param {
+			continue
+		}
+		for off := 0; off < p.Len; off += chunkFloats {
+			n := min(chunkFloats, p.Len-off)
+			bytes += payloadBytes(comp.Encoding, n, TopKCount(n, comp.TopK))
+		}
+	}
+	if len(e.buf) < bytes {
+		e.buf = make([]byte, bytes)
+	}
+	if comp.Encoding == EncodingTopK && len(e.residual) != floats {
+		e.residual, e.next = make([]float32, floats), make([]float32, floats)
+	}
+}
+
+// encode sets ch's payload to g (at flat in the server's layout) encoded
+// into e.buf[used:], and returns the bytes used. Top-k sends the largest
+// of g plus the residual and leaves the rest in e.next.
+func (e *encoder) encode(ch *Chunk, comp Compression, g []float32, flat, used int) int {
+	ch.Encoding, ch.Count = comp.Encoding, len(g)
+	dst := e.buf[used:]
+	var n int
+	switch comp.Encoding {
+	case EncodingFloat16:
+		n = 2 * len(g)
+		ch.Scale = EncodeF16(dst[:n], g)
+	case EncodingTopK:
+		x := e.next[flat : flat+len(g)]
+		r := e.residual[flat : flat+len(g)]
+		for j, v := range g {
+			x[j] = v + r[j]
+		}
+		n = e.sel.encode(dst, x, TopKCount(len(g), comp.TopK))
+	}
+	ch.Payload = dst[:n:n]
+	return n
 }
 
 // Pull waits until every server's version is at least minVersion, then
@@ -286,7 +390,7 @@ func (c *Client) pullFrom(ctx context.Context, i int, minVersion int64, into [][
 	ch := &Chunk{}
 	ch.Dst = func(h *Chunk, n int) ([]byte, error) {
 		switch {
-		case h.Type != TypePullChunk || h.RunID != c.runID || h.Plan != c.plan.Fingerprint() || h.Server != i:
+		case h.Type != TypePullChunk || h.Encoding != EncodingFloat32 || h.RunID != c.runID || h.Plan != c.plan.Fingerprint() || h.Server != i:
 			bad = fmt.Errorf("wire: pull from server %d: chunk of type %d, run %q, plan %x, server %d", i, h.Type, h.RunID, h.Plan, h.Server)
 		case version >= 0 && h.Version != version:
 			bad = fmt.Errorf("wire: pull from server %d: version %d after %d", i, h.Version, version)

@@ -38,8 +38,11 @@
 // a step or version.
 //
 //	Chunk        run, worker, plan u64, flags, step, version, server, part,
-//	             offset (floats in the part), count (floats), crc32c u32;
-//	             payload: count float32 little endian
+//	             offset (floats in the part), count (floats), crc32c u32,
+//	             and only if not float32: encoding, then scale (fp16) or
+//	             pairs (top-k); payload: count float32 little endian, or
+//	             count binary16 (value·2^scale), or pairs × (index u32,
+//	             value float32), indexes strictly increasing (Encoding)
 //	PushReply    run, worker, server, step, version, accepted (0/1), reason
 //	PullRequest  run, worker, plan u64, server, min version, chunk bytes,
 //	             flags
@@ -66,6 +69,19 @@
 // itself: the sender hands slices of its tensors to gRPC without copying,
 // and the receiver's Chunk.Dst puts each payload straight where it
 // belongs (one copy, out of gRPC's receive buffers).
+//
+// # Compression
+//
+// A run may compress pushed gradients (ClientConfig.Compression, the
+// server's Config.Encoding, from the job spec's "compression"): binary16
+// with a per-chunk power-of-two scale, or top-k per chunk with error
+// feedback (the worker adds what it did not send to its next gradient,
+// and keeps the residual only for servers that accepted the push; a new
+// Client, as after a worker restart, starts from zero). State values, Init
+// and pulls stay float32. A server refuses a chunk of another encoding
+// (ReasonEncoding), decodes into the push's buffer, and checks the
+// decoded floats for NaN and Inf as before; sync averaging is unchanged,
+// in worker order, so decoding keeps it deterministic.
 //
 // # Plan
 //

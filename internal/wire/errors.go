@@ -51,6 +51,9 @@ const (
 	// a gradient it does not hold, and has stopped applying sync steps
 	// rather than diverge from the other servers.
 	ReasonInconsistent = "inconsistent"
+	// ReasonEncoding: a chunk encoded otherwise than the run's compression
+	// says (or a compressed State, Init or pull chunk).
+	ReasonEncoding = "encoding"
 )
 
 // Reasons lists every rejection reason, in a fixed order.
@@ -58,7 +61,7 @@ var Reasons = []string{
 	ReasonRunID, ReasonPlan, ReasonUnknownWorker, ReasonShape, ReasonNonFinite,
 	ReasonStale, ReasonFuture, ReasonDuplicate, ReasonUninitialised,
 	ReasonInitialised, ReasonCorrupt, ReasonCanceled, ReasonClosed,
-	ReasonLate, ReasonInconsistent,
+	ReasonLate, ReasonInconsistent, ReasonEncoding,
 }
 
 // RejectedError is a server's refusal of a push or a pull.

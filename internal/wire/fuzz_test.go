@@ -113,3 +113,35 @@ func FuzzBNRequest(f *testing.F) {
 func FuzzBNReply(f *testing.F) {
 	fuzzDecoder(f, func() message { return new(BNReply) }, seedsOf(&BNReply{})...)
 }
+
+// FuzzChunkDecode decodes whatever chunk Unmarshal accepts into its floats:
+// no panic, and an accepted top-k chunk's floats are zero but for its pairs.
+func FuzzChunkDecode(f *testing.F) {
+	for _, m := range seedsOf(&Chunk{}) {
+		f.Add(encode(f, m))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var c Chunk
+		if c.unmarshal(oneBuffer(data)) != nil || c.Len() > 1<<16 {
+			return
+		}
+		dst := make([]float32, c.Len())
+		for i := range dst {
+			dst[i] = 1
+		}
+		if err := c.Decode(dst); err != nil {
+			return
+		}
+		if c.Encoding == EncodingTopK {
+			nonzero := 0
+			for _, v := range dst {
+				if v != 0 {
+					nonzero++
+				}
+			}
+			if nonzero > len(c.Payload)/topKBytes {
+				t.Fatalf("%d nonzero floats from %d pairs", nonzero, len(c.Payload)/topKBytes)
+			}
+		}
+	})
+}

@@ -76,7 +76,14 @@ type Chunk struct {
 	Server  int // server index in the plan
 	Part    int // Part.ID in the plan
 	Offset  int // floats, within the part
-	Payload []byte
+	// Encoding is how Payload holds the floats (pushes may compress
+	// gradients: see Encoding); Scale is EncodingFloat16's exponent, and
+	// Count the floats the chunk covers for every encoding but
+	// EncodingFloat32 (0 otherwise: the payload's length says it).
+	Encoding Encoding
+	Scale    int
+	Count    int
+	Payload  []byte
 
 	// Buf, if set, is sent instead of Payload and handed to gRPC, which
 	// frees it once written (for zero-copy sends of reference-counted
@@ -89,8 +96,13 @@ type Chunk struct {
 	Dst func(c *Chunk, n int) ([]byte, error)
 }
 
-// Len is the number of floats in the payload.
-func (c *Chunk) Len() int { return len(c.Payload) / 4 }
+// Len is the number of floats the chunk covers (Decode writes them).
+func (c *Chunk) Len() int {
+	if c.Encoding == EncodingFloat32 {
+		return len(c.Payload) / 4
+	}
+	return c.Count
+}
 
 // PushReply answers Push and Init.
 type PushReply struct {
@@ -393,8 +405,23 @@ func (c *Chunk) marshal() (mem.BufferSlice, error) {
 	if c.Type != TypePushChunk && c.Type != TypePullChunk {
 		return fail(fmt.Errorf("wire: chunk of message type %d", c.Type))
 	}
-	if len(payload)%4 != 0 || len(payload) > MaxChunkBytes {
-		return fail(fmt.Errorf("wire: chunk payload of %d bytes: want a multiple of 4, at most %d", len(payload), MaxChunkBytes))
+	count := len(payload) / 4
+	switch c.Encoding {
+	case EncodingFloat32:
+		if len(payload)%4 != 0 || len(payload) > MaxChunkBytes {
+			return fail(fmt.Errorf("wire: chunk payload of %d bytes: want a multiple of 4, at most %d", len(payload), MaxChunkBytes))
+		}
+	case EncodingFloat16, EncodingTopK:
+		count = c.Count
+		pairs := len(payload) / topKBytes
+		if count < 0 || count > MaxChunkBytes/4 || len(payload) != payloadBytes(c.Encoding, count, pairs) || pairs > count {
+			return fail(fmt.Errorf("wire: %s chunk of %d floats with a payload of %d bytes", c.Encoding, count, len(payload)))
+		}
+		if c.Encoding == EncodingFloat16 && (c.Scale < -maxScale || c.Scale > maxScale) {
+			return fail(fmt.Errorf("wire: binary16 scale %d: want [%d, %d]", c.Scale, -maxScale, maxScale))
+		}
+	default:
+		return fail(fmt.Errorf("wire: chunk of encoding %d", c.Encoding))
 	}
 	if c.Server < 0 || c.Part < 0 || c.Offset < 0 {
 		return fail(fmt.Errorf("wire: chunk server %d, part %d, offset %d: want ≥ 0", c.Server, c.Part, c.Offset))
@@ -412,12 +439,21 @@ func (c *Chunk) marshal() (mem.BufferSlice, error) {
 	h = appendUvarint(h, uint64(c.Server))
 	h = appendUvarint(h, uint64(c.Part))
 	h = appendUvarint(h, uint64(c.Offset))
-	h = appendUvarint(h, uint64(len(payload)/4))
+	h = appendUvarint(h, uint64(count))
 	var crc uint32
 	if c.Flags&FlagChecksum != 0 {
 		crc = crc32.Checksum(payload, castagnoli)
 	}
 	h = binary.LittleEndian.AppendUint32(h, crc)
+	// Added fields: a float32 chunk has none (and so decodes as before).
+	switch c.Encoding {
+	case EncodingFloat16:
+		h = appendUvarint(h, uint64(c.Encoding))
+		h = appendVarint(h, int64(c.Scale))
+	case EncodingTopK:
+		h = appendUvarint(h, uint64(c.Encoding))
+		h = appendUvarint(h, uint64(len(payload)/topKBytes))
+	}
 	h, err := finishHeader(h)
 	if err != nil {
 		return fail(err)
@@ -452,10 +488,25 @@ func (c *Chunk) unmarshal(data mem.BufferSlice) error {
 	c.Offset = d.int("offset", MaxTotalFloats)
 	count := d.int("length", MaxChunkBytes/4)
 	crc := d.fixed32("checksum")
+	c.Encoding, c.Scale, c.Count = EncodingFloat32, 0, 0
+	n := count * 4
+	if len(d.b) > 0 {
+		c.Encoding = Encoding(d.uvarint("encoding", uint64(maxEncoding)))
+		switch c.Encoding {
+		case EncodingFloat16:
+			c.Scale = int(d.varint("binary16 scale"))
+			if c.Scale < -maxScale || c.Scale > maxScale {
+				d.fail("binary16 scale")
+			}
+			c.Count, n = count, payloadBytes(EncodingFloat16, count, 0)
+		case EncodingTopK:
+			pairs := d.int("top-k pairs", count)
+			c.Count, n = count, payloadBytes(EncodingTopK, count, pairs)
+		}
+	}
 	if d.err != nil {
 		return d.err
 	}
-	n := count * 4
 	if got := total - len(hdr); got != n {
 		if got < n {
 			return fmt.Errorf("%w: %w: payload of %d bytes, header says %d", ErrCorrupt, ErrTruncated, got, n)

@@ -24,8 +24,16 @@ func sampleMessages() []message {
 	empty.Payload = nil
 	unchecked := sampleChunk()
 	unchecked.Flags = 0
+	half := sampleChunk()
+	half.Encoding, half.Scale, half.Count = EncodingFloat16, -3, 3
+	half.Payload = []byte{0x00, 0x3c, 0x00, 0xc0, 0xff, 0x03} // 1, -2, the largest subnormal
+	topk := sampleChunk()
+	topk.Encoding, topk.Count = EncodingTopK, 100
+	topk.Payload = []byte{2, 0, 0, 0, 0, 0, 0x80, 0x3f, 99, 0, 0, 0, 0, 0, 0x20, 0xc1} // [2]=1, [99]=-10
+	topkNone := sampleChunk()
+	topkNone.Encoding, topkNone.Count, topkNone.Payload = EncodingTopK, 7, nil
 	return []message{
-		sampleChunk(), pull, empty, unchecked,
+		sampleChunk(), pull, empty, unchecked, half, topk, topkNone,
 		&PushReply{RunID: "run-1", WorkerID: "w3", Server: 2, Step: 41, Version: 42, Accepted: true},
 		&PushReply{RunID: "run-1", WorkerID: "w3", Server: 0, Step: -3, Version: 7, Reason: ReasonNonFinite},
 		&PullRequest{RunID: "r", WorkerID: "w", Plan: 1, Server: 5, MinVersion: 12345678901, ChunkBytes: 1 << 20, Flags: FlagChecksum},
