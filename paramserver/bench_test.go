@@ -43,25 +43,37 @@ func netSpec(size, labels int) wire.Spec {
 // weights. MB/s counts both directions (2 × 34.7 MB per iteration).
 // "wire" skips the optimizer, to measure the protocol alone ("nocrc"
 // also without payload checksums); "adam" includes the server's update.
+// "fp16" and "topk" compress the pushes (MB/s still counts float32 bytes:
+// the model moved per second); push-B/op is the worker's pushed payload
+// (Client.PushedBytes, what tailor_worker_push_bytes_total counts).
 func BenchmarkPushPull(b *testing.B) {
 	spec := netSpec(96, 11)
+	fp16 := wire.Compression{Encoding: wire.EncodingFloat16}
+	topk := wire.Compression{Encoding: wire.EncodingTopK, TopK: 0.1}
 	for _, bc := range []struct {
 		name       string
 		skipUpdate bool
 		chunk      int
 		noChecksum bool
+		comp       wire.Compression
 	}{
-		{"wire/chunk=1MiB", true, 1 << 20, false},
-		{"wire/chunk=4MiB", true, 4 << 20, false},
-		{"wire/chunk=1MiB/nocrc", true, 1 << 20, true},
-		{"adam/chunk=1MiB", false, 1 << 20, false},
+		{"wire/chunk=1MiB", true, 1 << 20, false, wire.Compression{}},
+		{"wire/chunk=4MiB", true, 4 << 20, false, wire.Compression{}},
+		{"wire/chunk=1MiB/nocrc", true, 1 << 20, true, wire.Compression{}},
+		{"wire/chunk=1MiB/fp16", true, 1 << 20, false, fp16},
+		{"wire/chunk=1MiB/topk=0.1", true, 1 << 20, false, topk},
+		{"adam/chunk=1MiB", false, 1 << 20, false, wire.Compression{}},
+		{"adam/chunk=1MiB/fp16", false, 1 << 20, false, fp16},
+		{"adam/chunk=1MiB/topk=0.1", false, 1 << 20, false, topk},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			cfg := DefaultConfig(testRun, spec)
 			cfg.ListenAddr = "127.0.0.1:0"
+			cfg.Encoding = bc.comp.Encoding
 			c := startCluster(b, NewStaticMembers("w0"), cfg)
 			c.servers[0].skipUpdate = bc.skipUpdate
-			cl, err := wire.NewClient(wire.ClientConfig{RunID: testRun, WorkerID: "w0", Addrs: c.addrs, Spec: spec, ChunkBytes: bc.chunk, NoChecksum: bc.noChecksum})
+			cl, err := wire.NewClient(wire.ClientConfig{RunID: testRun, WorkerID: "w0", Addrs: c.addrs, Spec: spec, ChunkBytes: bc.chunk, NoChecksum: bc.noChecksum,
+				Compression: bc.comp})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -88,6 +100,7 @@ func BenchmarkPushPull(b *testing.B) {
 			// CPU time (client and server, user and system) per
 			// iteration: unlike MB/s, it barely moves with background load.
 			cpu := (cpuTime() - cpu0).Seconds()
+			b.ReportMetric(float64(cl.PushedBytes())/float64(b.N), "push-B/op")
 			b.ReportMetric(cpu*1e3/float64(b.N), "cpu-ms/op")
 			b.ReportMetric(float64(2*4*spec.Total())/1e6/(cpu/float64(b.N)), "MB/cpu-s")
 		})

@@ -185,16 +185,32 @@ func f16Scale(x []float32) int {
 // so a finite gradient never arrives as Inf.
 func EncodeF16(dst []byte, x []float32) (scale int) {
 	scale = f16Scale(x)
-	m := pow2(scale)
-	_ = dst[2*len(x)-1]
+	encodeF16With(dst, x, pow2(scale))
+	return scale
+}
+
+// encodeF16With writes F16(x[i]·m) into dst, saturating finite values.
+func encodeF16With(dst []byte, x []float32, m float32) {
+	dst = dst[:2*len(x)]
 	for i, v := range x {
-		h := F16(v * m)
-		if h&0x7fff == 0x7c00 && !math.IsInf(float64(v), 0) {
-			h = h&0x8000 | 0x7bff
+		b := math.Float32bits(v * m)
+		var h uint16
+		if e := b >> 23 & 0xff; e-113 < 30 {
+			// a binary16 normal: F16's last case, inlined
+			man := b & 0x7fffff
+			u := (e-112)<<10 | man>>13
+			if rem := man & 0x1fff; rem > 0x1000 || rem == 0x1000 && u&1 == 1 {
+				u++
+			}
+			h = uint16(b>>16)&0x8000 | uint16(min(u, 0x7bff))
+		} else {
+			h = F16(math.Float32frombits(b))
+			if h&0x7fff == 0x7c00 && b&0x7fffffff != 0x7f800000 {
+				h = h&0x8000 | 0x7bff // a finite value saturates
+			}
 		}
 		binary.LittleEndian.PutUint16(dst[2*i:], h)
 	}
-	return scale
 }
 
 // DecodeF16 is EncodeF16's inverse: dst[i] = F32(src[i]) · 2^-scale.

@@ -360,3 +360,32 @@ func TestChunkEncodings(t *testing.T) {
 		})
 	}
 }
+
+// TestEncodeF16IsF16: EncodeF16's inlined fast path is F16 of the scaled
+// value (saturated), on values around every binade and its edges.
+func TestEncodeF16IsF16(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	var x []float32
+	for e := -160; e <= 130; e++ {
+		for range 40 {
+			v := float32(math.Ldexp(1+r.Float64(), e))
+			x = append(x, v, -v, math.Nextafter32(v, 0))
+		}
+		x = append(x, float32(math.Ldexp(1, e)), float32(math.Ldexp(1.5, e)))
+	}
+	x = append(x, 0, float32(math.Copysign(0, -1)), math.MaxFloat32, -math.MaxFloat32)
+	for _, scale := range []int{0, 14, -maxScale, maxScale, 100, -37} {
+		m := pow2(scale)
+		b := make([]byte, 2*len(x))
+		encodeF16With(b, x, m)
+		for i, v := range x {
+			want := F16(v * m)
+			if want&0x7fff == 0x7c00 && !math.IsInf(float64(v*m), 0) {
+				want = want&0x8000 | 0x7bff
+			}
+			if got := uint16(b[2*i]) | uint16(b[2*i+1])<<8; got != want {
+				t.Fatalf("scale %d: %v encodes as %#04x, want %#04x", scale, v, got, want)
+			}
+		}
+	}
+}
