@@ -120,9 +120,6 @@ func ClampChunkBytes(n int) int {
 // (chunk headers, some 50 bytes a chunk, not counted; Init not counted).
 func (c *Client) PushedBytes() uint64 { return c.pushed.Load() }
 
-// Compression is how the client encodes pushes.
-func (c *Client) Compression() Compression { return c.comp }
-
 // Plan is the partition plan the client uses.
 func (c *Client) Plan() *Plan { return c.plan }
 
@@ -183,7 +180,105 @@ func (c *Client) Push(ctx context.Context, step, version int64, tensors [][]floa
 	if err := c.checkPush(tensors); err != nil {
 		return -1, err
 	}
-	return c.sendAll(ctx, streamPush, step, version, tensors)
+	return c.send(ctx, streamPush, step, version, tensors, nil)
+}
+
+// A Gate hands a push its tensors while they are being computed.
+type Gate interface {
+	// Tensor blocks until tensor t (a spec index) is final, or ctx ends,
+	// and returns it. It may be called more than once for a tensor (from
+	// the streams of several servers) and from several goroutines.
+	Tensor(ctx context.Context, t int) ([]float32, error)
+}
+
+// PushGated is Push for a gradient that is still being computed: every
+// server's stream sends its parts in plan order, each as soon as gate
+// releases its tensor, so that sending overlaps computing (netspec orders
+// the spec as a training step finishes the tensors). As Push, it never
+// lets a server apply a gradient another refuses for NaN or Inf: each
+// stream holds back its last chunk until every tensor has been released
+// and found finite, and a non-finite tensor cancels every stream, so that
+// no server receives a complete push. The released tensors must not change
+// until PushGated returns.
+func (c *Client) PushGated(ctx context.Context, step, version int64, gate Gate) (int64, error) {
+	g := &checkedGate{gate: gate, spec: c.plan.Spec, states: make([]tensorState, len(c.plan.Spec)), all: make(chan struct{})}
+	g.left.Store(int64(len(c.plan.Spec)))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go g.releaseAll(ctx) // the verdict needs every tensor, whichever server holds it
+	return c.send(ctx, streamPush, step, version, nil, g)
+}
+
+// checkedGate checks each tensor of a gated push once, as it is released.
+type checkedGate struct {
+	gate   Gate
+	spec   Spec
+	states []tensorState
+	left   atomic.Int64
+	all    chan struct{} // closed when every tensor is released and checked, or one failed
+	done   sync.Once     // closes all
+	bad    atomic.Pointer[error]
+}
+
+// fail ends the push: no server may complete it.
+func (g *checkedGate) fail(err error) {
+	g.bad.CompareAndSwap(nil, &err)
+	g.done.Do(func() { close(g.all) })
+}
+
+type tensorState struct {
+	once sync.Once
+	data []float32
+	err  error
+}
+
+func (g *checkedGate) tensor(ctx context.Context, t int) ([]float32, error) {
+	st := &g.states[t]
+	data, err := g.gate.Tensor(ctx, t)
+	if err != nil {
+		if ctx.Err() == nil {
+			g.fail(err) // the gradient will not come
+		}
+		return nil, err
+	}
+	st.once.Do(func() {
+		switch {
+		case len(data) != g.spec[t].Size:
+			st.err = fmt.Errorf("%w: %q has %d values, spec %d", ErrBadSpec, g.spec[t].Name, len(data), g.spec[t].Size)
+		case !Finite(data):
+			st.err = fmt.Errorf("%w: %q", ErrNonFinite, g.spec[t].Name)
+		}
+		st.data = data
+		if st.err != nil {
+			g.fail(st.err)
+		}
+		if g.left.Add(-1) == 0 {
+			g.done.Do(func() { close(g.all) })
+		}
+	})
+	return st.data, st.err
+}
+
+// releaseAll waits for every tensor (until ctx ends).
+func (g *checkedGate) releaseAll(ctx context.Context) {
+	for t := range g.spec {
+		if _, err := g.tensor(ctx, t); err != nil && g.bad.Load() != nil || ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// verdict waits until every tensor is released: nil if all are sound.
+func (g *checkedGate) verdict(ctx context.Context) error {
+	select {
+	case <-g.all:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if e := g.bad.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // Init sends a run's initial weights (and State values) to every server.
@@ -192,19 +287,33 @@ func (c *Client) Init(ctx context.Context, tensors [][]float32) error {
 	if err := c.checkPush(tensors); err != nil {
 		return err
 	}
-	_, err := c.sendAll(ctx, streamInit, 0, 0, tensors)
+	_, err := c.send(ctx, streamInit, 0, 0, tensors, nil)
 	return err
 }
 
-func (c *Client) sendAll(ctx context.Context, stream int, step, version int64, tensors [][]float32) (int64, error) {
+// send pushes tensors, or with a gate the tensors it releases, to every
+// server.
+func (c *Client) send(ctx context.Context, stream int, step, version int64, tensors [][]float32, gate *checkedGate) (int64, error) {
 	n := len(c.conns)
 	replies := make([]PushReply, n)
 	errs := make([]error, n)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { errs[i] = c.sendTo(ctx, i, stream, step, version, tensors, &replies[i]) })
+		wg.Go(func() {
+			errs[i] = c.sendTo(ctx, i, stream, step, version, tensors, gate, &replies[i])
+			if gate != nil && gate.bad.Load() != nil {
+				cancel() // no server may get the whole push
+			}
+		})
 	}
 	wg.Wait()
+	if gate != nil {
+		if err := gate.bad.Load(); err != nil {
+			return -1, *err
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return -1, err
 	}
@@ -215,7 +324,7 @@ func (c *Client) sendAll(ctx context.Context, stream int, step, version int64, t
 	return v, nil
 }
 
-func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64, tensors [][]float32, reply *PushReply) error {
+func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64, tensors [][]float32, gate *checkedGate, reply *PushReply) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	desc := &serviceDesc.Streams[stream]
@@ -229,7 +338,7 @@ func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64,
 		enc.mu.Lock()
 		defer enc.mu.Unlock()
 	}
-	sent, err := c.sendChunks(st, i, step, version, tensors, enc)
+	sent, err := c.sendChunks(ctx, st, i, step, version, tensors, gate, enc)
 	if stream == streamPush {
 		c.pushed.Add(uint64(sent))
 	}
@@ -265,7 +374,7 @@ func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64,
 // sendChunks streams server i's parts, encoded by enc (nil: float32), and
 // returns the payload bytes sent. An io.EOF from SendMsg means the server
 // has answered early (a refusal); the caller reads the answer.
-func (c *Client) sendChunks(st grpc.ClientStream, i int, step, version int64, tensors [][]float32, enc *encoder) (int, error) {
+func (c *Client) sendChunks(ctx context.Context, st grpc.ClientStream, i int, step, version int64, tensors [][]float32, gate *checkedGate, enc *encoder) (int, error) {
 	ch := Chunk{
 		Type: TypePushChunk, RunID: c.runID, WorkerID: c.workerID, Plan: c.plan.Fingerprint(), Flags: c.flags,
 		Step: step, Version: version, Server: i,
@@ -275,10 +384,26 @@ func (c *Client) sendChunks(st grpc.ClientStream, i int, step, version int64, te
 		enc.prepare(c.comp, parts, c.chunkFloats)
 	}
 	sent, used := 0, 0
-	for _, p := range parts {
-		data := tensors[p.Tensor][p.Offset : p.Offset+p.Len]
+	for k, p := range parts {
+		var t []float32
+		if gate != nil {
+			var err error
+			if t, err = gate.tensor(ctx, p.Tensor); err != nil {
+				return sent, err
+			}
+		} else {
+			t = tensors[p.Tensor]
+		}
+		data := t[p.Offset : p.Offset+p.Len]
 		for off := 0; off < p.Len; off += c.chunkFloats {
 			n := min(c.chunkFloats, p.Len-off)
+			if gate != nil && k == len(parts)-1 && off+n == p.Len {
+				// the last chunk completes the push: only if every
+				// server's tensors are sound
+				if err := gate.verdict(ctx); err != nil {
+					return sent, err
+				}
+			}
 			ch.Part, ch.Offset, ch.Payload = p.ID, off, Bytes(data[off:off+n])
 			ch.Encoding, ch.Scale, ch.Count = EncodingFloat32, 0, 0
 			if enc != nil && p.Kind == Param {
