@@ -55,8 +55,9 @@ type batchNorm struct {
 	eps     float64
 	st      *bnState
 	mode    *runMode
+	shape   tensor.Shape
 	outT    *tensor.Dense
-	out     []float32
+	out     []float32 // nil when the op only computes statistics (convBlock)
 	mean    []float64 // statistics used by the last forward pass
 	invStd  []float64
 	// Σdy and Σdy·x̂ per channel, from the last backward pass: computed once
@@ -84,7 +85,7 @@ func newBatchNorm(shape tensor.Shape, eps float64, layer int, st *bnState, mode 
 	for _, d := range shape[2:] {
 		s *= d
 	}
-	op := &batchNorm{opBase: newOpBase("batchnorm", shape, len(shape), 1, 1), n: shape[0], c: shape[1], s: s, eps: eps, layer: layer, st: st, mode: mode}
+	op := &batchNorm{opBase: newOpBase("batchnorm", shape, len(shape), 1, 1), n: shape[0], c: shape[1], s: s, eps: eps, layer: layer, st: st, mode: mode, shape: shape.Clone()}
 	op.outT, op.out = newBuf(shape)
 	op.mean = make([]float64, op.c)
 	op.invStd = make([]float64, op.c)
@@ -94,7 +95,7 @@ func newBatchNorm(shape tensor.Shape, eps float64, layer int, st *bnState, mode 
 }
 
 func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
-	x, err := f32(vals[0], len(op.out), "batchnorm input")
+	x, err := f32(vals[0], op.n*op.c*op.s, "batchnorm input")
 	if err != nil {
 		return nil, err
 	}
@@ -106,61 +107,15 @@ func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, c, s := op.n, op.c, op.s
-	m := float64(n * s)
-	op.batch = op.mode.bn != BNInfer
-	op.synced = op.mode.bn == BNTrain && op.mode.sync != nil
-	st := op.st
-	if op.batch {
-		// One pass, float64 sums of x and x²: activations here are O(1),
-		// far from where E[x²]−E[x]² loses float64 precision.
-		sums := op.sums()
-		parallelFor(c, func(ch int) {
-			var sum, sumSq float64
-			for i := 0; i < n; i++ {
-				a, q := sumSq64(x[(i*c+ch)*s : (i*c+ch+1)*s])
-				sum += a
-				sumSq += q
-			}
-			sums[1+ch], sums[1+c+ch] = sum, sumSq
-		})
-		sums[0] = m
-		if op.synced {
-			// synchronised BatchNorm: the statistics of every worker's
-			// batch together
-			if err := op.mode.sync(2*op.layer, sums); err != nil {
-				return nil, fmt.Errorf("batchnorm %d: %w", op.layer, err)
-			}
-			m = sums[0]
-		}
-		op.m = m
+	if err := op.prepare(x); err != nil {
+		return nil, err
 	}
+	if op.out == nil {
+		op.outT, op.out = newBuf(op.shape)
+	}
+	n, c, s := op.n, op.c, op.s
 	parallelFor(c, func(ch int) {
-		var mean, invStd float64
-		if op.batch {
-			sums := op.red
-			mean = sums[1+ch] / m
-			variance := max(sums[1+c+ch]/m-mean*mean, 0)
-			invStd = 1 / math.Sqrt(variance+op.eps)
-			switch op.mode.bn {
-			case BNTrain:
-				unbiased := variance
-				if m > 1 {
-					unbiased = variance * m / (m - 1)
-				}
-				st.mean[ch] = float32(st.momentum*float64(st.mean[ch]) + (1-st.momentum)*mean)
-				st.variance[ch] = float32(st.momentum*float64(st.variance[ch]) + (1-st.momentum)*unbiased)
-			case BNEstimate:
-				st.sumMean[ch] += mean * m
-				st.sumSq[ch] += (variance + mean*mean) * m
-			}
-		} else {
-			mean = float64(st.mean[ch])
-			invStd = 1 / math.Sqrt(float64(st.variance[ch])+op.eps)
-		}
-		op.mean[ch], op.invStd[ch] = mean, invStd
-		scale := float32(float64(gamma[ch]) * invStd)
-		shift := float32(float64(beta[ch]) - mean*float64(gamma[ch])*invStd)
+		scale, shift := op.affine(ch, gamma, beta)
 		for i := 0; i < n; i++ {
 			in := x[(i*c+ch)*s : (i*c+ch+1)*s]
 			out := op.out[(i*c+ch)*s : (i*c+ch+1)*s]
@@ -169,10 +124,75 @@ func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
 			}
 		}
 	})
+	return op.outT, nil
+}
+
+// prepare sets the per-channel mean and 1/σ the pass normalises with: the
+// batch's (from x), updating the running or estimated statistics, or the
+// running ones in BNInfer mode.
+func (op *batchNorm) prepare(x []float32) error {
+	n, c, s := op.n, op.c, op.s
+	m := float64(n * s)
+	op.batch = op.mode.bn != BNInfer
+	op.synced = op.mode.bn == BNTrain && op.mode.sync != nil
+	st := op.st
+	if !op.batch {
+		for ch := range c {
+			op.mean[ch] = float64(st.mean[ch])
+			op.invStd[ch] = 1 / math.Sqrt(float64(st.variance[ch])+op.eps)
+		}
+		return nil
+	}
+	// One pass, float64 sums of x and x²: activations here are O(1),
+	// far from where E[x²]−E[x]² loses float64 precision.
+	sums := op.sums()
+	parallelFor(c, func(ch int) {
+		var sum, sumSq float64
+		for i := 0; i < n; i++ {
+			a, q := sumSq64(x[(i*c+ch)*s : (i*c+ch+1)*s])
+			sum += a
+			sumSq += q
+		}
+		sums[1+ch], sums[1+c+ch] = sum, sumSq
+	})
+	sums[0] = m
+	if op.synced {
+		// synchronised BatchNorm: the statistics of every worker's
+		// batch together
+		if err := op.mode.sync(2*op.layer, sums); err != nil {
+			return fmt.Errorf("batchnorm %d: %w", op.layer, err)
+		}
+		m = sums[0]
+	}
+	op.m = m
+	for ch := range c {
+		mean := sums[1+ch] / m
+		variance := max(sums[1+c+ch]/m-mean*mean, 0)
+		switch op.mode.bn {
+		case BNTrain:
+			unbiased := variance
+			if m > 1 {
+				unbiased = variance * m / (m - 1)
+			}
+			st.mean[ch] = float32(st.momentum*float64(st.mean[ch]) + (1-st.momentum)*mean)
+			st.variance[ch] = float32(st.momentum*float64(st.variance[ch]) + (1-st.momentum)*unbiased)
+		case BNEstimate:
+			st.sumMean[ch] += mean * m
+			st.sumSq[ch] += (variance + mean*mean) * m
+		}
+		op.mean[ch], op.invStd[ch] = mean, 1/math.Sqrt(variance+op.eps)
+	}
 	if op.mode.bn == BNEstimate {
 		st.count += m
 	}
-	return op.outT, nil
+	return nil
+}
+
+// affine is channel ch's normalisation as y = x·scale + shift, from the
+// statistics prepare set.
+func (op *batchNorm) affine(ch int, gamma, beta []float32) (scale, shift float32) {
+	mean, invStd := op.mean[ch], op.invStd[ch]
+	return float32(float64(gamma[ch]) * invStd), float32(float64(beta[ch]) - mean*float64(gamma[ch])*invStd)
 }
 
 // sums returns the op's reduction buffer: a count, then c sums, then c
@@ -244,7 +264,7 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 		}
 		return op.outT, nil
 	}
-	x, err := f32(vals[0], len(f.out), "batchnorm input")
+	x, err := f32(vals[0], f.n*f.c*f.s, "batchnorm input")
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +272,7 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	dy, err := f32(vals[2], len(f.out), "batchnorm grad")
+	dy, err := f32(vals[2], f.n*f.c*f.s, "batchnorm grad")
 	if err != nil {
 		return nil, err
 	}
@@ -304,13 +324,7 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 			gi := dy[(i*c+ch)*s : (i*c+ch+1)*s]
 			out := op.out[(i*c+ch)*s : (i*c+ch+1)*s]
 			if f.maskInput {
-				for j, g := range gi {
-					if v := xi[j]; v > 0 {
-						out[j] = a*g + b*v + cc
-					} else {
-						out[j] = 0
-					}
-				}
+				maskedAffine(out, gi, xi, a, b, cc)
 				continue
 			}
 			for j, g := range gi {
@@ -319,4 +333,23 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 		}
 	})
 	return op.outT, nil
+}
+
+// maskedAffine sets out = a·g + b·x + c where x > 0, and 0 elsewhere. x is a
+// ReLU's output, so about half its values are 0 in no pattern a branch
+// predictor could learn: the select is done with a bit mask instead (x > 0
+// exactly when its bits, as a signed integer, are positive; x is never −0,
+// and a NaN x is the only case where this differs from the branch).
+func maskedAffine(out, g, x []float32, a, b, c float32) {
+	x = x[:len(g)]
+	out = out[:len(g)]
+	for j, gv := range g {
+		v := x[j]
+		r := math.Float32bits(a*gv + b*v + c)
+		var m uint32
+		if int32(math.Float32bits(v)) > 0 {
+			m = ^uint32(0)
+		}
+		out[j] = math.Float32frombits(r & m)
+	}
 }

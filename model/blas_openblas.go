@@ -4,6 +4,7 @@ package model
 
 // #cgo LDFLAGS: -lopenblas
 // void openblas_set_num_threads(int);
+// char *openblas_get_corename(void);
 import "C"
 
 import (
@@ -25,3 +26,8 @@ func init() {
 
 // SetBLASThreads sets OpenBLAS's thread count.
 func SetBLASThreads(n int) { C.openblas_set_num_threads(C.int(n)) }
+
+// BLASCore names the kernels OpenBLAS chose for this CPU (Haswell, SkylakeX,
+// Cooperlake, …; the OPENBLAS_CORETYPE environment variable overrides its
+// choice).
+func BLASCore() string { return C.GoString(C.openblas_get_corename()) }

@@ -8,8 +8,10 @@ import (
 )
 
 // conv3x3 is a 3x3 convolution, stride 1, "same" zero padding, with bias,
-// on NCHW float32 tensors. Forward: im2col per image, then one GEMM
-// W(O×C·9) · cols(C·9×H·W). The columns are kept for the weight gradient.
+// on NCHW float32 tensors: im2col, then one GEMM W(O×C·9) · cols(C·9×P) per
+// group of images (see chunking). The columns live in the net's scratch
+// memory only while the op runs: the weight gradient recomputes them from
+// the input instead of keeping n·C·9·H·W floats from the forward pass.
 type conv3x3 struct {
 	opBase
 	n, c, h, w, o int
@@ -18,10 +20,10 @@ type conv3x3 struct {
 	// gradMasked says the consumer's gradient is already zero where the ReLU
 	// was inactive (a BatchNorm with maskInput), so no mask pass is needed.
 	gradMasked bool
+	sc         *scratch
 
 	outT *tensor.Dense
 	out  []float32
-	cols []float32 // n × (c·9) × (h·w)
 }
 
 func newConv3x3(n, c, h, w, o int, needDX, relu bool) *conv3x3 {
@@ -29,9 +31,8 @@ func newConv3x3(n, c, h, w, o int, needDX, relu bool) *conv3x3 {
 	if relu {
 		name = "conv3x3_relu"
 	}
-	op := &conv3x3{opBase: newOpBase(name, tensor.Shape{n, o, h, w}, 4, 4, 1), n: n, c: c, h: h, w: w, o: o, needDX: needDX, relu: relu}
+	op := &conv3x3{opBase: newOpBase(name, tensor.Shape{n, o, h, w}, 4, 4, 1), n: n, c: c, h: h, w: w, o: o, needDX: needDX, relu: relu, sc: &scratch{}}
 	op.outT, op.out = newBuf(op.out0())
-	op.cols = make([]float32, n*c*9*h*w)
 	return op
 }
 
@@ -51,25 +52,95 @@ func (op *conv3x3) Do(vals ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	k, p := op.c*9, op.h*op.w
-	parallelFor(op.n, func(i int) {
-		cols := op.cols[i*k*p : (i+1)*k*p]
-		im2col(cols, x[i*op.c*p:(i+1)*op.c*p], op.c, op.h, op.w)
-		y := op.out[i*op.o*p : (i+1)*op.o*p]
-		for o := 0; o < op.o; o++ {
-			row := y[o*p : (o+1)*p]
-			for j := range row {
-				row[j] = b[o]
-			}
+	nch, bmax := chunking(op.n, p)
+	wk := workers(nch)
+	bufs := op.sc.take(wk, k*bmax*p, op.o*bmax*p)
+	parallelForWorker(nch, func(wi, ch int) {
+		i0, i1 := chunkBounds(ch, nch, op.n)
+		cols, y := bufs[2*wi], bufs[2*wi+1]
+		if i1-i0 == 1 {
+			// one image: the GEMM writes the output in place
+			y = op.out[i0*op.o*p : (i0+1)*op.o*p]
 		}
-		sgemm(false, false, op.o, p, k, 1, wt, k, cols, p, 1, y, p)
-		if op.relu {
-			for j, v := range y {
-				y[j] = max(v, 0)
+		convChunk(cols, y, x, wt, b, op.c, op.h, op.w, op.o, i0, i1)
+		if i1-i0 == 1 {
+			if op.relu {
+				for j, v := range y {
+					y[j] = max(v, 0)
+				}
+			}
+			return
+		}
+		ld := (i1 - i0) * p
+		for i := i0; i < i1; i++ {
+			for o := 0; o < op.o; o++ {
+				src := y[o*ld+(i-i0)*p : o*ld+(i-i0+1)*p]
+				dst := op.out[(i*op.o+o)*p : (i*op.o+o+1)*p]
+				if op.relu {
+					for j, v := range src {
+						dst[j] = max(v, 0)
+					}
+				} else {
+					copy(dst, src)
+				}
 			}
 		}
 	})
 	return op.outT, nil
 }
+
+// convChunk computes y = W·cols + b for images [i0, i1) of x: cols (k × B·p)
+// and y (o × B·p) hold image i0+j's columns at j·p, B = i1−i0.
+func convChunk(cols, y, x, wt, b []float32, c, h, w, o, i0, i1 int) {
+	k, p := c*9, h*w
+	ld := (i1 - i0) * p
+	for i := i0; i < i1; i++ {
+		im2col(cols[(i-i0)*p:], ld, x[i*c*p:(i+1)*c*p], c, h, w)
+	}
+	for oc := 0; oc < o; oc++ {
+		row := y[oc*ld : (oc+1)*ld]
+		for j := range row {
+			row[j] = b[oc]
+		}
+	}
+	sgemm(false, false, o, ld, k, 1, wt, k, cols[:k*ld], ld, 1, y[:o*ld], ld)
+}
+
+// gatherChunk lays out the (o × p) planes of images [i0, i1) of dy side by
+// side as one o × B·p matrix in g and returns it; for one image it returns
+// the image's own plane.
+func gatherChunk(g, dy []float32, o, p, i0, i1 int) []float32 {
+	if i1-i0 == 1 {
+		return dy[i0*o*p : (i0+1)*o*p]
+	}
+	ld := (i1 - i0) * p
+	for i := i0; i < i1; i++ {
+		for oc := 0; oc < o; oc++ {
+			copy(g[oc*ld+(i-i0)*p:oc*ld+(i-i0+1)*p], dy[(i*o+oc)*p:(i*o+oc+1)*p])
+		}
+	}
+	return g[:o*ld]
+}
+
+// minCols is the GEMM width (columns of the im2col matrix) worth reaching by
+// putting several images into one GEMM: a 10×10 feature map (64 px, last
+// block) alone is 100 columns, too narrow for the GEMM kernel to run at speed,
+// and in the weight gradient the 128×1152 result would be read and written
+// once per image for only 100 multiply-adds per element.
+const minCols = 512
+
+// chunking splits n images of p positions into nch groups of at most bmax
+// images (see chunkBounds), aiming at minCols columns per GEMM but keeping at
+// least two groups for two goroutines. It depends only on n and p, not on
+// the thread count, so every sum is reproducible.
+func chunking(n, p int) (nch, bmax int) {
+	b := min(max(1, (minCols+p-1)/p), max(1, (n+1)/2))
+	nch = (n + b - 1) / b
+	return nch, (n + nch - 1) / nch
+}
+
+// chunkBounds is the image range [i0, i1) of group ch of nch over n images.
+func chunkBounds(ch, nch, n int) (int, int) { return ch * n / nch, (ch + 1) * n / nch }
 
 func (op *conv3x3) DiffWRT(int) []bool { return []bool{op.needDX, true, true} }
 
@@ -105,10 +176,9 @@ func (op *conv3x3) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error
 // convGradInput computes d(loss)/d(input) = col2im(Wᵀ · dY).
 type convGradInput struct {
 	opBase
-	fwd   *conv3x3
-	outT  *tensor.Dense
-	out   []float32
-	dcols []float32
+	fwd  *conv3x3
+	outT *tensor.Dense
+	out  []float32
 }
 
 func (op *convGradInput) Do(vals ...G.Value) (G.Value, error) {
@@ -116,8 +186,6 @@ func (op *convGradInput) Do(vals ...G.Value) (G.Value, error) {
 	k, p := f.c*9, f.h*f.w
 	if op.outT == nil {
 		op.outT, op.out = newBuf(tensor.Shape{f.n, f.c, f.h, f.w})
-		// scratch columns per goroutine, not per image
-		op.dcols = make([]float32, workers(f.n)*k*p)
 	}
 	wt, err := f32(vals[0], f.o*f.c*9, "conv weight")
 	if err != nil {
@@ -127,16 +195,23 @@ func (op *convGradInput) Do(vals ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	parallelForWorker(f.n, func(wk, i int) {
-		dcols := op.dcols[wk*k*p : (wk+1)*k*p]
-		sgemm(true, false, k, p, f.o, 1, wt, k, dy[i*f.o*p:(i+1)*f.o*p], p, 0, dcols, p)
-		col2im(op.out[i*f.c*p:(i+1)*f.c*p], dcols, f.c, f.h, f.w)
+	nch, bmax := chunking(f.n, p)
+	bufs := f.sc.take(workers(nch), f.o*bmax*p, k*bmax*p)
+	parallelForWorker(nch, func(wk, ch int) {
+		i0, i1 := chunkBounds(ch, nch, f.n)
+		ld := (i1 - i0) * p
+		g := gatherChunk(bufs[2*wk], dy, f.o, p, i0, i1)
+		dcols := bufs[2*wk+1][:k*ld]
+		sgemm(true, false, k, ld, f.o, 1, wt, k, g, ld, 0, dcols, ld)
+		for i := i0; i < i1; i++ {
+			col2im(op.out[i*f.c*p:(i+1)*f.c*p], dcols[(i-i0)*p:], ld, f.c, f.h, f.w)
+		}
 	})
 	return op.outT, nil
 }
 
-// convGradWeight computes d(loss)/d(W) = Σ_images dY · colsᵀ, from the columns
-// the forward pass kept.
+// convGradWeight computes d(loss)/d(W) = Σ_images dY · colsᵀ, recomputing the
+// columns from the input.
 type convGradWeight struct {
 	opBase
 	gradReady
@@ -149,23 +224,37 @@ type convGradWeight struct {
 func (op *convGradWeight) Do(vals ...G.Value) (G.Value, error) {
 	defer op.fire()
 	f := op.fwd
+	x, err := f32(vals[0], f.n*f.c*f.h*f.w, "conv input")
+	if err != nil {
+		return nil, err
+	}
 	dy, err := f32(vals[1], f.n*f.o*f.h*f.w, "conv output grad")
 	if err != nil {
 		return nil, err
 	}
 	k, p := f.c*9, f.h*f.w
-	// Images are summed in a fixed order so the result does not depend on
-	// scheduling: image i goes to partial sum i%2, and the two are added last.
+	// Groups of images are summed in a fixed order so the result does not
+	// depend on scheduling: group j goes to partial sum j%2, and the two are
+	// added last.
 	const parts = 2
 	sz := f.o * k
 	if op.part == nil {
 		op.part = make([]float32, parts*sz)
 	}
+	nch, bmax := chunking(f.n, p)
+	bufs := f.sc.take(parts, k*bmax*p, f.o*bmax*p)
 	parallelFor(parts, func(j int) {
 		acc := op.part[j*sz : (j+1)*sz]
+		cols := bufs[2*j]
 		beta := float32(0)
-		for i := j; i < f.n; i += parts {
-			sgemm(false, true, f.o, k, p, 1, dy[i*f.o*p:(i+1)*f.o*p], p, f.cols[i*k*p:(i+1)*k*p], p, beta, acc, k)
+		for ch := j; ch < nch; ch += parts {
+			i0, i1 := chunkBounds(ch, nch, f.n)
+			ld := (i1 - i0) * p
+			for i := i0; i < i1; i++ {
+				im2col(cols[(i-i0)*p:], ld, x[i*f.c*p:(i+1)*f.c*p], f.c, f.h, f.w)
+			}
+			g := gatherChunk(bufs[2*j+1], dy, f.o, p, i0, i1)
+			sgemm(false, true, f.o, k, ld, 1, g, ld, cols[:k*ld], ld, beta, acc, k)
 			beta = 1
 		}
 		if beta == 0 {
@@ -205,14 +294,16 @@ func (op *biasGrad) Do(vals ...G.Value) (G.Value, error) {
 }
 
 // im2col lays out the 3x3 "same" neighbourhoods of one CHW image as rows
-// (c·9+ky·3+kx) × columns (y·w+x), with zeros outside the image.
-func im2col(cols, x []float32, c, h, w int) {
+// (c·9+ky·3+kx) × columns (y·w+x), with zeros outside the image; row r
+// starts at cols[r·ld].
+func im2col(cols []float32, ld int, x []float32, c, h, w int) {
 	p := h * w
 	for ci := 0; ci < c; ci++ {
 		plane := x[ci*p : (ci+1)*p]
 		for ky := 0; ky < 3; ky++ {
 			for kx := 0; kx < 3; kx++ {
-				row := cols[((ci*3+ky)*3+kx)*p : ((ci*3+ky)*3+kx+1)*p]
+				r := (ci*3+ky)*3 + kx
+				row := cols[r*ld : r*ld+p]
 				dx := kx - 1
 				for y := 0; y < h; y++ {
 					sy := y + ky - 1
@@ -238,16 +329,17 @@ func im2col(cols, x []float32, c, h, w int) {
 	}
 }
 
-// col2im is im2col's adjoint: it sums the columns back into one CHW image
-// (overwriting dx).
-func col2im(dx, cols []float32, c, h, w int) {
+// col2im is im2col's adjoint: it sums the columns (row r at cols[r·ld])
+// back into one CHW image (overwriting dx).
+func col2im(dx, cols []float32, ld int, c, h, w int) {
 	p := h * w
 	clear(dx[:c*p])
 	for ci := 0; ci < c; ci++ {
 		plane := dx[ci*p : (ci+1)*p]
 		for ky := 0; ky < 3; ky++ {
 			for kx := 0; kx < 3; kx++ {
-				row := cols[((ci*3+ky)*3+kx)*p : ((ci*3+ky)*3+kx+1)*p]
+				r := (ci*3+ky)*3 + kx
+				row := cols[r*ld : r*ld+p]
 				dxo := kx - 1
 				for y := 0; y < h; y++ {
 					sy := y + ky - 1

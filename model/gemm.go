@@ -67,3 +67,31 @@ func sgemmRows(m, n, k int, a, b, c []float32) {
 		}
 	})
 }
+
+// scratch is working memory shared by the ops of one net: a conv layer needs
+// its im2col columns and GEMM output only while it runs, and the ops of a net
+// run one at a time (a Net is not safe for concurrent use), so one buffer
+// serves every layer of every graph of the net.
+type scratch struct{ buf []float32 }
+
+// take returns parts×len(sizes) disjoint slices, slice [i·len(sizes)+j] of
+// sizes[j] floats. It may reallocate, so call it before starting goroutines,
+// and the slices are valid until the next take.
+func (s *scratch) take(parts int, sizes ...int) [][]float32 {
+	per := 0
+	for _, n := range sizes {
+		per += n
+	}
+	if need := parts * per; len(s.buf) < need {
+		s.buf = make([]float32, need)
+	}
+	out := make([][]float32, 0, parts*len(sizes))
+	off := 0
+	for range parts {
+		for _, n := range sizes {
+			out = append(out, s.buf[off:off+n:off+n])
+			off += n
+		}
+	}
+	return out
+}

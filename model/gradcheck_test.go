@@ -205,6 +205,19 @@ func TestGradCheck(t *testing.T) {
 			}, reluEps(relu), tol, relu)
 		})
 	}
+	// Several images per GEMM (small feature maps): 6 images of 4×5 go in two
+	// groups of 3 (see chunking).
+	t.Run("conv3x3_grouped", func(t *testing.T) {
+		const n, h, w = 6, 4, 5
+		if nch, b := chunking(n, h*w); nch != 2 || b != 3 {
+			t.Fatalf("chunking(%d, %d) = %d groups of %d, want 2 of 3", n, h*w, nch, b)
+		}
+		gradCheck(t, "conv3x3", func() G.Op { return newConv3x3(n, c, h, w, o, true, false) }, []gcInput{
+			{tensor.Shape{n, c, h, w}, randData(rng, n*c*h*w, 1), true},
+			{tensor.Shape{o, c, 3, 3}, randData(rng, o*c*9, 0.5), true},
+			{tensor.Shape{o}, randData(rng, o, 0.5), true},
+		}, eps, tol, false)
+	})
 	// The net's fused block: conv+ReLU whose gradient mask is applied by the
 	// BatchNorm after it.
 	t.Run("conv3x3_relu_batchnorm_fused", func(t *testing.T) {

@@ -107,25 +107,109 @@ func (op *maxPool) Do(vals ...G.Value) (G.Value, error) {
 		in := x[pl*ip : (pl+1)*ip]
 		out := op.out[pl*opl : (pl+1)*opl]
 		arg := op.arg[pl*opl : (pl+1)*opl]
-		for oy := 0; oy < op.oh; oy++ {
-			for ox := 0; ox < op.ow; ox++ {
-				best := int32(oy*op.k*op.w + ox*op.k)
-				bv := in[best]
-				for ky := 0; ky < op.k; ky++ {
-					base := (oy*op.k+ky)*op.w + ox*op.k
-					for kx := 0; kx < op.k; kx++ {
-						// strictly greater: the first maximum wins, as in PyTorch.
-						if v := in[base+kx]; v > bv || v != v {
-							bv, best = v, int32(base+kx)
-						}
-					}
-				}
-				out[oy*op.ow+ox] = bv
-				arg[oy*op.ow+ox] = best
-			}
+		switch op.k {
+		case 2:
+			pool2Arg(out, arg, in, op.w, op.oh, op.ow)
+		case 3:
+			pool3Arg(out, arg, in, op.w, op.oh, op.ow)
+		default:
+			poolArg(out, arg, in, op.w, op.k, op.oh, op.ow)
 		}
 	})
 	return op.outT, nil
+}
+
+// poolArg is a k×k, stride-k max-pool of one plane of width w, with the index
+// of each maximum in the plane: strictly greater wins, so the first maximum
+// is taken, as in PyTorch; a NaN wins over numbers.
+func poolArg(out []float32, arg []int32, in []float32, w, k, oh, ow int) {
+	for oy := 0; oy < oh; oy++ {
+		for ox := 0; ox < ow; ox++ {
+			best := int32(oy*k*w + ox*k)
+			bv := in[best]
+			for ky := 0; ky < k; ky++ {
+				base := (oy*k+ky)*w + ox*k
+				for kx := 0; kx < k; kx++ {
+					if v := in[base+kx]; v > bv || v != v {
+						bv, best = v, int32(base+kx)
+					}
+				}
+			}
+			out[oy*ow+ox] = bv
+			arg[oy*ow+ox] = best
+		}
+	}
+}
+
+// pool2Arg is poolArg for k = 2 without branches on the data (which a branch
+// predictor cannot learn): the maximum, then the first element equal to it
+// (with integer conditional moves). It gives the same result as poolArg but
+// for the sign of a zero maximum (+0 here) and the index of a NaN (the
+// window's last element here).
+func pool2Arg(out []float32, arg []int32, in []float32, w, oh, ow int) {
+	for oy := 0; oy < oh; oy++ {
+		base := 2 * oy * w
+		r0, r1 := in[base:base+w], in[base+w:base+2*w]
+		o, g := out[oy*ow:(oy+1)*ow], arg[oy*ow:(oy+1)*ow]
+		for ox := range o {
+			a := 2 * ox
+			v0, v1, v2, v3 := r0[a], r0[a+1], r1[a], r1[a+1]
+			m := max(max(v0, v1), max(v2, v3))
+			idx := base + w + a + 1
+			if v2 == m {
+				idx = base + w + a
+			}
+			if v1 == m {
+				idx = base + a + 1
+			}
+			if v0 == m {
+				idx = base + a
+			}
+			o[ox], g[ox] = m, int32(idx)
+		}
+	}
+}
+
+// pool3Arg is pool2Arg for k = 3.
+func pool3Arg(out []float32, arg []int32, in []float32, w, oh, ow int) {
+	for oy := 0; oy < oh; oy++ {
+		base := 3 * oy * w
+		r0, r1, r2 := in[base:base+w], in[base+w:base+2*w], in[base+2*w:base+3*w]
+		o, g := out[oy*ow:(oy+1)*ow], arg[oy*ow:(oy+1)*ow]
+		for ox := range o {
+			a := 3 * ox
+			v0, v1, v2 := r0[a], r0[a+1], r0[a+2]
+			v3, v4, v5 := r1[a], r1[a+1], r1[a+2]
+			v6, v7, v8 := r2[a], r2[a+1], r2[a+2]
+			m := max(max(v0, v1, v2), max(v3, v4, v5), max(v6, v7, v8))
+			idx := base + 2*w + a + 2
+			if v7 == m {
+				idx = base + 2*w + a + 1
+			}
+			if v6 == m {
+				idx = base + 2*w + a
+			}
+			if v5 == m {
+				idx = base + w + a + 2
+			}
+			if v4 == m {
+				idx = base + w + a + 1
+			}
+			if v3 == m {
+				idx = base + w + a
+			}
+			if v2 == m {
+				idx = base + a + 2
+			}
+			if v1 == m {
+				idx = base + a + 1
+			}
+			if v0 == m {
+				idx = base + a
+			}
+			o[ox], g[ox] = m, int32(idx)
+		}
+	}
 }
 
 func (op *maxPool) DiffWRT(int) []bool { return []bool{true} }

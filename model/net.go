@@ -114,6 +114,7 @@ type Net struct {
 	bnName []string
 	train  map[int]*graph
 	infer  map[int]*graph
+	sc     *scratch // working memory of the conv layers, shared by all graphs
 }
 
 // convSpec lists the conv layers: input channels come from the previous one.
@@ -125,7 +126,7 @@ func New(cfg Config, seed uint64) (*Net, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("model config: %w", err)
 	}
-	n := &Net{cfg: cfg, train: map[int]*graph{}, infer: map[int]*graph{}}
+	n := &Net{cfg: cfg, train: map[int]*graph{}, infer: map[int]*graph{}, sc: &scratch{}}
 	rng := rand.New(rand.NewPCG(seed, 0x7a11025eed))
 	glorot := func(name string, shape []int, fanIn, fanOut int) {
 		p := newParam(name, shape)
@@ -418,19 +419,35 @@ func (n *Net) build(batch int, train bool) (*graph, error) {
 	}
 	h := x
 	c, side := cfg.Channels, cfg.Size
+	// pools[i] is the max-pool after conv block i (0: none)
+	pools := [5]int{3, 0, 2, 0, 2}
 	conv := func(i int) {
 		o := convOut[i]
+		w, b := nodes[fmt.Sprintf("conv%d/w", i+1)], nodes[fmt.Sprintf("conv%d/b", i+1)]
+		gamma, beta := nodes[fmt.Sprintf("bn%d/gamma", i+1)], nodes[fmt.Sprintf("bn%d/beta", i+1)]
+		if !train {
+			// inference: the whole block in one op that keeps nothing for a
+			// backward pass; dropout is the identity
+			op := newConvBlock(batch, c, side, side, o, pools[i], cfg.BNEps, i, n.bn[i], &gr.mode, n.sc)
+			h = apply(op, h, w, b, gamma, beta)
+			c, side = o, op.oh
+			return
+		}
 		// conv → ReLU (fused into the conv) → BatchNorm, which also applies
 		// the ReLU's mask to the gradient it passes back.
 		cv := newConv3x3(batch, c, side, side, o, i > 0, true)
 		cv.gradMasked = true
-		h = apply(cv, h, nodes[fmt.Sprintf("conv%d/w", i+1)], nodes[fmt.Sprintf("conv%d/b", i+1)])
+		cv.sc = n.sc
+		h = apply(cv, h, w, b)
 		bn := newBatchNorm(tensor.Shape{batch, o, side, side}, cfg.BNEps, i, n.bn[i], &gr.mode)
 		bn.maskInput = true
-		h = apply(bn, h, nodes[fmt.Sprintf("bn%d/gamma", i+1)], nodes[fmt.Sprintf("bn%d/beta", i+1)])
+		h = apply(bn, h, gamma, beta)
 		c = o
 	}
 	pool := func(k int, layer uint64, p float64) {
+		if !train {
+			return // pooled inside the conv block
+		}
 		op := newMaxPool(batch, c, side, side, k)
 		h = apply(op, h)
 		side = op.oh
@@ -453,7 +470,9 @@ func (n *Net) build(batch int, train bool) (*graph, error) {
 	bn6 := newBatchNorm(ds, cfg.BNEps, 5, n.bn[5], &gr.mode)
 	bn6.maskInput = true
 	h = apply(bn6, h, nodes["bn6/gamma"], nodes["bn6/beta"])
-	h = apply(newDropout(ds, cfg.Dropout[3], 4, &gr.mode), h)
+	if train {
+		h = apply(newDropout(ds, cfg.Dropout[3], 4, &gr.mode), h)
+	}
 	logits := apply(newDense(batch, cfg.Dense, cfg.Labels, false), h, nodes["out/w"], nodes["out/b"])
 	if err != nil {
 		return nil, err

@@ -50,9 +50,10 @@ func readF32(t *testing.T, path string) []float32 {
 	return d
 }
 
-// TestParityWithPyTorch runs one training step (train-mode BatchNorm, dropout
-// off) on identical weights and batch in tailor and in PyTorch, and compares
-// the loss, every gradient and the updated BatchNorm running statistics.
+// TestParityWithPyTorch runs inference (running BatchNorm statistics) and one
+// training step (train-mode BatchNorm, dropout off) on identical weights and
+// batch in tailor and in PyTorch, and compares the probabilities, the loss,
+// every gradient and the updated BatchNorm running statistics.
 func TestParityWithPyTorch(t *testing.T) {
 	requireTorch(t)
 	const size, labels, batch = 32, 7, 8
@@ -114,6 +115,11 @@ func TestParityWithPyTorch(t *testing.T) {
 		t.Fatalf("torch_parity.py: %v\n%s", err, out)
 	}
 
+	// inference first: the training step changes the running statistics
+	probs := make([]float32, batch*labels)
+	if err := net.Predict(x, batch, probs); err != nil {
+		t.Fatal(err)
+	}
 	loss, grads, err := net.TrainStep(x, y, batch, StepOptions{BN: BNTrain})
 	if err != nil {
 		t.Fatal(err)
@@ -149,6 +155,7 @@ func TestParityWithPyTorch(t *testing.T) {
 			t.Logf("%s: max |Δ| / max |ref| = %.2e", name, rel)
 		}
 	}
+	compare("probs", probs, 1e-5)
 	for i, p := range net.Params() {
 		compare(p.Name, grads[i], 1e-3)
 	}

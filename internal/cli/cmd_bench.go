@@ -60,7 +60,7 @@ size, in both of its layouts, and the ratio is against the faster one's median.`
 	if err != nil {
 		return fail(env, err)
 	}
-	fmt.Fprintf(env.Stdout, "tailor bench: blas=%s mode=%s batch=%d threads=%d pairs=%d\n", model.BLAS, c.Mode, c.Batch, c.Threads, c.Pairs)
+	fmt.Fprintf(env.Stdout, "tailor bench: blas=%s core=%s mode=%s batch=%d threads=%d pairs=%d\n", model.BLAS, model.BLASCore(), c.Mode, c.Batch, c.Threads, c.Pairs)
 	rows, err := bench.Compare(ctx, c, self, env.Stdout)
 	if err != nil {
 		return fail(env, err)

@@ -4,9 +4,11 @@
 Reads the net's weights, a batch and its targets written by the Go test
 (DIR/meta.json + DIR/<name>.f32, raw little-endian float32), builds the same
 SmallerVGGNet as ../../shared/bench/torch_baseline.py (train-mode BatchNorm,
-dropout off), runs one forward and backward pass with BCELoss on the sigmoid
+dropout off), runs inference with the running statistics (eval mode), then
+one forward and backward pass with BCELoss on the sigmoid
 output, and writes the loss, every gradient and the updated BatchNorm running
-statistics back as DIR/out_<name>.f32 and DIR/out.json.
+statistics back as DIR/out_<name>.f32 and DIR/out.json, with the inference
+output as DIR/out_probs.f32.
 """
 import json
 import os
@@ -66,6 +68,10 @@ def main():
             m.running_mean.copy_(load(f"bn{i+1}/mean"))
             m.running_var.copy_(load(f"bn{i+1}/var"))
     x, y = load("x"), load("y")
+    # inference first, with the running statistics as loaded
+    net.eval()
+    with torch.no_grad():
+        probs = net(x)
     net.train()
     loss = nn.BCELoss()(net(x), y)
     loss.backward()
@@ -74,6 +80,7 @@ def main():
         a = t.detach().numpy().astype("<f4")
         a.tofile(os.path.join(d, "out_" + name.replace("/", "_") + ".f32"))
         out["shapes"][name] = list(a.shape)
+    dump("probs", probs)
     for name, (p, tr) in params.items():
         dump(name, p.grad.t() if tr else p.grad)
     for i, m in enumerate(bns):
