@@ -23,8 +23,11 @@ type ComputeConfig struct {
 	Std     []float32
 	Sync    bool // pull exactly the version after this step (sync mode)
 	// Delay is slept before every push: a straggler, for fault-injection
-	// tests (fault worker.<id>.delay).
+	// tests (fault worker.<id>.delay). It turns Overlap off.
 	Delay time.Duration
+	// Overlap sends each tensor of the push as soon as the step has it
+	// (wire.Client.PushGated): the push runs during backprop.
+	Overlap bool
 }
 
 // Compute is one worker's step machinery: the net, its input buffers and the
@@ -39,8 +42,12 @@ type Compute struct {
 	// bnSync, if set, synchronises BatchNorm with the step's other workers
 	bnSync func(ctx context.Context, step int64, slot int, vals []float64) error
 
-	// time spent, for the "share of a step spent communicating" figure
-	ComputeTime, PushTime, PullTime time.Duration
+	// Time spent, for the "share of a step spent communicating" figure.
+	// ComputeTime includes InputTime (decoding and augmenting the batch).
+	// PushTime is the push's time after the step's compute: with Overlap,
+	// only what was not hidden behind backprop; PushSpan is the pushes'
+	// whole time, from their first byte.
+	ComputeTime, InputTime, PushTime, PushSpan, PullTime time.Duration
 	// PushBytes is the payload bytes pushed (after compression) in Pushes
 	// pushes
 	PushBytes uint64
@@ -105,6 +112,7 @@ func (c *Compute) Step(ctx context.Context, step int64, epoch int, recs []*shard
 	t0 := time.Now()
 	k := len(recs)
 	train.FillBatch(c.x, c.y, recs, cfg.Labels, cfg.Size, cfg.Size, cfg.Channels, c.cfg.Augment, c.cfg.Mean, c.cfg.Std, c.cfg.Seed, epoch)
+	c.InputTime += time.Since(t0)
 	opt := model.StepOptions{Dropout: true, Seed: model.DropoutSeed(c.cfg.Seed, c.cfg.Rank), Step: uint64(step), BN: model.BNTrain}
 	if c.bnSync != nil {
 		opt.BNSync = func(slot int, vals []float64) error {
@@ -114,18 +122,33 @@ func (c *Compute) Step(ctx context.Context, step int64, epoch int, recs []*shard
 			return err
 		}
 	}
-	loss, grads, err := c.net.TrainStep(c.x[:k*n], c.y[:k*cfg.Labels], k, opt)
-	c.ComputeTime += time.Since(t0)
-	if err != nil {
-		return 0, err
-	}
-	if c.cfg.Delay > 0 {
-		time.Sleep(c.cfg.Delay) // fault injection: a straggler
-	}
-	t1 := time.Now()
 	b0 := c.client.PushedBytes()
-	v, err := c.client.Push(ctx, step, c.version, netspec.Push(c.net, grads))
-	c.PushTime += time.Since(t1)
+	var (
+		loss float64
+		v    int64
+		err  error
+	)
+	if c.cfg.Overlap && c.cfg.Delay == 0 {
+		var computed bool
+		loss, v, computed, err = c.overlapped(ctx, step, opt, c.x[:k*n], c.y[:k*cfg.Labels], k, t0)
+		if !computed {
+			return 0, err
+		}
+	} else {
+		var grads [][]float32
+		loss, grads, err = c.net.TrainStep(c.x[:k*n], c.y[:k*cfg.Labels], k, opt)
+		c.ComputeTime += time.Since(t0)
+		if err != nil {
+			return 0, err
+		}
+		if c.cfg.Delay > 0 {
+			time.Sleep(c.cfg.Delay) // fault injection: a straggler
+		}
+		t1 := time.Now()
+		v, err = c.client.Push(ctx, step, c.version, netspec.Push(c.net, grads))
+		c.PushTime += time.Since(t1)
+		c.PushSpan += time.Since(t1)
+	}
 	c.PushBytes += c.client.PushedBytes() - b0
 	c.Pushes++
 	if err != nil {
@@ -136,4 +159,85 @@ func (c *Compute) Step(ctx context.Context, step int64, epoch int, recs []*shard
 		want = step + 1
 	}
 	return loss, c.Pull(ctx, want)
+}
+
+// overlapped runs a training step while pushing its gradient: each tensor
+// goes to the servers as soon as backprop has it (the BatchNorm statistics,
+// final after the forward pass, with the first gradient). computed is
+// false if the step itself failed (then nothing was pushed completely).
+func (c *Compute) overlapped(ctx context.Context, step int64, opt model.StepOptions, x, y []float32, k int, t0 time.Time) (loss float64, v int64, computed bool, err error) {
+	gate := newStepGate(len(c.tensors))
+	statsSent := false
+	opt.GradReady = func(p int, g []float32) {
+		if !statsSent {
+			for t := range c.tensors {
+				if netspec.TensorParam(c.net, t) < 0 {
+					gate.release(t, c.tensors[t])
+				}
+			}
+			statsSent = true
+		}
+		gate.release(netspec.ParamTensor(c.net, p), g)
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type pushed struct {
+		v   int64
+		err error
+	}
+	res := make(chan pushed, 1)
+	tp := time.Now()
+	go func() {
+		v, err := c.client.PushGated(pctx, step, c.version, gate)
+		res <- pushed{v, err}
+	}()
+	loss, _, err = c.net.TrainStep(x, y, k, opt)
+	tc := time.Now()
+	c.ComputeTime += tc.Sub(t0)
+	if err != nil {
+		close(gate.failed)
+		cancel()
+		<-res
+		return 0, 0, false, err
+	}
+	r := <-res
+	c.PushTime += time.Since(tc)
+	c.PushSpan += time.Since(tp)
+	return loss, r.v, true, r.err
+}
+
+// stepGate releases a push's tensors as a step finishes them.
+type stepGate struct {
+	ready  []chan struct{}
+	data   [][]float32
+	failed chan struct{} // closed when the step failed
+}
+
+func newStepGate(n int) *stepGate {
+	g := &stepGate{ready: make([]chan struct{}, n), data: make([][]float32, n), failed: make(chan struct{})}
+	for i := range g.ready {
+		g.ready[i] = make(chan struct{})
+	}
+	return g
+}
+
+// release hands tensor t to the push (once).
+func (g *stepGate) release(t int, data []float32) {
+	g.data[t] = data
+	close(g.ready[t])
+}
+
+// errStepFailed ends a push whose step failed.
+var errStepFailed = errors.New("worker: the step failed")
+
+// Tensor implements wire.Gate.
+func (g *stepGate) Tensor(ctx context.Context, t int) ([]float32, error) {
+	select {
+	case <-g.ready[t]:
+		return g.data[t], nil
+	case <-g.failed:
+		return nil, errStepFailed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }

@@ -19,8 +19,15 @@ import (
 
 // One worker in sync mode against two parameter servers does exactly what
 // the single-process trainer does: after the same batches, the weights and
-// BatchNorm statistics are equal bit for bit.
+// BatchNorm statistics are equal bit for bit, whether it pushes after its
+// step or while backprop runs.
 func TestWorkerMatchesSingleProcess(t *testing.T) {
+	for _, overlap := range []bool{false, true} {
+		t.Run(map[bool]string{false: "push after step", true: "overlapped"}[overlap], func(t *testing.T) { testWorkerMatches(t, overlap) })
+	}
+}
+
+func testWorkerMatches(t *testing.T, overlap bool) {
 	st, m := testData(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -65,7 +72,7 @@ func TestWorkerMatchesSingleProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	wnet, _ := model.New(cfg, 999) // different weights: the pull must replace them
-	w := NewCompute(ComputeConfig{Seed: seed, Augment: aug, Mean: mean, Std: std, Sync: true}, wnet, client)
+	w := NewCompute(ComputeConfig{Seed: seed, Augment: aug, Mean: mean, Std: std, Sync: true, Overlap: overlap}, wnet, client)
 	if err := w.Pull(ctx, 0); err != nil {
 		t.Fatal(err)
 	}

@@ -102,7 +102,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer func() { client.Close() }()
 	mean, std := man.Normalization()
-	comp := NewCompute(ComputeConfig{Rank: Rank(cfg.ID), Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std,
+	comp := NewCompute(ComputeConfig{Rank: Rank(cfg.ID), Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std, Overlap: spec.Overlap,
 		Sync: spec.Mode == job.ModeSync, Delay: fault.Duration("worker." + cfg.ID + ".delay")}, net, client)
 	csize := max(cfg.ShardCache, 2)
 	if spec.GlobalShuffle() {
@@ -248,7 +248,8 @@ func (w *runner) loop(ctx context.Context) error {
 		case wire.WorkDone:
 			c := w.comp
 			total := c.ComputeTime + c.PushTime + c.PullTime
-			w.log.Info("run done", "steps", done+1, "compute_s", c.ComputeTime.Seconds(), "push_s", c.PushTime.Seconds(),
+			w.log.Info("run done", "steps", done+1, "compute_s", c.ComputeTime.Seconds(), "input_s", c.InputTime.Seconds(),
+				"push_s", c.PushTime.Seconds(), "push_span_s", c.PushSpan.Seconds(), "overlap", w.spec.Overlap,
 				"pull_s", c.PullTime.Seconds(), "bn_sync_s", c.BNSyncTime.Seconds(), "input_stall_s", w.cache.Stall().Seconds(),
 				"communication_share", math.Round(100*float64(c.PushTime+c.PullTime)/float64(max(total, 1)))/100,
 				"compression", w.spec.WireCompression().Encoding.String(), "push_bytes", c.PushBytes, "pushes", c.Pushes,
@@ -361,4 +362,3 @@ func (w *runner) followServers(ctx context.Context) {
 	w.ps, w.psAddrs = client, addrs
 	w.comp.SetClient(client)
 }
-

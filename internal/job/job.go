@@ -60,6 +60,10 @@ type Spec struct {
 	// rest kept by the worker and added to its next gradient). Weights
 	// are always pulled as float32. See wire.Encoding.
 	Compression string `json:"compression,omitempty"`
+	// Overlap makes workers send each gradient tensor to the parameter
+	// servers as soon as backprop has it, while the rest is computed
+	// (wire.Client.PushGated); off, a worker pushes after its step.
+	Overlap bool `json:"overlap,omitempty"`
 	// TopK is the fraction of a gradient's floats a "topk" push sends, in
 	// (0, 1]; 0 means wire.DefaultTopK.
 	TopK       float64          `json:"topk,omitempty"`
@@ -148,7 +152,7 @@ func DefaultSpec(run, data string) Spec {
 		StepDeadline: 2 * time.Minute, ParamServers: 2, UnitSize: 256, Shuffle: ShuffleGlobal,
 		Augment: input.DefaultAugment(), Adam: optim.DefaultAdam(0), DecayAuto: true,
 		BNEstimate: true, BNBatches: 50, BestBy: "loss", Out: "out/" + run,
-		CheckpointEvery: 500, KeepCheckpoints: 3, SyncBN: true,
+		CheckpointEvery: 500, KeepCheckpoints: 3, SyncBN: true, Overlap: true,
 	}
 }
 
