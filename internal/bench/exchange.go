@@ -24,6 +24,7 @@ type ExchangeConfig struct {
 	Iters         int // timed push + pull rounds
 	Warmup        int
 	ChunkBytes    int // 0: the wire default
+	Compression   wire.Compression
 }
 
 // DefaultExchange is one server, 20 rounds after 3 untimed.
@@ -44,7 +45,9 @@ func (c ExchangeConfig) Validate() error {
 type ExchangeResult struct {
 	Size, Servers int
 	Floats        int     // model floats, each way
-	MBps          float64 // push + pull bytes (both directions) per wall second, median round
+	Encoding      wire.Encoding
+	PushBytes     float64 // payload bytes of one push, after compression
+	MBps          float64 // model bytes (float32, both directions) per wall second, median round
 	CPUms         float64 // process CPU (client and servers) per round
 	RoundMs       float64 // median wall time of one push + pull
 }
@@ -65,7 +68,7 @@ func Exchange(ctx context.Context, c ExchangeConfig) (ExchangeResult, error) {
 	var addrs []string
 	for i := range c.Servers {
 		cfg := paramserver.DefaultConfig(run, spec)
-		cfg.Index, cfg.Servers, cfg.ListenAddr = i, c.Servers, "127.0.0.1:0"
+		cfg.Index, cfg.Servers, cfg.ListenAddr, cfg.Encoding = i, c.Servers, "127.0.0.1:0", c.Compression.Encoding
 		s, err := paramserver.New(cfg, paramserver.NewStaticMembers(worker))
 		if err != nil {
 			return ExchangeResult{}, err
@@ -78,7 +81,11 @@ func Exchange(ctx context.Context, c ExchangeConfig) (ExchangeResult, error) {
 		wg.Go(func() { _ = s.Serve(ctx, lis) })
 		addrs = append(addrs, lis.Addr().String())
 	}
-	cl, err := wire.NewClient(wire.ClientConfig{RunID: run, WorkerID: worker, Addrs: addrs, Spec: spec, ChunkBytes: c.ChunkBytes})
+	comp := c.Compression
+	if comp.Encoding == wire.EncodingTopK && comp.TopK == 0 {
+		comp.TopK = wire.DefaultTopK
+	}
+	cl, err := wire.NewClient(wire.ClientConfig{RunID: run, WorkerID: worker, Addrs: addrs, Spec: spec, ChunkBytes: c.ChunkBytes, Compression: comp})
 	if err != nil {
 		return ExchangeResult{}, err
 	}
@@ -99,8 +106,9 @@ func Exchange(ctx context.Context, c ExchangeConfig) (ExchangeResult, error) {
 	grad, into := fill(2), fill(0)
 	var rounds []float64
 	var cpu time.Duration
+	var pushed uint64
 	for step := range int64(c.Warmup + c.Iters) {
-		t0, cpu0 := time.Now(), cpuTime()
+		t0, cpu0, b0 := time.Now(), cpuTime(), cl.PushedBytes()
 		if _, err := cl.Push(ctx, step, step, grad); err != nil {
 			return ExchangeResult{}, fmt.Errorf("exchange bench: push %d: %w", step, err)
 		}
@@ -110,20 +118,23 @@ func Exchange(ctx context.Context, c ExchangeConfig) (ExchangeResult, error) {
 		if step >= int64(c.Warmup) {
 			rounds = append(rounds, time.Since(t0).Seconds())
 			cpu += cpuTime() - cpu0
+			pushed += cl.PushedBytes() - b0
 		}
 	}
 	bytes := float64(2 * 4 * spec.Total())
 	r := median(rounds)
-	return ExchangeResult{Size: c.Size, Servers: c.Servers, Floats: spec.Total(), MBps: bytes / 1e6 / r,
+	return ExchangeResult{Size: c.Size, Servers: c.Servers, Floats: spec.Total(), Encoding: c.Compression.Encoding,
+		PushBytes: float64(pushed) / float64(c.Iters), MBps: bytes / 1e6 / r,
 		CPUms: cpu.Seconds() * 1e3 / float64(c.Iters), RoundMs: r * 1e3}, nil
 }
 
 // WriteExchange prints results as a Markdown table.
 func WriteExchange(w io.Writer, rs []ExchangeResult) {
-	fmt.Fprintln(w, "| size | servers | model MB each way | push + pull MB/s | ms per push + pull | CPU ms per push + pull |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| size | servers | push encoding | model MB each way | MB pushed | push + pull MB/s (model bytes) | ms per push + pull | CPU ms per push + pull |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, r := range rs {
-		fmt.Fprintf(w, "| %d | %d | %.1f | %.0f | %.1f | %.1f |\n", r.Size, r.Servers, float64(4*r.Floats)/1e6, r.MBps, r.RoundMs, r.CPUms)
+		fmt.Fprintf(w, "| %d | %d | %s | %.1f | %.1f | %.0f | %.1f | %.1f |\n", r.Size, r.Servers, r.Encoding, float64(4*r.Floats)/1e6,
+			r.PushBytes/1e6, r.MBps, r.RoundMs, r.CPUms)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/tailorml/tailor/internal/bench"
+	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/model"
 )
 
@@ -26,7 +27,9 @@ size, in both of its layouts, and the ratio is against the faster one's median.`
 	sizes := fs.String("sizes", "32,64,96", "image sizes, comma-separated")
 	fs.IntVar(&c.Batch, "batch", c.Batch, "batch size")
 	fs.IntVar(&c.Classes, "classes", c.Classes, "labels")
-	fs.StringVar(&c.Mode, "mode", c.Mode, "train or infer")
+	fs.StringVar(&c.Mode, "mode", c.Mode, "train, infer, or exchange (push + pull of the whole model to --servers parameter servers on loopback)")
+	servers := fs.Int("servers", 1, "exchange: parameter servers")
+	compression := fs.String("compression", "none", "exchange: push encoding (none, fp16, topk)")
 	fs.IntVar(&c.Iters, "iters", c.Iters, "timed steps per measurement")
 	fs.IntVar(&c.Warmup, "warmup", c.Warmup, "untimed steps first")
 	fs.IntVar(&c.Threads, "threads", c.Threads, "compute threads")
@@ -44,6 +47,9 @@ size, in both of its layouts, and the ratio is against the faster one's median.`
 			return fail(env, fmt.Errorf("bad size %q", s))
 		}
 		c.Sizes = append(c.Sizes, n)
+	}
+	if c.Mode == "exchange" {
+		return benchExchange(ctx, env, c, *servers, *compression)
 	}
 	if *single {
 		if len(c.Sizes) != 1 {
@@ -66,5 +72,26 @@ size, in both of its layouts, and the ratio is against the faster one's median.`
 		return fail(env, err)
 	}
 	bench.WriteTable(env.Stdout, c, rows)
+	return 0
+}
+
+// benchExchange measures push + pull of the whole model at each size.
+func benchExchange(ctx context.Context, env *Env, c bench.Config, servers int, compression string) int {
+	enc, err := wire.ParseEncoding(compression)
+	if err != nil {
+		return fail(env, err)
+	}
+	fmt.Fprintf(env.Stdout, "tailor bench: mode=exchange servers=%d compression=%s rounds=%d (median round)\n", servers, enc, c.Iters)
+	var rs []bench.ExchangeResult
+	for _, size := range c.Sizes {
+		ec := bench.DefaultExchange(size, c.Classes)
+		ec.Servers, ec.Iters, ec.Warmup, ec.Compression = servers, c.Iters, c.Warmup, wire.Compression{Encoding: enc}
+		r, err := bench.Exchange(ctx, ec)
+		if err != nil {
+			return fail(env, err)
+		}
+		rs = append(rs, r)
+	}
+	bench.WriteExchange(env.Stdout, rs)
 	return 0
 }
