@@ -44,7 +44,7 @@ func (c ExchangeConfig) Validate() error {
 // ExchangeResult is one measurement.
 type ExchangeResult struct {
 	Size, Servers int
-	Floats        int     // model floats, each way
+	Floats        int // model floats, each way
 	Encoding      wire.Encoding
 	PushBytes     float64 // payload bytes of one push, after compression
 	MBps          float64 // model bytes (float32, both directions) per wall second, median round
