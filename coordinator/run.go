@@ -924,7 +924,7 @@ func (l *leader) batchReply(rep *wire.WorkReply, b Batch) *wire.WorkReply {
 	// the generation of the batch's scheduler: a long poll may have begun
 	// under the one before
 	rep.Gen = l.genNow()
-	rep.Kind, rep.Step, rep.Epoch, rep.IDs = wire.WorkBatch, b.Step, int64(b.Epoch), b.IDs
+	rep.Kind, rep.Step, rep.Epoch, rep.IDs, rep.Offset = wire.WorkBatch, b.Step, int64(b.Epoch), b.IDs, uint64(b.Offset)
 	return rep
 }
 

@@ -15,6 +15,9 @@ type Batch struct {
 	From   int      // positions [From, To) of the unit's visiting order
 	To     int      //
 	IDs    []uint64 // dataset-wide record IDs, in visiting order
+	// Offset is, in a sync step, where the batch starts in the step's
+	// global batch: the records of the participants before it.
+	Offset int
 }
 
 // Scheduler turns an epoch's ledger into lockstep (sync) steps. At the start
@@ -82,6 +85,7 @@ func (s *Scheduler) Begin(live []string) ([]Batch, error) {
 	sort.Strings(ws)
 	s.res = map[string]Batch{}
 	var out []Batch
+	offset := 0
 	for _, w := range ws {
 		p, ok := s.pos[w]
 		if !ok || p.next >= s.units[p.unit].Len {
@@ -98,10 +102,11 @@ func (s *Scheduler) Begin(live []string) ([]Batch, error) {
 		}
 		u := s.units[p.unit]
 		to := min(p.next+s.batch, u.Len)
-		b := Batch{Step: s.step, Epoch: s.ledger.Epoch, Worker: w, Unit: u.ID, From: p.next, To: to}
+		b := Batch{Step: s.step, Epoch: s.ledger.Epoch, Worker: w, Unit: u.ID, From: p.next, To: to, Offset: offset}
 		for _, i := range s.order(u.ID)[p.next:to] {
 			b.IDs = append(b.IDs, u.RecordID(i))
 		}
+		offset += len(b.IDs)
 		s.res[w] = b
 		out = append(out, b)
 	}

@@ -146,6 +146,9 @@ func TestGlobalPlanIsOneProcess(t *testing.T) {
 				var got []uint64
 				var included []string
 				for _, b := range res {
+					if b.Offset != len(got) {
+						t.Fatalf("step %d: %s's batch at offset %d, want %d", step, b.Worker, b.Offset, len(got))
+					}
 					got = append(got, b.IDs...)
 					included = append(included, b.Worker)
 				}

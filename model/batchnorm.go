@@ -28,6 +28,7 @@ type runMode struct {
 	dropout bool
 	seed    uint64 // dropout seed (run seed mixed with worker rank)
 	step    uint64 // dropout step
+	offset  int    // images before this batch in the shared batch (StepOptions.DropoutOffset)
 	// sync, if set, makes BatchNorm synchronised (BNTrain only): see
 	// StepOptions.BNSync
 	sync func(slot int, vals []float64) error

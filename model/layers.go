@@ -279,7 +279,13 @@ func (op *dropout) Do(vals ...G.Value) (G.Value, error) {
 		copy(op.out, x)
 		return op.outT, nil
 	}
-	rng := rand.New(rand.NewPCG(op.mode.seed, mix64(op.mode.step, op.layer)))
+	src := rand.NewPCG(op.mode.seed, mix64(op.mode.step, op.layer))
+	// skip the draws of the images before this batch in the shared batch
+	// (Float64 takes one Uint64 a draw)
+	for range op.mode.offset * (len(op.mask) / op.opBase.out[0]) {
+		src.Uint64()
+	}
+	rng := rand.New(src)
 	scale := float32(1 / (1 - op.p))
 	// 53-bit uniform draws compared with p: exact for any p.
 	for i := range op.mask {

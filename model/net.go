@@ -220,6 +220,12 @@ type StepOptions struct {
 	Dropout bool   // apply dropout (training); off for gradient checks
 	Seed    uint64 // dropout seed: run seed mixed with the worker's rank
 	Step    uint64 // dropout step: with Seed, fixes every mask
+	// DropoutOffset is where this batch starts in a larger batch that
+	// data-parallel workers share (images before it): every dropout layer
+	// skips that many images' draws, so that workers with the same Seed
+	// and Step, at offsets 0, B, 2B, …, draw between them exactly the masks
+	// one process draws for the whole batch.
+	DropoutOffset int
 	BN      BNMode // BNTrain normally
 	// BNSync, if set (with BNTrain), makes BatchNorm synchronised across
 	// data-parallel workers: every BatchNorm layer calls it once forward
@@ -255,7 +261,10 @@ func (n *Net) TrainStep(x, y []float32, batch int, opt StepOptions) (float64, []
 	}
 	copy(g.x, x)
 	copy(g.y, y)
-	g.mode = runMode{bn: opt.BN, dropout: opt.Dropout, seed: opt.Seed, step: opt.Step, sync: opt.BNSync}
+	if opt.DropoutOffset < 0 {
+		return 0, nil, fmt.Errorf("train step: dropout offset %d", opt.DropoutOffset)
+	}
+	g.mode = runMode{bn: opt.BN, dropout: opt.Dropout, seed: opt.Seed, step: opt.Step, offset: opt.DropoutOffset, sync: opt.BNSync}
 	if opt.GradReady != nil {
 		g.mode.ready = func(p int) { opt.GradReady(p, g.grads[p]) }
 	}

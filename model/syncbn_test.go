@@ -64,12 +64,19 @@ func (r *reducer) hook(worker int) func(int, []float64) error {
 	}
 }
 
+// Dropout in syncStep.
+const (
+	dropOff    = iota
+	dropShared // one process's masks, each worker at its offset
+	dropSkewed // every worker draws from offset 0
+)
+
 // syncStep trains k fresh workers on k parts of (x, y), with BNSync if
-// synced, and compares their averaged gradient, mean loss and running
+// synced and dropout as drop says, and compares their averaged gradient, mean loss and running
 // statistics with one process training on the whole batch. It returns the
 // largest gradient difference relative to its parameter's largest
 // gradient, and the largest running-mean difference.
-func syncStep(t *testing.T, synced bool) (gradDiff, statDiff float64) {
+func syncStep(t *testing.T, synced bool, drop int) (gradDiff, statDiff float64) {
 	const (
 		k, per, labels = 3, 4, 5
 		size           = 24
@@ -92,7 +99,8 @@ func syncStep(t *testing.T, synced bool) (gradDiff, statDiff float64) {
 			y[i] = 1
 		}
 	}
-	loss, g, err := one.TrainStep(x, y, k*per, StepOptions{BN: BNTrain})
+	base := StepOptions{BN: BNTrain, Dropout: drop != dropOff, Seed: 11, Step: 4}
+	loss, g, err := one.TrainStep(x, y, k*per, base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +121,10 @@ func syncStep(t *testing.T, synced bool) (gradDiff, statDiff float64) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			opt := StepOptions{BN: BNTrain}
+			opt := base
+			if drop == dropShared {
+				opt.DropoutOffset = i * per
+			}
 			if synced {
 				opt.BNSync = red.hook(i)
 			}
@@ -135,7 +146,7 @@ func syncStep(t *testing.T, synced bool) (gradDiff, statDiff float64) {
 		for _, l := range losses {
 			mean += l / k
 		}
-		if d := math.Abs(mean - loss); d > 1e-5*math.Abs(loss) {
+		if d := math.Abs(mean - loss); d > 1e-5*math.Abs(loss) && drop != dropSkewed {
 			t.Errorf("mean loss %v, one process %v", mean, loss)
 		}
 	}
@@ -167,12 +178,21 @@ func syncStep(t *testing.T, synced bool) (gradDiff, statDiff float64) {
 // with the same loss and the same BatchNorm running statistics. Without
 // it, each worker normalises its own part, and both differ.
 func TestSyncBatchNormMatchesOneProcess(t *testing.T) {
-	g, s := syncStep(t, true)
+	g, s := syncStep(t, true, dropOff)
 	t.Logf("synchronised: gradients within %.2g, running means within %.2g", g, s)
 	if g > 1e-4 || s > 1e-5 {
 		t.Errorf("synchronised BatchNorm: gradients differ by %.3g (relative), running means by %.3g", g, s)
 	}
-	ug, us := syncStep(t, false)
+	// with dropout, each worker drawing its slice of one process's masks
+	dg, ds := syncStep(t, true, dropShared)
+	t.Logf("synchronised, shared dropout masks: gradients within %.2g, running means within %.2g", dg, ds)
+	if dg > 1e-4 || ds > 1e-5 {
+		t.Errorf("shared dropout masks: gradients differ by %.3g (relative), running means by %.3g", dg, ds)
+	}
+	if sg, _ := syncStep(t, true, dropSkewed); sg < 100*max(dg, 1e-6) {
+		t.Errorf("workers drawing the same masks match one process too closely (%.3g): the comparison cannot tell", sg)
+	}
+	ug, us := syncStep(t, false, dropOff)
 	t.Logf("unsynchronised: gradients within %.2g, running means within %.2g", ug, us)
 	if ug < 100*max(g, 1e-6) || us < 100*max(s, 1e-8) {
 		t.Errorf("unsynchronised workers match one process too closely (%.3g, %.3g): the comparison cannot tell", ug, us)

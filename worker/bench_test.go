@@ -81,14 +81,14 @@ func benchStep(b *testing.B, size int, overlap bool) {
 	}
 	step := int64(0)
 	for ; step < 2; step++ { // warm up: buffers, connections
-		if _, err := w.Step(ctx, step, 0, recs); err != nil {
+		if _, err := w.Step(ctx, step, 0, 0, recs); err != nil {
 			b.Fatal(err)
 		}
 	}
 	w.PushTime, w.PushSpan = 0, 0
 	b.ResetTimer()
 	for range b.N {
-		if _, err := w.Step(ctx, step, 0, recs); err != nil {
+		if _, err := w.Step(ctx, step, 0, 0, recs); err != nil {
 			b.Fatal(err)
 		}
 		step++

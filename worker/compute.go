@@ -16,7 +16,7 @@ import (
 
 // ComputeConfig is what a worker's step needs to know about the run.
 type ComputeConfig struct {
-	Rank    uint64 // worker rank: mixed into the dropout seed
+	Rank    uint64 // worker rank: mixed into the dropout seed (0: the run seed itself)
 	Seed    uint64 // run seed
 	Augment input.Augment
 	Mean    []float32 // input normalisation, from the manifest
@@ -99,7 +99,9 @@ var ErrEmptyBatch = errors.New("worker: empty batch")
 // Step trains on one batch: it computes the gradient of recs with the
 // current weights, pushes it (with the net's BatchNorm statistics) as the
 // given step, and pulls the weights that follow. It returns the batch loss.
-func (c *Compute) Step(ctx context.Context, step int64, epoch int, recs []*shard.Record) (float64, error) {
+// offset is where recs start in the step's global batch: the dropout masks
+// are drawn from there (model.StepOptions.DropoutOffset).
+func (c *Compute) Step(ctx context.Context, step int64, epoch, offset int, recs []*shard.Record) (float64, error) {
 	if len(recs) < 2 {
 		return 0, fmt.Errorf("%w: %d records (BatchNorm needs two)", ErrEmptyBatch, len(recs))
 	}
@@ -113,7 +115,7 @@ func (c *Compute) Step(ctx context.Context, step int64, epoch int, recs []*shard
 	k := len(recs)
 	train.FillBatch(c.x, c.y, recs, cfg.Labels, cfg.Size, cfg.Size, cfg.Channels, c.cfg.Augment, c.cfg.Mean, c.cfg.Std, c.cfg.Seed, epoch)
 	c.InputTime += time.Since(t0)
-	opt := model.StepOptions{Dropout: true, Seed: model.DropoutSeed(c.cfg.Seed, c.cfg.Rank), Step: uint64(step), BN: model.BNTrain}
+	opt := model.StepOptions{Dropout: true, Seed: model.DropoutSeed(c.cfg.Seed, c.cfg.Rank), Step: uint64(step), DropoutOffset: offset, BN: model.BNTrain}
 	if c.bnSync != nil {
 		opt.BNSync = func(slot int, vals []float64) error {
 			t := time.Now()

@@ -94,7 +94,7 @@ func testWorkerMatches(t *testing.T, overlap bool) {
 		for i := 0; i < batch; i++ {
 			recs = append(recs, &recsAll[(int(step)*batch+i)%len(recsAll)])
 		}
-		wl, err := w.Step(ctx, step, 0, recs)
+		wl, err := w.Step(ctx, step, 0, 0, recs)
 		if err != nil {
 			t.Fatal(err)
 		}

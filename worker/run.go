@@ -102,7 +102,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer func() { client.Close() }()
 	mean, std := man.Normalization()
-	comp := NewCompute(ComputeConfig{Rank: Rank(cfg.ID), Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std, Overlap: spec.Overlap,
+	// sync workers draw the dropout masks of one process's global batch,
+	// each its slice (rank 0, and the batch's offset in the step); async
+	// ones draw their own
+	rank := Rank(cfg.ID)
+	if spec.Mode == job.ModeSync {
+		rank = 0
+	}
+	comp := NewCompute(ComputeConfig{Rank: rank, Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std, Overlap: spec.Overlap,
 		Sync: spec.Mode == job.ModeSync, Delay: fault.Duration("worker." + cfg.ID + ".delay")}, net, client)
 	csize := max(cfg.ShardCache, 2)
 	if spec.GlobalShuffle() {
@@ -290,7 +297,7 @@ func (w *runner) loop(ctx context.Context) error {
 			}
 		}
 		t0 := time.Now()
-		loss, err = w.comp.Step(ctx, rep.Step, int(rep.Epoch), recs)
+		loss, err = w.comp.Step(ctx, rep.Step, int(rep.Epoch), int(rep.Offset), recs)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

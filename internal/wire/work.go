@@ -63,7 +63,11 @@ type WorkReply struct {
 	Step     int64
 	Epoch    int64
 	IDs      []uint64 // dataset-wide record IDs, in visiting order
-	Gen      uint64   // the coordinator's generation (see WorkRequest.Gen)
+	// Offset is where the batch starts in the step's global batch (the
+	// records of the step's participants before it, in worker order): a
+	// sync worker draws its dropout masks from there
+	Offset uint64
+	Gen    uint64 // the coordinator's generation (see WorkRequest.Gen)
 }
 
 func (r *WorkRequest) marshal() (mem.BufferSlice, error) {
@@ -115,6 +119,7 @@ func (r *WorkReply) marshal() (mem.BufferSlice, error) {
 	for _, id := range r.IDs {
 		h = appendUvarint(h, id)
 	}
+	h = appendUvarint(h, r.Offset)
 	h = appendUvarint(h, r.Gen)
 	h, err := finishHeader(h)
 	return oneBuffer(h), err
@@ -143,6 +148,7 @@ func (r *WorkReply) unmarshal(data mem.BufferSlice) error {
 		for i := 0; i < n && d.err == nil; i++ {
 			r.IDs = append(r.IDs, d.uvarint("record id", math.MaxUint64))
 		}
+		r.Offset = d.uvarint("offset", math.MaxUint32)
 		r.Gen = d.uvarint("generation", math.MaxUint64)
 	})
 }

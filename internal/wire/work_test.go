@@ -21,7 +21,7 @@ func TestWorkMessagesRoundTrip(t *testing.T) {
 	if err := got.UnmarshalBinary(b); err != nil || got != *req {
 		t.Fatalf("request: %+v %v", got, err)
 	}
-	rep := &WorkReply{RunID: "r", WorkerID: "w1", Kind: WorkBatch, Step: 12, Epoch: 3, IDs: []uint64{5, 300, 2, 4095, 1 << 40}, Gen: 3}
+	rep := &WorkReply{RunID: "r", WorkerID: "w1", Kind: WorkBatch, Step: 12, Epoch: 3, IDs: []uint64{5, 300, 2, 4095, 1 << 40}, Offset: 64, Gen: 3}
 	b, err = rep.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
