@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"testing"
 
 	"github.com/tailorml/tailor/input"
 	"github.com/tailorml/tailor/internal/netspec"
-	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/model"
-	"github.com/tailorml/tailor/paramserver"
+	"github.com/tailorml/tailor/optim"
 	"github.com/tailorml/tailor/shard"
 )
 
@@ -41,30 +39,7 @@ func benchStep(b *testing.B, size int, overlap bool) {
 		b.Fatal(err)
 	}
 	spec, initTensors := netspec.Tensors(initNet)
-	var addrs []string
-	for i := range 2 {
-		pc := paramserver.DefaultConfig("bench", spec)
-		pc.Index, pc.Servers, pc.Mode = i, 2, paramserver.Sync
-		ps, err := paramserver.New(pc, paramserver.NewStaticMembers("w0"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		go ps.Serve(ctx, lis)
-		b.Cleanup(func() { ps.Close() })
-		addrs = append(addrs, lis.Addr().String())
-	}
-	client, err := wire.NewClient(wire.ClientConfig{RunID: "bench", WorkerID: "w0", Addrs: addrs, Spec: spec})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer client.Close()
-	if err := client.Init(ctx, initTensors); err != nil {
-		b.Fatal(err)
-	}
+	client := startServers(b, ctx, "bench", spec, optim.DefaultAdam(0), initTensors)
 	mean, std := []float32{0.5, 0.5, 0.5}, []float32{0.25, 0.25, 0.25}
 	w := NewCompute(ComputeConfig{Seed: seed, Augment: input.DefaultAugment(), Mean: mean, Std: std, Sync: true, Overlap: overlap}, initNet, client)
 	if err := w.Pull(ctx, 0); err != nil {

@@ -47,30 +47,7 @@ func testWorkerMatches(t *testing.T, overlap bool) {
 	// the parameter servers, initialised with the seed's weights
 	initNet, _ := model.New(cfg, seed)
 	spec, initTensors := netspec.Tensors(initNet)
-	var addrs []string
-	for i := 0; i < 2; i++ {
-		pc := paramserver.DefaultConfig("run1", spec)
-		pc.Index, pc.Servers, pc.Adam, pc.Mode = i, 2, adam, paramserver.Sync
-		ps, err := paramserver.New(pc, paramserver.NewStaticMembers("w0"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go ps.Serve(ctx, lis)
-		t.Cleanup(func() { ps.Close() })
-		addrs = append(addrs, lis.Addr().String())
-	}
-	client, err := wire.NewClient(wire.ClientConfig{RunID: "run1", WorkerID: "w0", Addrs: addrs, Spec: spec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	if err := client.Init(ctx, initTensors); err != nil {
-		t.Fatal(err)
-	}
+	client := startServers(t, ctx, "run1", spec, adam, initTensors)
 	wnet, _ := model.New(cfg, 999) // different weights: the pull must replace them
 	w := NewCompute(ComputeConfig{Seed: seed, Augment: aug, Mean: mean, Std: std, Sync: true, Overlap: overlap}, wnet, client)
 	if err := w.Pull(ctx, 0); err != nil {
@@ -122,4 +99,36 @@ func testWorkerMatches(t *testing.T, overlap bool) {
 			}
 		}
 	}
+}
+
+// startServers starts two sync parameter servers for worker "w0" on
+// loopback, initialised with init, and returns a client of them; they stop
+// with the test.
+func startServers(tb testing.TB, ctx context.Context, run string, spec wire.Spec, adam optim.AdamConfig, init [][]float32) *wire.Client {
+	tb.Helper()
+	var addrs []string
+	for i := range 2 {
+		pc := paramserver.DefaultConfig(run, spec)
+		pc.Index, pc.Servers, pc.Adam, pc.Mode = i, 2, adam, paramserver.Sync
+		ps, err := paramserver.New(pc, paramserver.NewStaticMembers("w0"))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		go ps.Serve(ctx, lis)
+		tb.Cleanup(func() { ps.Close() })
+		addrs = append(addrs, lis.Addr().String())
+	}
+	client, err := wire.NewClient(wire.ClientConfig{RunID: run, WorkerID: "w0", Addrs: addrs, Spec: spec})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { client.Close() })
+	if err := client.Init(ctx, init); err != nil {
+		tb.Fatal(err)
+	}
+	return client
 }
