@@ -320,10 +320,12 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 // shard ranges every epoch ("units").
 func planUnits(spec job.Spec, man *shard.Manifest) (func(epoch int) ([]Unit, error), error) {
 	if spec.GlobalShuffle() {
-		if _, err := GlobalUnits(man, shard.SplitTrain, spec.Seed, 0, spec.Batch); err != nil {
+		if _, err := man.Split(shard.SplitTrain); err != nil {
 			return nil, err
 		}
-		return func(epoch int) ([]Unit, error) { return GlobalUnits(man, shard.SplitTrain, spec.Seed, epoch, spec.Batch) }, nil
+		return func(epoch int) ([]Unit, error) {
+			return GlobalUnits(man, shard.SplitTrain, spec.Seed, epoch, spec.Batch)
+		}, nil
 	}
 	units, err := Units(man, shard.SplitTrain, spec.UnitSize)
 	if err != nil {

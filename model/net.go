@@ -226,7 +226,7 @@ type StepOptions struct {
 	// and Step, at offsets 0, B, 2B, …, draw between them exactly the masks
 	// one process draws for the whole batch.
 	DropoutOffset int
-	BN      BNMode // BNTrain normally
+	BN            BNMode // BNTrain normally
 	// BNSync, if set (with BNTrain), makes BatchNorm synchronised across
 	// data-parallel workers: every BatchNorm layer calls it once forward
 	// (slot 2·layer: a count, then per channel the sums of x, then of x²)
