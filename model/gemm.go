@@ -56,14 +56,17 @@ func parallelForWorker(n int, fn func(worker, i int)) {
 	wg.Wait()
 }
 
-// sgemmRows computes C += A·B (A m×k, B k×n, row-major) with the rows of A
-// split across GOMAXPROCS goroutines, each a single-threaded BLAS call.
-func sgemmRows(m, n, k int, a, b, c []float32) {
-	parts := min(runtime.GOMAXPROCS(0), m)
-	parallelFor(parts, func(i int) {
-		lo, hi := i*m/parts, (i+1)*m/parts
-		if hi > lo {
-			sgemm(false, false, hi-lo, n, k, 1, a[lo*k:], k, b, n, 1, c[lo*n:], n)
+// gemmParts is how many column (or row) blocks the dense layers' GEMMs are
+// cut into, one goroutine each. It is fixed, not GOMAXPROCS, so the result
+// does not depend on the thread count.
+const gemmParts = 2
+
+// splitCols runs fn(lo, hi) over gemmParts contiguous parts of [0, n) in
+// parallel (parts may be empty when n < gemmParts).
+func splitCols(n int, fn func(lo, hi int)) {
+	parallelFor(gemmParts, func(i int) {
+		if lo, hi := i*n/gemmParts, (i+1)*n/gemmParts; hi > lo {
+			fn(lo, hi)
 		}
 	})
 }

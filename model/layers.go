@@ -3,7 +3,6 @@ package model
 import (
 	"fmt"
 	"math"
-	"math/rand/v2"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -279,24 +278,35 @@ func (op *dropout) Do(vals ...G.Value) (G.Value, error) {
 		copy(op.out, x)
 		return op.outT, nil
 	}
-	src := rand.NewPCG(op.mode.seed, mix64(op.mode.step, op.layer))
-	// skip the draws of the images before this batch in the shared batch
-	// (Float64 takes one Uint64 a draw)
-	for range op.mode.offset * (len(op.mask) / op.opBase.out[0]) {
-		src.Uint64()
-	}
-	rng := rand.New(src)
+	// Unit j of this batch is unit off+j of the shared batch, whose draw is
+	// a pure function of (seed, step, layer, off+j): SplitMix64's output
+	// for that position of a stream keyed by the rest. Any slice of the
+	// shared batch, on any worker or thread, draws the same bits for it.
+	key := mix64(op.mode.seed, mix64(op.mode.step, op.layer))
+	off := uint64(op.mode.offset * (len(op.mask) / op.opBase.out[0]))
 	scale := float32(1 / (1 - op.p))
-	// 53-bit uniform draws compared with p: exact for any p.
-	for i := range op.mask {
-		if rng.Float64() < op.p {
-			op.mask[i] = 0
-		} else {
-			op.mask[i] = scale
+	// a 53-bit uniform integer u is dropped when u/2⁵³ < p: exact for any p
+	thr := op.p * (1 << 53)
+	splitCols(len(op.mask), func(lo, hi int) {
+		mask, out := op.mask[lo:hi], op.out[lo:hi]
+		for j, v := range x[lo:hi] {
+			m := scale
+			if float64(splitmix(key, off+uint64(lo+j))>>11) < thr {
+				m = 0
+			}
+			mask[j] = m
+			out[j] = v * m
 		}
-		op.out[i] = x[i] * op.mask[i]
-	}
+	})
 	return op.outT, nil
+}
+
+// splitmix is SplitMix64's output for position i of the stream keyed by key.
+func splitmix(key, i uint64) uint64 {
+	z := key + (i+1)*0x9e3779b97f4a7c15
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
 }
 
 func (op *dropout) DiffWRT(int) []bool { return []bool{true} }
@@ -410,7 +420,11 @@ func (op *dense) Do(vals ...G.Value) (G.Value, error) {
 	for i := 0; i < op.n; i++ {
 		copy(op.out[i*op.m:(i+1)*op.m], b)
 	}
-	sgemmRows(op.n, op.m, op.k, x, w, op.out)
+	// out[:, lo:hi] = x · W[:, lo:hi]: each goroutine reads its own half of W
+	// (the batch is small, W is large)
+	splitCols(op.m, func(lo, hi int) {
+		sgemm(false, false, op.n, hi-lo, op.k, 1, x, op.k, w[lo:], op.m, 1, op.out[lo:], op.m)
+	})
 	if op.relu {
 		for j, v := range op.out {
 			op.out[j] = max(v, 0)
@@ -470,14 +484,20 @@ func (op *denseGrad) Do(vals ...G.Value) (G.Value, error) {
 		if err != nil {
 			return nil, err
 		}
-		sgemm(false, true, f.n, f.k, f.m, 1, dy, f.m, w, f.m, 0, op.out, f.k)
+		// dx[:, lo:hi] = dy · W[lo:hi, :]ᵀ
+		splitCols(f.k, func(lo, hi int) {
+			sgemm(false, true, f.n, hi-lo, f.m, 1, dy, f.m, w[lo*f.m:], f.m, 0, op.out[lo:], f.k)
+		})
 		return op.outT, nil
 	}
 	x, err := f32(vals[0], f.n*f.k, "dense input")
 	if err != nil {
 		return nil, err
 	}
-	sgemm(true, false, f.k, f.m, f.n, 1, x, f.k, dy, f.m, 0, op.out, f.m)
+	// dW[lo:hi, :] = x[:, lo:hi]ᵀ · dy
+	splitCols(f.k, func(lo, hi int) {
+		sgemm(true, false, hi-lo, f.m, f.n, 1, x[lo:], f.k, dy, f.m, 0, op.out[lo*f.m:], f.m)
+	})
 	return op.outT, nil
 }
 
