@@ -79,6 +79,11 @@ type batchNorm struct {
 	synced bool
 	m      float64
 	red    []float64
+	// preStats, if set, holds Σx and Σx² of every (image, channel) plane
+	// of the input, at 2·(i·c+ch) and 2·(i·c+ch)+1, computed by the conv
+	// that produced it while the plane was in cache (conv3x3.stats); the
+	// statistics then need no pass over x.
+	preStats []float64
 }
 
 func newBatchNorm(shape tensor.Shape, eps float64, layer int, st *bnState, mode *runMode) *batchNorm {
@@ -147,15 +152,26 @@ func (op *batchNorm) prepare(x []float32) error {
 	// One pass, float64 sums of x and x²: activations here are O(1),
 	// far from where E[x²]−E[x]² loses float64 precision.
 	sums := op.sums()
-	parallelFor(c, func(ch int) {
-		var sum, sumSq float64
-		for i := 0; i < n; i++ {
-			a, q := sumSq64(x[(i*c+ch)*s : (i*c+ch+1)*s])
-			sum += a
-			sumSq += q
+	if pre := op.preStats; pre != nil {
+		for ch := range c {
+			var sum, sumSq float64
+			for i := 0; i < n; i++ {
+				sum += pre[2*(i*c+ch)]
+				sumSq += pre[2*(i*c+ch)+1]
+			}
+			sums[1+ch], sums[1+c+ch] = sum, sumSq
 		}
-		sums[1+ch], sums[1+c+ch] = sum, sumSq
-	})
+	} else {
+		parallelFor(c, func(ch int) {
+			var sum, sumSq float64
+			for i := 0; i < n; i++ {
+				a, q := sumSq64(x[(i*c+ch)*s : (i*c+ch+1)*s])
+				sum += a
+				sumSq += q
+			}
+			sums[1+ch], sums[1+c+ch] = sum, sumSq
+		})
+	}
 	sums[0] = m
 	if op.synced {
 		// synchronised BatchNorm: the statistics of every worker's
@@ -208,9 +224,18 @@ func (op *batchNorm) sums() []float64 {
 func (op *batchNorm) DiffWRT(int) []bool { return []bool{true, true, true} }
 
 func (op *batchNorm) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) {
-	x, gamma := inputs[0], inputs[1]
+	return bnGradNodes(op, nil, inputs[0], inputs[1], grad)
+}
+
+// bnGradNodes builds the gradient ops of BatchNorm f (followed by the fused
+// max-pool pool, if not nil) with input x and scale gamma.
+func bnGradNodes(f *batchNorm, pool *bnPool, x, gamma, grad *G.Node) (G.Nodes, error) {
 	xs := x.Shape()
-	gx := &bnGrad{opBase: newOpBase("batchnorm_dx", xs, len(xs), 1, len(xs)), fwd: op, wrt: 0}
+	name := "batchnorm_dx"
+	if pool != nil {
+		name = "batchnorm_maxpool_dx"
+	}
+	gx := &bnGrad{opBase: newOpBase(name, xs, len(xs), 1, len(xs)), fwd: f, wrt: 0, pool: pool}
 	gx.outT, gx.out = newBuf(xs)
 	dx, err := G.ApplyOp(gx, x, gamma, grad)
 	if err != nil {
@@ -218,14 +243,14 @@ func (op *batchNorm) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, err
 	}
 	// dγ and dβ take dx as an input only to run after it: they read the sums
 	// it computed.
-	gg := &bnGrad{opBase: newOpBase("batchnorm_dgamma", tensor.Shape{op.c}, len(xs)), fwd: op, wrt: 1}
-	gg.outT, gg.out = newBuf(tensor.Shape{op.c})
+	gg := &bnGrad{opBase: newOpBase("batchnorm_dgamma", tensor.Shape{f.c}, len(xs)), fwd: f, wrt: 1}
+	gg.outT, gg.out = newBuf(tensor.Shape{f.c})
 	dgamma, err := G.ApplyOp(gg, dx)
 	if err != nil {
 		return nil, err
 	}
-	gb := &bnGrad{opBase: newOpBase("batchnorm_dbeta", tensor.Shape{op.c}, len(xs)), fwd: op, wrt: 2}
-	gb.outT, gb.out = newBuf(tensor.Shape{op.c})
+	gb := &bnGrad{opBase: newOpBase("batchnorm_dbeta", tensor.Shape{f.c}, len(xs)), fwd: f, wrt: 2}
+	gb.outT, gb.out = newBuf(tensor.Shape{f.c})
 	dbeta, err := G.ApplyOp(gb, dx)
 	return G.Nodes{dx, dgamma, dbeta}, err
 }
@@ -246,6 +271,13 @@ type bnGrad struct {
 	wrt  int
 	outT *tensor.Dense
 	out  []float32
+	// pool, if set, is the max-pool fused after the BatchNorm (bnPool): dy
+	// is the pooled output's gradient, and the BatchNorm output's gradient
+	// is dy at each window's maximum and 0 elsewhere, never materialised.
+	pool *bnPool
+	// planeSum, if set (enablePlaneSums), receives Σdx of every (image,
+	// channel) plane: the bias gradient of the conv below (biasGrad.pre).
+	planeSum []float64
 	// Σ dy and Σ dy·x̂ over every worker (synchronised BatchNorm)
 	gsumDy, gsumDyXh []float64
 }
@@ -273,17 +305,27 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	dy, err := f32(vals[2], f.n*f.c*f.s, "batchnorm grad")
+	n, c, s := f.n, f.c, f.s
+	m := float64(n * s)
+	ps := s // dy's positions per plane
+	if op.pool != nil {
+		ps = op.pool.oh * op.pool.ow
+	}
+	dy, err := f32(vals[2], n*c*ps, "batchnorm grad")
 	if err != nil {
 		return nil, err
 	}
-	n, c, s := f.n, f.c, f.s
-	m := float64(n * s)
 	parallelFor(c, func(ch int) {
 		mean, inv := f.mean[ch], f.invStd[ch]
 		var sdy, sdyx float64
 		for i := 0; i < n; i++ {
-			a, d := sumDot64(dy[(i*c+ch)*s:(i*c+ch+1)*s], x[(i*c+ch)*s:(i*c+ch+1)*s])
+			pl := i*c + ch
+			var a, d float64
+			if op.pool != nil {
+				a, d = sumDotAt64(dy[pl*ps:(pl+1)*ps], op.pool.arg[pl*ps:(pl+1)*ps], x[pl*s:(pl+1)*s])
+			} else {
+				a, d = sumDot64(dy[pl*s:(pl+1)*s], x[pl*s:(pl+1)*s])
+			}
 			sdy += a
 			sdyx += d
 		}
@@ -321,19 +363,75 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 			cc = float32(-k*sdy/m + k*sdyxh*inv*mean/m)
 		}
 		for i := 0; i < n; i++ {
-			xi := x[(i*c+ch)*s : (i*c+ch+1)*s]
-			gi := dy[(i*c+ch)*s : (i*c+ch+1)*s]
-			out := op.out[(i*c+ch)*s : (i*c+ch+1)*s]
-			if f.maskInput {
+			pl := i*c + ch
+			xi := x[pl*s : (pl+1)*s]
+			gi := dy[pl*ps : (pl+1)*ps]
+			out := op.out[pl*s : (pl+1)*s]
+			switch {
+			case op.pool != nil:
+				// dy is 0 but at the windows' maxima
+				affineAt(out, gi, op.pool.arg[pl*ps:(pl+1)*ps], xi, a, b, cc, f.maskInput)
+			case f.maskInput:
 				maskedAffine(out, gi, xi, a, b, cc)
-				continue
+			default:
+				for j, g := range gi {
+					out[j] = a*g + b*xi[j] + cc
+				}
 			}
-			for j, g := range gi {
-				out[j] = a*g + b*xi[j] + cc
+			if op.planeSum != nil {
+				op.planeSum[pl] = sum64(out)
 			}
 		}
 	})
 	return op.outT, nil
+}
+
+// enablePlaneSums makes the dx op also sum each plane of its output, and
+// returns where (see planeSum).
+func (op *bnGrad) enablePlaneSums() []float64 {
+	if op.wrt != 0 || len(op.fwd.shape) != 4 {
+		return nil
+	}
+	if op.planeSum == nil {
+		op.planeSum = make([]float64, op.fwd.n*op.fwd.c)
+	}
+	return op.planeSum
+}
+
+// affineAt is the BatchNorm gradient of one plane when its output gradient
+// is g[o] at index arg[o] and 0 elsewhere: out = a·dy + b·x + c (0 where
+// x ≤ 0 if masked), as maskedAffine computes it for that sparse dy.
+func affineAt(out, g []float32, arg []int32, x []float32, a, b, c float32, masked bool) {
+	x = x[:len(out)]
+	if masked {
+		maskedAffine0(out, x, b, c)
+	} else {
+		for j, v := range x {
+			out[j] = b*v + c
+		}
+	}
+	for o, j := range arg[:len(g)] {
+		v := x[j]
+		r := a*g[o] + b*v + c
+		if masked && int32(math.Float32bits(v)) <= 0 {
+			r = 0
+		}
+		out[j] = r
+	}
+}
+
+// maskedAffine0 is maskedAffine with g = 0: out = b·x + c where x > 0,
+// else 0.
+func maskedAffine0(out, x []float32, b, c float32) {
+	x = x[:len(out)]
+	for j, v := range x {
+		r := math.Float32bits(b*v + c)
+		var m uint32
+		if int32(math.Float32bits(v)) > 0 {
+			m = ^uint32(0)
+		}
+		out[j] = math.Float32frombits(r & m)
+	}
 }
 
 // maskedAffine sets out = a·g + b·x + c where x > 0, and 0 elsewhere. x is a

@@ -3,9 +3,15 @@ package model
 import (
 	"fmt"
 
+	"gonum.org/v1/gonum/blas/gonum"
+
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
+
+// gonumBLAS is gonum's pure-Go BLAS, for its assembly vector kernels
+// (whatever BLAS the GEMMs use: a cgo call costs more than a short add).
+var gonumBLAS gonum.Implementation
 
 // conv3x3 is a 3x3 convolution, stride 1, "same" zero padding, with bias,
 // on NCHW float32 tensors: im2col, then one GEMM W(O×C·9) · cols(C·9×P) per
@@ -21,6 +27,9 @@ type conv3x3 struct {
 	// was inactive (a BatchNorm with maskInput), so no mask pass is needed.
 	gradMasked bool
 	sc         *scratch
+	// stats, if set (2·n·o floats), receives Σy and Σy² of every output
+	// plane, for the BatchNorm after the conv (batchNorm.preStats).
+	stats []float64
 
 	outT *tensor.Dense
 	out  []float32
@@ -63,25 +72,23 @@ func (op *conv3x3) Do(vals ...G.Value) (G.Value, error) {
 			y = op.out[i0*op.o*p : (i0+1)*op.o*p]
 		}
 		convChunk(cols, y, x, wt, b, op.c, op.h, op.w, op.o, i0, i1)
-		if i1-i0 == 1 {
-			if op.relu {
-				for j, v := range y {
-					y[j] = max(v, 0)
-				}
-			}
-			return
-		}
 		ld := (i1 - i0) * p
 		for i := i0; i < i1; i++ {
 			for o := 0; o < op.o; o++ {
+				// y holds image i's plane o at o·ld + (i−i0)·p; for one
+				// image that is the output itself
 				src := y[o*ld+(i-i0)*p : o*ld+(i-i0+1)*p]
 				dst := op.out[(i*op.o+o)*p : (i*op.o+o+1)*p]
 				if op.relu {
 					for j, v := range src {
 						dst[j] = max(v, 0)
 					}
-				} else {
+				} else if i1-i0 > 1 {
 					copy(dst, src)
+				}
+				if op.stats != nil {
+					pl := i*op.o + o
+					op.stats[2*pl], op.stats[2*pl+1] = sumSq64(dst)
 				}
 			}
 		}
@@ -166,6 +173,11 @@ func (op *conv3x3) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error
 	}
 	dbOp := &biasGrad{opBase: newOpBase("bias_grad", tensor.Shape{op.o}, 4), n: op.n, c: op.o, s: op.h * op.w}
 	dbOp.outT, dbOp.out = newBuf(tensor.Shape{op.o})
+	if ps, ok := grad.Op().(interface{ enablePlaneSums() []float64 }); ok {
+		// the BatchNorm's gradient op sums its output's planes as it
+		// writes them
+		dbOp.pre = ps.enablePlaneSums()
+	}
 	db, err := G.ApplyOp(dbOp, grad)
 	if err != nil {
 		return nil, fmt.Errorf("conv db: %w", err)
@@ -275,6 +287,9 @@ type biasGrad struct {
 	n, c, s int
 	outT    *tensor.Dense
 	out     []float32
+	// pre, if set, holds Σdy of every (image, channel) plane, computed by
+	// the op that produced dy (bnGrad.planeSum).
+	pre []float64
 }
 
 func (op *biasGrad) Do(vals ...G.Value) (G.Value, error) {
@@ -282,6 +297,16 @@ func (op *biasGrad) Do(vals ...G.Value) (G.Value, error) {
 	dy, err := f32(vals[0], op.n*op.c*op.s, "bias grad input")
 	if err != nil {
 		return nil, err
+	}
+	if op.pre != nil {
+		for c := range op.c {
+			var sum float64
+			for i := 0; i < op.n; i++ {
+				sum += op.pre[i*op.c+c]
+			}
+			op.out[c] = float32(sum)
+		}
+		return op.outT, nil
 	}
 	parallelFor(op.c, func(c int) {
 		var sum float64
@@ -295,75 +320,84 @@ func (op *biasGrad) Do(vals ...G.Value) (G.Value, error) {
 
 // im2col lays out the 3x3 "same" neighbourhoods of one CHW image as rows
 // (c·9+ky·3+kx) × columns (y·w+x), with zeros outside the image; row r
-// starts at cols[r·ld].
+// starts at cols[r·ld]. Row (ky, kx) is the plane shifted by (ky−1)·w+kx−1
+// positions: one contiguous copy of the rows that fall inside, then zeros
+// where a shift by a column wrapped around to the next row.
 func im2col(cols []float32, ld int, x []float32, c, h, w int) {
 	p := h * w
 	for ci := 0; ci < c; ci++ {
 		plane := x[ci*p : (ci+1)*p]
 		for ky := 0; ky < 3; ky++ {
+			y0, y1 := max(0, 1-ky), min(h, h+1-ky) // rows whose source row is inside
 			for kx := 0; kx < 3; kx++ {
-				r := (ci*3+ky)*3 + kx
-				row := cols[r*ld : r*ld+p]
-				dx := kx - 1
-				for y := 0; y < h; y++ {
-					sy := y + ky - 1
-					dst := row[y*w : (y+1)*w]
-					if sy < 0 || sy >= h {
-						clear(dst)
-						continue
-					}
-					src := plane[sy*w : (sy+1)*w]
-					switch dx {
-					case -1:
-						dst[0] = 0
-						copy(dst[1:], src[:w-1])
-					case 0:
-						copy(dst, src)
-					case 1:
-						copy(dst[:w-1], src[1:])
-						dst[w-1] = 0
-					}
-				}
+				row := cols[((ci*3+ky)*3+kx)*ld:][:p]
+				clear(row[:y0*w])
+				clear(row[y1*w:])
+				dst, src := shifted(row, plane, y0, y1, ky, kx, w)
+				copy(dst, src)
+				zeroWrapped(row, y0, y1, kx, w)
 			}
 		}
 	}
 }
 
+// shifted returns the parts of row [y0·w, y1·w) and of plane, shifted by
+// (ky−1)·w + kx−1, that correspond, clipped to the plane's ends.
+func shifted(row, plane []float32, y0, y1, ky, kx, w int) (dst, src []float32) {
+	lo, hi := y0*w, y1*w
+	s := lo + (ky-1)*w + kx - 1
+	if s < 0 { // the first element reads before the plane (wrapped anyway)
+		lo, s = lo+1, s+1
+	}
+	if e := s + hi - lo; e > len(plane) { // the last reads past its end
+		hi -= e - len(plane)
+	}
+	if hi <= lo {
+		return nil, nil
+	}
+	return row[lo:hi], plane[s : s+hi-lo]
+}
+
+// zeroWrapped zeroes the entries of rows [y0, y1) of a shifted row whose
+// column shift kx−1 took them across a row boundary.
+func zeroWrapped(row []float32, y0, y1, kx, w int) {
+	switch kx {
+	case 0:
+		for y := y0; y < y1; y++ {
+			row[y*w] = 0
+		}
+	case 2:
+		for y := y0; y < y1; y++ {
+			row[y*w+w-1] = 0
+		}
+	}
+}
+
 // col2im is im2col's adjoint: it sums the columns (row r at cols[r·ld])
-// back into one CHW image (overwriting dx).
+// back into one CHW image (overwriting dx). It zeroes the wrapped entries
+// of the columns (they are scratch) and adds each row to the plane with
+// one vector add; every position gets its terms in (ky, kx) order, as a
+// loop over positions would add them.
 func col2im(dx, cols []float32, ld int, c, h, w int) {
 	p := h * w
 	clear(dx[:c*p])
 	for ci := 0; ci < c; ci++ {
 		plane := dx[ci*p : (ci+1)*p]
 		for ky := 0; ky < 3; ky++ {
+			y0, y1 := max(0, 1-ky), min(h, h+1-ky)
 			for kx := 0; kx < 3; kx++ {
-				r := (ci*3+ky)*3 + kx
-				row := cols[r*ld : r*ld+p]
-				dxo := kx - 1
-				for y := 0; y < h; y++ {
-					sy := y + ky - 1
-					if sy < 0 || sy >= h {
-						continue
-					}
-					src := row[y*w : (y+1)*w]
-					dst := plane[sy*w : (sy+1)*w]
-					switch dxo {
-					case -1:
-						for j := 1; j < w; j++ {
-							dst[j-1] += src[j]
-						}
-					case 0:
-						for j := 0; j < w; j++ {
-							dst[j] += src[j]
-						}
-					case 1:
-						for j := 0; j < w-1; j++ {
-							dst[j+1] += src[j]
-						}
-					}
-				}
+				row := cols[((ci*3+ky)*3+kx)*ld:][:p]
+				zeroWrapped(row, y0, y1, kx, w)
+				src, dst := shifted(row, plane, y0, y1, ky, kx, w)
+				addTo(dst, src)
 			}
 		}
+	}
+}
+
+// addTo sets dst[i] += src[i] (gonum's SSE kernel: x·1 + y, exact).
+func addTo(dst, src []float32) {
+	if len(src) > 0 {
+		gonumBLAS.Saxpy(len(src), 1, src, 1, dst, 1)
 	}
 }

@@ -444,32 +444,40 @@ func (n *Net) build(batch int, train bool) (*graph, error) {
 		}
 		// conv → ReLU (fused into the conv) → BatchNorm, which also applies
 		// the ReLU's mask to the gradient it passes back.
+		// The conv also sums each output plane for the BatchNorm's
+		// statistics; a pool after the BatchNorm is fused into it.
 		cv := newConv3x3(batch, c, side, side, o, i > 0, true)
 		cv.gradMasked = true
 		cv.sc = n.sc
+		cv.stats = make([]float64, 2*batch*o)
 		h = apply(cv, h, w, b)
-		bn := newBatchNorm(tensor.Shape{batch, o, side, side}, cfg.BNEps, i, n.bn[i], &gr.mode)
-		bn.maskInput = true
-		h = apply(bn, h, gamma, beta)
+		shape := tensor.Shape{batch, o, side, side}
+		if k := pools[i]; k > 0 {
+			bp := newBNPool(shape, k, cfg.BNEps, i, n.bn[i], &gr.mode)
+			bp.bn.maskInput, bp.bn.preStats = true, cv.stats
+			h = apply(bp, h, gamma, beta)
+			side = bp.oh
+		} else {
+			bn := newBatchNorm(shape, cfg.BNEps, i, n.bn[i], &gr.mode)
+			bn.maskInput, bn.preStats = true, cv.stats
+			h = apply(bn, h, gamma, beta)
+		}
 		c = o
 	}
-	pool := func(k int, layer uint64, p float64) {
+	pool := func(layer uint64, p float64) {
 		if !train {
 			return // pooled inside the conv block
 		}
-		op := newMaxPool(batch, c, side, side, k)
-		h = apply(op, h)
-		side = op.oh
 		h = apply(newDropout(tensor.Shape{batch, c, side, side}, p, layer, &gr.mode), h)
 	}
 	conv(0)
-	pool(3, 1, cfg.Dropout[0])
+	pool(1, cfg.Dropout[0])
 	conv(1)
 	conv(2)
-	pool(2, 2, cfg.Dropout[1])
+	pool(2, cfg.Dropout[1])
 	conv(3)
 	conv(4)
-	pool(2, 3, cfg.Dropout[2])
+	pool(3, cfg.Dropout[2])
 	flat := c * side * side
 	h = apply(newFlatten(batch, flat, 4), h)
 	ds := tensor.Shape{batch, cfg.Dense}
