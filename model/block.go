@@ -79,16 +79,11 @@ func (op *convBlock) Do(vals ...G.Value) (G.Value, error) {
 		parallelForWorker(nch, func(wk, ch int) {
 			i0, i1 := chunkBounds(ch, nch, op.n)
 			y := bufs[2*wk+1]
-			convChunk(bufs[2*wk], y, x, wt, b, op.c, op.h, op.w, op.o, i0, i1)
+			convChunk(bufs[2*wk], y, x, wt, op.c, op.h, op.w, op.o, i0, i1)
 			ld := (i1 - i0) * p
 			for i := i0; i < i1; i++ {
 				for o := 0; o < op.o; o++ {
-					src := y[o*ld+(i-i0)*p : o*ld+(i-i0+1)*p]
-					scale, shift := op.scale[o], op.shift[o]
-					for j, v := range src {
-						src[j] = max(v, 0)*scale + shift
-					}
-					op.emit(i, o, src)
+					op.emitInfer(i, o, y[o*ld+(i-i0)*p:o*ld+(i-i0+1)*p], b[o])
 				}
 			}
 		})
@@ -101,14 +96,15 @@ func (op *convBlock) Do(vals ...G.Value) (G.Value, error) {
 	parallelForWorker(nch, func(wk, ch int) {
 		i0, i1 := chunkBounds(ch, nch, op.n)
 		y := bufs[2*wk+1]
-		convChunk(bufs[2*wk], y, x, wt, b, op.c, op.h, op.w, op.o, i0, i1)
+		convChunk(bufs[2*wk], y, x, wt, op.c, op.h, op.w, op.o, i0, i1)
 		ld := (i1 - i0) * p
 		for i := i0; i < i1; i++ {
 			for o := 0; o < op.o; o++ {
 				src := y[o*ld+(i-i0)*p : o*ld+(i-i0+1)*p]
 				dst := op.pre[(i*op.o+o)*p : (i*op.o+o+1)*p]
+				bias := b[o]
 				for j, v := range src {
-					dst[j] = max(v, 0)
+					dst[j] = max(v+bias, 0)
 				}
 			}
 		}
@@ -131,6 +127,33 @@ func (op *convBlock) Do(vals ...G.Value) (G.Value, error) {
 func (op *convBlock) setAffine(gamma, beta []float32) {
 	for ch := range op.o {
 		op.scale[ch], op.shift[ch] = op.bn.affine(ch, gamma, beta)
+	}
+}
+
+// emitInfer writes channel o of image i, given its conv output v without
+// the bias, to the output: f(u) = max(u+bias, 0)·scale + shift, pooled if
+// the block pools. f is nondecreasing when scale ≥ 0 (each rounding step
+// is), so the maximum of f over a window is f of the window's maximum,
+// exactly: the map then runs on the pooled values only. v is scratch.
+func (op *convBlock) emitInfer(i, o int, v []float32, bias float32) {
+	pl := i*op.o + o
+	dst := op.out[pl*op.oh*op.ow : (pl+1)*op.oh*op.ow]
+	scale, shift := op.scale[o], op.shift[o]
+	switch {
+	case op.pool == 0:
+		for j, u := range v[:len(dst)] {
+			dst[j] = max(u+bias, 0)*scale + shift
+		}
+	case scale >= 0:
+		maxPoolPlane(dst, v, op.w, op.pool, op.oh, op.ow)
+		for j, u := range dst {
+			dst[j] = max(u+bias, 0)*scale + shift
+		}
+	default:
+		for j, u := range v {
+			v[j] = max(u+bias, 0)*scale + shift
+		}
+		maxPoolPlane(dst, v, op.w, op.pool, op.oh, op.ow)
 	}
 }
 

@@ -71,20 +71,23 @@ func (op *conv3x3) Do(vals ...G.Value) (G.Value, error) {
 			// one image: the GEMM writes the output in place
 			y = op.out[i0*op.o*p : (i0+1)*op.o*p]
 		}
-		convChunk(cols, y, x, wt, b, op.c, op.h, op.w, op.o, i0, i1)
+		convChunk(cols, y, x, wt, op.c, op.h, op.w, op.o, i0, i1)
 		ld := (i1 - i0) * p
 		for i := i0; i < i1; i++ {
 			for o := 0; o < op.o; o++ {
 				// y holds image i's plane o at o·ld + (i−i0)·p; for one
 				// image that is the output itself
 				src := y[o*ld+(i-i0)*p : o*ld+(i-i0+1)*p]
-				dst := op.out[(i*op.o+o)*p : (i*op.o+o+1)*p]
+				dst := op.out[(i*op.o+o)*p : (i*op.o+o+1)*p][:len(src)]
+				bias := b[o]
 				if op.relu {
 					for j, v := range src {
-						dst[j] = max(v, 0)
+						dst[j] = max(v+bias, 0)
 					}
-				} else if i1-i0 > 1 {
-					copy(dst, src)
+				} else {
+					for j, v := range src {
+						dst[j] = v + bias
+					}
 				}
 				if op.stats != nil {
 					pl := i*op.o + o
@@ -96,21 +99,16 @@ func (op *conv3x3) Do(vals ...G.Value) (G.Value, error) {
 	return op.outT, nil
 }
 
-// convChunk computes y = W·cols + b for images [i0, i1) of x: cols (k × B·p)
-// and y (o × B·p) hold image i0+j's columns at j·p, B = i1−i0.
-func convChunk(cols, y, x, wt, b []float32, c, h, w, o, i0, i1 int) {
+// convChunk computes y = W·cols (without the bias, which the callers add
+// as they read y) for images [i0, i1) of x: cols (k × B·p) and y (o × B·p)
+// hold image i0+j's columns at j·p, B = i1−i0.
+func convChunk(cols, y, x, wt []float32, c, h, w, o, i0, i1 int) {
 	k, p := c*9, h*w
 	ld := (i1 - i0) * p
 	for i := i0; i < i1; i++ {
 		im2col(cols[(i-i0)*p:], ld, x[i*c*p:(i+1)*c*p], c, h, w)
 	}
-	for oc := 0; oc < o; oc++ {
-		row := y[oc*ld : (oc+1)*ld]
-		for j := range row {
-			row[j] = b[oc]
-		}
-	}
-	sgemm(false, false, o, ld, k, 1, wt, k, cols[:k*ld], ld, 1, y[:o*ld], ld)
+	sgemm(false, false, o, ld, k, 1, wt, k, cols[:k*ld], ld, 0, y[:o*ld], ld)
 }
 
 // gatherChunk lays out the (o × p) planes of images [i0, i1) of dy side by
