@@ -101,19 +101,30 @@ func (a *Adam) Update(params, grads [][]float32) error {
 			chunks = append(chunks, chunk{i, lo, min(lo+adamChunk, len(p))})
 		}
 	}
+	consts := &adamConsts{b1, 1 - b1, b2, 1 - b2, step, eps}
 	parallel(len(chunks), func(k int) {
 		c := chunks[k]
 		p, m, v, g := params[c.t][c.lo:c.hi], a.m[c.t][c.lo:c.hi], a.v[c.t][c.lo:c.hi], grads[c.t][c.lo:c.hi]
 		m, v, g = m[:len(p)], v[:len(p)], g[:len(p)]
-		for j := range p {
-			gj := g[j]
-			mj := b1*m[j] + (1-b1)*gj
-			vj := b2*v[j] + (1-b2)*gj*gj
-			m[j], v[j] = mj, vj
-			p[j] -= step * mj / (float32(math.Sqrt(float64(vj))) + eps)
-		}
+		done := adamVec(p, m, v, g, consts)
+		adamScalar(p[done:], m[done:], v[done:], g[done:], consts)
 	})
 	return nil
+}
+
+// adamConsts are one step's constants, as the vector kernel reads them.
+type adamConsts struct{ b1, omb1, b2, omb2, step, eps float32 }
+
+// adamScalar is the update, one float at a time.
+func adamScalar(p, m, v, g []float32, c *adamConsts) {
+	m, v, g = m[:len(p)], v[:len(p)], g[:len(p)]
+	for j := range p {
+		gj := g[j]
+		mj := c.b1*m[j] + c.omb1*gj
+		vj := c.b2*v[j] + c.omb2*gj*gj
+		m[j], v[j] = mj, vj
+		p[j] -= c.step * mj / (float32(math.Sqrt(float64(vj))) + c.eps)
+	}
 }
 
 const adamChunk = 1 << 16

@@ -2,6 +2,8 @@ package optim
 
 import (
 	"math"
+	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -106,5 +108,38 @@ func BenchmarkAdam(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		_ = a.Update(p, g)
+	}
+}
+
+// The vector kernel computes what the scalar loop computes, bit for bit,
+// for every length (tails included) and for large and tiny values.
+func TestAdamVecMatchesScalar(t *testing.T) {
+	rng := rand.New(rand.NewPCG(4, 2))
+	c := &adamConsts{0.9, 1 - float32(0.9), 0.999, 1 - float32(0.999), 1.3e-3, 1e-7}
+	for _, n := range []int{0, 1, 7, 8, 9, 31, 64, 1000, 4099} {
+		mk := func(scale float64) []float32 {
+			d := make([]float32, n)
+			for i := range d {
+				d[i] = float32(rng.NormFloat64() * scale * math.Pow(10, float64(rng.IntN(9)-4)))
+			}
+			return d
+		}
+		p, m, g := mk(1), mk(0.1), mk(1)
+		v := mk(0.1)
+		for i := range v {
+			v[i] = v[i] * v[i]
+		}
+		p2, m2, v2 := slices.Clone(p), slices.Clone(m), slices.Clone(v)
+		adamScalar(p2, m2, v2, g, c)
+		done := adamVec(p, m, v, g, c)
+		adamScalar(p[done:], m[done:], v[done:], g[done:], c)
+		for i := range p {
+			if math.Float32bits(p[i]) != math.Float32bits(p2[i]) || m[i] != m2[i] || v[i] != v2[i] {
+				t.Fatalf("n %d, element %d: vector p %g m %g v %g, scalar p %g m %g v %g", n, i, p[i], m[i], v[i], p2[i], m2[i], v2[i])
+			}
+		}
+		if n >= 8 && done == 0 && hasVec {
+			t.Fatalf("n %d: the vector kernel did not run", n)
+		}
 	}
 }
