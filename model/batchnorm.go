@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"github.com/tailorml/tailor/internal/vec"
 	"math"
 
 	G "gorgonia.org/gorgonia"
@@ -125,9 +126,7 @@ func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
 		for i := 0; i < n; i++ {
 			in := x[(i*c+ch)*s : (i*c+ch+1)*s]
 			out := op.out[(i*c+ch)*s : (i*c+ch+1)*s]
-			for j, v := range in {
-				out[j] = v*scale + shift
-			}
+			vec.Affine(out, in, scale, shift)
 		}
 	})
 	return op.outT, nil
@@ -372,7 +371,7 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 				// dy is 0 but at the windows' maxima
 				affineAt(out, gi, op.pool.arg[pl*ps:(pl+1)*ps], xi, a, b, cc, f.maskInput)
 			case f.maskInput:
-				maskedAffine(out, gi, xi, a, b, cc)
+				vec.MaskedAffine(out, gi, xi, a, b, cc)
 			default:
 				for j, g := range gi {
 					out[j] = a*g + b*xi[j] + cc
@@ -404,7 +403,7 @@ func (op *bnGrad) enablePlaneSums() []float64 {
 func affineAt(out, g []float32, arg []int32, x []float32, a, b, c float32, masked bool) {
 	x = x[:len(out)]
 	if masked {
-		maskedAffine0(out, x, b, c)
+		vec.MaskedAffine0(out, x, b, c)
 	} else {
 		for j, v := range x {
 			out[j] = b*v + c
@@ -417,38 +416,5 @@ func affineAt(out, g []float32, arg []int32, x []float32, a, b, c float32, maske
 			r = 0
 		}
 		out[j] = r
-	}
-}
-
-// maskedAffine0 is maskedAffine with g = 0: out = b·x + c where x > 0,
-// else 0.
-func maskedAffine0(out, x []float32, b, c float32) {
-	x = x[:len(out)]
-	for j, v := range x {
-		r := math.Float32bits(b*v + c)
-		var m uint32
-		if int32(math.Float32bits(v)) > 0 {
-			m = ^uint32(0)
-		}
-		out[j] = math.Float32frombits(r & m)
-	}
-}
-
-// maskedAffine sets out = a·g + b·x + c where x > 0, and 0 elsewhere. x is a
-// ReLU's output, so about half its values are 0 in no pattern a branch
-// predictor could learn: the select is done with a bit mask instead (x > 0
-// exactly when its bits, as a signed integer, are positive; x is never −0,
-// and a NaN x is the only case where this differs from the branch).
-func maskedAffine(out, g, x []float32, a, b, c float32) {
-	x = x[:len(g)]
-	out = out[:len(g)]
-	for j, gv := range g {
-		v := x[j]
-		r := math.Float32bits(a*gv + b*v + c)
-		var m uint32
-		if int32(math.Float32bits(v)) > 0 {
-			m = ^uint32(0)
-		}
-		out[j] = math.Float32frombits(r & m)
 	}
 }

@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"github.com/tailorml/tailor/internal/vec"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -103,9 +104,7 @@ func (op *convBlock) Do(vals ...G.Value) (G.Value, error) {
 				src := y[o*ld+(i-i0)*p : o*ld+(i-i0+1)*p]
 				dst := op.pre[(i*op.o+o)*p : (i*op.o+o+1)*p]
 				bias := b[o]
-				for j, v := range src {
-					dst[j] = max(v+bias, 0)
-				}
+				vec.ReluBias(dst, src, bias)
 			}
 		}
 	})
@@ -116,9 +115,7 @@ func (op *convBlock) Do(vals ...G.Value) (G.Value, error) {
 	parallelFor(op.n*op.o, func(pl int) {
 		src := op.pre[pl*p : (pl+1)*p]
 		scale, shift := op.scale[pl%op.o], op.shift[pl%op.o]
-		for j, v := range src {
-			src[j] = v*scale + shift
-		}
+		vec.Affine(src, src, scale, shift)
 		op.emit(pl/op.o, pl%op.o, src)
 	})
 	return op.outT, nil

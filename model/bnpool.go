@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"github.com/tailorml/tailor/internal/vec"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -63,9 +64,7 @@ func (op *bnPool) Do(vals ...G.Value) (G.Value, error) {
 	parallelForWorker(planes, func(wk, pl int) {
 		scale, shift := f.affine(pl%f.c, gamma, beta)
 		t := op.tmp[wk*ip : (wk+1)*ip]
-		for j, v := range x[pl*ip : (pl+1)*ip] {
-			t[j] = v*scale + shift
-		}
+		vec.Affine(t, x[pl*ip:(pl+1)*ip], scale, shift)
 		out, arg := op.out[pl*opl:(pl+1)*opl], op.arg[pl*opl:(pl+1)*opl]
 		switch op.k {
 		case 2:

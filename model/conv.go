@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"github.com/tailorml/tailor/internal/vec"
 
 	"gonum.org/v1/gonum/blas/gonum"
 
@@ -81,13 +82,9 @@ func (op *conv3x3) Do(vals ...G.Value) (G.Value, error) {
 				dst := op.out[(i*op.o+o)*p : (i*op.o+o+1)*p][:len(src)]
 				bias := b[o]
 				if op.relu {
-					for j, v := range src {
-						dst[j] = max(v+bias, 0)
-					}
+					vec.ReluBias(dst, src, bias)
 				} else {
-					for j, v := range src {
-						dst[j] = v + bias
-					}
+					vec.Affine(dst, src, 1, bias) // v·1 is v
 				}
 				if op.stats != nil {
 					pl := i*op.o + o

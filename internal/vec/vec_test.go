@@ -1,0 +1,92 @@
+package vec
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// The vector kernels compute what the Go loops compute, bit for bit, for
+// every length (tails included), with zeros, negative values, tiny and
+// huge ones.
+func TestVecKernelsMatchLoops(t *testing.T) {
+	rng := rand.New(rand.NewPCG(2, 9))
+	vals := func(n int) []float32 {
+		d := make([]float32, n)
+		for i := range d {
+			switch rng.IntN(8) {
+			case 0:
+				d[i] = 0
+			case 1:
+				d[i] = float32(rng.NormFloat64() * 1e-30)
+			case 2:
+				d[i] = float32(rng.NormFloat64() * 1e30)
+			default:
+				d[i] = float32(rng.NormFloat64())
+			}
+		}
+		return d
+	}
+	same := func(t *testing.T, what string, n int, got, want []float32) {
+		t.Helper()
+		for i := range want {
+			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+				t.Fatalf("%s, n %d, element %d: %g (%08x), want %g (%08x)", what, n, i, got[i], math.Float32bits(got[i]), want[i], math.Float32bits(want[i]))
+			}
+		}
+	}
+	a, b, c := float32(0.7), float32(-1.3), float32(0.25)
+	for _, n := range []int{0, 1, 7, 8, 9, 17, 64, 441, 4096} {
+		x, g := vals(n), vals(n)
+		for i := range x[:n/2] { // a ReLU output's half
+			x[i] = max(x[i], 0)
+		}
+		got, want := make([]float32, n), make([]float32, n)
+
+		Affine(got, x, a, c)
+		for j, v := range x {
+			want[j] = v*a + c
+		}
+		same(t, "affine", n, got, want)
+
+		ReluBias(got, x, b)
+		for j, v := range x {
+			want[j] = max(v+b, 0)
+		}
+		same(t, "reluBias", n, got, want)
+
+		MaskedAffine(got, g, x, a, b, c)
+		for j, v := range x {
+			want[j] = 0
+			if v > 0 {
+				want[j] = a*g[j] + b*v + c
+			}
+		}
+		same(t, "maskedAffine", n, got, want)
+
+		MaskedAffine0(got, x, b, c)
+		for j, v := range x {
+			want[j] = 0
+			if v > 0 {
+				want[j] = b*v + c
+			}
+		}
+		same(t, "maskedAffine0", n, got, want)
+	}
+	if hasAVX != hasAVX2 && !hasAVX2 {
+		t.Log("no AVX2: the masked kernels ran as Go loops")
+	}
+}
+
+// NaN propagates through ReLU as through Go's max.
+func TestReluBiasNaN(t *testing.T) {
+	x := make([]float32, 16)
+	x[3], x[12] = float32(math.NaN()), float32(math.NaN())
+	out := make([]float32, 16)
+	ReluBias(out, x, 1)
+	for i, v := range out {
+		if isNaN := v != v; isNaN != (i == 3 || i == 12) {
+			t.Fatalf("element %d: %g", i, v)
+		}
+	}
+}
