@@ -164,7 +164,7 @@ func (op *batchNorm) prepare(x []float32) error {
 		parallelFor(c, func(ch int) {
 			var sum, sumSq float64
 			for i := 0; i < n; i++ {
-				a, q := sumSq64(x[(i*c+ch)*s : (i*c+ch+1)*s])
+				a, q := vec.SumSq64(x[(i*c+ch)*s : (i*c+ch+1)*s])
 				sum += a
 				sumSq += q
 			}
@@ -323,7 +323,7 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 			if op.pool != nil {
 				a, d = sumDotAt64(dy[pl*ps:(pl+1)*ps], op.pool.arg[pl*ps:(pl+1)*ps], x[pl*s:(pl+1)*s])
 			} else {
-				a, d = sumDot64(dy[pl*s:(pl+1)*s], x[pl*s:(pl+1)*s])
+				a, d = vec.SumDot64(dy[pl*s:(pl+1)*s], x[pl*s:(pl+1)*s])
 			}
 			sdy += a
 			sdyx += d
@@ -378,7 +378,7 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 				}
 			}
 			if op.planeSum != nil {
-				op.planeSum[pl] = sum64(out)
+				op.planeSum[pl] = vec.Sum64(out)
 			}
 		}
 	})

@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"github.com/tailorml/tailor/internal/vec"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -146,7 +147,7 @@ func TestBNPoolMatchesOps(t *testing.T) {
 				closeTo(t, "Σdy·x̂", f32s(bp.bn.sumDyXh), f32s(bn.sumDyXh), 1e-5)
 				closeTo(t, "plane sums", f32s(sums), f32s(refSums), 1e-5)
 				for pl := range n * c { // the plane sums are of the op's own output
-					if got, want := sums[pl], sum64(fused.out[pl*h*w:(pl+1)*h*w]); got != want {
+					if got, want := sums[pl], vec.Sum64(fused.out[pl*h*w:(pl+1)*h*w]); got != want {
 						t.Fatalf("plane %d: sum %g, want %g", pl, got, want)
 					}
 				}

@@ -88,7 +88,7 @@ func (op *conv3x3) Do(vals ...G.Value) (G.Value, error) {
 				}
 				if op.stats != nil {
 					pl := i*op.o + o
-					op.stats[2*pl], op.stats[2*pl+1] = sumSq64(dst)
+					op.stats[2*pl], op.stats[2*pl+1] = vec.SumSq64(dst)
 				}
 			}
 		}
@@ -306,7 +306,7 @@ func (op *biasGrad) Do(vals ...G.Value) (G.Value, error) {
 	parallelFor(op.c, func(c int) {
 		var sum float64
 		for i := 0; i < op.n; i++ {
-			sum += sum64(dy[(i*op.c+c)*op.s : (i*op.c+c+1)*op.s])
+			sum += vec.Sum64(dy[(i*op.c+c)*op.s : (i*op.c+c+1)*op.s])
 		}
 		op.out[c] = float32(sum)
 	})

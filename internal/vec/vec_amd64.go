@@ -57,3 +57,39 @@ func maskedAffineAVX2(out, g, x []float32, a, b, c float32)
 
 //go:noescape
 func maskedAffine0AVX2(out, x []float32, b, c float32)
+
+func sumSqVec(x []float32, s, q *[8]float64) int {
+	n := len(x) &^ 7
+	if !hasAVX || n == 0 {
+		return 0
+	}
+	sumSqAVX(x[:n], s, q)
+	return n
+}
+
+func sumDotVec(g, x []float32, s, d *[8]float64) int {
+	n := len(g) &^ 7
+	if !hasAVX || n == 0 {
+		return 0
+	}
+	sumDotAVX(g[:n], x[:n], s, d)
+	return n
+}
+
+func sumVec(x []float32, s *[8]float64) int {
+	n := len(x) &^ 7
+	if !hasAVX || n == 0 {
+		return 0
+	}
+	sumAVX(x[:n], s)
+	return n
+}
+
+//go:noescape
+func sumSqAVX(x []float32, s, q *[8]float64)
+
+//go:noescape
+func sumDotAVX(g, x []float32, s, d *[8]float64)
+
+//go:noescape
+func sumAVX(x []float32, s *[8]float64)

@@ -102,3 +102,94 @@ masked0_loop:
 	JNZ      masked0_loop
 	VZEROUPPER
 	RET
+
+// The float64 reductions keep eight lanes: lane l sums the elements i with
+// i mod 8 = l, in order (Go's loops in sums.go do the same).
+
+// func sumSqAVX(x []float32, s, q *[8]float64)
+TEXT ·sumSqAVX(SB), NOSPLIT, $0-40
+	MOVQ x_base+0(FP), SI
+	MOVQ x_len+8(FP), CX
+	MOVQ s+24(FP), AX
+	MOVQ q+32(FP), DX
+	VXORPD Y2, Y2, Y2
+	VXORPD Y3, Y3, Y3
+	VXORPD Y4, Y4, Y4
+	VXORPD Y5, Y5, Y5
+	SHRQ $3, CX
+
+sumsq_loop:
+	VCVTPS2PD (SI), Y0
+	VCVTPS2PD 16(SI), Y1
+	VADDPD    Y0, Y2, Y2
+	VADDPD    Y1, Y3, Y3
+	VMULPD    Y0, Y0, Y0
+	VMULPD    Y1, Y1, Y1
+	VADDPD    Y0, Y4, Y4
+	VADDPD    Y1, Y5, Y5
+	ADDQ      $32, SI
+	DECQ      CX
+	JNZ       sumsq_loop
+	VMOVUPD   Y2, (AX)
+	VMOVUPD   Y3, 32(AX)
+	VMOVUPD   Y4, (DX)
+	VMOVUPD   Y5, 32(DX)
+	VZEROUPPER
+	RET
+
+// func sumDotAVX(g, x []float32, s, d *[8]float64)
+TEXT ·sumDotAVX(SB), NOSPLIT, $0-64
+	MOVQ g_base+0(FP), SI
+	MOVQ g_len+8(FP), CX
+	MOVQ x_base+24(FP), BX
+	MOVQ s+48(FP), AX
+	MOVQ d+56(FP), DX
+	VXORPD Y2, Y2, Y2
+	VXORPD Y3, Y3, Y3
+	VXORPD Y4, Y4, Y4
+	VXORPD Y5, Y5, Y5
+	SHRQ $3, CX
+
+sumdot_loop:
+	VCVTPS2PD (SI), Y0
+	VCVTPS2PD 16(SI), Y1
+	VCVTPS2PD (BX), Y6
+	VCVTPS2PD 16(BX), Y7
+	VADDPD    Y0, Y2, Y2
+	VADDPD    Y1, Y3, Y3
+	VMULPD    Y6, Y0, Y0
+	VMULPD    Y7, Y1, Y1
+	VADDPD    Y0, Y4, Y4
+	VADDPD    Y1, Y5, Y5
+	ADDQ      $32, SI
+	ADDQ      $32, BX
+	DECQ      CX
+	JNZ       sumdot_loop
+	VMOVUPD   Y2, (AX)
+	VMOVUPD   Y3, 32(AX)
+	VMOVUPD   Y4, (DX)
+	VMOVUPD   Y5, 32(DX)
+	VZEROUPPER
+	RET
+
+// func sumAVX(x []float32, s *[8]float64)
+TEXT ·sumAVX(SB), NOSPLIT, $0-32
+	MOVQ x_base+0(FP), SI
+	MOVQ x_len+8(FP), CX
+	MOVQ s+24(FP), AX
+	VXORPD Y2, Y2, Y2
+	VXORPD Y3, Y3, Y3
+	SHRQ $3, CX
+
+sum_loop:
+	VCVTPS2PD (SI), Y0
+	VCVTPS2PD 16(SI), Y1
+	VADDPD    Y0, Y2, Y2
+	VADDPD    Y1, Y3, Y3
+	ADDQ      $32, SI
+	DECQ      CX
+	JNZ       sum_loop
+	VMOVUPD   Y2, (AX)
+	VMOVUPD   Y3, 32(AX)
+	VZEROUPPER
+	RET

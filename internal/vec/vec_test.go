@@ -90,3 +90,37 @@ func TestReluBiasNaN(t *testing.T) {
 		}
 	}
 }
+
+// The vector reductions keep the Go loops' lanes: the same sums, bit for
+// bit, as the loops alone (with the kernels off).
+func TestSumsMatchLoops(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 1))
+	for _, n := range []int{0, 1, 7, 8, 9, 23, 64, 441, 4097} {
+		x, g := make([]float32, n), make([]float32, n)
+		for i := range x {
+			x[i] = float32(rng.NormFloat64() * math.Pow(10, float64(rng.IntN(13)-6)))
+			g[i] = float32(rng.NormFloat64())
+		}
+		s1, q1 := SumSq64(x)
+		d1s, d1 := SumDot64(g, x)
+		a1 := Sum64(x)
+		saved, saved2 := hasAVX, hasAVX2
+		setVec(false, false)
+		s2, q2 := SumSq64(x)
+		d2s, d2 := SumDot64(g, x)
+		a2 := Sum64(x)
+		setVec(saved, saved2)
+		if s1 != s2 || q1 != q2 || d1s != d2s || d1 != d2 || a1 != a2 {
+			t.Fatalf("n %d: vector %v %v %v %v %v, loops %v %v %v %v %v", n, s1, q1, d1s, d1, a1, s2, q2, d2s, d2, a2)
+		}
+		// and they are the sums, up to float64 rounding
+		var ws, wq float64
+		for _, v := range x {
+			ws += float64(v)
+			wq += float64(v) * float64(v)
+		}
+		if math.Abs(s1-ws) > 1e-9*(math.Abs(ws)+wq) || math.Abs(q1-wq) > 1e-12*wq {
+			t.Fatalf("n %d: Σx %v Σx² %v, want %v %v", n, s1, q1, ws, wq)
+		}
+	}
+}

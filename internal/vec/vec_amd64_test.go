@@ -1,0 +1,5 @@
+//go:build amd64 && !purego
+
+package vec
+
+func setVec(avx, avx2 bool) { hasAVX, hasAVX2 = avx, avx2 }
