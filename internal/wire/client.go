@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -26,7 +27,8 @@ type ClientConfig struct {
 	// to [MinChunkBytes, MaxChunkBytes].
 	ChunkBytes int
 	// NoChecksum turns off the CRC-32C of pushed and pulled payloads
-	// (FlagChecksum), trading integrity for about a quarter of the CPU.
+	// (FlagChecksum), trading integrity for a little CPU (checksums are
+	// computed while the bytes are in cache: see FlagChecksum).
 	NoChecksum bool
 	// Compression is how pushes encode Param gradients (the zero value:
 	// float32, uncompressed). With EncodingTopK the client keeps, per
@@ -55,7 +57,16 @@ type Client struct {
 	comp            Compression
 	enc             []encoder // per server, when compressing
 	pushed          atomic.Uint64
+	// where each tensor's parts are: (server, index in its ServerParts)
+	where [][]partRef
+	// per server, the number of chunks of a push or pull and the first
+	// chunk of each of its parts
+	chunks     []int
+	firstChunk [][]int
 }
+
+// partRef is part k of server i's ServerParts.
+type partRef struct{ server, k int }
 
 // encoder is one server's compression state: the encoded payloads of a
 // push (gRPC may read them until the server's reply is in) and, for
@@ -94,6 +105,16 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	if cfg.NoChecksum {
 		c.flags = 0
+	}
+	c.where = make([][]partRef, len(plan.Spec))
+	c.chunks = make([]int, len(cfg.Addrs))
+	c.firstChunk = make([][]int, len(cfg.Addrs))
+	for i := range cfg.Addrs {
+		for k, p := range plan.ServerParts(i) {
+			c.where[p.Tensor] = append(c.where[p.Tensor], partRef{i, k})
+			c.firstChunk[i] = append(c.firstChunk[i], c.chunks[i])
+			c.chunks[i] += (p.Len + c.chunkFloats - 1) / c.chunkFloats
+		}
 	}
 	opts := append(DialOptions(cfg.TLS), cfg.DialOptions...)
 	for i, a := range cfg.Addrs {
@@ -145,16 +166,81 @@ func (c *Client) checkShape(tensors [][]float32) error {
 	return nil
 }
 
-func (c *Client) checkPush(tensors [][]float32) error {
+// checkPush checks tensors for a push (or Init) on stream and returns the
+// CRC-32C of every float32 chunk it will send (nil without checksums): one
+// pass over the tensors for both.
+func (c *Client) checkPush(stream int, tensors [][]float32) (*chunkSums, error) {
 	if err := c.checkShape(tensors); err != nil {
-		return err
+		return nil, err
 	}
-	for i, t := range tensors {
-		if !Finite(t) {
-			return fmt.Errorf("%w: %q", ErrNonFinite, c.plan.Spec[i].Name)
+	sums := c.newSums(stream)
+	for t, data := range tensors {
+		if !c.scanTensor(t, data, sums) {
+			return nil, fmt.Errorf("%w: %q", ErrNonFinite, c.plan.Spec[t].Name)
 		}
 	}
-	return nil
+	return sums, nil
+}
+
+// chunkSums holds the CRC-32C of a push's float32 chunks, computed while
+// they are checked for NaN and Inf, so that sending does not read the
+// tensors once more to checksum them.
+type chunkSums struct {
+	crc  [][]uint32 // per server, per chunk (Client.firstChunk)
+	skip bool       // Param parts are compressed: their payloads are checksummed when encoded
+}
+
+// newSums is the chunkSums of a push (or Init) on stream; nil without
+// checksums.
+func (c *Client) newSums(stream int) *chunkSums {
+	if c.flags&FlagChecksum == 0 {
+		return nil
+	}
+	s := &chunkSums{crc: make([][]uint32, len(c.chunks)), skip: stream == streamPush && c.enc != nil}
+	for i, n := range c.chunks {
+		s.crc[i] = make([]uint32, n)
+	}
+	return s
+}
+
+// sum is the precomputed CRC-32C of chunk j of server i's push, if known.
+func (s *chunkSums) sum(i, j int, p Part) (uint32, bool) {
+	if s == nil || s.skip && p.Kind == Param {
+		return 0, false
+	}
+	return s.crc[i][j], true
+}
+
+// scanTensor reports whether tensor t (data) is finite and, with sums,
+// records the CRC-32C of each chunk its parts make. Each piece is checked
+// and checksummed while in cache: data is read from memory once.
+func (c *Client) scanTensor(t int, data []float32, sums *chunkSums) bool {
+	for _, r := range c.where[t] {
+		p := c.plan.ServerParts(r.server)[r.k]
+		var crc []uint32
+		if sums != nil && !(sums.skip && p.Kind == Param) {
+			crc = sums.crc[r.server][c.firstChunk[r.server][r.k]:]
+		}
+		b := Bytes(data[p.Offset : p.Offset+p.Len])
+		for j := 0; len(b) > 0; j++ {
+			n := min(len(b), 4*c.chunkFloats)
+			var sum uint32
+			for o := 0; o < n; o += checkPiece {
+				piece := b[o:min(n, o+checkPiece)]
+				if !finiteBytes(piece) {
+					return false
+				}
+				if crc != nil {
+					sum = crc32.Update(sum, castagnoli, piece)
+				}
+			}
+			if crc != nil {
+				crc[j] = sum
+			}
+			b = b[n:]
+		}
+	}
+	return true
 }
 
 // Push sends one step's tensors, aligned with the spec: gradients for Param
@@ -177,10 +263,11 @@ func (c *Client) checkPush(tensors [][]float32) error {
 // server — the step went without it, redo the batch at step+1 — as
 // ReasonStale is for a push that arrives after the step.
 func (c *Client) Push(ctx context.Context, step, version int64, tensors [][]float32) (int64, error) {
-	if err := c.checkPush(tensors); err != nil {
+	sums, err := c.checkPush(streamPush, tensors)
+	if err != nil {
 		return -1, err
 	}
-	return c.send(ctx, streamPush, step, version, tensors, nil)
+	return c.send(ctx, streamPush, step, version, tensors, nil, sums)
 }
 
 // A Gate hands a push its tensors while they are being computed.
@@ -201,18 +288,20 @@ type Gate interface {
 // no server receives a complete push. The released tensors must not change
 // until PushGated returns.
 func (c *Client) PushGated(ctx context.Context, step, version int64, gate Gate) (int64, error) {
-	g := &checkedGate{gate: gate, spec: c.plan.Spec, states: make([]tensorState, len(c.plan.Spec)), all: make(chan struct{})}
+	g := &checkedGate{gate: gate, c: c, spec: c.plan.Spec, sums: c.newSums(streamPush), states: make([]tensorState, len(c.plan.Spec)), all: make(chan struct{})}
 	g.left.Store(int64(len(c.plan.Spec)))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go g.releaseAll(ctx) // the verdict needs every tensor, whichever server holds it
-	return c.send(ctx, streamPush, step, version, nil, g)
+	return c.send(ctx, streamPush, step, version, nil, g, g.sums)
 }
 
 // checkedGate checks each tensor of a gated push once, as it is released.
 type checkedGate struct {
 	gate   Gate
+	c      *Client
 	spec   Spec
+	sums   *chunkSums // filled in as tensors are released
 	states []tensorState
 	left   atomic.Int64
 	all    chan struct{} // closed when every tensor is released and checked, or one failed
@@ -245,7 +334,7 @@ func (g *checkedGate) tensor(ctx context.Context, t int) ([]float32, error) {
 		switch {
 		case len(data) != g.spec[t].Size:
 			st.err = fmt.Errorf("%w: %q has %d values, spec %d", ErrBadSpec, g.spec[t].Name, len(data), g.spec[t].Size)
-		case !Finite(data):
+		case !g.c.scanTensor(t, data, g.sums):
 			st.err = fmt.Errorf("%w: %q", ErrNonFinite, g.spec[t].Name)
 		}
 		st.data = data
@@ -284,16 +373,17 @@ func (g *checkedGate) verdict(ctx context.Context) error {
 // Init sends a run's initial weights (and State values) to every server.
 // A server accepts Init once; afterwards it answers ReasonInitialised.
 func (c *Client) Init(ctx context.Context, tensors [][]float32) error {
-	if err := c.checkPush(tensors); err != nil {
+	sums, err := c.checkPush(streamInit, tensors)
+	if err != nil {
 		return err
 	}
-	_, err := c.send(ctx, streamInit, 0, 0, tensors, nil)
+	_, err = c.send(ctx, streamInit, 0, 0, tensors, nil, sums)
 	return err
 }
 
 // send pushes tensors, or with a gate the tensors it releases, to every
 // server.
-func (c *Client) send(ctx context.Context, stream int, step, version int64, tensors [][]float32, gate *checkedGate) (int64, error) {
+func (c *Client) send(ctx context.Context, stream int, step, version int64, tensors [][]float32, gate *checkedGate, sums *chunkSums) (int64, error) {
 	n := len(c.conns)
 	replies := make([]PushReply, n)
 	errs := make([]error, n)
@@ -302,7 +392,7 @@ func (c *Client) send(ctx context.Context, stream int, step, version int64, tens
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			errs[i] = c.sendTo(ctx, i, stream, step, version, tensors, gate, &replies[i])
+			errs[i] = c.sendTo(ctx, i, stream, step, version, tensors, gate, sums, &replies[i])
 			if gate != nil && gate.bad.Load() != nil {
 				cancel() // no server may get the whole push
 			}
@@ -324,7 +414,7 @@ func (c *Client) send(ctx context.Context, stream int, step, version int64, tens
 	return v, nil
 }
 
-func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64, tensors [][]float32, gate *checkedGate, reply *PushReply) error {
+func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64, tensors [][]float32, gate *checkedGate, sums *chunkSums, reply *PushReply) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	desc := &serviceDesc.Streams[stream]
@@ -338,7 +428,7 @@ func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64,
 		enc.mu.Lock()
 		defer enc.mu.Unlock()
 	}
-	sent, err := c.sendChunks(ctx, st, i, step, version, tensors, gate, enc)
+	sent, err := c.sendChunks(ctx, st, i, step, version, tensors, gate, sums, enc)
 	if stream == streamPush {
 		c.pushed.Add(uint64(sent))
 	}
@@ -374,7 +464,7 @@ func (c *Client) sendTo(ctx context.Context, i, stream int, step, version int64,
 // sendChunks streams server i's parts, encoded by enc (nil: float32), and
 // returns the payload bytes sent. An io.EOF from SendMsg means the server
 // has answered early (a refusal); the caller reads the answer.
-func (c *Client) sendChunks(ctx context.Context, st grpc.ClientStream, i int, step, version int64, tensors [][]float32, gate *checkedGate, enc *encoder) (int, error) {
+func (c *Client) sendChunks(ctx context.Context, st grpc.ClientStream, i int, step, version int64, tensors [][]float32, gate *checkedGate, sums *chunkSums, enc *encoder) (int, error) {
 	ch := Chunk{
 		Type: TypePushChunk, RunID: c.runID, WorkerID: c.workerID, Plan: c.plan.Fingerprint(), Flags: c.flags,
 		Step: step, Version: version, Server: i,
@@ -383,7 +473,7 @@ func (c *Client) sendChunks(ctx context.Context, st grpc.ClientStream, i int, st
 	if enc != nil {
 		enc.prepare(c.comp, parts, c.chunkFloats)
 	}
-	sent, used := 0, 0
+	sent, used, j := 0, 0, 0 // j: the chunk's index in the push
 	for k, p := range parts {
 		var t []float32
 		if gate != nil {
@@ -406,6 +496,8 @@ func (c *Client) sendChunks(ctx context.Context, st grpc.ClientStream, i int, st
 			}
 			ch.Part, ch.Offset, ch.Payload = p.ID, off, Bytes(data[off:off+n])
 			ch.Encoding, ch.Scale, ch.Count = EncodingFloat32, 0, 0
+			ch.CRC, ch.HasCRC = sums.sum(i, j, p)
+			j++
 			if enc != nil && p.Kind == Param {
 				used += enc.encode(&ch, c.comp, data[off:off+n], p.Flat+off, used)
 			}

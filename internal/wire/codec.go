@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"encoding/binary"
 	"fmt"
 	"unsafe"
 
@@ -73,24 +74,36 @@ func Floats(b []byte) []float32 {
 }
 
 // Finite reports whether f holds neither NaN nor ±Inf.
-func Finite(f []float32) bool {
-	// x-x is 0 for finite x and NaN otherwise. Eight lanes, one branch.
-	var acc [8]float32
-	i := 0
-	for ; i+8 <= len(f); i += 8 {
-		g := f[i : i+8 : i+8]
-		acc[0] += g[0] - g[0]
-		acc[1] += g[1] - g[1]
-		acc[2] += g[2] - g[2]
-		acc[3] += g[3] - g[3]
-		acc[4] += g[4] - g[4]
-		acc[5] += g[5] - g[5]
-		acc[6] += g[6] - g[6]
-		acc[7] += g[7] - g[7]
+func Finite(f []float32) bool { return finiteBytes(Bytes(f)) }
+
+// Exponent bits of two float32s in a little-endian uint64, and the lowest
+// exponent bit of each: adding it to a lane's exponent bits sets the
+// lane's top bit exactly when they are all ones (NaN or ±Inf), and never
+// carries into the other lane.
+const (
+	expBits2  = 0x7f800000_7f800000
+	expLow2   = 0x00800000_00800000
+	signBits2 = 0x80000000_80000000
+)
+
+// finiteBytes is Finite of b, the bytes of float32s (len(b) a multiple of
+// 4; b need not be aligned): eight bytes at a time, one branch at the end.
+func finiteBytes(b []byte) bool {
+	var acc uint64
+	for len(b) >= 32 {
+		x0 := binary.LittleEndian.Uint64(b[0:8])
+		x1 := binary.LittleEndian.Uint64(b[8:16])
+		x2 := binary.LittleEndian.Uint64(b[16:24])
+		x3 := binary.LittleEndian.Uint64(b[24:32])
+		acc |= (x0&expBits2 + expLow2) | (x1&expBits2 + expLow2) | (x2&expBits2 + expLow2) | (x3&expBits2 + expLow2)
+		b = b[32:]
 	}
-	for ; i < len(f); i++ {
-		acc[0] += f[i] - f[i]
+	for len(b) >= 8 {
+		acc |= binary.LittleEndian.Uint64(b[0:8])&expBits2 + expLow2
+		b = b[8:]
 	}
-	s := acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7]
-	return s == 0
+	if len(b) >= 4 {
+		acc |= uint64(binary.LittleEndian.Uint32(b[0:4]))&expBits2 + expLow2
+	}
+	return acc&signBits2 == 0
 }

@@ -59,8 +59,14 @@
 // decoder refuses unsorted, repeated or empty ids and empty decisions.
 //
 // With FlagChecksum (the client's default, asked of the server in
-// PullRequest.Flags) the CRC-32C covers the payload and is checked; it
-// costs about a quarter of the CPU of a transfer (ClientConfig.NoChecksum).
+// PullRequest.Flags) the CRC-32C covers the payload and is checked. It is
+// computed where the payload is already in cache, in pieces of 16 KiB: a
+// client checksums each chunk of a push in the same pass that checks the
+// tensors for NaN and Inf (Chunk.CRC carries the result to Marshal), a
+// receiver as it copies each piece out of gRPC's buffers (where a server
+// also checks a pushed float32 payload for NaN and Inf: Chunk.CheckFinite),
+// and a server once per version and chunk size, as it copies the weights
+// for pulls (ClientConfig.NoChecksum turns checksums off).
 //
 // A push (or pull) of server i is the server's parts in plan order, each
 // cut into chunks of at most the chunk size (1 MiB by default), with

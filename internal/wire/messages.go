@@ -53,8 +53,11 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // FlagChecksum in Chunk.Flags says the header's CRC-32C covers the
 // payload, and the receiver checks it. Without it the CRC is 0 and
-// unchecked. Senders set it unless told not to: it costs about a quarter
-// of the CPU of a push or pull, and catches what TCP's checksum misses.
+// unchecked. Senders set it unless told not to: it catches what TCP's
+// checksum misses, and costs little because nobody reads memory just to
+// compute it — a pushing client checksums each piece of its tensors as it
+// checks it for NaN and Inf, a receiver as it copies the piece out of
+// gRPC's buffers, and a server as it copies a version's weights for pulls.
 const FlagChecksum uint64 = 1
 
 // Chunk carries a contiguous range of one part: a gradient (or, for State
@@ -89,6 +92,19 @@ type Chunk struct {
 	// frees it once written (for zero-copy sends of reference-counted
 	// memory). Marshal clears it.
 	Buf mem.Buffer
+	// CRC, when HasCRC is set, is the payload's CRC-32C, computed by the
+	// sender beforehand (while the payload was in its cache): Marshal
+	// sends it instead of computing it, and clears HasCRC. Unused without
+	// FlagChecksum.
+	CRC    uint32
+	HasCRC bool
+	// CheckFinite asks Unmarshal to check a float32 payload for NaN and
+	// ±Inf as it copies it (while it is in cache); it sets NonFinite if it
+	// finds one. Other encodings are not checked (NonFinite stays false):
+	// check what they decode to.
+	CheckFinite bool
+	NonFinite   bool
+
 	// Dst, if set, is called by Unmarshal once the header is decoded, with
 	// the payload's length in bytes; it returns where the payload goes
 	// (exactly n bytes) or an error, which Unmarshal returns. Without Dst the
@@ -397,6 +413,7 @@ func (c *Chunk) marshal() (mem.BufferSlice, error) {
 		payload = buf.ReadOnlyData()
 	}
 	fail := func(err error) (mem.BufferSlice, error) {
+		c.HasCRC = false
 		if buf != nil {
 			buf.Free()
 		}
@@ -441,9 +458,14 @@ func (c *Chunk) marshal() (mem.BufferSlice, error) {
 	h = appendUvarint(h, uint64(c.Offset))
 	h = appendUvarint(h, uint64(count))
 	var crc uint32
-	if c.Flags&FlagChecksum != 0 {
+	switch {
+	case c.Flags&FlagChecksum == 0:
+	case c.HasCRC:
+		crc = c.CRC
+	default:
 		crc = crc32.Checksum(payload, castagnoli)
 	}
+	c.HasCRC = false
 	h = binary.LittleEndian.AppendUint32(h, crc)
 	// Added fields: a float32 chunk has none (and so decodes as before).
 	switch c.Encoding {
@@ -488,7 +510,7 @@ func (c *Chunk) unmarshal(data mem.BufferSlice) error {
 	c.Offset = d.int("offset", MaxTotalFloats)
 	count := d.int("length", MaxChunkBytes/4)
 	crc := d.fixed32("checksum")
-	c.Encoding, c.Scale, c.Count = EncodingFloat32, 0, 0
+	c.Encoding, c.Scale, c.Count, c.NonFinite = EncodingFloat32, 0, 0, false
 	n := count * 4
 	if len(d.b) > 0 {
 		c.Encoding = Encoding(d.uvarint("encoding", uint64(maxEncoding)))
@@ -527,14 +549,56 @@ func (c *Chunk) unmarshal(data mem.BufferSlice) error {
 	default:
 		dst = make([]byte, n)
 	}
-	copyFrom(data, len(hdr), dst)
-	if c.Flags&FlagChecksum == 0 {
-		crc = 0
-	} else if got := crc32.Checksum(dst, castagnoli); got != crc {
+	sum := c.Flags&FlagChecksum != 0
+	fin := c.CheckFinite && c.Encoding == EncodingFloat32
+	got, finite := copyChecked(data, len(hdr), dst, sum, fin)
+	if sum && got != crc {
 		return fmt.Errorf("%w: %w: part %d offset %d: crc %08x, header says %08x", ErrCorrupt, ErrChecksum, c.Part, c.Offset, got, crc)
 	}
+	c.NonFinite = fin && !finite
 	c.Payload = dst
 	return nil
+}
+
+// checkPiece is the most copyChecked copies before it checksums and checks
+// what it copied, so that those passes read from L1 rather than memory.
+const checkPiece = 16 << 10
+
+// copyChecked is copyFrom that also returns, if sum, the CRC-32C of dst
+// and, if fin, whether dst (float32s) is finite, each computed piece by
+// piece right after the piece is copied.
+func copyChecked(data mem.BufferSlice, off int, dst []byte, sum, fin bool) (crc uint32, finite bool) {
+	if !sum && !fin {
+		copyFrom(data, off, dst)
+		return 0, true
+	}
+	finite = true
+	w, checked := 0, 0 // bytes copied; bytes checked for finiteness (whole floats)
+	for _, buf := range data {
+		if w == len(dst) {
+			break
+		}
+		p := buf.ReadOnlyData()
+		if off >= len(p) {
+			off -= len(p)
+			continue
+		}
+		p = p[off:]
+		off = 0
+		for len(p) > 0 && w < len(dst) {
+			n := copy(dst[w:min(len(dst), w+checkPiece)], p)
+			if sum {
+				crc = crc32.Update(crc, castagnoli, dst[w:w+n])
+			}
+			p, w = p[n:], w+n
+			if fin {
+				end := w &^ 3
+				finite = finiteBytes(dst[checked:end]) && finite
+				checked = end
+			}
+		}
+	}
+	return crc, finite
 }
 
 // readHeaderEither is readHeader for either chunk type.

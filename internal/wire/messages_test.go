@@ -1,7 +1,9 @@
 package wire
 
 import (
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"math"
 	"reflect"
 	"testing"
@@ -180,6 +182,99 @@ func TestMarshalLimits(t *testing.T) {
 		if _, err := m.marshal(); err == nil {
 			t.Errorf("%T %+v: marshalled", m, m)
 		}
+	}
+}
+
+// Finite's exponent test, at every alignment and length: the largest
+// finite values, subnormals and -0 pass; every NaN pattern and ±Inf fail.
+func TestFiniteBits(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		bits   uint32
+		finite bool
+	}{
+		{"largest", 0x7f7fffff, true},
+		{"-largest", 0xff7fffff, true},
+		{"subnormal", 0x00000001, true},
+		{"-0", 0x80000000, true},
+		{"+inf", 0x7f800000, false},
+		{"-inf", 0xff800000, false},
+		{"quiet nan", 0x7fc00000, false},
+		{"signalling nan", 0x7f800001, false},
+		{"-nan all ones", 0xffffffff, false},
+	} {
+		for n := 1; n <= 19; n++ {
+			for at := 0; at < n; at++ {
+				for shift := 0; shift < 4; shift++ { // byte misalignment
+					raw := make([]byte, shift+4*n)
+					b := raw[shift:]
+					for i := range n {
+						binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(float32(i)-7.25))
+					}
+					binary.LittleEndian.PutUint32(b[4*at:], tc.bits)
+					if got := finiteBytes(b); got != tc.finite {
+						t.Fatalf("%s at %d of %d, offset %d: finite %v, want %v", tc.name, at, n, shift, got, tc.finite)
+					}
+				}
+			}
+		}
+	}
+}
+
+// Unmarshal's piecewise copy checks the CRC and, with CheckFinite, the
+// values, whatever pieces the payload arrives in.
+func TestChunkCheckedInPieces(t *testing.T) {
+	nan := float32(math.NaN())
+	for _, tc := range []struct {
+		name      string
+		values    []float32
+		check     bool
+		nonFinite bool
+	}{
+		{"finite", []float32{1, -2, 3, 4, 5}, true, false},
+		{"nan last", []float32{1, -2, 3, 4, nan}, true, true},
+		{"inf first", []float32{float32(math.Inf(-1)), 1, 2}, true, true},
+		{"nan unchecked", []float32{1, nan}, false, false},
+		{"long finite", make([]float32, 3*checkPiece/4+5), true, false},
+	} {
+		c := sampleChunk()
+		c.Payload = Bytes(tc.values)
+		b := encode(t, c)
+		for _, piece := range []int{len(b), 1, 3, 7, 4096} {
+			got := &Chunk{CheckFinite: tc.check}
+			if err := got.unmarshal(split(b, piece)); err != nil {
+				t.Fatalf("%s in pieces of %d: %v", tc.name, piece, err)
+			}
+			if got.NonFinite != tc.nonFinite {
+				t.Errorf("%s in pieces of %d: NonFinite %v, want %v", tc.name, piece, got.NonFinite, tc.nonFinite)
+			}
+			bad := append([]byte(nil), b...)
+			bad[len(bad)-1] ^= 1
+			if err := got.unmarshal(split(bad, piece)); !errors.Is(err, ErrChecksum) {
+				t.Errorf("%s in pieces of %d, payload damaged: got %v, want %v", tc.name, piece, err, ErrChecksum)
+			}
+		}
+	}
+}
+
+// A precomputed CRC is sent as given (a wrong one is caught by the
+// receiver) and used once.
+func TestChunkPrecomputedCRC(t *testing.T) {
+	c := sampleChunk()
+	c.CRC, c.HasCRC = crc32.Checksum(c.Payload, castagnoli), true
+	if err := new(Chunk).UnmarshalBinary(encode(t, c)); err != nil {
+		t.Fatalf("right CRC: %v", err)
+	}
+	if c.HasCRC {
+		t.Error("marshal left HasCRC set")
+	}
+	c.CRC, c.HasCRC = c.CRC^1, true
+	if err := new(Chunk).UnmarshalBinary(encode(t, c)); !errors.Is(err, ErrChecksum) {
+		t.Errorf("wrong CRC: got %v, want %v", err, ErrChecksum)
+	}
+	c.CRC = c.CRC ^ 1 ^ 0xdead // HasCRC is clear: computed again
+	if err := new(Chunk).UnmarshalBinary(encode(t, c)); err != nil {
+		t.Errorf("after use: %v", err)
 	}
 }
 
