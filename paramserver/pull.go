@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"hash/crc32"
 	"sync"
 	"sync/atomic"
 
@@ -20,7 +21,9 @@ import (
 // Pulls read an immutable copy of the weights taken once per version and
 // shared by every puller of that version; chunks are handed to gRPC
 // without copying and the copy is recycled when gRPC has written the last
-// of them. Updates never wait for a pull.
+// of them. The copy is checksummed as it is made, in the chunk size of
+// the pull that made it: pulls in that size send the stored CRCs, others
+// checksum as they send. Updates never wait for a pull.
 func (s *Server) Pull(req *wire.PullRequest, st grpc.ServerStream) error {
 	var reason, detail string
 	switch {
@@ -34,7 +37,9 @@ func (s *Server) Pull(req *wire.PullRequest, st grpc.ServerStream) error {
 		s.log.Warn("pull rejected", "worker", req.WorkerID, "reason", reason, "detail", detail)
 		return wire.RejectStatus(reason, detail)
 	}
-	snap, err := s.awaitSnapshot(st.Context(), req.MinVersion)
+	chunk := wire.ClampChunkBytes(req.ChunkBytes) / 4
+	sum := req.Flags&wire.FlagChecksum != 0
+	snap, err := s.awaitSnapshot(st.Context(), req.MinVersion, chunk, sum)
 	if err != nil {
 		if err == ErrClosed {
 			s.m.pullRejected[reasonIndex[wire.ReasonClosed]].Add(1)
@@ -43,17 +48,22 @@ func (s *Server) Pull(req *wire.PullRequest, st grpc.ServerStream) error {
 		return err
 	}
 	defer snap.unref()
-	chunk := wire.ClampChunkBytes(req.ChunkBytes) / 4
+	sums := snap.sums(chunk, sum)
 	ch := wire.Chunk{
 		Type: wire.TypePullChunk, RunID: s.cfg.RunID, WorkerID: req.WorkerID, Plan: s.plan.Fingerprint(), Flags: req.Flags & wire.FlagChecksum,
 		Step: snap.version, Version: snap.version, Server: s.cfg.Index,
 	}
+	j := 0 // the chunk's index in the pull
 	for _, p := range s.parts {
 		for off := 0; off < p.Len; off += chunk {
 			n := min(chunk, p.Len-off)
 			b := wire.Bytes(snap.data[p.Flat+off : p.Flat+off+n])
 			b = b[:len(b):len(b)]
 			ch.Part, ch.Offset, ch.Payload, ch.Buf = p.ID, off, nil, nil
+			if sums != nil {
+				ch.CRC, ch.HasCRC = sums[j], true
+			}
+			j++
 			if mem.IsBelowBufferPoolingThreshold(len(b)) {
 				// gRPC does not reference-count small buffers.
 				ch.Payload = bytes.Clone(b)
@@ -71,8 +81,10 @@ func (s *Server) Pull(req *wire.PullRequest, st grpc.ServerStream) error {
 }
 
 // awaitSnapshot waits for weights of at least version min and returns a
-// reference to the published copy of the current ones.
-func (s *Server) awaitSnapshot(ctx context.Context, min int64) (*snapshot, error) {
+// reference to the published copy of the current ones. A new copy is
+// checksummed, if sum, in chunks of chunk floats as it is made: the
+// checksums are then computed once per version, from cache.
+func (s *Server) awaitSnapshot(ctx context.Context, min int64, chunk int, sum bool) (*snapshot, error) {
 	s.mu.Lock()
 	for !s.initialised || s.version < min {
 		if s.closed {
@@ -95,7 +107,7 @@ func (s *Server) awaitSnapshot(ctx context.Context, min int64) (*snapshot, error
 	}
 	if s.pub == nil {
 		sn := s.snaps.get()
-		copy(sn.data, s.weights)
+		sn.fill(s.weights, s.parts, chunk, sum)
 		sn.version = s.version
 		sn.refs.Store(1) // the publication's reference
 		s.pub = sn
@@ -112,6 +124,46 @@ type snapshot struct {
 	version int64
 	data    []float32
 	refs    atomic.Int64
+	chunk   int      // floats per chunk of crcs
+	crcs    []uint32 // CRC-32C of every chunk of a pull, in part order; nil: not computed
+}
+
+// snapPiece is how much fill copies before it checksums what it copied
+// (from L1, instead of reading the copy back from memory).
+const snapPiece = 16 << 10 / 4
+
+// fill copies weights into the snapshot and, if sum, computes the
+// CRC-32C of each chunk of chunk floats of a pull of parts.
+func (sn *snapshot) fill(weights []float32, parts []wire.Part, chunk int, sum bool) {
+	if !sum {
+		copy(sn.data, weights)
+		sn.chunk, sn.crcs = 0, nil
+		return
+	}
+	sn.chunk, sn.crcs = chunk, sn.crcs[:0]
+	for _, p := range parts {
+		for off := 0; off < p.Len; off += chunk {
+			end := p.Flat + min(p.Len, off+chunk)
+			var crc uint32
+			for lo := p.Flat + off; lo < end; lo += snapPiece {
+				hi := min(end, lo+snapPiece)
+				copy(sn.data[lo:hi], weights[lo:hi])
+				crc = crc32.Update(crc, castagnoli, wire.Bytes(sn.data[lo:hi]))
+			}
+			sn.crcs = append(sn.crcs, crc)
+		}
+	}
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// sums returns the chunks' checksums for a pull in chunks of chunk floats
+// with checksums (sum), or nil if they must be computed as chunks are sent.
+func (sn *snapshot) sums(chunk int, sum bool) []uint32 {
+	if !sum || sn.crcs == nil || sn.chunk != chunk {
+		return nil
+	}
+	return sn.crcs
 }
 
 func (sn *snapshot) ref() { sn.refs.Add(1) }

@@ -341,7 +341,7 @@ func (s *Server) receive(st grpc.ServerStream, init bool) error {
 		}
 		return scratch[:n], nil
 	}
-	ch := &wire.Chunk{}
+	ch := &wire.Chunk{CheckFinite: true} // float32 payloads are checked as they are copied
 	ch.Dst = func(c *wire.Chunk, n int) ([]byte, error) {
 		if h.chunks == 0 {
 			h = pushHeader{runID: c.RunID, worker: c.WorkerID, step: c.Step, base: c.Version, plan: c.Plan, typ: c.Type, server: c.Server}
@@ -403,7 +403,7 @@ func (s *Server) receive(st grpc.ServerStream, init bool) error {
 				return s.refuse(st, &h, wire.ReasonCorrupt, fmt.Sprintf("part %d (%s): %v", ch.Part, s.parts[cur].Name, err))
 			}
 		}
-		if !wire.Finite(got) {
+		if ch.NonFinite || ch.Encoding != wire.EncodingFloat32 && !wire.Finite(got) {
 			return s.refuse(st, &h, wire.ReasonNonFinite, fmt.Sprintf("part %d (%s)", ch.Part, s.parts[cur].Name))
 		}
 		if off += ch.Len(); off == s.parts[cur].Len {
