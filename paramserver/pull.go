@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"hash/crc32"
+	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -133,27 +135,55 @@ type snapshot struct {
 const snapPiece = 16 << 10 / 4
 
 // fill copies weights into the snapshot and, if sum, computes the
-// CRC-32C of each chunk of chunk floats of a pull of parts.
+// CRC-32C of each chunk of chunk floats of a pull of parts; big snapshots
+// on every core (pullers wait for it).
 func (sn *snapshot) fill(weights []float32, parts []wire.Part, chunk int, sum bool) {
 	if !sum {
 		copy(sn.data, weights)
 		sn.chunk, sn.crcs = 0, nil
 		return
 	}
-	sn.chunk, sn.crcs = chunk, sn.crcs[:0]
+	type span struct{ lo, hi int } // a chunk, in floats of the server's layout
+	var spans []span
 	for _, p := range parts {
 		for off := 0; off < p.Len; off += chunk {
-			end := p.Flat + min(p.Len, off+chunk)
-			var crc uint32
-			for lo := p.Flat + off; lo < end; lo += snapPiece {
-				hi := min(end, lo+snapPiece)
-				copy(sn.data[lo:hi], weights[lo:hi])
-				crc = crc32.Update(crc, castagnoli, wire.Bytes(sn.data[lo:hi]))
-			}
-			sn.crcs = append(sn.crcs, crc)
+			spans = append(spans, span{p.Flat + off, p.Flat + min(p.Len, off+chunk)})
 		}
 	}
+	sn.chunk = chunk
+	sn.crcs = slices.Grow(sn.crcs[:0], len(spans))[:len(spans)]
+	fillChunk := func(k int) {
+		var crc uint32
+		for lo := spans[k].lo; lo < spans[k].hi; lo += snapPiece {
+			hi := min(spans[k].hi, lo+snapPiece)
+			copy(sn.data[lo:hi], weights[lo:hi])
+			crc = crc32.Update(crc, castagnoli, wire.Bytes(sn.data[lo:hi]))
+		}
+		sn.crcs[k] = crc
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(spans))
+	if len(weights) < parallelFillFloats || workers < 2 {
+		for k := range spans {
+			fillChunk(k)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	work := func() {
+		for k := int(next.Add(1) - 1); k < len(spans); k = int(next.Add(1) - 1) {
+			fillChunk(k)
+		}
+	}
+	for range workers - 1 {
+		wg.Go(work)
+	}
+	work()
+	wg.Wait()
 }
+
+// parallelFillFloats is the snapshot size from which fill uses every core.
+const parallelFillFloats = 1 << 20
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 

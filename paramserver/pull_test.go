@@ -2,7 +2,10 @@ package paramserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,4 +57,61 @@ func TestPullChunkSizes(t *testing.T) {
 		ref.step(t, g)
 		pulls[0], pulls[1] = pulls[1], pulls[0] // next, a checksummed pull makes the snapshot
 	}
+}
+
+// A model big enough that the client checks and checksums a push, and
+// the server copies and checksums a version, on every core: the weights
+// still arrive bit for bit, and a NaN anywhere is refused, naming the
+// first bad tensor in spec order.
+func TestBigModelParallelChecks(t *testing.T) {
+	spec := wire.Spec{
+		{Name: "small", Size: 1000},
+		{Name: "big", Size: 3<<20 + 3},
+		{Name: "bn/mean", Size: 16, Kind: wire.State},
+	}
+	cfg := testConfig(t, Sync, 1, 0)
+	cfg.Spec = spec
+	c := startCluster(t, NewStaticMembers("w0"), cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cl := c.client(t, "w0")
+	init := tensors(spec, 7)
+	if err := cl.Init(ctx, init); err != nil {
+		t.Fatal(err)
+	}
+	into := zeros(spec)
+	if v, err := cl.Pull(ctx, 0, into); err != nil || v != 0 {
+		t.Fatalf("pull: version %d, %v", v, err)
+	}
+	sameBits(t, spec, into, init)
+	for _, tc := range []struct {
+		name string
+		bad  map[int][]int // tensor → indexes set to NaN
+		want string
+	}{
+		{"last float of big", map[int][]int{1: {3<<20 + 2}}, `"big"`},
+		{"big and state", map[int][]int{1: {5}, 2: {0}}, `"big"`},
+		{"small and big", map[int][]int{1: {1 << 20}, 0: {999}}, `"small"`},
+	} {
+		g := tensors(spec, 8)
+		for ti, idx := range tc.bad {
+			for _, j := range idx {
+				g[ti][j] = float32(math.NaN())
+			}
+		}
+		_, err := cl.Push(ctx, 0, 0, g)
+		if !errors.Is(err, wire.ErrNonFinite) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want %v naming %s", tc.name, err, wire.ErrNonFinite, tc.want)
+		}
+	}
+	g := tensors(spec, 9)
+	if _, err := cl.Push(ctx, 0, 0, g); err != nil {
+		t.Fatal(err)
+	}
+	ref := newReference(t, cfg, init)
+	ref.step(t, g)
+	if v, err := cl.Pull(ctx, 1, into); err != nil || v != 1 {
+		t.Fatalf("pull: version %d, %v", v, err)
+	}
+	sameBits(t, spec, into, ref.weights)
 }
