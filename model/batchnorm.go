@@ -80,6 +80,7 @@ type batchNorm struct {
 	synced bool
 	m      float64
 	red    []float64
+	coef []float32 // per-channel scale and shift of a (n, c) pass
 	// preStats, if set, holds Σx and Σx² of every (image, channel) plane
 	// of the input, at 2·(i·c+ch) and 2·(i·c+ch)+1, computed by the conv
 	// that produced it while the plane was in cache (conv3x3.stats); the
@@ -121,6 +122,20 @@ func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
 		op.outT, op.out = newBuf(op.shape)
 	}
 	n, c, s := op.n, op.c, op.s
+	if s == 1 {
+		// (n, c): a row of channels per image, one float per plane
+		sc := op.scratch2(c)
+		for ch := range c {
+			sc[ch], sc[c+ch] = op.affine(ch, gamma, beta)
+		}
+		parallelFor(n, func(i int) {
+			out := op.out[i*c : (i+1)*c]
+			for ch, v := range x[i*c : (i+1)*c] {
+				out[ch] = v*sc[ch] + sc[c+ch]
+			}
+		})
+		return op.outT, nil
+	}
 	parallelFor(c, func(ch int) {
 		scale, shift := op.affine(ch, gamma, beta)
 		for i := 0; i < n; i++ {
@@ -130,6 +145,14 @@ func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
 		}
 	})
 	return op.outT, nil
+}
+
+// scratch2 returns the op's buffer of 2·c per-channel coefficients.
+func (op *batchNorm) scratch2(c int) []float32 {
+	if len(op.coef) < 2*c {
+		op.coef = make([]float32, 2*c)
+	}
+	return op.coef[:2*c]
 }
 
 // prepare sets the per-channel mean and 1/σ the pass normalises with: the
@@ -164,6 +187,12 @@ func (op *batchNorm) prepare(x []float32) error {
 		parallelFor(c, func(ch int) {
 			var sum, sumSq float64
 			for i := 0; i < n; i++ {
+				if s == 1 { // (n, c): one float per plane
+					a := float64(x[i*c+ch])
+					sum += a
+					sumSq += a * a
+					continue
+				}
 				a, q := vec.SumSq64(x[(i*c+ch)*s : (i*c+ch+1)*s])
 				sum += a
 				sumSq += q
@@ -320,7 +349,10 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 		for i := 0; i < n; i++ {
 			pl := i*c + ch
 			var a, d float64
-			if op.pool != nil {
+			if s == 1 { // (n, c): one float per plane
+				a = float64(dy[pl])
+				d = a * float64(x[pl])
+			} else if op.pool != nil {
 				a, d = sumDotAt64(dy[pl*ps:(pl+1)*ps], op.pool.arg[pl*ps:(pl+1)*ps], x[pl*s:(pl+1)*s])
 			} else {
 				a, d = vec.SumDot64(dy[pl*s:(pl+1)*s], x[pl*s:(pl+1)*s])
@@ -367,6 +399,14 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 			gi := dy[pl*ps : (pl+1)*ps]
 			out := op.out[pl*s : (pl+1)*s]
 			switch {
+			case s == 1 && f.maskInput:
+				// one float: vec.MaskedAffine's arithmetic, without a call
+				v := x[pl]
+				r := a*dy[pl] + b*v + cc
+				if int32(math.Float32bits(v)) <= 0 {
+					r = 0
+				}
+				out[0] = r
 			case op.pool != nil:
 				// dy is 0 but at the windows' maxima
 				affineAt(out, gi, op.pool.arg[pl*ps:(pl+1)*ps], xi, a, b, cc, f.maskInput)

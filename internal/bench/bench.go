@@ -39,9 +39,13 @@ type Config struct {
 	Layouts []string // PyTorch layouts to run: "nchw", "nhwc"
 }
 
-// DefaultConfig measures batch 32 training at 32, 64 and 96 px.
+// DefaultConfig measures batch 32 training at 32, 64 and 96 px, 20 timed
+// steps after 5 untimed ones in each process: a fresh process of either
+// framework runs its first ten or so steps up to 2x slower than later ones
+// (measured at 32 px inference: median 2,600 img/s over steps 3–7 against
+// 4,500–5,000 over 50 steps for tailor, 2,000 against 3,100 for PyTorch).
 func DefaultConfig() Config {
-	return Config{Sizes: []int{32, 64, 96}, Batch: 32, Classes: 15, Mode: "train", Iters: 5, Warmup: 2, Threads: 2, Pairs: 5,
+	return Config{Sizes: []int{32, 64, 96}, Batch: 32, Classes: 15, Mode: "train", Iters: 20, Warmup: 5, Threads: 2, Pairs: 5,
 		Python: "/usr/bin/python3", Layouts: []string{"nchw", "nhwc"}}
 }
 
