@@ -80,7 +80,7 @@ type batchNorm struct {
 	synced bool
 	m      float64
 	red    []float64
-	coef []float32 // per-channel scale and shift of a (n, c) pass
+	coef   []float32 // per-channel scale and shift of a (n, c) pass
 	// preStats, if set, holds Σx and Σx² of every (image, channel) plane
 	// of the input, at 2·(i·c+ch) and 2·(i·c+ch)+1, computed by the conv
 	// that produced it while the plane was in cache (conv3x3.stats); the
