@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/tailorml/tailor/fashion"
 	"github.com/tailorml/tailor/shard"
@@ -112,5 +113,70 @@ func TestShardCacheLookup(t *testing.T) {
 		if _, err := c.Lookup(ctx, "train", []uint64{id}); err == nil {
 			t.Errorf("record %d outside the train split accepted", id)
 		}
+	}
+}
+
+// gatedStore holds every Get until open is closed.
+type gatedStore struct {
+	shard.Store
+	open chan struct{}
+}
+
+func (s gatedStore) Get(ctx context.Context, name string) (io.ReadCloser, error) {
+	select {
+	case <-s.open:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.Store.Get(ctx, name)
+}
+
+// The input stall (ShardCache.Stall, the worker's input_stall_s) counts the
+// time Records waits for a read, and nothing when the records are there.
+func TestShardCacheStall(t *testing.T) {
+	st, m := testData(t)
+	train, _ := m.Split("train")
+	gs := gatedStore{Store: st, open: make(chan struct{})}
+	c := NewShardCache(gs, m, 4)
+	ctx := context.Background()
+	const hold = 50 * time.Millisecond
+	time.AfterFunc(hold, func() { close(gs.open) })
+	t0 := time.Now()
+	if _, err := c.Records(ctx, train.Shards[0].Name); err != nil {
+		t.Fatal(err)
+	}
+	waited := time.Since(t0)
+	if s := c.Stall(); s < hold*9/10 || s > waited {
+		t.Fatalf("stall %v after a read held for %v (Records took %v)", s, hold, waited)
+	}
+	// cached, or prefetched and read by the time it is asked for: no stall
+	before := c.Stall()
+	c.Prefetch(ctx, train.Shards[1].Name)
+	for !c.ready(train.Shards[1].Name) {
+		time.Sleep(time.Millisecond)
+	}
+	for _, name := range []string{train.Shards[0].Name, train.Shards[1].Name} {
+		if _, err := c.Records(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := c.Stall(); s != before {
+		t.Errorf("stall grew from %v to %v without a wait", before, s)
+	}
+}
+
+// ready reports whether the shard's read has finished.
+func (c *ShardCache) ready(name string) bool {
+	c.mu.Lock()
+	e := c.entries[name]
+	c.mu.Unlock()
+	if e == nil {
+		return false
+	}
+	select {
+	case <-e.done:
+		return true
+	default:
+		return false
 	}
 }

@@ -193,7 +193,7 @@ func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.Float64Var(&s.Adam.LR, "lr", s.Adam.LR, "Adam learning rate")
 	fs.StringVar(&s.Compression, "compression", s.Compression, "how workers encode pushed gradients: none, fp16, or topk (the largest --topk of every chunk; the rest carried into the next step)")
 	fs.BoolVar(&s.Overlap, "overlap", s.Overlap, "workers push each gradient tensor as soon as backprop has it, overlapping communication with compute")
-	fs.Float64Var(&s.TopK, "topk", s.TopK, "--compression topk: fraction of the gradient's floats sent per step (0: 0.1)")
+	fs.Float64Var(&s.TopK, "topk", s.TopK, "--compression topk: fraction of the gradient's floats sent per step (0: 0.2)")
 	fs.BoolVar(&s.Augment.Enabled, "augment", s.Augment.Enabled, "augment training images")
 	fs.BoolVar(&s.BNEstimate, "bn-estimate", s.BNEstimate, "re-estimate BatchNorm statistics before validating and saving")
 	fs.BoolVar(&s.SyncBN, "sync-bn", s.SyncBN, "sync: synchronise BatchNorm statistics across the workers of a step (global-batch statistics, as one process; off with --quorum)")
