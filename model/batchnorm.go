@@ -103,19 +103,8 @@ func newBatchNorm(shape tensor.Shape, eps float64, layer int, st *bnState, mode 
 }
 
 func (op *batchNorm) Do(vals ...G.Value) (G.Value, error) {
-	x, err := f32(vals[0], op.n*op.c*op.s, "batchnorm input")
+	x, gamma, beta, err := op.start(vals)
 	if err != nil {
-		return nil, err
-	}
-	gamma, err := f32(vals[1], op.c, "batchnorm gamma")
-	if err != nil {
-		return nil, err
-	}
-	beta, err := f32(vals[2], op.c, "batchnorm beta")
-	if err != nil {
-		return nil, err
-	}
-	if err := op.prepare(x); err != nil {
 		return nil, err
 	}
 	if op.out == nil {
@@ -153,6 +142,21 @@ func (op *batchNorm) scratch2(c int) []float32 {
 		op.coef = make([]float32, 2*c)
 	}
 	return op.coef[:2*c]
+}
+
+// start checks a forward pass's inputs (x, γ, β) and prepares the
+// statistics it normalises with.
+func (op *batchNorm) start(vals []G.Value) (x, gamma, beta []float32, err error) {
+	if x, err = f32(vals[0], op.n*op.c*op.s, "batchnorm input"); err != nil {
+		return nil, nil, nil, err
+	}
+	if gamma, err = f32(vals[1], op.c, "batchnorm gamma"); err != nil {
+		return nil, nil, nil, err
+	}
+	if beta, err = f32(vals[2], op.c, "batchnorm beta"); err != nil {
+		return nil, nil, nil, err
+	}
+	return x, gamma, beta, op.prepare(x)
 }
 
 // prepare sets the per-channel mean and 1/σ the pass normalises with: the

@@ -41,19 +41,8 @@ func newBNPool(shape tensor.Shape, k int, eps float64, layer int, st *bnState, m
 
 func (op *bnPool) Do(vals ...G.Value) (G.Value, error) {
 	f := op.bn
-	x, err := f32(vals[0], f.n*f.c*f.s, "batchnorm input")
+	x, gamma, beta, err := f.start(vals)
 	if err != nil {
-		return nil, err
-	}
-	gamma, err := f32(vals[1], f.c, "batchnorm gamma")
-	if err != nil {
-		return nil, err
-	}
-	beta, err := f32(vals[2], f.c, "batchnorm beta")
-	if err != nil {
-		return nil, err
-	}
-	if err := f.prepare(x); err != nil {
 		return nil, err
 	}
 	planes, ip, opl := f.n*f.c, f.s, op.oh*op.ow
