@@ -79,7 +79,10 @@ func (op *reluGrad) Do(vals ...G.Value) (G.Value, error) {
 // ---- max pooling ----
 
 // maxPool is a k×k max-pool with stride k and no padding (Keras' MaxPooling2D
-// with pool_size k): the output is floor((h-k)/k)+1 on each side.
+// with pool_size k): the output is floor((h-k)/k)+1 on each side. The net
+// pools inside bnPool (training) and convBlock (inference), which share its
+// kernels (pool2Arg, pool3Arg, poolArg); the op on its own is their
+// reference in the tests.
 type maxPool struct {
 	opBase
 	n, c, h, w, k, oh, ow int
