@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -284,15 +285,28 @@ func ParseLine(line string) (Measurement, error) {
 
 // WriteTable prints the rows as a Markdown table.
 func WriteTable(w io.Writer, c Config, rows []Row) {
-	fmt.Fprintf(w, "| size | mode | tailor img/s | tailor GFLOP/s | tailor peak RSS MB | PyTorch img/s (layout) | PyTorch peak RSS MB | ratio |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| size | mode | tailor img/s (range) | tailor GFLOP/s | tailor peak RSS MB | PyTorch img/s (layout; range) | PyTorch peak RSS MB | ratio |\n|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		torch, trss, ratio := "-", "-", "-"
 		if r.TorchBest != "" {
 			t := r.Torch[r.TorchBest]
-			torch = fmt.Sprintf("%.1f (%s)", t.ImgPerSec, r.TorchBest)
+			torch = fmt.Sprintf("%.1f (%s%s)", t.ImgPerSec, r.TorchBest, spread("; ", r.TorchRuns))
 			trss = fmt.Sprintf("%.0f", t.PeakRSSMB)
 			ratio = fmt.Sprintf("%.2fx", r.Ratio)
 		}
-		fmt.Fprintf(w, "| %d | %s | %.1f | %.1f | %.0f | %s | %s | %s |\n", r.Size, c.Mode, r.Tailor.ImgPerSec, r.GFLOPs, r.Tailor.PeakRSSMB, torch, trss, ratio)
+		ours := fmt.Sprintf("%.1f", r.Tailor.ImgPerSec)
+		if s := spread("", r.TailorRuns); s != "" {
+			ours += " (" + s + ")"
+		}
+		fmt.Fprintf(w, "| %d | %s | %s | %.1f | %.0f | %s | %s | %s |\n", r.Size, c.Mode, ours, r.GFLOPs, r.Tailor.PeakRSSMB, torch, trss, ratio)
 	}
+}
+
+// spread is "min–max" of several measurements after prefix, or "" for
+// fewer than two.
+func spread(prefix string, v []float64) string {
+	if len(v) < 2 {
+		return ""
+	}
+	return fmt.Sprintf("%s%.0f–%.0f", prefix, slices.Min(v), slices.Max(v))
 }

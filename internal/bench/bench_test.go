@@ -41,8 +41,11 @@ func TestSingleRoundTrip(t *testing.T) {
 	}
 	var buf bytes.Buffer
 	WriteTable(&buf, c, []Row{{Size: 32, Tailor: Measurement{ImgPerSec: 10, PeakRSSMB: 100}, GFLOPs: 1,
-		Torch: map[string]Measurement{"nchw": {ImgPerSec: 20, PeakRSSMB: 50}}, TorchBest: "nchw", Ratio: 0.5}})
-	if !strings.Contains(buf.String(), "0.50x") {
-		t.Errorf("table: %s", buf.String())
+		Torch: map[string]Measurement{"nchw": {ImgPerSec: 20, PeakRSSMB: 50}}, TorchBest: "nchw", Ratio: 0.5,
+		TailorRuns: []float64{9, 10, 12}, TorchRuns: []float64{20, 18, 25}}})
+	for _, want := range []string{"| 10.0 (9–12) |", "| 20.0 (nchw; 18–25) |", "0.50x"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("table lacks %q: %s", want, buf.String())
+		}
 	}
 }
