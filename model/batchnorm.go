@@ -2,11 +2,12 @@ package model
 
 import (
 	"fmt"
-	"github.com/tailorml/tailor/internal/vec"
 	"math"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
+
+	"github.com/tailorml/tailor/internal/vec"
 )
 
 // BNMode says which statistics a BatchNorm layer normalises with.

@@ -2,10 +2,11 @@ package model
 
 import (
 	"fmt"
-	"github.com/tailorml/tailor/internal/vec"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
+
+	"github.com/tailorml/tailor/internal/vec"
 )
 
 // convBlock is the inference form of a conv block: 3x3 conv + bias → ReLU →

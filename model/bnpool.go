@@ -2,10 +2,11 @@ package model
 
 import (
 	"fmt"
-	"github.com/tailorml/tailor/internal/vec"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
+
+	"github.com/tailorml/tailor/internal/vec"
 )
 
 // bnPool is BatchNorm followed by a k×k, stride-k max-pool, for training.

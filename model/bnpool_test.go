@@ -2,13 +2,14 @@ package model
 
 import (
 	"fmt"
-	"github.com/tailorml/tailor/internal/vec"
 	"math"
 	"math/rand/v2"
 	"testing"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
+
+	"github.com/tailorml/tailor/internal/vec"
 )
 
 // im2col and col2im (one shifted block copy or vector add per kernel

@@ -2,12 +2,12 @@ package model
 
 import (
 	"fmt"
-	"github.com/tailorml/tailor/internal/vec"
 
 	"gonum.org/v1/gonum/blas/gonum"
-
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
+
+	"github.com/tailorml/tailor/internal/vec"
 )
 
 // gonumBLAS is gonum's pure-Go BLAS, for its assembly vector kernels
