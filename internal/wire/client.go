@@ -210,9 +210,12 @@ func (c *Client) newSums(stream int) *chunkSums {
 	return s
 }
 
+// covers reports whether the push's CRCs of part p are precomputed here.
+func (s *chunkSums) covers(p Part) bool { return s != nil && !(s.skip && p.Kind == Param) }
+
 // sum is the precomputed CRC-32C of chunk j of server i's push, if known.
 func (s *chunkSums) sum(i, j int, p Part) (uint32, bool) {
-	if s == nil || s.skip && p.Kind == Param {
+	if !s.covers(p) {
 		return 0, false
 	}
 	return s.crc[i][j], true
@@ -236,7 +239,7 @@ func (c *Client) appendScan(jobs []scanJob, t int, data []float32, sums *chunkSu
 	for _, r := range c.where[t] {
 		p := c.plan.ServerParts(r.server)[r.k]
 		var crc []uint32
-		if sums != nil && !(sums.skip && p.Kind == Param) {
+		if sums.covers(p) {
 			crc = sums.crc[r.server][c.firstChunk[r.server][r.k]:]
 		}
 		b := Bytes(data[p.Offset : p.Offset+p.Len])
