@@ -41,6 +41,8 @@ func runLocal(ctx context.Context, env *Env) int {
 		secure             bool
 		sec                securityFlags
 		gossipKeyFile      string
+		restartLimit       int
+		restartWindow      time.Duration
 	)
 	fs := newFlagSet(env, "local", "", `
 Starts a real cluster on this machine and trains on it: an embedded etcd, a
@@ -54,6 +56,19 @@ them. The store is checked before anything starts. Every role serves
 Prometheus /metrics on a free port; 'tailor status' shows the run. Ctrl-C
 stops every process. The model, history and plot end up in OUT/run. With
 --etcd the processes use that etcd instead of an embedded one.
+
+Every process is supervised as systemd's Restart=on-failure does: one that
+exits with an error or is killed is started again, with the same flags,
+after 200ms, doubling to 5s (back to 200ms once it ran for 30s), at most
+--restart-limit times within any --restart-window. A worker comes back and
+asks for work; a parameter server comes back and the leader rolls the
+servers back to the last checkpoint; a coordinator comes back and stands by
+in the election (or, the only one, wins it and resumes from the last
+checkpoint). A process that exits cleanly is not restarted: its work is
+done. One that fails past the limit is left down if the run can go on
+without it (a worker, the standby, the first coordinator with --standby);
+otherwise the run stops with an error naming it. The run ends when the
+leader records it done, or on Ctrl-C.
 
 With --secure the processes talk over mutual TLS, gossip is encrypted and
 the embedded etcd serves clients over TLS, requires a client certificate and
@@ -76,6 +91,8 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 	fs.BoolVar(&secure, "secure", false, "mutual TLS, encrypted gossip, etcd over TLS with a user: certificates, keys and passwords made in OUT/certs")
 	fs.StringVar(&gossipKeyFile, "gossip-key-file", os.Getenv("TAILOR_GOSSIP_KEY_FILE"), "file holding the hex gossip key of the processes (with --secure default: OUT/certs/gossip.key, made if missing)")
 	sec.add(fs)
+	fs.IntVar(&restartLimit, "restart-limit", 10, "restarts of each process within --restart-window before it is given up (0: never restart; then a parameter server's or the only coordinator's failure ends the run)")
+	fs.DurationVar(&restartWindow, "restart-window", 10*time.Minute, "the window --restart-limit counts restarts in")
 	fs.BoolVar(&keep, "resume", false, "resume the run in OUT from its newest checkpoint (keeps OUT's etcd data) instead of starting afresh")
 	addSpecFlags(fs, &s)
 	if code, done := parse(env, fs); done {
@@ -83,6 +100,12 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 	}
 	if workers < 1 {
 		return fail(env, errors.New("--workers: want at least 1"))
+	}
+	if restartLimit < 0 {
+		return fail(env, errors.New("--restart-limit: want 0 or more"))
+	}
+	if restartLimit > 0 && restartWindow <= 0 {
+		return fail(env, errors.New("--restart-window: want a positive duration"))
 	}
 	s.Workers = workers // the first step waits for all of them: reproducible sync runs
 	if s.Out == "" {
@@ -218,46 +241,48 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 		strings.Join(append(append([]string{"tailor", "status", "--etcd", etcdList, "--run", s.Run}, secArgs...), "--watch", "2s"), " "))
 	childEnv := localChildEnv(embedded, child)
 	g := supervise.New(env.Stderr, 5*time.Second)
-	start := func(name string, args ...string) error {
-		return g.Start(supervise.Spec{Name: name, Path: self, Args: args, Env: childEnv})
+	// every role is started again when it fails (see the help text); an
+	// optional one may stay down past its limit, the run goes on without it
+	policy := supervise.DefaultRestartPolicy()
+	policy.Limit, policy.Window = restartLimit, restartWindow
+	start := func(name string, optional bool, args ...string) error {
+		return g.Start(supervise.Spec{Name: name, Path: self, Args: args, Env: childEnv,
+			Optional: optional, Restart: restartLimit > 0, Policy: policy})
 	}
-	if err := start("coordinator", append(append([]string{"coordinator", "--id", "coord-a"}, common...), listen...)...); err != nil {
+	// the run is over when a coordinator (the leader) exits cleanly, after
+	// recording the run's status; the other exits cleanly too once it sees
+	// it. With a standby, either coordinator may fail for good: the other
+	// takes over from the last checkpoint.
+	until := map[string]bool{"coordinator": true}
+	if err := start("coordinator", standby, append(append([]string{"coordinator", "--id", "coord-a"}, common...), listen...)...); err != nil {
 		return fail(env, err)
 	}
 	if standby {
-		if err := start("standby", append(append([]string{"coordinator", "--id", "coord-b"}, common...), listen...)...); err != nil {
+		until["standby"] = true
+		if err := start("standby", true, append(append([]string{"coordinator", "--id", "coord-b"}, common...), listen...)...); err != nil {
 			g.Stop()
 			return fail(env, err)
 		}
 	}
 	for i := 0; i < s.ParamServers; i++ {
-		// a parameter server that dies is started again: the coordinator
-		// rolls every server back to the last checkpoint once it is back
-		err := g.Start(supervise.Spec{Name: fmt.Sprintf("ps%d", i), Path: self, Restart: true, Env: childEnv,
-			Args: append(append([]string{"paramserver", "--index", strconv.Itoa(i)}, common...), listen...)})
-		if err != nil {
+		// a parameter server that comes back is rolled back, with the
+		// others, to the last checkpoint by the leader; the run needs
+		// every one of them
+		if err := start(fmt.Sprintf("ps%d", i), false, append(append([]string{"paramserver", "--index", strconv.Itoa(i)}, common...), listen...)...); err != nil {
 			g.Stop()
 			return fail(env, err)
 		}
 	}
 	for i := 0; i < workers; i++ {
+		// a worker that comes back asks for work again; one left down
+		// leaves its units to the others
 		id := fmt.Sprintf("w%d", i)
-		if err := start(id, append([]string{"worker", "--id", id}, common...)...); err != nil {
+		if err := start(id, true, append([]string{"worker", "--id", id}, common...)...); err != nil {
 			g.Stop()
 			return fail(env, err)
 		}
 	}
-	// the run is over when a coordinator (the leader) exits cleanly; the
-	// other exits cleanly too once it sees the run's status. Workers and the
-	// standby may die (the run goes on without them).
-	coordinators := map[string]bool{"coordinator": true, "standby": true}
-	// with a standby, the first coordinator may die too: the standby takes
-	// over from the last checkpoint
-	tolerated := map[string]bool{"standby": true, "coordinator": standby}
-	for i := 0; i < workers; i++ {
-		tolerated[fmt.Sprintf("w%d", i)] = true
-	}
-	err = g.Wait(ctx, coordinators, tolerated)
+	err = g.Wait(ctx, until, nil)
 	if err != nil {
 		return fail(env, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -126,8 +127,9 @@ func runLocal(t *testing.T, bin, data, mode string, workers int, shuffle, unitSi
 }
 
 // A worker killed with SIGKILL in the middle of a sync run: the others
-// carry on (its batch and units go to them), the run completes, and every
-// record is consumed exactly once per epoch.
+// carry on (its batch and units go to them), tailor local starts it again
+// and it gets work, the run completes, and every record is consumed
+// exactly once per epoch.
 func TestLocalClusterWorkerKilled(t *testing.T) {
 	bin := buildTailor(t)
 	data := testShards(t, 24)
@@ -138,11 +140,31 @@ func TestLocalClusterWorkerKilled(t *testing.T) {
 		"--epochs", "3", "--batch", "8", "--unit-size", "32", "--audit")
 	// wait until the first epoch is done, then kill worker w1
 	r.waitFor(regexp.MustCompile(`msg=epoch`), 2*time.Minute)
+	killedIn := strings.Count(r.log.String(), "msg=epoch") // epochs done before the kill
 	r.signal("worker --id w1", "-9")
 	log := r.wait("after a worker was killed")
 	if !strings.Contains(log, "worker lost") || !strings.Contains(log, "worker=w1") {
 		t.Errorf("the coordinator did not notice w1's death:\n%s", log)
 	}
+	if !strings.Contains(log, "w1          | exited: signal: killed; restarting in ") {
+		t.Errorf("w1 was not restarted:\n%s", log)
+	}
+	// the restarted w1 trained: steps.csv has its losses in an epoch after
+	// the one it was killed in
+	steps, _ := os.ReadFile(filepath.Join(out, "run", "steps.csv"))
+	lastEpoch := -1
+	for _, line := range strings.Split(string(steps), "\n") {
+		f := strings.Split(line, ",")
+		if len(f) == 4 && f[2] == "w1" {
+			if e, err := strconv.Atoi(f[1]); err == nil && e > lastEpoch {
+				lastEpoch = e
+			}
+		}
+	}
+	if lastEpoch <= killedIn && killedIn < 2 { // killed in the last epoch, it may have come back too late
+		t.Errorf("w1 trained last in epoch %d, was killed in epoch %d: it did not get work after it was restarted\n%s", lastEpoch+1, killedIn+1, log)
+	}
+	t.Logf("w1 killed in epoch %d, trained again up to epoch %d", killedIn+1, lastEpoch+1)
 	wantEpochs(t, out, 3)
 	// the dead worker's records went to the others: each exactly once
 	if n := checkAudit(t, filepath.Join(out, "run"), data, 3); n != 0 {
