@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +50,7 @@ type psCluster struct {
 	servers []*Server
 	addrs   []string
 	spec    wire.Spec
+	stops   []func() // stop server i (idempotent)
 }
 
 // startCluster starts one server per config; they stop when the test ends.
@@ -67,7 +69,10 @@ func startCluster(tb testing.TB, members Membership, cfgs ...Config) *psCluster 
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); _ = s.Serve(ctx, lis) }()
-		tb.Cleanup(func() { cancel(); <-done; s.Close() })
+		var once sync.Once
+		stop := func() { once.Do(func() { cancel(); <-done; s.Close() }) }
+		tb.Cleanup(stop)
+		c.stops = append(c.stops, stop)
 		c.servers = append(c.servers, s)
 		c.addrs = append(c.addrs, lis.Addr().String())
 	}

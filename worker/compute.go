@@ -64,10 +64,6 @@ func NewCompute(cfg ComputeConfig, net *model.Net, client *wire.Client) *Compute
 	return &Compute{cfg: cfg, net: net, client: client, tensors: tensors}
 }
 
-// SetClient replaces the connection to the parameter servers (one of them
-// moved: restarted elsewhere).
-func (c *Compute) SetClient(client *wire.Client) { c.client = client }
-
 // SetBNSync makes every step's BatchNorm synchronised through f (see
 // model.StepOptions.BNSync): f exchanges a slot's sums for their totals
 // over the step's workers.

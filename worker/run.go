@@ -8,7 +8,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"math"
-	"slices"
+	"os"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -18,6 +18,7 @@ import (
 	"github.com/tailorml/tailor/internal/fault"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/netspec"
+	"github.com/tailorml/tailor/internal/retry"
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/shard"
 )
@@ -100,7 +101,24 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	defer func() { client.Close() }()
+	defer client.Close()
+	// the client is the one owner of the servers' addresses: membership
+	// (etcd's watch and gossip) moves a server that comes back elsewhere,
+	// so no pull, push or retry can keep dialling an address it replaced
+	fctx, stopFollow := context.WithCancel(ctx)
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		cluster.FollowRanks(fctx, mem, cluster.RoleParamServer, spec.ParamServers, AddrGRPC, psAddrs, func(addrs []string) {
+			moved, err := client.SetAddrs(addrs)
+			if err != nil {
+				log.Error("following the parameter servers", "err", err)
+				return
+			}
+			log.Info("parameter servers moved; following", "servers", moved, "addrs", addrs)
+		}, 0)
+	}()
+	defer func() { stopFollow(); <-followed }()
 	mean, std := man.Normalization()
 	// sync workers draw the dropout masks of one process's global batch,
 	// each its slice (rank 0, and the batch's offset in the step); async
@@ -132,7 +150,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	w := &runner{cfg: cfg, spec: spec, log: log, cli: cli, elect: elect, comp: comp, ps: client, cache: cache, man: man, m: m,
-		mem: mem, wspec: wspec, psAddrs: psAddrs}
+		hold: fault.String("worker." + cfg.ID + ".hold")}
 	if spec.SyncBatchNorm() {
 		stall := fault.Duration("worker." + cfg.ID + ".bnstall")
 		comp.SetBNSync(func(ctx context.Context, step int64, slot int, vals []float64) error {
@@ -142,9 +160,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return w.reduceBN(ctx, step, slot, vals)
 		})
 	}
-	err = w.loop(ctx)
-	client = w.ps // the one to close
-	return err
+	return w.loop(ctx)
 }
 
 type runner struct {
@@ -154,14 +170,11 @@ type runner struct {
 	cli   *clientv3.Client
 	elect *cluster.Election
 	comp  *Compute
-	ps    *wire.Client
-	// where the parameter servers are, to follow one that restarts elsewhere
-	mem     *cluster.Membership
-	wspec   wire.Spec
-	psAddrs []string
-	cache   *ShardCache
-	man     *shard.Manifest
-	m       *metrics
+	ps    *wire.Client // follows the servers' addresses (cluster.FollowRanks)
+	cache *ShardCache
+	man   *shard.Manifest
+	m     *metrics
+	hold  string // fault injection: a file that, while it exists, holds the worker between steps
 
 	conn       *grpc.ClientConn
 	coordAddr  string
@@ -227,7 +240,9 @@ func (w *runner) loop(ctx context.Context) error {
 	}
 	done, loss := int64(-1), 0.0
 	idle := false // told the parameter servers (SSP) since the last step
-	backoff := 100 * time.Millisecond
+	askFail := &retry.Streak{Log: w.log, What: "asking for work"}
+	pullFail := &retry.Streak{Log: w.log, What: "pulling the step's weights"}
+	var backoff retry.Backoff
 	for {
 		wc, err := w.coordinator(ctx)
 		if err != nil {
@@ -239,30 +254,29 @@ func (w *runner) loop(ctx context.Context) error {
 				return ctx.Err()
 			}
 			// the coordinator may have died: find the new leader
-			w.log.Warn("asking for work failed; retrying", "err", err, "backoff", backoff)
+			askFail.Fail(err)
 			w.work, w.coordAddr = nil, ""
-			time.Sleep(backoff)
-			backoff = min(2*backoff, 3*time.Second)
+			if !backoff.Wait(ctx) {
+				return ctx.Err()
+			}
 			continue
 		}
-		backoff = 100 * time.Millisecond
+		askFail.OK()
 		if rep.Gen != w.gen {
 			// a new leader, or a rollback: what this worker did before is
-			// not this generation's business
+			// not this generation's business, nor is the top-k residual of
+			// its undone steps (a checkpoint holds none)
+			if w.gen != 0 {
+				w.ps.ResetResidual()
+			}
 			w.gen, done, idle = rep.Gen, -1, false
 		}
 		switch rep.Kind {
 		case wire.WorkDone:
-			c := w.comp
-			total := c.ComputeTime + c.PushTime + c.PullTime
-			w.log.Info("run done", "steps", done+1, "compute_s", c.ComputeTime.Seconds(), "input_s", c.InputTime.Seconds(),
-				"push_s", c.PushTime.Seconds(), "push_span_s", c.PushSpan.Seconds(), "overlap", w.spec.Overlap,
-				"pull_s", c.PullTime.Seconds(), "bn_sync_s", c.BNSyncTime.Seconds(), "input_stall_s", w.cache.Stall().Seconds(),
-				"communication_share", math.Round(100*float64(c.PushTime+c.PullTime)/float64(max(total, 1)))/100,
-				"compression", w.spec.WireCompression().Encoding.String(), "push_bytes", c.PushBytes, "pushes", c.Pushes,
-				"push_bytes_per_step", c.PushBytes/uint64(max(c.Pushes, 1)))
+			w.logDone(done)
 			return nil
 		case wire.WorkWait:
+			backoff.Reset()
 			if w.spec.Mode == job.ModeSSP && !idle && done >= 0 {
 				// no batch for now: stop counting as the slowest worker
 				if err := w.ps.Idle(ctx, done+1); err != nil {
@@ -291,11 +305,15 @@ func (w *runner) loop(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				w.log.Warn("pulling the step's weights failed; asking again", "step", rep.Step, "err", err)
-				time.Sleep(backoff)
+				pullFail.Fail(err, "step", rep.Step, "servers", w.ps.Addrs())
+				if !backoff.Wait(ctx) {
+					return ctx.Err()
+				}
 				continue
 			}
+			pullFail.OK("step", rep.Step)
 		}
+		backoff.Reset()
 		t0 := time.Now()
 		loss, err = w.comp.Step(ctx, rep.Step, int(rep.Epoch), int(rep.Offset), recs)
 		if err != nil {
@@ -320,13 +338,53 @@ func (w *runner) loop(ctx context.Context) error {
 		done = rep.Step
 		w.m.step(len(recs), loss, time.Since(t0), w.comp)
 		w.m.stall.Set(w.cache.Stall().Seconds())
+		if err := w.holdFault(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// logDone logs the worker's totals at the end of the run.
+func (w *runner) logDone(done int64) {
+	c := w.comp
+	total := c.ComputeTime + c.PushTime + c.PullTime
+	w.log.Info("run done", "steps", done+1, "compute_s", c.ComputeTime.Seconds(), "input_s", c.InputTime.Seconds(),
+		"push_s", c.PushTime.Seconds(), "push_span_s", c.PushSpan.Seconds(), "overlap", w.spec.Overlap,
+		"pull_s", c.PullTime.Seconds(), "bn_sync_s", c.BNSyncTime.Seconds(), "input_stall_s", w.cache.Stall().Seconds(),
+		"communication_share", math.Round(100*float64(c.PushTime+c.PullTime)/float64(max(total, 1)))/100,
+		"compression", w.spec.WireCompression().Encoding.String(), "push_bytes", c.PushBytes, "pushes", c.Pushes,
+		"push_bytes_per_step", c.PushBytes/uint64(max(c.Pushes, 1)))
+}
+
+// holdFault is the fault worker.<id>.hold: while its file exists, the
+// worker waits here, between two steps, as one that is idle while a fault
+// happens elsewhere.
+func (w *runner) holdFault(ctx context.Context) error {
+	if w.hold == "" {
+		return nil
+	}
+	logged := false
+	for {
+		if _, err := os.Stat(w.hold); err != nil {
+			if logged {
+				w.log.Info("fault: released", "file", w.hold)
+			}
+			return nil
+		}
+		if !logged {
+			w.log.Info("fault: holding between steps", "file", w.hold, "version", w.comp.Version())
+			logged = true
+		}
+		if !retry.Sleep(ctx, 20*time.Millisecond) {
+			return ctx.Err()
+		}
 	}
 }
 
 // pullRetry pulls the current weights, retrying (with backoff) while the
 // servers are unreachable or not initialised, until ctx ends.
 func (w *runner) pullRetry(ctx context.Context) error {
-	backoff := 200 * time.Millisecond
+	b := retry.Backoff{Base: 200 * time.Millisecond}
 	for {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := w.comp.Pull(pctx, 0)
@@ -337,35 +395,9 @@ func (w *runner) pullRetry(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		w.log.Debug("weights not available", "err", err, "backoff", backoff)
-		w.followServers(ctx)
-		select {
-		case <-ctx.Done():
+		w.log.Debug("weights not available", "err", err, "servers", w.ps.Addrs())
+		if !b.Wait(ctx) {
 			return ctx.Err()
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 3*time.Second)
 	}
-}
-
-// followServers reconnects to the parameter servers if one of them now
-// serves at another address (it was restarted).
-func (w *runner) followServers(ctx context.Context) {
-	lctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	addrs, err := cluster.WaitRanks(lctx, w.mem, cluster.RoleParamServer, len(w.psAddrs), AddrGRPC)
-	if err != nil || slices.Equal(addrs, w.psAddrs) {
-		return
-	}
-	// a new client starts with a zero top-k residual, as a restarted worker
-	client, err := wire.NewClient(wire.ClientConfig{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Addrs: addrs, Spec: w.wspec, TLS: w.cfg.TLS,
-		Compression: w.spec.WireCompression()})
-	if err != nil {
-		w.log.Warn("reconnecting to the parameter servers", "err", err)
-		return
-	}
-	w.log.Info("parameter servers moved; reconnected", "addrs", addrs)
-	w.ps.Close()
-	w.ps, w.psAddrs = client, addrs
-	w.comp.SetClient(client)
 }

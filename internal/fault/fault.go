@@ -8,6 +8,8 @@
 //	worker.<id>.delay=DURATION   a worker sleeps this long before each push (a straggler)
 //	worker.<id>.bnstall=DURATION a worker sleeps this long before each step's first
 //	                             synchronised-BatchNorm exchange (a member that does not compute)
+//	worker.<id>.hold=PATH        after each step, while the file PATH exists, a worker
+//	                             waits before asking for more work (idle through a fault)
 package fault
 
 import (
@@ -43,4 +45,10 @@ func Duration(name string) time.Duration {
 		return 0
 	}
 	return d
+}
+
+// String returns the fault name's value, or "" if it is not set.
+func String(name string) string {
+	once.Do(load)
+	return faults[name]
 }

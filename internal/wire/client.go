@@ -8,10 +8,13 @@ import (
 	"hash/crc32"
 	"io"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 )
 
 // ClientConfig configures a worker's connection to the parameter servers.
@@ -19,7 +22,8 @@ type ClientConfig struct {
 	RunID    string
 	WorkerID string
 	// Addrs holds one address per server, in server-index order; their
-	// number is the plan's server count.
+	// number is the plan's server count. SetAddrs moves a server to another
+	// address later (it was restarted elsewhere).
 	Addrs []string
 	// Spec is the model's tensors, exactly as the servers have it.
 	Spec Spec
@@ -54,10 +58,16 @@ type Client struct {
 	plan            *Plan
 	chunkFloats     int
 	flags           uint64
-	conns           []*grpc.ClientConn
-	comp            Compression
-	enc             []encoder // per server, when compressing
-	pushed          atomic.Uint64
+	// conns[i] dials server i through resolvers[i], whose one address is
+	// addrs[i]: SetAddrs changes where a connection goes without a new
+	// connection object, so every push, pull and call on it follows
+	conns     []*grpc.ClientConn
+	resolvers []*manual.Resolver
+	addrMu    sync.Mutex
+	addrs     []string
+	comp      Compression
+	enc       []encoder // per server, when compressing
+	pushed    atomic.Uint64
 	// where each tensor's parts are: (server, index in its ServerParts)
 	where [][]partRef
 	// per server, the number of chunks of a push or pull and the first
@@ -119,14 +129,78 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	opts := append(DialOptions(cfg.TLS), cfg.DialOptions...)
 	for i, a := range cfg.Addrs {
-		conn, err := grpc.NewClient(a, opts...)
+		if a == "" {
+			c.Close()
+			return nil, fmt.Errorf("wire: server %d: empty address", i)
+		}
+		r := manual.NewBuilderWithScheme(serverScheme)
+		r.InitialState(serverState(a))
+		conn, err := grpc.NewClient(fmt.Sprintf("%s:///server-%d", serverScheme, i), append(opts, grpc.WithResolvers(r))...)
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("wire: server %d at %q: %w", i, a, err)
 		}
 		c.conns = append(c.conns, conn)
+		c.resolvers = append(c.resolvers, r)
 	}
+	c.addrs = slices.Clone(cfg.Addrs)
 	return c, nil
+}
+
+// serverScheme is the resolver scheme of a Client's connections: each
+// resolves to the one address SetAddrs last gave its server.
+const serverScheme = "tailor-ps"
+
+// serverState is a resolver state of one server address. ServerName
+// carries the address as the TLS server name and :authority, which a
+// resolver's target would otherwise provide.
+func serverState(addr string) resolver.State {
+	return resolver.State{Addresses: []resolver.Address{{Addr: addr, ServerName: addr}}}
+}
+
+// ResetResidual forgets the top-k residual of every server, as if the
+// Client were new: after a rollback to a checkpoint, whose state holds no
+// residual, the gradients it carries belong to undone steps.
+func (c *Client) ResetResidual() {
+	for i := range c.enc {
+		e := &c.enc[i]
+		e.mu.Lock()
+		clear(e.residual)
+		e.mu.Unlock()
+	}
+}
+
+// Addrs returns each server's current address, in server-index order.
+func (c *Client) Addrs() []string {
+	c.addrMu.Lock()
+	defer c.addrMu.Unlock()
+	return slices.Clone(c.addrs)
+}
+
+// SetAddrs moves the servers whose address changed to the new one (a
+// server restarted elsewhere): their connections close the old transport
+// and dial the new address, and every later push, pull or call goes there.
+// Calls in flight on the old address fail. addrs has one address per
+// server; it returns the indexes of the servers that moved.
+func (c *Client) SetAddrs(addrs []string) ([]int, error) {
+	if len(addrs) != len(c.resolvers) {
+		return nil, fmt.Errorf("wire: %d server addresses for %d servers", len(addrs), len(c.resolvers))
+	}
+	if i := slices.Index(addrs, ""); i >= 0 {
+		return nil, fmt.Errorf("wire: server %d: empty address", i)
+	}
+	c.addrMu.Lock()
+	defer c.addrMu.Unlock()
+	var moved []int
+	for i, a := range addrs {
+		if a == c.addrs[i] {
+			continue
+		}
+		c.addrs[i] = a
+		c.resolvers[i].UpdateState(serverState(a))
+		moved = append(moved, i)
+	}
+	return moved, nil
 }
 
 // ClampChunkBytes is the chunk size used for a requested size n (0: the
