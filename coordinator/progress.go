@@ -38,8 +38,31 @@ type Progress struct {
 	Workers        int     `json:"workers"` // live workers
 	// Done: every epoch was trained (the test report and the run's status
 	// follow).
-	Done    bool      `json:"done"`
-	Updated time.Time `json:"updated"`
+	Done bool `json:"done"`
+	// Phase is what the leader does: "training", "validating",
+	// "checkpointing", "waiting for parameter servers", ... (empty in a
+	// record of an older leader).
+	Phase string `json:"phase,omitempty"`
+	// LastStep is when training last made progress: a sync step decided
+	// with a gradient, an async batch reported (zero: none yet).
+	LastStep time.Time `json:"last_step,omitzero"`
+	// StalledFor is how long training has made no progress, in seconds,
+	// once the leader's watchdog has declared a stall (spec.StallTimeout;
+	// time spent validating or checkpointing left out); 0 while training
+	// progresses. WaitingFor says what the leader waits for, in a few
+	// words; WaitingWorkers and WaitingServers name them; StallActions
+	// counts the watchdog's actions in this stall (re-dispatch, then
+	// rollbacks).
+	StalledFor     float64  `json:"stalled_s,omitempty"`
+	WaitingFor     string   `json:"waiting_for,omitempty"`
+	WaitingWorkers []string `json:"waiting_workers,omitempty"`
+	WaitingServers []string `json:"waiting_servers,omitempty"`
+	StallActions   int      `json:"stall_actions,omitempty"`
+	// Interval is how often the leader writes the record, in seconds: a
+	// record much older than that is stale (the leader is dead, hung or
+	// cut off from etcd).
+	Interval float64   `json:"interval_s,omitempty"`
+	Updated  time.Time `json:"updated"`
 }
 
 // progressSample is the previous sample, for the interval rate.
@@ -152,6 +175,8 @@ func (l *leader) progress(last *progressSample) Progress {
 	}
 	p.ImgPerSec, p.EpochImgPerSec = round1(p.ImgPerSec), round1(p.EpochImgPerSec)
 	p.Workers = len(l.mem.Members(cluster.RoleWorker))
+	p.Interval = l.progressEvery.Seconds()
+	l.stallProgress(&p)
 	*last = progressSample{epoch: p.Epoch, images: images, at: now}
 	return p
 }

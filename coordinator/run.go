@@ -207,17 +207,29 @@ type leader struct {
 
 	ck      *ckpt
 	steplog stepLog
-	// closed when a parameter server is lost during the current attempt
+	// closed when a parameter server is lost during the current attempt,
+	// or the watchdog rolls back; rollbackWhy says which
 	rollback       chan struct{}
 	rollbackClosed bool
+	rollbackWhy    string
 	psAddrs        []string      // the servers of the current attempt
 	gen            atomic.Uint64 // this leader's generation: new at every (re)start from a checkpoint
 	audit          auditLog      // spec.Audit: every consumed batch's records (nil file: off)
 	auditSeq       int64         // batches consumed in the run (in checkpoints: the rollback point)
 	curEpoch       int
 
+	// the progress watchdog (watchdog.go), and what the leader is doing
+	// (a phase constant): the watchdog's clock runs in training only
+	wd            *watchdog
+	phase         atomic.Value
+	progressEvery time.Duration
+	// memberList, if set, stands in for mem.Members in the watchdog's
+	// diagnosis (tests)
+	memberList func(cluster.Role) []cluster.Member
+
 	stepsGauge, epochGauge, lossGauge prometheus.Gauge
 	imagesCounter                     prometheus.Counter
+	wdActions                         *prometheus.CounterVec
 }
 
 func (l *leader) run(ctx context.Context, lis net.Listener) error {
@@ -282,12 +294,16 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	defer l.steps.Close()
 	l.bn = newBNReducer(spec.Run, l.steps.Participants, l.genNow, spec.StepDeadline, l.bench, l.log)
 	defer l.bn.Close()
+	l.wd = newWatchdog(watchdogFor(spec))
 	l.registerMetrics()
-	every := l.cfg.ProgressInterval
-	if every <= 0 {
-		every = ProgressInterval
+	l.progressEvery = l.cfg.ProgressInterval
+	if l.progressEvery <= 0 {
+		l.progressEvery = ProgressInterval
 	}
-	defer l.startProgress(ctx, every)() // train-progress in etcd, for tailor status
+	defer l.startProgress(ctx, l.progressEvery)() // train-progress in etcd, for tailor status
+	wctx, stopWatchdog := context.WithCancel(ctx)
+	defer stopWatchdog()
+	go l.runWatchdog(wctx)
 	gs := grpc.NewServer(wire.ServerOptions(l.cfg.TLS)...)
 	wire.RegisterWork(gs, l)
 	wire.RegisterSteps(gs, l.steps)
@@ -307,7 +323,11 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		if err == nil || !l.rollingBack() || ctx.Err() != nil {
 			return err
 		}
-		l.log.Warn("a parameter server was lost: pausing, then rolling back to the last checkpoint", "err", err)
+		l.setPhase(phaseRollback)
+		l.mu.Lock()
+		why := l.rollbackWhy
+		l.mu.Unlock()
+		l.log.Warn("pausing, then rolling back to the last checkpoint", "why", why, "err", err)
 		l.mu.Lock()
 		l.sched, l.asched = nil, nil // workers wait
 		l.broadcastLocked()
@@ -360,13 +380,29 @@ func (l *leader) rollbackCh() <-chan struct{} {
 // the attempt works with (not an earlier incarnation's late news).
 func (l *leader) psLost(m cluster.Member) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.rollback == nil || l.rollbackClosed || !slices.Contains(l.psAddrs, m.Addrs[AddrGRPC]) {
-		return
+	ours := slices.Contains(l.psAddrs, m.Addrs[AddrGRPC])
+	l.mu.Unlock()
+	if ours {
+		l.startRollback("parameter server "+m.ID+" lost", func() {
+			l.log.Warn("parameter server lost", "ps", m.ID, "addr", m.Addrs[AddrGRPC])
+		})
 	}
-	l.log.Warn("parameter server lost", "ps", m.ID, "addr", m.Addrs[AddrGRPC])
-	l.rollbackClosed = true
+}
+
+// startRollback ends the current attempt, for why, after calling announce
+// (a log line, so that it comes before the rollback's); it reports false,
+// without calling announce, if there is no attempt or it is already
+// rolling back.
+func (l *leader) startRollback(why string, announce func()) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.rollback == nil || l.rollbackClosed {
+		return false
+	}
+	announce()
+	l.rollbackClosed, l.rollbackWhy = true, why
 	close(l.rollback)
+	return true
 }
 
 // attempt connects to the parameter servers, puts them at the newest
@@ -377,8 +413,9 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 	net *model.Net, st shard.Store, man *shard.Manifest) error {
 	spec := l.spec
 	l.mu.Lock()
-	l.rollback, l.rollbackClosed = make(chan struct{}), false
+	l.rollback, l.rollbackClosed, l.rollbackWhy = make(chan struct{}), false, ""
 	l.mu.Unlock()
+	l.setPhase(phaseServers)
 	psAddrs, err := cluster.WaitRanks(ctx, l.mem, cluster.RoleParamServer, spec.ParamServers, AddrGRPC)
 	if err != nil {
 		return err
@@ -396,6 +433,7 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 	// from (a restart, a new leader after a failover, a rollback);
 	// otherwise the servers get the initial weights, and a checkpoint of
 	// step 0 is taken at once so that there is always one to go back to
+	l.setPhase(phaseRestore)
 	meta, rs, err := l.resume(ctx)
 	if err != nil {
 		return l.orRollback(err)
@@ -421,6 +459,7 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 	l.audit.rollback(rs.AuditSeq)
 
 	step, asyncSteps := rs.Step, rs.AsyncSteps
+	l.setPhase(phaseWorkers)
 	if err := l.waitWorkers(ctx, meta != nil); err != nil {
 		return err
 	}
@@ -465,6 +504,7 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 			asyncSteps, err = l.asyncEpoch(ctx)
 			step = 0 // async versions differ per server: take what they have
 		}
+		l.setPhase(phaseValidating) // the watchdog's clock stops
 		if err != nil {
 			return l.orRollback(err)
 		}
@@ -490,6 +530,7 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 		l.mu.Lock()
 		seq := l.auditSeq
 		l.mu.Unlock()
+		l.setPhase(phaseCheckpoint)
 		if err := l.saveOrWarn(ctx, version, RunState{Epoch: epoch + 1, Step: step, AsyncSteps: asyncSteps, AuditSeq: seq}, epoch+1, "epoch", improved); err != nil {
 			return err
 		}
@@ -501,6 +542,7 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 	l.done = true
 	l.broadcastLocked()
 	l.mu.Unlock()
+	l.setPhase(phaseTesting)
 	if err := l.testReport(ctx, st, man, val.ModelPath()); err != nil {
 		l.log.Warn("no test report", "err", err)
 	}
@@ -529,6 +571,7 @@ func isInitialised(err error) bool {
 // epoch runs steps until every record of the epoch is consumed; it returns
 // the next step number.
 func (l *leader) epoch(ctx context.Context) (int64, error) {
+	l.setPhase(phaseTraining)
 	for {
 		if err := ctx.Err(); err != nil {
 			return 0, err
@@ -580,7 +623,10 @@ func (l *leader) epoch(ctx context.Context) (int64, error) {
 			return 0, err
 		}
 		if k := int64(l.spec.CheckpointEvery); k > 0 && (step+1)%k == 0 {
-			if err := l.stepCheckpoint(ctx); err != nil {
+			l.setPhase(phaseCheckpoint)
+			err := l.stepCheckpoint(ctx)
+			l.setPhase(phaseTraining)
+			if err != nil {
 				return 0, err
 			}
 		}
@@ -661,6 +707,7 @@ func (l *leader) dropAbsentLocked(st *SchedState) {
 // epoch, checkpointing at every cut (spec.CheckpointEvery batches); it
 // returns the workers' step counters.
 func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
+	l.setPhase(phaseTraining)
 	for {
 		l.mu.Lock()
 		if l.asched.Done() {
@@ -671,7 +718,10 @@ func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
 		}
 		if l.asched.AtCut() {
 			l.mu.Unlock()
-			if err := l.asyncCheckpoint(ctx); err != nil {
+			l.setPhase(phaseCheckpoint)
+			err := l.asyncCheckpoint(ctx)
+			l.setPhase(phaseTraining)
+			if err != nil {
 				return nil, err
 			}
 			continue
@@ -725,16 +775,25 @@ func (l *leader) liveWorkers() []string {
 // the step and of the next ones, as if they had died, until they ask for
 // work again: a member that does not compute must not hold every step.
 func (l *leader) bench(step int64, missing []string) {
+	for _, w := range missing {
+		l.log.Warn("worker left out of a step: no work for it until it asks", "worker", w, "step", step)
+	}
+	l.benchWorkers(missing)
+}
+
+// benchWorkers benches ids and drops them from the open and later steps
+// and from the schedule (dropWorker): their reservations and units go back
+// to the pool.
+func (l *leader) benchWorkers(ids []string) {
 	l.benchMu.Lock()
 	if l.benched == nil {
 		l.benched = map[string]bool{}
 	}
-	for _, w := range missing {
+	for _, w := range ids {
 		l.benched[w] = true
 	}
 	l.benchMu.Unlock()
-	for _, w := range missing {
-		l.log.Warn("worker left out of a step: no work for it until it asks", "worker", w, "step", step)
+	for _, w := range ids {
 		l.dropWorker(w)
 	}
 }
@@ -772,6 +831,9 @@ func (l *leader) commit(ctx context.Context, d wire.Decision) (wire.Decision, er
 	for _, b := range done {
 		l.images += len(b.IDs)
 		l.auditLocked(b)
+	}
+	if len(done) > 0 {
+		l.progressed(d.Step) // an empty step (every gradient missing somewhere) is none
 	}
 	l.imagesCounter.Add(float64(len(done)))
 	l.bn.Finished(d.Step)
@@ -873,6 +935,7 @@ func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkRep
 				l.images += len(held.IDs)
 				l.imagesCounter.Inc()
 				l.auditLocked(held)
+				l.progressed(held.Step)
 			}
 			if l.asched.Done() || l.asched.AtCut() {
 				l.broadcastLocked()
@@ -936,6 +999,7 @@ func (l *leader) registerMetrics() {
 	l.lossGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_coordinator_loss", Help: "Last batch loss reported by a worker."})
 	l.imagesCounter = prometheus.NewCounter(prometheus.CounterOpts{Name: "tailor_coordinator_batches_total", Help: "Batches applied."})
 	l.reg.MustRegister(l.stepsGauge, l.epochGauge, l.lossGauge, l.imagesCounter)
+	l.registerWatchdogMetrics()
 }
 
 // testReport scores the kept model on the test split, if there is one.

@@ -120,6 +120,9 @@ func (s *Scheduler) Begin(live []string) ([]Batch, error) {
 	return out, nil
 }
 
+// Open reports whether a step is open (reserved, not yet decided).
+func (s *Scheduler) Open() bool { return s.open }
+
 // Reservation returns worker's batch in the open step.
 func (s *Scheduler) Reservation(w string) (Batch, bool) {
 	b, ok := s.res[w]
@@ -282,6 +285,16 @@ func (s *AsyncScheduler) Next(w string, done int64) (Batch, bool, error) {
 	s.out[w] = b
 	s.handed++
 	return b, true, nil
+}
+
+// Holders returns the workers holding a batch not yet reported, sorted.
+func (s *AsyncScheduler) Holders() []string {
+	ws := make([]string, 0, len(s.out))
+	for w := range s.out {
+		ws = append(ws, w)
+	}
+	sort.Strings(ws)
+	return ws
 }
 
 // Drop forgets a dead worker; its units return to the pool at their

@@ -305,6 +305,11 @@ type StepState struct {
 	// Waiting are the participants not yet complete on every server, in
 	// rank order (for an undecided step): whom the decision waits for.
 	Waiting []string
+	// Missing holds, by server index, the participants that server has
+	// not reported complete, in rank order (for an undecided step; before
+	// any report, every participant on every server): where the
+	// gradients the decision waits for are missing.
+	Missing [][]string
 }
 
 // State reports what Steps knows of step: for logs, status pages and
@@ -315,18 +320,30 @@ func (s *Steps) State(step int64) StepState {
 	if _, ok := s.decided[step]; ok {
 		return StepState{Decided: true}
 	}
+	ps := s.participantsLocked(step)
+	out := StepState{Missing: make([][]string, s.cfg.Servers)}
 	st := s.open[step]
 	if st == nil {
-		return StepState{Waiting: slices.Clone(s.participantsLocked(step))}
+		out.Waiting = slices.Clone(ps)
+		for i := range out.Missing {
+			out.Missing[i] = slices.Clone(ps)
+		}
+		return out
 	}
-	var out StepState
+	for i, has := range st.has {
+		for _, w := range ps {
+			if !has[w] {
+				out.Missing[i] = append(out.Missing[i], w)
+			}
+		}
+	}
 	for w := range st.has[0] {
 		if st.completeEverywhere(w) {
 			out.Complete = append(out.Complete, w)
 		}
 	}
 	slices.Sort(out.Complete)
-	for _, w := range s.participantsLocked(step) {
+	for _, w := range ps {
 		if !st.completeEverywhere(w) {
 			out.Waiting = append(out.Waiting, w)
 		}

@@ -187,6 +187,7 @@ func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.IntVar(&s.Staleness, "staleness", s.Staleness, "ssp: steps a worker may run ahead of the slowest")
 	fs.IntVar(&s.Quorum, "quorum", s.Quorum, "sync: apply a step after the first N gradients (backup workers; 0: all)")
 	fs.DurationVar(&s.StepDeadline, "step-deadline", s.StepDeadline, "sync: longest wait for a step's gradients")
+	fs.DurationVar(&s.StallTimeout, "stall-timeout", s.StallTimeout, "the leader reports a stall after this long without progress, then re-dispatches and rolls back (0: 1m; negative: off)")
 	fs.IntVar(&s.ParamServers, "ps", s.ParamServers, "parameter servers")
 	fs.StringVar(&s.Shuffle, "shuffle", s.Shuffle, "how records are dealt: global (one permutation of the split, as one process; workers cache the split) or units (shard ranges of --unit-size records)")
 	fs.IntVar(&s.UnitSize, "unit-size", s.UnitSize, "records per work unit (--shuffle units)")

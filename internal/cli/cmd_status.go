@@ -36,6 +36,7 @@ func init() {
 const (
 	stateWaiting = "waiting" // submitted, no coordinator leads yet
 	stateRunning = "running" // a coordinator leads
+	stateStalled = "stalled" // a coordinator leads, and its watchdog says training makes no progress
 	stateDone    = "done"    // the leader recorded the run's end
 )
 
@@ -43,15 +44,18 @@ const (
 type runStatusView struct {
 	Run      string                `json:"run"`
 	At       time.Time             `json:"at"`
-	State    string                `json:"state"` // waiting, running, done
+	State    string                `json:"state"` // waiting, running, stalled, done
 	Finished *time.Time            `json:"finished,omitempty"`
 	Model    string                `json:"model,omitempty"`
 	Spec     specView              `json:"spec"`
 	Leader   string                `json:"leader,omitempty"` // the leading coordinator's id
 	Progress *coordinator.Progress `json:"progress,omitempty"`
-	// ProgressAge is how old Progress is, in seconds, when read.
-	ProgressAge float64      `json:"progress_age_s,omitempty"`
-	Members     []memberView `json:"members"`
+	// ProgressAge is how old Progress is, in seconds, when read;
+	// ProgressStale says it is much older than the leader's interval
+	// (staleProgress): the leader that wrote it is not writing any more.
+	ProgressAge   float64      `json:"progress_age_s,omitempty"`
+	ProgressStale bool         `json:"progress_stale,omitempty"`
+	Members       []memberView `json:"members"`
 	// Problems are the parts that could not be read (a server that did not
 	// answer); the rest is shown.
 	Problems []string `json:"problems,omitempty"`
@@ -251,6 +255,10 @@ func collectStatus(ctx context.Context, cli *clientv3.Client, run string, sec *t
 	if _, err := cluster.GetJSON(ctx, cli, keys.TrainProgress(), &p); err == nil {
 		v.Progress = &p
 		v.ProgressAge = max(0, time.Since(p.Updated).Round(100*time.Millisecond).Seconds())
+		v.ProgressStale = v.State != stateDone && !p.Done && staleProgress(p, v.ProgressAge)
+		if v.State == stateRunning && p.StalledFor > 0 && !v.ProgressStale {
+			v.State = stateStalled
+		}
 	} else if !errors.Is(err, cluster.ErrNotFound) {
 		v.Problems = append(v.Problems, fmt.Sprintf("progress: %v", err))
 	}
@@ -317,6 +325,16 @@ func collectStatus(ctx context.Context, cli *clientv3.Client, run string, sec *t
 	wg.Wait()
 	slices.Sort(v.Problems)
 	return v, nil
+}
+
+// staleProgress reports whether a progress record age seconds old is
+// stale: older than three of the leader's intervals, and than 10 s.
+func staleProgress(p coordinator.Progress, age float64) bool {
+	every := p.Interval
+	if every <= 0 {
+		every = coordinator.ProgressInterval.Seconds()
+	}
+	return age > max(3*every, 10)
 }
 
 func roleOrder(r cluster.Role) int {
@@ -430,6 +448,8 @@ func writeStatus(w io.Writer, v *runStatusView) {
 	switch v.State {
 	case stateRunning:
 		state += ", leader " + v.Leader
+	case stateStalled:
+		state = "STALLED, leader " + v.Leader
 	case stateDone:
 		if v.Finished != nil {
 			state += " at " + v.Finished.Local().Format("2006-01-02 15:04:05")
@@ -438,6 +458,7 @@ func writeStatus(w io.Writer, v *runStatusView) {
 		state += " for a coordinator"
 	}
 	fmt.Fprintf(w, "run %s: %s\n", v.Run, state)
+	writeStall(w, v)
 	s := v.Spec
 	deal := "global shuffle"
 	if s.Shuffle != job.ShuffleGlobal {
@@ -456,8 +477,12 @@ func writeStatus(w io.Writer, v *runStatusView) {
 		fmt.Fprintf(w, "  model     %s\n", v.Model)
 	}
 	if p := v.Progress; p != nil {
-		line := fmt.Sprintf("epoch %d/%d, step %d, loss %.4f (epoch mean %.4f), %.1f img/s (epoch %.1f), %d images this epoch, %d live %s",
-			p.Epoch, p.Epochs, p.Step, p.Loss, p.EpochLoss, p.ImgPerSec, p.EpochImgPerSec, p.Images, p.Workers, plural(p.Workers, "worker"))
+		phase := ""
+		if p.Phase != "" && p.Phase != "training" {
+			phase = " (" + p.Phase + ")"
+		}
+		line := fmt.Sprintf("epoch %d/%d%s, step %d, loss %.4f (epoch mean %.4f), %.1f img/s (epoch %.1f), %d images this epoch, %d live %s",
+			p.Epoch, p.Epochs, phase, p.Step, p.Loss, p.EpochLoss, p.ImgPerSec, p.EpochImgPerSec, p.Images, p.Workers, plural(p.Workers, "worker"))
 		if p.Done {
 			line += ", all epochs trained"
 		}
@@ -526,6 +551,42 @@ func writeStatus(w io.Writer, v *runStatusView) {
 			fmt.Fprintf(w, "  %s\n", p)
 		}
 	}
+}
+
+// writeStall prints, under the run's state, a stall the leader reports and
+// a progress record that is stale.
+func writeStall(w io.Writer, v *runStatusView) {
+	p := v.Progress
+	if p == nil {
+		return
+	}
+	age := time.Duration(v.ProgressAge * float64(time.Second)).Round(time.Second)
+	if v.ProgressStale {
+		every := time.Duration(p.Interval * float64(time.Second))
+		if every <= 0 {
+			every = coordinator.ProgressInterval
+		}
+		fmt.Fprintf(w, "  STALE     the leader's progress record is %s old (written every %s): %s is dead, hung or cut off from etcd\n",
+			age, every, p.Leader)
+	}
+	if p.StalledFor <= 0 {
+		return
+	}
+	stalled := time.Duration(p.StalledFor * float64(time.Second))
+	when := ""
+	if !v.ProgressStale {
+		stalled += age // the record's figure was as of its writing
+	} else {
+		when = fmt.Sprintf(" (as of %s ago)", age)
+	}
+	line := fmt.Sprintf("stalled for %.0f s%s, waiting for %s", stalled.Seconds(), when, dash(p.WaitingFor))
+	if !p.LastStep.IsZero() {
+		line += ", last progress at " + p.LastStep.Local().Format("15:04:05")
+	}
+	if p.StallActions > 0 {
+		line += fmt.Sprintf(", %d watchdog %s taken", p.StallActions, plural(p.StallActions, "action"))
+	}
+	fmt.Fprintf(w, "  STALLED   %s\n", line)
 }
 
 func plural(n int, s string) string {

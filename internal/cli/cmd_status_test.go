@@ -169,3 +169,108 @@ func TestRedactLocation(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusStalled writes the progress record of a leader whose watchdog
+// reports a stall, and then one the leader stopped writing long ago: the
+// first shows as "stalled for N s, waiting for ..." (state stalled, in
+// text and JSON), the second as stale, with the run still running.
+func TestStatusStalled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e, err := cluster.StartEtcd(ctx, cluster.EtcdConfig{FastTicks: true, UnsafeNoFsync: true, LogLevel: "fatal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	cli, err := cluster.NewClient(e.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	status := func(args ...string) (int, string, string) {
+		t.Helper()
+		var out, errb bytes.Buffer
+		code := RunContext(ctx, append([]string{"status", "--etcd", e.Endpoints()[0], "--run", "r2", "--timeout", "3s"}, args...), &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	put := func(key string, v any) {
+		t.Helper()
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.Put(ctx, key, string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys := cluster.RunKeys("r2")
+	put(keys.Spec(), job.DefaultSpec("r2", "/data"))
+	coord := cluster.Member{ID: "coord-a", Role: cluster.RoleCoordinator, Addrs: map[string]string{"grpc": "127.0.0.1:7100"}}
+	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: coord})
+	if err != nil {
+		t.Fatal(err)
+	}
+	term, err := elect.Campaign(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer term.Resign(context.WithoutCancel(ctx))
+	last := time.Now().Add(-70 * time.Second).UTC()
+	stalled := coordinator.Progress{Leader: "coord-a", Mode: "sync", Epoch: 3, Epochs: 10, Step: 2600, Workers: 3, Phase: "training",
+		LastStep: last, StalledFor: 61, WaitingFor: "step 2600: the gradients of w1, w2 (no server has them)",
+		WaitingWorkers: []string{"w1", "w2"}, WaitingServers: []string{"ps0", "ps1"}, StallActions: 1, Interval: 2, Updated: time.Now().UTC()}
+	put(keys.TrainProgress(), stalled)
+
+	code, out, errs := status()
+	if code != 0 {
+		t.Fatalf("status: exit %d\nstderr:\n%s", code, errs)
+	}
+	for _, want := range []string{"run r2: STALLED, leader coord-a", "STALLED   stalled for 6", "s, waiting for step 2600: the gradients of w1, w2 (no server has them)",
+		"1 watchdog action taken", "last progress at " + last.Local().Format("15:04:05")} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "STALE ") {
+		t.Errorf("a fresh record shown as stale:\n%s", out)
+	}
+	code, out, errs = status("--json")
+	if code != 0 {
+		t.Fatalf("status --json: exit %d\nstderr:\n%s", code, errs)
+	}
+	var v runStatusView
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if v.State != stateStalled || v.ProgressStale || v.Progress == nil || v.Progress.StalledFor != 61 || !strings.Contains(v.Progress.WaitingFor, "w1, w2") {
+		t.Errorf("status --json: state %q, stale %v, progress %+v; want stalled, fresh, stalled 61 s waiting for w1, w2", v.State, v.ProgressStale, v.Progress)
+	}
+	if !strings.Contains(out, `"stalled_s": 61`) || !strings.Contains(out, `"waiting_workers": [`) {
+		t.Errorf("status --json lacks the stall's fields:\n%s", out)
+	}
+
+	// the leader stopped writing a minute ago: stale, not "stalled"
+	stale := coordinator.Progress{Leader: "coord-a", Mode: "sync", Epoch: 3, Epochs: 10, Step: 2700, Workers: 3, Phase: "training",
+		Interval: 2, Updated: time.Now().Add(-time.Minute).UTC()}
+	put(keys.TrainProgress(), stale)
+	code, out, errs = status()
+	if code != 0 {
+		t.Fatalf("status: exit %d\nstderr:\n%s", code, errs)
+	}
+	for _, want := range []string{"run r2: running, leader coord-a", "STALE     the leader's progress record is 1m0s old (written every 2s): coord-a is dead, hung or cut off from etcd"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "stalled for") {
+		t.Errorf("a record without a stall shows one:\n%s", out)
+	}
+	// a stalled record gone stale says how old its figure is, and the
+	// state is not claimed stalled
+	stalled.Updated = time.Now().Add(-time.Minute).UTC()
+	put(keys.TrainProgress(), stalled)
+	if _, out, _ = status(); !strings.Contains(out, "stalled for 61 s (as of 1m0s ago)") || !strings.Contains(out, "run r2: running") {
+		t.Errorf("a stale stalled record:\n%s", out)
+	}
+	t.Logf("status:\n%s", out)
+}

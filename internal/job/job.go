@@ -47,6 +47,14 @@ type Spec struct {
 	Staleness    int           `json:"staleness"`     // ssp: steps a worker may run ahead
 	Quorum       int           `json:"quorum"`        // sync: apply a step after this many gradients (0: all)
 	StepDeadline time.Duration `json:"step_deadline"` // sync: bound on one step
+	// StallTimeout is how long the leader lets training go without
+	// progress (sync: a step decided with a gradient; async, ssp: a batch
+	// reported) before its watchdog logs what it waits for, then acts
+	// (re-dispatches the work of the workers that have not delivered, then
+	// rolls back to the last checkpoint). 0 (and a spec written before the
+	// field existed) means DefaultStallTimeout; negative turns the
+	// watchdog off. See StallAfter.
+	StallTimeout time.Duration `json:"stall_timeout,omitempty"`
 	ParamServers int           `json:"param_servers"`
 	UnitSize     int           `json:"unit_size"` // records per work unit (shuffle "units")
 	// Shuffle is how an epoch's records are dealt to the workers: "global"
@@ -103,6 +111,28 @@ type Spec struct {
 	// JobID tells this submission of the run from an earlier one of the
 	// same name (checkpoints are kept per job id); Submit sets it.
 	JobID string `json:"job_id"`
+}
+
+// DefaultStallTimeout is StallTimeout's default: shorter than the step
+// deadline, so a stall is reported while the step's own deadline may still
+// end it; the watchdog's first action waits for that deadline to pass.
+const DefaultStallTimeout = time.Minute
+
+// MinStallTimeout is the shortest StallTimeout Validate accepts: below it
+// a slow step would pass for a stall.
+const MinStallTimeout = time.Second
+
+// StallAfter is how long training may go without progress before the
+// leader's watchdog declares a stall: StallTimeout, DefaultStallTimeout for
+// 0, or 0 (off) for a negative StallTimeout.
+func (s Spec) StallAfter() time.Duration {
+	switch {
+	case s.StallTimeout < 0:
+		return 0
+	case s.StallTimeout == 0:
+		return DefaultStallTimeout
+	}
+	return s.StallTimeout
 }
 
 // CheckpointPrefix is the prefix of checkpoints in the data store, when the
@@ -213,6 +243,9 @@ func (s Spec) Validate() error {
 	}
 	if s.Staleness < 0 || s.Quorum < 0 || s.StepDeadline <= 0 {
 		errs = append(errs, errors.New("staleness and quorum must be ≥ 0, the step deadline > 0"))
+	}
+	if s.StallTimeout > 0 && s.StallTimeout < MinStallTimeout {
+		errs = append(errs, fmt.Errorf("stall timeout %v: want at least %v (0: %v; negative: off)", s.StallTimeout, MinStallTimeout, DefaultStallTimeout))
 	}
 	if s.ParamServers < 1 {
 		errs = append(errs, fmt.Errorf("param servers %d: want at least 1", s.ParamServers))
