@@ -2,7 +2,7 @@
 # Runs every test tier that CI runs: vet, the unit and integration tests with
 # OpenBLAS (the build tailor ships), the net's tests again on the pure-Go BLAS,
 # each fuzz target's seed corpus (part of go test), the chaos suite, the
-# static checks of the deployment files, and the compose cluster test on this
+# soak suite, the static checks of the deployment files, and the compose cluster test on this
 # machine's Docker engine (FROM-scratch images built here; TAILOR_SKIP_DOCKER=1
 # leaves it out on a machine without Docker, and says so).
 set -euo pipefail
@@ -15,6 +15,10 @@ go test -count=1 -timeout 10m ./model/ ./train/
 # the chaos suite: random kills of a worker, a parameter server and the leader
 go vet -tags 'openblas chaos' ./internal/e2e/
 go test -tags 'openblas chaos' -count=1 -timeout 15m -run TestChaos -v ./internal/e2e/
+# the soak: a fault every few seconds over every role, progress after each
+# (scripts/soak.sh runs it for an hour)
+go vet -tags 'openblas soak' ./internal/e2e/
+go test -tags 'openblas soak' -count=1 -timeout 20m -run TestSoak -v ./internal/e2e/
 bash deploy/check.sh
 if [ -n "${TAILOR_SKIP_DOCKER:-}" ]; then
   echo "test.sh: TAILOR_SKIP_DOCKER is set: the compose cluster test (deploy/test-compose.sh) did NOT run"
