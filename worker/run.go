@@ -180,7 +180,6 @@ type runner struct {
 	coordAddr  string
 	work       *wire.WorkClient
 	gen        uint64 // the coordinator generation of the last reply
-	firstIndex map[string]int
 }
 
 // reduceBN exchanges a BatchNorm slot's sums with the other workers of the
