@@ -176,10 +176,10 @@ type runner struct {
 	m     *metrics
 	hold  string // fault injection: a file that, while it exists, holds the worker between steps
 
-	conn       *grpc.ClientConn
-	coordAddr  string
-	work       *wire.WorkClient
-	gen        uint64 // the coordinator generation of the last reply
+	conn      *grpc.ClientConn
+	coordAddr string
+	work      *wire.WorkClient
+	gen       uint64 // the coordinator generation of the last reply
 }
 
 // reduceBN exchanges a BatchNorm slot's sums with the other workers of the
