@@ -1,7 +1,8 @@
 // Package train is the single-process trainer: it reads a shard set, trains
 // SmallerVGGNet with Adam, validates every epoch, keeps the best model and
-// writes the history as CSV and a plot. The cluster's worker reuses its
-// batching; the coordinator reuses its history and evaluation.
+// writes the history as CSV and a plot. Batches come from package input,
+// as the cluster's workers' do; the coordinator reuses the history and
+// evaluation.
 package train
 
 import (
@@ -11,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -150,22 +150,6 @@ func (d *Dataset) Targets(y []float32, idx []int) {
 	for i, r := range idx {
 		for _, l := range d.Records[r].Labels {
 			y[i*d.Labels+int(l)] = 1
-		}
-	}
-}
-
-// FillBatch writes a batch of records as net inputs x (NCHW, normalised,
-// augmented as a pure function of (seed, epoch, record id) when aug is
-// enabled) and 0/1 targets y (len(recs)·labels). Workers and the
-// single-process trainer prepare batches with it, so both feed the net the
-// same numbers.
-func FillBatch(x, y []float32, recs []*shard.Record, labels, h, w, c int, aug input.Augment, mean, std []float32, seed uint64, epoch int) {
-	n := c * h * w
-	clear(y[:len(recs)*labels])
-	for i, rec := range recs {
-		aug.Apply(x[i*n:(i+1)*n], rec.Pixels, h, w, c, mean, std, input.SampleSeed(seed, epoch, rec.ID))
-		for _, l := range rec.Labels {
-			y[i*labels+int(l)] = 1
 		}
 	}
 }
@@ -435,7 +419,7 @@ func (v *Validator) estimateBN(ctx context.Context, net *model.Net, epoch int) e
 	if len(v.x) < b*n {
 		v.x = make([]float32, b*n)
 	}
-	order := Order(len(d.Records), v.Cfg.Seed^0xb0b, epoch)
+	order := input.Order(len(d.Records), v.Cfg.Seed^0xb0b, epoch)
 	net.BeginBNEstimate()
 	for s := 0; s < v.Cfg.BNBatches && (s+1)*b <= len(order); s++ {
 		if err := ctx.Err(); err != nil {
@@ -486,11 +470,6 @@ type trainer struct {
 	recs       []*shard.Record
 }
 
-// Order is the epoch's shuffle: a pure function of (seed, epoch).
-func Order(n int, seed uint64, epoch int) []int {
-	return rand.New(rand.NewPCG(seed, uint64(epoch)+0x5eed)).Perm(n)
-}
-
 func (t *trainer) epoch(ctx context.Context, epoch int, progressOut io.Writer) (Epoch, error) {
 	cfg, d := t.cfg, t.train
 	n := d.C * d.H * d.W
@@ -498,7 +477,7 @@ func (t *trainer) epoch(ctx context.Context, epoch int, progressOut io.Writer) (
 		t.x = make([]float32, cfg.Batch*n)
 		t.y = make([]float32, cfg.Batch*d.Labels)
 	}
-	order := Order(len(d.Records), cfg.Seed, epoch)
+	order := input.Order(len(d.Records), cfg.Seed, epoch)
 	steps := len(order) / cfg.Batch
 	if rest := len(order) % cfg.Batch; rest >= 2 {
 		steps++
@@ -520,7 +499,7 @@ func (t *trainer) epoch(ctx context.Context, epoch int, progressOut io.Writer) (
 			recs = append(recs, &d.Records[r])
 		}
 		t.recs = recs
-		FillBatch(t.x, t.y, recs, d.Labels, d.H, d.W, d.C, cfg.Augment, t.mean, t.std, cfg.Seed, epoch)
+		input.FillBatch(t.x, t.y, recs, d.Labels, d.H, d.W, d.C, cfg.Augment, t.mean, t.std, cfg.Seed, epoch)
 		t0 := time.Now()
 		loss, grads, err := t.net.TrainStep(t.x[:k*n], t.y[:k*d.Labels], k, model.StepOptions{
 			Dropout: true, Seed: model.DropoutSeed(cfg.Seed, 0), Step: uint64(t.opt.Step()), BN: model.BNTrain,

@@ -142,23 +142,11 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-func TestBCEAndOrder(t *testing.T) {
+func TestBCE(t *testing.T) {
 	if got := BCE([]float32{1, 0}, []bool{true, false}); got > 1e-6 {
 		t.Errorf("perfect predictions: BCE %g", got)
 	}
 	if got := BCE([]float32{0}, []bool{true}); math.IsInf(got, 0) || got < 15 {
 		t.Errorf("confidently wrong: BCE %g, want large and finite", got)
-	}
-	a, b := Order(100, 3, 1), Order(100, 3, 1)
-	c := Order(100, 3, 2)
-	same := true
-	for i := range a {
-		if a[i] != b[i] {
-			t.Fatal("Order is not a function of (seed, epoch)")
-		}
-		same = same && a[i] == c[i]
-	}
-	if same {
-		t.Error("two epochs have the same order")
 	}
 }
