@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/tailorml/tailor/checkpoint"
+	"github.com/tailorml/tailor/eval"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/shard"
-	"github.com/tailorml/tailor/train"
 )
 
 // RunState is the coordinator's part of a checkpoint (checkpoint.Meta's
@@ -40,7 +40,7 @@ type ckpt struct {
 	current string // the checkpoint the pointer names
 	labels  []string
 	ps      *wire.Client
-	val     *train.Validator
+	val     *eval.Validator
 }
 
 // save takes a consistent checkpoint: every parameter server writes its
@@ -194,7 +194,7 @@ func (l *leader) tryRestore(ctx context.Context, name string, ptr checkpoint.Poi
 	if err := json.Unmarshal(m.State, &rs); err != nil {
 		return nil, nil, fmt.Errorf("%w: state: %w", checkpoint.ErrCorrupt, err)
 	}
-	var vs train.ValidatorState
+	var vs eval.ValidatorState
 	if len(m.Validator) > 0 {
 		if err := json.Unmarshal(m.Validator, &vs); err != nil {
 			return nil, nil, fmt.Errorf("%w: validator: %w", checkpoint.ErrCorrupt, err)

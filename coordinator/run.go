@@ -24,6 +24,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/tailorml/tailor/eval"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/netspec"
@@ -31,7 +32,6 @@ import (
 	"github.com/tailorml/tailor/metrics"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
-	"github.com/tailorml/tailor/train"
 )
 
 // Addrs keys of the coordinator's membership record.
@@ -239,11 +239,11 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 	wspec, tensors := netspec.Tensors(net)
-	trainSet, err := train.LoadSplit(ctx, st, man, shard.SplitTrain, 0)
+	trainSet, err := eval.LoadSplit(ctx, st, man, shard.SplitTrain, 0)
 	if err != nil {
 		return err
 	}
-	valSet, err := train.LoadSplit(ctx, st, man, shard.SplitVal, 0)
+	valSet, err := eval.LoadSplit(ctx, st, man, shard.SplitVal, 0)
 	if err != nil {
 		return fmt.Errorf("the cluster validates on a val split: %w", err)
 	}
@@ -253,7 +253,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	}
 	// BatchNorm is re-estimated over BNBatches batches of the global batch:
 	// the images one process training with that batch uses
-	val := &train.Validator{Cfg: train.ValidatorConfig{Out: spec.Out, BNEstimate: spec.BNEstimate, BNBatches: spec.BNBatches, Batch: spec.Batch * max(1, spec.Workers),
+	val := &eval.Validator{Cfg: eval.ValidatorConfig{Out: spec.Out, BNEstimate: spec.BNEstimate, BNBatches: spec.BNBatches, Batch: spec.Batch * max(1, spec.Workers),
 		EvalBatch: 64, EvalRunning: spec.EvalRunning, BestBy: spec.BestBy, Seed: spec.Seed,
 		Meta: map[string]string{"run": spec.Run, "data": spec.Data, "mode": spec.Mode, "interpolation": man.Build.Interpolation}},
 		Labels: man.Labels, Mean: mean, Std: std, Train: trainSet, Val: valSet}
@@ -409,7 +409,7 @@ func (l *leader) startRollback(why string, announce func()) bool {
 // checkpoint (or initialises them and takes checkpoint 0), and trains to
 // the end of the run. It returns errRollback-wrapped errors when a
 // parameter server is lost meanwhile.
-func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float32, units func(epoch int) ([]Unit, error), val *train.Validator,
+func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float32, units func(epoch int) ([]Unit, error), val *eval.Validator,
 	net *model.Net, st shard.Store, man *shard.Manifest) error {
 	spec := l.spec
 	l.mu.Lock()
@@ -514,7 +514,7 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 		}
 		l.mu.Lock()
 		secs := time.Since(l.epochT0).Seconds()
-		ep := train.Epoch{Epoch: epoch + 1, TrainLoss: l.lossSum / math.Max(float64(l.lossN), 1), LR: 0, Seconds: secs,
+		ep := eval.Epoch{Epoch: epoch + 1, TrainLoss: l.lossSum / math.Max(float64(l.lossN), 1), LR: 0, Seconds: secs,
 			ImgPerSec: float64(l.images) / secs}
 		l.mu.Unlock()
 		ep, improved, err := val.EndEpoch(ctx, net, ep)
@@ -1011,11 +1011,11 @@ func (l *leader) testReport(ctx context.Context, st shard.Store, man *shard.Mani
 	if err != nil {
 		return err
 	}
-	ds, err := train.LoadSplit(ctx, st, man, shard.SplitTest, 0)
+	ds, err := eval.LoadSplit(ctx, st, man, shard.SplitTest, 0)
 	if err != nil {
 		return err
 	}
-	probs, err := train.Predict(ctx, b, ds, 64)
+	probs, err := eval.Predict(ctx, b, ds, 64)
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,7 @@ import (
 	"sort"
 	"testing"
 
-	"github.com/tailorml/tailor/train"
+	"github.com/tailorml/tailor/input"
 )
 
 // Sync epochs with deaths, joins and late workers: every record is consumed
@@ -123,7 +123,7 @@ func TestSchedulerErrors(t *testing.T) {
 // With the global plan, a sync step of N workers at batch B trains exactly
 // the single-process trainer's batch of N·B at the same step, the last,
 // short one included: the participants' batches, in worker order, are the
-// consecutive pieces of train.Order.
+// consecutive pieces of input.Order.
 func TestGlobalPlanIsOneProcess(t *testing.T) {
 	const seed, batch, n = 7, 16, 1030
 	for _, workers := range []int{1, 3, 4} {
@@ -136,7 +136,7 @@ func TestGlobalPlanIsOneProcess(t *testing.T) {
 			for i := range workers {
 				ws = append(ws, fmt.Sprintf("w%d", i))
 			}
-			order := train.Order(n, seed, epoch)
+			order := input.Order(n, seed, epoch)
 			s := NewScheduler(us, seed, epoch, batch, 0)
 			for step := 0; !s.Done(); step++ {
 				res, err := s.Begin(ws)

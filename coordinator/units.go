@@ -6,8 +6,8 @@ import (
 	"math/rand/v2"
 	"sort"
 
+	"github.com/tailorml/tailor/input"
 	"github.com/tailorml/tailor/shard"
-	"github.com/tailorml/tailor/train"
 )
 
 // A Unit is the smallest piece of an epoch handed to a worker. There are two
@@ -19,7 +19,7 @@ import (
 //     out in an order drawn per epoch. A worker reads only its units' shards.
 //   - "global": the epoch's units are consecutive batch-sized pieces of one
 //     permutation of the whole split, the one the single-process trainer
-//     draws (train.Order), handed out in that order (GlobalUnits). A sync
+//     draws (input.Order), handed out in that order (GlobalUnits). A sync
 //     step's participants take consecutive pieces, so the step's global
 //     batch is exactly the one process's batch at the same global batch
 //     size. Records come from any shard: a worker caches the whole split.
@@ -58,7 +58,7 @@ func Units(m *shard.Manifest, split string, size int) ([]Unit, error) {
 }
 
 // GlobalUnits cuts the epoch's permutation of a split's records (the one
-// train.Order draws for the single-process trainer, over the split's records
+// input.Order draws for the single-process trainer, over the split's records
 // in ID order) into units of size records, in order.
 func GlobalUnits(m *shard.Manifest, split string, seed uint64, epoch, size int) ([]Unit, error) {
 	if size < 1 {
@@ -72,7 +72,7 @@ func GlobalUnits(m *shard.Manifest, split string, seed uint64, epoch, size int) 
 		return nil, fmt.Errorf("split %s has no shards", split)
 	}
 	first := sp.Shards[0].FirstID
-	order := train.Order(int(sp.Records), seed, epoch)
+	order := input.Order(int(sp.Records), seed, epoch)
 	var us []Unit
 	for off := 0; off < len(order); off += size {
 		u := Unit{ID: len(us), Len: min(size, len(order)-off)}

@@ -1,8 +1,11 @@
-// Package input turns stored pixels into network inputs: stored images are
-// uint8 HWC (rows, columns, channels) and the net takes float32 CHW, scaled
-// to [0, 1] and normalised per channel. Augment adds the random geometric
+// Package input turns records into batches: stored images are uint8 HWC
+// (rows, columns, channels) and the net takes float32 CHW, scaled to [0, 1]
+// and normalised per channel. Augment adds the random geometric
 // augmentation of Keras' ImageDataGenerator, drawn from a seed so that it is
-// a pure function of (run seed, epoch, record id); see SampleSeed.
+// a pure function of (run seed, epoch, record id); see SampleSeed. Order is
+// the epoch's permutation of a split and FillBatch writes a batch's inputs
+// and targets: the single-process trainer and the cluster's coordinator and
+// workers all use them, so every process feeds the net the same numbers.
 package input
 
 import (

@@ -11,7 +11,7 @@ bash scripts/setup.sh --test
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 go vet -tags openblas ./...
 go test -tags openblas -count=1 -timeout 20m ./...
-go test -count=1 -timeout 10m ./model/ ./train/
+go test -count=1 -timeout 10m ./model/ ./eval/ ./train/
 # the chaos suite: random kills of a worker, a parameter server and the leader
 go vet -tags 'openblas chaos' ./internal/e2e/
 go test -tags 'openblas chaos' -count=1 -timeout 15m -run TestChaos -v ./internal/e2e/

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/tailorml/tailor/eval"
 	"github.com/tailorml/tailor/fashion"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
@@ -42,7 +43,7 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 // final weights are equal bit for bit. This is what exact resume builds on.
 func TestRunIsDeterministic(t *testing.T) {
 	data := testShards(t)
-	var hist [2][]Epoch
+	var hist [2][]eval.Epoch
 	var models [2]*model.Bundle
 	for i := range hist {
 		cfg := DefaultConfig()
@@ -99,15 +100,15 @@ func TestRunLearnsAndSavesEstimatedBN(t *testing.T) {
 	}
 	st, _ := shard.OpenStore(context.Background(), data)
 	man, _ := shard.LoadManifest(context.Background(), st)
-	val, err := LoadSplit(context.Background(), st, man, "val", 0)
+	val, err := eval.LoadSplit(context.Background(), st, man, "val", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	probs, err := Predict(context.Background(), b, val, 7)
+	probs, err := eval.Predict(context.Background(), b, val, 7)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := Score(man.Labels, probs, val.Truth())
+	got := eval.Score(man.Labels, probs, val.Truth())
 	want := res.History[res.Best-1].Val
 	if math.Abs(got.Loss-want.Loss) > 1e-6 || math.Abs(got.MAP-want.MAP) > 1e-6 {
 		t.Errorf("saved model scores %+v on val, the history says %+v", got, want)
@@ -139,26 +140,5 @@ func TestConfigValidate(t *testing.T) {
 	c.Data = "x"
 	if err := c.Validate(); err != nil {
 		t.Errorf("default config refused: %v", err)
-	}
-}
-
-func TestBCEAndOrder(t *testing.T) {
-	if got := BCE([]float32{1, 0}, []bool{true, false}); got > 1e-6 {
-		t.Errorf("perfect predictions: BCE %g", got)
-	}
-	if got := BCE([]float32{0}, []bool{true}); math.IsInf(got, 0) || got < 15 {
-		t.Errorf("confidently wrong: BCE %g, want large and finite", got)
-	}
-	a, b := Order(100, 3, 1), Order(100, 3, 1)
-	c := Order(100, 3, 2)
-	same := true
-	for i := range a {
-		if a[i] != b[i] {
-			t.Fatal("Order is not a function of (seed, epoch)")
-		}
-		same = same && a[i] == c[i]
-	}
-	if same {
-		t.Error("two epochs have the same order")
 	}
 }

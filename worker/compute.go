@@ -11,7 +11,6 @@ import (
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
-	"github.com/tailorml/tailor/train"
 )
 
 // ComputeConfig is what a worker's step needs to know about the run.
@@ -109,7 +108,7 @@ func (c *Compute) Step(ctx context.Context, step int64, epoch, offset int, recs 
 	}
 	t0 := time.Now()
 	k := len(recs)
-	train.FillBatch(c.x, c.y, recs, cfg.Labels, cfg.Size, cfg.Size, cfg.Channels, c.cfg.Augment, c.cfg.Mean, c.cfg.Std, c.cfg.Seed, epoch)
+	input.FillBatch(c.x, c.y, recs, cfg.Labels, cfg.Size, cfg.Size, cfg.Channels, c.cfg.Augment, c.cfg.Mean, c.cfg.Std, c.cfg.Seed, epoch)
 	c.InputTime += time.Since(t0)
 	opt := model.StepOptions{Dropout: true, Seed: model.DropoutSeed(c.cfg.Seed, c.cfg.Rank), Step: uint64(step), DropoutOffset: offset, BN: model.BNTrain}
 	if c.bnSync != nil {

@@ -14,7 +14,6 @@ import (
 	"github.com/tailorml/tailor/optim"
 	"github.com/tailorml/tailor/paramserver"
 	"github.com/tailorml/tailor/shard"
-	"github.com/tailorml/tailor/train"
 )
 
 // One worker in sync mode against two parameter servers does exactly what
@@ -75,7 +74,7 @@ func testWorkerMatches(t *testing.T, overlap bool) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		train.FillBatch(x, y, recs, cfg.Labels, cfg.Size, cfg.Size, 3, aug, mean, std, seed, 0)
+		input.FillBatch(x, y, recs, cfg.Labels, cfg.Size, cfg.Size, 3, aug, mean, std, seed, 0)
 		rl, grads, err := ref.TrainStep(x, y, batch, model.StepOptions{Dropout: true, Seed: model.DropoutSeed(seed, 0), Step: uint64(step)})
 		if err != nil {
 			t.Fatal(err)

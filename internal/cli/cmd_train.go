@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/tailorml/tailor/eval"
 	"github.com/tailorml/tailor/metrics"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
@@ -87,14 +88,14 @@ func evaluate(ctx context.Context, modelPath, data, split string, max int) (*met
 	if err := compatible(b, man); err != nil {
 		return nil, err
 	}
-	ds, err := train.LoadSplit(ctx, st, man, split, max)
+	ds, err := eval.LoadSplit(ctx, st, man, split, max)
 	if err != nil {
 		return nil, err
 	}
 	if len(ds.Records) == 0 {
 		return nil, fmt.Errorf("split %q is empty", split)
 	}
-	probs, err := train.Predict(ctx, b, ds, 64)
+	probs, err := eval.Predict(ctx, b, ds, 64)
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package train
+package eval
 
 import (
 	"bytes"
@@ -9,6 +9,22 @@ import (
 
 	"github.com/tailorml/tailor/internal/plot"
 )
+
+// Epoch is one row of the history.
+type Epoch struct {
+	Epoch     int
+	TrainLoss float64
+	Val       Scores
+	Running   *Scores // with the running BatchNorm statistics, if asked for
+	LR        float64
+	Seconds   float64
+	ImgPerSec float64 // training images per second of compute
+}
+
+// Scores summarise an evaluation.
+type Scores struct {
+	Loss, MAP, MacroF1, SubsetAcc float64
+}
 
 // WriteHistory writes dir/history.csv and dir/history.png (loss per epoch,
 // training and validation, and validation mAP).
