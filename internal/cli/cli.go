@@ -66,6 +66,9 @@ func RunContext(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 		return 0
 	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = append([]string{"version"}, args[1:]...) // tailor --version [--json]
+	}
 	cmd, ok := commands[args[0]]
 	if !ok {
 		fmt.Fprintf(stderr, "tailor: unknown command %q\n\n", args[0])
