@@ -18,15 +18,18 @@ export GOFLAGS="${GOFLAGS:-} -trimpath"
 
 step() { printf 'build: %s\n' "$*" >&2; }
 
+# the commit into `tailor version` (-trimpath builds here stamp none from a worktree)
+vflags=$(bash scripts/ldflags.sh)
+
 step "tailor (static)"
 if [ "${TAILOR_PURE_GO:-}" != 1 ] && [ -e /usr/lib/x86_64-linux-gnu/libopenblas.a ] &&
   CGO_ENABLED=1 go build -tags openblas,netgo,osusergo \
-    -ldflags '-s -w -linkmode external -extldflags "-static -lm -lpthread"' \
+    -ldflags "-s -w $vflags -linkmode external -extldflags \"-static -lm -lpthread\"" \
     -o "$ctx/bin/tailor.new" ./cmd/tailor; then
   step "tailor: static, with OpenBLAS"
 else
   step "tailor: pure Go (no static OpenBLAS: set up libopenblas-dev, or TAILOR_PURE_GO was set)"
-  CGO_ENABLED=0 go build -ldflags '-s -w' -o "$ctx/bin/tailor.new" ./cmd/tailor
+  CGO_ENABLED=0 go build -ldflags "-s -w $vflags" -o "$ctx/bin/tailor.new" ./cmd/tailor
 fi
 mv "$ctx/bin/tailor.new" "$ctx/bin/tailor"
 

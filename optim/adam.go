@@ -115,6 +115,17 @@ func (a *Adam) Update(params, grads [][]float32) error {
 // adamConsts are one step's constants, as the vector kernel reads them.
 type adamConsts struct{ b1, omb1, b2, omb2, step, eps float32 }
 
+// Kernel names the loop Update runs, as chosen at start from the CPU's
+// features: "avx" (adamAVX, eight floats at a time) or "go" (the scalar
+// loop: another architecture, the purego build tag, or a CPU without AVX).
+// Both compute the same bits.
+func Kernel() string {
+	if hasVec {
+		return "avx"
+	}
+	return "go"
+}
+
 // adamScalar is the update, one float at a time.
 func adamScalar(p, m, v, g []float32, c *adamConsts) {
 	m, v, g = m[:len(p)], v[:len(p)], g[:len(p)]

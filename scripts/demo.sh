@@ -12,7 +12,7 @@ TRAIN=${TRAIN:-4000}
 SIZE=${SIZE:-64}
 mkdir -p bin "$OUT"
 echo "== building tailor (OpenBLAS)"
-go build -tags openblas -o bin/tailor ./cmd/tailor
+go build -tags openblas -ldflags "$(bash scripts/ldflags.sh)" -o bin/tailor ./cmd/tailor
 echo "== composing the Fashion-outfits data set: $OUT/images"
 bin/tailor data fashion --force --size "$SIZE" --train "$TRAIN" --val 1000 --test 1000 "$OUT/images"
 echo "== ingesting into shards: $OUT/shards"

@@ -13,7 +13,7 @@ bash scripts/setup.sh
 OUT=${OUT:-out/local}
 mkdir -p bin
 echo "== building tailor (OpenBLAS)"
-go build -tags openblas -o bin/tailor ./cmd/tailor
+go build -tags openblas -ldflags "$(bash scripts/ldflags.sh)" -o bin/tailor ./cmd/tailor
 args=(local --out "$OUT" --workers "${WORKERS:-3}" --ps "${PS:-2}" --epochs "${EPOCHS:-10}"
 	--mode "${MODE:-sync}" --size "${SIZE:-64}" --standby --checkpoint-every 100)
 if [ -n "${RESUME:-}" ]; then args+=(--resume); fi

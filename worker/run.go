@@ -252,6 +252,9 @@ func (w *runner) loop(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			if errors.Is(err, wire.ErrProtocolVersion) {
+				return fmt.Errorf("coordinator at %s: %w", w.coordAddr, err)
+			}
 			// the coordinator may have died: find the new leader
 			askFail.Fail(err)
 			w.work, w.coordAddr = nil, ""
@@ -304,6 +307,9 @@ func (w *runner) loop(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
+				if errors.Is(err, wire.ErrProtocolVersion) {
+					return fmt.Errorf("parameter servers %v: %w", w.ps.Addrs(), err)
+				}
 				pullFail.Fail(err, "step", rep.Step, "servers", w.ps.Addrs())
 				if !backoff.Wait(ctx) {
 					return ctx.Err()
@@ -322,7 +328,11 @@ func (w *runner) loop(ctx context.Context) error {
 			// a refused push (late, or the step moved on) or an unreachable
 			// parameter server (restarting) is not fatal: the coordinator
 			// hands the records out again, and rolls the servers back to a
-			// checkpoint if one lost its state
+			// checkpoint if one lost its state; a server of another protocol
+			// version is (it would refuse every step)
+			if errors.Is(err, wire.ErrProtocolVersion) {
+				return fmt.Errorf("parameter servers %v: %w", w.ps.Addrs(), err)
+			}
 			var rej *wire.RejectedError
 			if errors.As(err, &rej) {
 				w.log.Warn("push refused", "step", rep.Step, "reason", rej.Reason)
@@ -381,7 +391,8 @@ func (w *runner) holdFault(ctx context.Context) error {
 }
 
 // pullRetry pulls the current weights, retrying (with backoff) while the
-// servers are unreachable or not initialised, until ctx ends.
+// servers are unreachable or not initialised, until ctx ends; a server of
+// another wire protocol version is an error at once.
 func (w *runner) pullRetry(ctx context.Context) error {
 	b := retry.Backoff{Base: 200 * time.Millisecond}
 	for {
@@ -393,6 +404,9 @@ func (w *runner) pullRetry(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if errors.Is(err, wire.ErrProtocolVersion) {
+			return fmt.Errorf("parameter servers %v: %w", w.ps.Addrs(), err)
 		}
 		w.log.Debug("weights not available", "err", err, "servers", w.ps.Addrs())
 		if !b.Wait(ctx) {

@@ -66,6 +66,9 @@ func RunContext(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 		return 0
 	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = append([]string{"version"}, args[1:]...) // tailor --version [--json]
+	}
 	cmd, ok := commands[args[0]]
 	if !ok {
 		fmt.Fprintf(stderr, "tailor: unknown command %q\n\n", args[0])
@@ -111,27 +114,36 @@ func newFlagSet(env *Env, name, argsUsage, description string) *flag.FlagSet {
 // parse parses flags, then sets every flag the command line left unset from
 // its TAILOR_* environment variable or the config file (applyConfig); it
 // returns (exit code, done). done is true when the caller must return the code
-// (help was asked for, or the flags or settings were wrong).
+// (help was asked for, or the flags or settings were wrong). Flags may come
+// anywhere among the arguments (see reorder).
 func parse(env *Env, fs *flag.FlagSet) (int, bool) {
+	args, flags := reorder(fs, env.Args, true)
 	if env.probe != nil {
-		env.probe(fs, fs.Parse(env.Args))
+		env.probe(fs, fs.Parse(args))
 		return 0, true
 	}
-	for _, a := range env.Args {
-		if a == "--" {
-			break
-		}
+	return parseArgs(env, fs, args, flags, true)
+}
+
+// parseArgs parses args, a command line reordered by reorder (flags its
+// flags), and with layered applies the environment and the config file to
+// the flags it left unset.
+func parseArgs(env *Env, fs *flag.FlagSet, args, flags []string, layered bool) (int, bool) {
+	for _, a := range flags {
 		if a == "-h" || a == "-help" || a == "--help" {
 			fs.SetOutput(env.Stdout)
 			fs.Usage()
 			return 0, true
 		}
 	}
-	if err := fs.Parse(env.Args); err != nil {
+	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0, true
 		}
 		return 2, true
+	}
+	if !layered {
+		return 0, false
 	}
 	if _, err := applyConfig(env, fs); err != nil {
 		for _, e := range config.Errors(err) {
@@ -140,6 +152,65 @@ func parse(env *Env, fs *flag.FlagSet) (int, bool) {
 		return 2, true
 	}
 	return 0, false
+}
+
+// reorder returns args as flag.FlagSet.Parse must see them to read flags
+// anywhere: every flag with its value, in order, then "--" and the
+// positional arguments; flags are the flags themselves (not their values),
+// for the help check. With interspersed, args are read as git, docker and
+// kubectl read a command line: flags may come before, between or after the
+// positional arguments; without, flags end at the first positional
+// argument (the rest is another command's line, as after config show
+// COMMAND). Either way "--" ends the flags (every argument after it is
+// positional, even one starting with "-"), and "-" alone is positional.
+//
+// A flag of fs that takes a value and is written without "=" takes the
+// next argument as its value, whatever it looks like (as the flag package
+// does: --size 64, --name -x); a boolean flag takes a value only after "="
+// (--standby, --shuffle=false). Arguments that look like flags but are none
+// of fs's (-h and --help among them) stay flags, for fs.Parse to report as
+// it always has; so does a value flag that ends the line without its value.
+func reorder(fs *flag.FlagSet, args []string, interspersed bool) (ordered, flags []string) {
+	var positional []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			positional = append(positional, args[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			if !interspersed {
+				positional = append(positional, args[i:]...)
+				break
+			}
+			positional = append(positional, a)
+			continue
+		}
+		flags = append(flags, a)
+		ordered = append(ordered, a)
+		name := strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		fl := fs.Lookup(name)
+		if fl == nil || isBoolFlag(fl) {
+			continue
+		}
+		if i+1 == len(args) {
+			return ordered, flags // fs.Parse says the value is missing
+		}
+		i++
+		ordered = append(ordered, args[i])
+	}
+	if len(positional) > 0 {
+		ordered = append(append(ordered, "--"), positional...)
+	}
+	return ordered, flags
+}
+
+func isBoolFlag(fl *flag.Flag) bool {
+	b, ok := fl.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
 }
 
 // fail prints an error and returns exit code 1.

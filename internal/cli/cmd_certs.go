@@ -30,25 +30,19 @@ NAME-key.pem (see docs/security.md). Keep ca-key.pem off the cluster.`)
 	fs.IntVar(&cfg.Days, "days", cfg.Days, "days the CA and the certificates are valid")
 	fs.StringVar(&pairs, "pairs", strings.Join(cfg.Pairs, ","), "comma-separated names of the key pairs to make")
 	fs.BoolVar(&cfg.Force, "force", false, "replace existing files")
-	if len(env.Args) == 0 || strings.HasPrefix(env.Args[0], "-") {
-		if code, done := parse(env, fs); done {
-			return code
-		}
+	if code, done := parse(env, fs); done {
+		return code
+	}
+	if fs.NArg() == 0 {
 		fs.Usage()
 		return 2
 	}
-	action := env.Args[0]
-	sub := *env
-	sub.Args = env.Args[1:]
-	if code, done := parse(&sub, fs); done {
-		return code
-	}
-	if action != "init" {
+	if action := fs.Arg(0); action != "init" {
 		fmt.Fprintf(env.Stderr, "tailor certs: unknown action %q (want init)\n", action)
 		return 2
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(env.Stderr, "tailor certs: unexpected arguments %q\n", fs.Args())
+	if fs.NArg() > 1 {
+		fmt.Fprintf(env.Stderr, "tailor certs: unexpected arguments %q\n", fs.Args()[1:])
 		return 2
 	}
 	cfg.Hosts, cfg.Pairs = splitList(hosts), splitList(pairs)

@@ -33,30 +33,19 @@ names unless --force.`)
 	fs.BoolVar(&verify, "verify", false, "show: read every part and check its SHA-256")
 	fs.BoolVar(&force, "force", false, "rm: remove even the checkpoint the pointer names")
 	fs.BoolVar(&asJSON, "json", false, "ls: print JSON")
-	if len(env.Args) == 0 {
-		fs.Usage()
-		return 2
-	}
-	action, rest := env.Args[0], env.Args[1:]
-	sub := *env
-	sub.Args = rest
-	if action == "-h" || action == "--help" || action == "help" {
+	if len(env.Args) > 0 && env.Args[0] == "help" {
 		fs.SetOutput(env.Stdout)
 		fs.Usage()
 		return 0
 	}
-	// flags may come before or after NAME
-	var args []string
-	for {
-		if code, done := parse(&sub, fs); done {
-			return code
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		args = append(args, fs.Arg(0))
-		sub.Args = fs.Args()[1:]
+	if code, done := parse(env, fs); done {
+		return code
 	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return 2
+	}
+	action, args := fs.Arg(0), fs.Args()[1:]
 	if !cf.check(env, "checkpoints") {
 		return 2
 	}

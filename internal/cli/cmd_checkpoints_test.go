@@ -90,6 +90,10 @@ func TestCheckpointsCommand(t *testing.T) {
 	if code, out, errs = run("show", checkpoint.Name(10, 0), "--verify"); code != 0 || !strings.Contains(out, "SHA-256 ok") {
 		t.Errorf("show --verify: exit %d\n%s%s", code, out, errs)
 	}
+	// flags before the action, too
+	if code, out, errs = run("--verify", "show", checkpoint.Name(10, 0)); code != 0 || !strings.Contains(out, "SHA-256 ok") {
+		t.Errorf("--verify show NAME: exit %d\n%s%s", code, out, errs)
+	}
 	part := filepath.Join(spec.Checkpoints, "r1", "job1", checkpoint.Name(10, 0), "ps-000.bin")
 	raw, _ := os.ReadFile(part)
 	raw[len(raw)-40] ^= 1

@@ -56,22 +56,11 @@ func runConfig(ctx context.Context, env *Env) int {
 
 // parseOwnFlags parses the flags of config check and show: like parse, but
 // without applying a config file to them (checking a broken file must not
-// fail before it starts). Help is looked for up to the first argument.
-func parseOwnFlags(env *Env, fs *flag.FlagSet) (int, bool) {
-	for _, a := range env.Args {
-		if a == "--" || !strings.HasPrefix(a, "-") {
-			break
-		}
-		if a == "-h" || a == "-help" || a == "--help" {
-			fs.SetOutput(env.Stdout)
-			fs.Usage()
-			return 0, true
-		}
-	}
-	if err := fs.Parse(env.Args); err != nil {
-		return 2, true
-	}
-	return 0, false
+// fail before it starts). check takes its flags anywhere; show's end at
+// COMMAND (untilCommand), since what follows is COMMAND's own command line.
+func parseOwnFlags(env *Env, fs *flag.FlagSet, untilCommand bool) (int, bool) {
+	args, flags := reorder(fs, env.Args, !untilCommand)
+	return parseArgs(env, fs, args, flags, false)
 }
 
 func runConfigCheck(_ context.Context, env *Env) int {
@@ -82,7 +71,7 @@ line and key: YAML syntax, a key that is no command's flag (or not a flag of
 its section's command), a section not named after a command, a value of the
 wrong type. The environment is not consulted. Exit status 1 if a file has a
 problem.`)
-	if code, done := parseOwnFlags(env, fs); done {
+	if code, done := parseOwnFlags(env, fs, false); done {
 		return code
 	}
 	files := fs.Args()
@@ -172,7 +161,7 @@ value it would run with and where that comes from: flag (ARGS, the command
 line after COMMAND), env (its TAILOR_* variable), file (the config file and
 line) or default. Secrets (flags named *secret*, *password*, *key*, *token*,
 *credential*) show as (set). Nothing is run.`)
-	if code, done := parseOwnFlags(env, fs); done {
+	if code, done := parseOwnFlags(env, fs, true); done {
 		return code
 	}
 	args := fs.Args()

@@ -90,12 +90,6 @@ See shard/FORMAT.md for every rule.`)
 	cfg.MaxShardBytes = int64(size)
 	args := fs.Args()
 	if len(args) != 2 {
-		for _, a := range args {
-			if strings.HasPrefix(a, "-") {
-				fmt.Fprintf(env.Stderr, "tailor shard build: flag %s after the arguments: flags must come before SRC and DST\n", a)
-				return 2
-			}
-		}
 		fmt.Fprintf(env.Stderr, "tailor shard build: want SRC and DST, got %d arguments\n", len(args))
 		fs.Usage()
 		return 2

@@ -101,7 +101,9 @@ func TestShardUsageErrors(t *testing.T) {
 		{[]string{"frobnicate"}, 2, `unknown subcommand "frobnicate"`},
 		{[]string{"build", "--help"}, 0, "--max-shard-bytes"},
 		{[]string{"build", "only-src"}, 2, "want SRC and DST"},
-		{[]string{"build", "a", "b", "--size", "8"}, 2, "flags must come before"},
+		{[]string{"build", "a", "b", "--size", "0"}, 2, "size 0"}, // flags after the arguments are read
+		{[]string{"build", "a", "--size", "8", "b", "c"}, 2, "want SRC and DST, got 3 arguments"},
+		{[]string{"build", "a", "b", "--sise", "8"}, 2, "flag provided but not defined: -sise"},
 		{[]string{"build", "--size", "0", "a", "b"}, 2, "size 0"},
 		{[]string{"build", "--max-shard-bytes", "12XB", "a", "b"}, 2, "unknown unit"},
 		{[]string{"build", "/nonexistent/src", "s3://Bad_Bucket/x"}, 1, "bucket name"},

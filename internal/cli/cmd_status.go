@@ -25,6 +25,7 @@ import (
 	"github.com/tailorml/tailor/coordinator"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
+	"github.com/tailorml/tailor/internal/version"
 	"github.com/tailorml/tailor/internal/wire"
 )
 
@@ -76,13 +77,18 @@ type specView struct {
 }
 
 type memberView struct {
-	Role   cluster.Role      `json:"role"`
-	ID     string            `json:"id"`
-	Rank   int               `json:"rank"`
-	Addrs  map[string]string `json:"addrs"` // grpc, metrics, gossip
-	Leader bool              `json:"leader,omitempty"`
-	PS     *psView           `json:"paramserver,omitempty"`
-	Worker *workerView       `json:"worker,omitempty"`
+	Role  cluster.Role      `json:"role"`
+	ID    string            `json:"id"`
+	Rank  int               `json:"rank"`
+	Addrs map[string]string `json:"addrs"` // grpc, metrics, gossip
+	// Version is the tailor the member runs (version.Info.String), Wire
+	// its wire protocol version; both empty for a member from before
+	// members published them.
+	Version string      `json:"version,omitempty"`
+	Wire    string      `json:"wire_protocol,omitempty"`
+	Leader  bool        `json:"leader,omitempty"`
+	PS      *psView     `json:"paramserver,omitempty"`
+	Worker  *workerView `json:"worker,omitempty"`
 }
 
 // psView is a parameter server's answer to wire Status.
@@ -119,12 +125,12 @@ func runStatus(ctx context.Context, env *Env) int {
 	fs := newFlagSet(env, "status", "--etcd E --run R", `
 Shows cluster run R: its spec, whether it is running or done, the leading
 coordinator, every live member (role, id, rank, gRPC, metrics and gossip
-addresses) and the live numbers: epoch, step, loss and images per second
-from the leader's progress record in etcd, each parameter server's counters
-(version, bytes in and out, pushes accepted and rejected) and each worker's
-/metrics when it serves them. With --watch it shows the run again every
-interval until the run is done or Ctrl-C. Exit status 1 if etcd or the run
-cannot be read.`)
+addresses, the tailor version and wire protocol it runs) and the live
+numbers: epoch, step, loss and images per second from the leader's progress
+record in etcd, each parameter server's counters (version, bytes in and
+out, pushes accepted and rejected) and each worker's /metrics when it serves
+them. With --watch it shows the run again every interval until the run is
+done or Ctrl-C. Exit status 1 if etcd or the run cannot be read.`)
 	fs.StringVar(&cf.etcd, "etcd", os.Getenv("TAILOR_ETCD"), "etcd endpoints, comma-separated (env TAILOR_ETCD)")
 	fs.StringVar(&cf.run, "run", os.Getenv("TAILOR_RUN"), "run id (env TAILOR_RUN)")
 	fs.BoolVar(&jsonOut, "json", false, "print JSON (with --watch: one object per line)")
@@ -283,12 +289,16 @@ func collectStatus(ctx context.Context, cli *clientv3.Client, run string, sec *t
 				m.Addrs[k] = a
 			}
 		}
+		m.Version, m.Wire = rec.Extra[version.ExtraVersion], rec.Extra[version.ExtraWire]
 		m.Leader = role == cluster.RoleCoordinator && id == v.Leader
 		v.Members = append(v.Members, m)
 	}
 	slices.SortFunc(v.Members, func(a, b memberView) int {
 		return cmp.Or(cmp.Compare(roleOrder(a.Role), roleOrder(b.Role)), cmp.Compare(a.Rank, b.Rank), strings.Compare(a.ID, b.ID))
 	})
+	if p := mixedWire(v.Members); p != "" {
+		v.Problems = append(v.Problems, p)
+	}
 
 	// live numbers of the members, in parallel, each bounded by ctx
 	var mu sync.Mutex
@@ -325,6 +335,33 @@ func collectStatus(ctx context.Context, cli *clientv3.Client, run string, sec *t
 	wg.Wait()
 	slices.Sort(v.Problems)
 	return v, nil
+}
+
+// mixedWire describes members that speak different wire protocols (they
+// refuse each other's calls), each version with its members; "" if all
+// speak one.
+func mixedWire(ms []memberView) string {
+	by := map[string][]string{}
+	var versions []string
+	for _, m := range ms {
+		w := m.Wire
+		if w == "" {
+			w = "none"
+		}
+		if by[w] == nil {
+			versions = append(versions, w)
+		}
+		by[w] = append(by[w], string(m.Role)+"/"+m.ID)
+	}
+	if len(versions) < 2 {
+		return ""
+	}
+	slices.Sort(versions)
+	parts := make([]string, len(versions))
+	for i, w := range versions {
+		parts[i] = fmt.Sprintf("%s: %s", w, strings.Join(by[w], ", "))
+	}
+	return "members speak different wire protocols and refuse each other's calls (" + strings.Join(parts, "; ") + ")"
 }
 
 // staleProgress reports whether a progress record age seconds old is
@@ -495,13 +532,14 @@ func writeStatus(w io.Writer, v *runStatusView) {
 
 	fmt.Fprintf(w, "\nmembers (%d)\n", len(v.Members))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  ROLE\tID\tRANK\tGRPC\tMETRICS\tGOSSIP")
+	fmt.Fprintln(tw, "  ROLE\tID\tRANK\tGRPC\tMETRICS\tGOSSIP\tVERSION\tWIRE")
 	for _, m := range v.Members {
 		id := m.ID
 		if m.Leader {
 			id += " (leader)"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\t%s\n", m.Role, id, m.Rank, dash(m.Addrs["grpc"]), dash(m.Addrs["metrics"]), dash(m.Addrs[cluster.AddrGossip]))
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", m.Role, id, m.Rank, dash(m.Addrs["grpc"]), dash(m.Addrs["metrics"]), dash(m.Addrs[cluster.AddrGossip]),
+			dash(m.Version), dash(m.Wire))
 	}
 	tw.Flush()
 

@@ -85,10 +85,13 @@ func TestStatusFromEtcd(t *testing.T) {
 	closed.Close()
 	workerAddr := strings.TrimPrefix(metrics.URL, "http://")
 	put(keys.Member(cluster.RoleWorker, "w0"), memberRecord{Member: cluster.Member{ID: "w0", Role: cluster.RoleWorker,
-		Addrs: map[string]string{"metrics": workerAddr, "gossip": "127.0.0.1:7001"}, Extra: map[string]string{"token": secret}}, Node: "worker/w0/x"})
+		Addrs: map[string]string{"metrics": workerAddr, "gossip": "127.0.0.1:7001"}, Extra: map[string]string{"token": secret, "version": "v0.9.0", "wire": "1"}},
+		Node: "worker/w0/x"})
 	put(keys.Member(cluster.RoleParamServer, "ps0"), memberRecord{Member: cluster.Member{ID: "ps0", Role: cluster.RoleParamServer,
 		Addrs: map[string]string{"grpc": deadAddr}}, Node: "paramserver/ps0/x"})
-	coord := cluster.Member{ID: "coord-a", Role: cluster.RoleCoordinator, Addrs: map[string]string{"grpc": "127.0.0.1:7100", "metrics": "127.0.0.1:7101"}}
+	// the parameter server runs a tailor from before versions were published
+	coord := cluster.Member{ID: "coord-a", Role: cluster.RoleCoordinator, Addrs: map[string]string{"grpc": "127.0.0.1:7100", "metrics": "127.0.0.1:7101"},
+		Extra: map[string]string{"version": "(devel) 1162adf (modified)", "wire": "1"}}
 	put(keys.Member(cluster.RoleCoordinator, "coord-a"), memberRecord{Member: coord, Node: "coordinator/coord-a/x"})
 	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: coord})
 	if err != nil {
@@ -113,6 +116,8 @@ func TestStatusFromEtcd(t *testing.T) {
 		"coord-a (leader)", "127.0.0.1:7101", workerAddr,
 		"paramserver ps0:", // not answering: named under "not shown"
 		"0.5321",
+		"VERSION", "WIRE", "(devel) 1162adf (modified)  1", "v0.9.0", // each member's tailor and wire protocol
+		"members speak different wire protocols and refuse each other's calls (1: coordinator/coord-a, worker/w0; none: paramserver/ps0)",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)
@@ -141,8 +146,12 @@ func TestStatusFromEtcd(t *testing.T) {
 		if got := v.Members[2]; got.ID != "w0" || got.Worker == nil || got.Worker.Steps != 17 || got.Worker.Images != 136 {
 			t.Errorf("worker w0 = %+v (worker %+v); want 17 steps, 136 images", got, got.Worker)
 		}
-		if got := v.Members[0]; got.ID != "coord-a" || !got.Leader || got.Addrs["metrics"] != "127.0.0.1:7101" {
-			t.Errorf("coordinator = %+v; want coord-a, leader, metrics 127.0.0.1:7101", got)
+		if got := v.Members[0]; got.ID != "coord-a" || !got.Leader || got.Addrs["metrics"] != "127.0.0.1:7101" ||
+			got.Version != "(devel) 1162adf (modified)" || got.Wire != "1" {
+			t.Errorf("coordinator = %+v; want coord-a, leader, metrics 127.0.0.1:7101, its version and wire protocol 1", got)
+		}
+		if got := v.Members[1]; got.Version != "" || got.Wire != "" {
+			t.Errorf("paramserver of no published version = %+v", got)
 		}
 	}
 

@@ -30,7 +30,7 @@ func TestPipeline(t *testing.T) {
 	dir := t.TempDir()
 	images, shards, out := filepath.Join(dir, "images"), filepath.Join(dir, "shards"), filepath.Join(dir, "run")
 	run(t, 0, "data", "fashion", "--source", fashionTestdata, "--size", "24", "--train", "96", "--val", "32", "--test", "32", images)
-	run(t, 0, "shard", "build", "--size", "24", images, shards)
+	run(t, 0, "shard", "build", images, shards, "--size", "24") // flags may follow the arguments
 	stdout, _ := run(t, 0, "train", "--data", shards, "--out", out, "--epochs", "2", "--batch", "16", "--bn-batches", "2", "--eval-running-bn")
 	for _, want := range []string{"kept the model of epoch", "test split", "mAP", "subset accuracy"} {
 		if !strings.Contains(stdout, want) {
@@ -86,6 +86,10 @@ func TestPipeline(t *testing.T) {
 		if l.Present != (l.Probability >= l.Threshold) {
 			t.Errorf("label %s: present=%v at p=%g, threshold %g", l.Label, l.Present, l.Probability, l.Threshold)
 		}
+	}
+	// flags anywhere: predict MODEL --json IMAGE prints the same
+	if pj2, _ := run(t, 0, "predict", model, "--json", img); pj2 != pj {
+		t.Errorf("predict MODEL --json IMAGE:\n%s\nwant what predict --json MODEL IMAGE printed:\n%s", pj2, pj)
 	}
 	text, _ := run(t, 0, "predict", model, img)
 	if !strings.Contains(text, "%") {

@@ -48,6 +48,7 @@ worker:
 		args []string
 		env  map[string]string
 		want map[string]string
+		rest []string // fs.Args()
 	}{
 		{name: "no file: defaults", args: nil,
 			want: map[string]string{"id": "host", "run": "", "gossip": "127.0.0.1:0"}},
@@ -59,8 +60,10 @@ worker:
 			want: map[string]string{"run": "from-env", "gossip": "1.2.3.4:1", "id": "w-file"}},
 		{name: "flag over env over file", args: []string{"--config", file, "--run", "from-flag"}, env: map[string]string{"TAILOR_RUN": "from-env"},
 			want: map[string]string{"run": "from-flag", "id": "w-file"}},
-		{name: "positional arguments stay", args: []string{"--config", file, "--id", "w1", "extra", "--run", "x"},
-			want: map[string]string{"id": "w1", "run": "from-section"}},
+		{name: "flags after a positional argument", args: []string{"--config", file, "--id", "w1", "extra", "--run", "x"},
+			want: map[string]string{"id": "w1", "run": "x", "gossip": "10.0.0.1:7946"}, rest: []string{"extra"}},
+		{name: "positional arguments after --", args: []string{"extra", "--id", "w1", "--config", file, "--", "--run", "x"},
+			want: map[string]string{"id": "w1", "run": "from-section"}, rest: []string{"extra", "--run", "x"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,8 +86,8 @@ worker:
 					t.Errorf("--%s = %q, want %q", k, got[k], want)
 				}
 			}
-			if tc.name == "positional arguments stay" && !slices.Equal(fs.Args(), []string{"extra", "--run", "x"}) {
-				t.Errorf("args after the flags = %q, want [extra --run x]", fs.Args())
+			if !slices.Equal(fs.Args(), tc.rest) && len(fs.Args())+len(tc.rest) > 0 {
+				t.Errorf("positional arguments %q, want %q", fs.Args(), tc.rest)
 			}
 		})
 	}

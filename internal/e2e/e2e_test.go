@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -29,6 +30,11 @@ func buildTailor(t *testing.T) string {
 	args := []string{"build", "-o", bin}
 	if model.BLAS == "openblas" {
 		args = append(args, "-tags", "openblas")
+	}
+	// the commit into tailor version and the members' records, as the
+	// scripts build it (scripts/test.sh sets -buildvcs=false)
+	if out, err := exec.Command("bash", "../../scripts/ldflags.sh").Output(); err == nil && len(bytes.TrimSpace(out)) > 0 {
+		args = append(args, "-ldflags", string(bytes.TrimSpace(out)))
 	}
 	cmd := exec.Command("go", append(args, "github.com/tailorml/tailor/cmd/tailor")...)
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -10,12 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tailorml/tailor/internal/cli"
+	"github.com/tailorml/tailor/internal/wire"
 )
 
 // syncBuffer is a bytes.Buffer that a child process writes while the test
@@ -49,11 +51,13 @@ type statusView struct {
 		Workers   int     `json:"workers"`
 	} `json:"progress"`
 	Members []struct {
-		Role   string            `json:"role"`
-		ID     string            `json:"id"`
-		Addrs  map[string]string `json:"addrs"`
-		Leader bool              `json:"leader"`
-		PS     *struct {
+		Role    string            `json:"role"`
+		ID      string            `json:"id"`
+		Addrs   map[string]string `json:"addrs"`
+		Leader  bool              `json:"leader"`
+		Version string            `json:"version"`
+		Wire    string            `json:"wire_protocol"`
+		PS      *struct {
 			Initialised bool   `json:"initialised"`
 			Version     int64  `json:"version"`
 			BytesIn     uint64 `json:"bytes_in"`
@@ -80,6 +84,9 @@ func (v *statusView) complete() string {
 	for _, m := range v.Members {
 		if m.Addrs["metrics"] == "" {
 			return m.Role + " " + m.ID + " has no metrics address"
+		}
+		if m.Version == "" || m.Wire != strconv.Itoa(wire.ProtocolVersion) {
+			return fmt.Sprintf("%s %s publishes version %q, wire protocol %q", m.Role, m.ID, m.Version, m.Wire)
 		}
 		switch {
 		case m.Role == "paramserver" && (m.PS == nil || !m.PS.Initialised || m.PS.Accepted == 0):

@@ -3,14 +3,18 @@ package job
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"net"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/cluster/clustertest"
+	"github.com/tailorml/tailor/internal/version"
 	"github.com/tailorml/tailor/internal/wire"
 )
 
@@ -140,5 +144,76 @@ func TestSpecCompression(t *testing.T) {
 				t.Errorf("%q, topk %v: %v", tc.compression, tc.topk, err)
 			}
 		}
+	}
+}
+
+// syncLog is a log sink that a test reads while the code writes.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A member's record says which tailor and wire protocol it runs; a member
+// that joins with another wire protocol is named in an error log line by
+// the others.
+func TestJoinPublishesVersion(t *testing.T) {
+	e := clustertest.Etcd(t)
+	cli := clustertest.Client(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := Submit(ctx, cli, DefaultSpec("ver", "/data")); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncLog
+	s, err := Join(ctx, JoinConfig{Run: "ver", Etcd: e, Log: slog.New(slog.NewTextHandler(&logs, nil)),
+		Self: cluster.Member{ID: "w1", Role: cluster.RoleWorker, Extra: map[string]string{"zone": "a"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+
+	var rec cluster.Member
+	if _, err := cluster.GetJSON(ctx, cli, s.Keys.Member(cluster.RoleWorker, "w1"), &rec); err != nil {
+		t.Fatal(err)
+	}
+	wantWire := strconv.Itoa(wire.ProtocolVersion)
+	if rec.Extra[version.ExtraVersion] != version.Get().String() || rec.Extra[version.ExtraWire] != wantWire || rec.Extra["zone"] != "a" {
+		t.Errorf("record's extra %v: want version %q, wire %s and the caller's zone", rec.Extra, version.Get().String(), wantWire)
+	}
+
+	// a member of another wire protocol (joined below job.Join, which
+	// would publish this one's)
+	other, err := cluster.Join(ctx, cluster.MembershipConfig{Client: cli, Keys: s.Keys, FastFailure: true,
+		Self: cluster.Member{ID: "w2", Role: cluster.RoleWorker, Extra: map[string]string{version.ExtraWire: "999", version.ExtraVersion: "v9.9.9"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Leave(ctx)
+	for !strings.Contains(logs.String(), "another wire protocol") {
+		if ctx.Err() != nil {
+			t.Fatalf("no error logged for a member of wire protocol 999; log:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	line := logs.String()
+	for _, want := range []string{"level=ERROR", "member=worker/w2", "its_wire_protocol=999", "its_version=v9.9.9", "wire_protocol=" + wantWire} {
+		if !strings.Contains(line, want) {
+			t.Errorf("log lacks %q:\n%s", want, line)
+		}
+	}
+	if n := strings.Count(line, "another wire protocol"); n != 1 {
+		t.Errorf("%d error lines, want 1:\n%s", n, line)
 	}
 }

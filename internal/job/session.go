@@ -7,12 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/version"
+	"github.com/tailorml/tailor/internal/wire"
 )
 
 // AddrMetrics is the Addrs key of a member's Prometheus endpoint.
@@ -62,7 +65,8 @@ type Session struct {
 
 // Join connects to etcd, waits for the run's spec, opens the /metrics
 // listener (its address goes into the member record) and joins the
-// membership. Close undoes it all.
+// membership, its record saying which tailor it runs (version.Member:
+// the version and the wire protocol, in Extra). Close undoes it all.
 func Join(ctx context.Context, cfg JoinConfig) (*Session, error) {
 	if cfg.Run == "" || len(cfg.Etcd) == 0 {
 		return nil, errors.New("joining a run needs its id and etcd endpoints")
@@ -84,6 +88,15 @@ func Join(ctx context.Context, cfg JoinConfig) (*Session, error) {
 	self.Addrs = map[string]string{}
 	for k, v := range cfg.Self.Addrs {
 		self.Addrs[k] = v
+	}
+	// which tailor and wire protocol this member runs, for its peers and
+	// tailor status
+	self.Extra = map[string]string{}
+	for k, v := range cfg.Self.Extra {
+		self.Extra[k] = v
+	}
+	for k, v := range version.Member() {
+		self.Extra[k] = v
 	}
 	if cfg.MetricsAddr != "" {
 		lis, err := net.Listen("tcp", cfg.MetricsAddr)
@@ -139,7 +152,41 @@ func Join(ctx context.Context, cfg JoinConfig) (*Session, error) {
 		cli.Close()
 		return nil, fmt.Errorf("join run %s: %w", cfg.Run, err)
 	}
+	go watchWire(s.Members, log)
 	return s, nil
+}
+
+// watchWire logs an error for every member that speaks another wire
+// protocol than this process (its record's version.ExtraWire), once per
+// member and version, until the membership is left: the two refuse each
+// other's calls (wire.ServerOptions), and this line says so before the
+// first refusal does.
+func watchWire(m *cluster.Membership, log *slog.Logger) {
+	events, _ := m.Subscribe() // closed by Leave
+	ours := strconv.Itoa(wire.ProtocolVersion)
+	warned := map[string]string{} // role/id → the version warned about
+	check := func(mem cluster.Member) {
+		theirs := mem.Extra[version.ExtraWire]
+		key := string(mem.Role) + "/" + mem.ID
+		if w, ok := warned[key]; theirs == ours || ok && w == theirs {
+			return
+		}
+		warned[key] = theirs
+		if theirs == "" {
+			theirs = "none (a tailor from before protocol versions)"
+		}
+		log.Error("a member speaks another wire protocol: the two refuse each other's calls; run one tailor version",
+			"member", key, "its_wire_protocol", theirs, "its_version", mem.Extra[version.ExtraVersion],
+			"wire_protocol", ours, "version", version.Get().String())
+	}
+	for _, mem := range m.Members("") {
+		check(mem)
+	}
+	for ev := range events {
+		if ev.Kind == cluster.EventJoined || ev.Kind == cluster.EventUpdated {
+			check(ev.Member)
+		}
+	}
 }
 
 // ServeMetrics sets what /metrics serves (the role's Prometheus registry,

@@ -59,3 +59,19 @@ func MaskedAffine0(out, x []float32, b, c float32) {
 		out[j] = math.Float32frombits(r & m)
 	}
 }
+
+// Kernels names the element-wise kernels this process runs, as chosen at
+// start from the CPU's features (golang.org/x/sys/cpu, which also checks
+// that the OS saves the YMM registers): "avx2" (every vector kernel),
+// "avx" (the AVX ones; MaskedAffine and MaskedAffine0 run the Go loops) or
+// "go" (no vector kernels: another architecture, the purego build tag, or a
+// CPU without AVX). The results are the same bits whichever runs.
+func Kernels() string {
+	switch {
+	case hasAVX && hasAVX2:
+		return "avx2"
+	case hasAVX:
+		return "avx"
+	}
+	return "go"
+}

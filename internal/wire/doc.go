@@ -24,6 +24,14 @@
 //	Decide DecideRequest → DecideReply (unary long-poll: answered once the
 //	       step is decided, or ended by the caller's deadline)
 //
+// # Versions
+//
+// Client and server speak the same ProtocolVersion or do not talk: every
+// call and stream carries the client's in the metadata key ProtocolHeader,
+// and a server built with ServerOptions refuses another, or none, with
+// codes.FailedPrecondition before reading the request (ProtocolError on
+// the client). When to increment it is said at ProtocolVersion.
+//
 // # Messages
 //
 // Every message starts with a 4-byte prefix — magic 0xA7, the message type,

@@ -95,6 +95,11 @@ func pullHandler(srv any, st grpc.ServerStream) error {
 // passes it to call, through the server's interceptor if it has one.
 func unary[Req any](method string, call func(srv any, ctx context.Context, req *Req) (any, error)) grpc.MethodHandler {
 	return func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+		// before decoding: a peer of another protocol version may send
+		// bytes this one misreads, and must hear why it is refused
+		if err := checkProtocol(ctx); err != nil {
+			return nil, err
+		}
 		req := new(Req)
 		if err := dec(req); err != nil {
 			return nil, err
@@ -121,8 +126,12 @@ const (
 )
 
 // ServerOptions are the gRPC server options every role's server needs:
-// message size limits, flow-control windows, buffers and keepalive policy.
-// The codec is registered globally (content-subtype CodecName).
+// message size limits, flow-control windows, buffers, keepalive policy and
+// the protocol check: a call or stream whose client does not send this
+// ProtocolVersion is refused with codes.FailedPrecondition before any
+// handler runs (the unary methods of this package check before decoding
+// the request). The codec is registered globally (content-subtype
+// CodecName).
 //
 // sec, if not nil, is the server's TLS (certs.Config): the server then
 // presents its certificate and, with sec.ClientAuth set to
@@ -140,6 +149,8 @@ func ServerOptions(sec *tls.Config) []grpc.ServerOption {
 		experimental.BufferPool(sharedPool),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.ChainUnaryInterceptor(protocolUnaryServer),
+		grpc.ChainStreamInterceptor(protocolStreamServer),
 	}
 	if sec != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(sec)))
@@ -147,11 +158,18 @@ func ServerOptions(sec *tls.Config) []grpc.ServerOption {
 	return opts
 }
 
-// DialOptions are the matching client options. sec, if not nil, is the
+// DialOptions are the matching client options; every call and stream
+// carries ProtocolVersion, and a server's refusal of it comes back as a
+// *ProtocolError (errors.Is ErrProtocolVersion). sec, if not nil, is the
 // client's TLS (certs.Config): the client verifies the server's certificate
 // against sec.RootCAs and the dialled host name, and presents its own. Nil
 // dials plaintext, for a trusted network (see docs/security.md).
-func DialOptions(sec *tls.Config) []grpc.DialOption {
+func DialOptions(sec *tls.Config) []grpc.DialOption { return DialOptionsVersion(sec, ProtocolVersion) }
+
+// DialOptionsVersion is DialOptions of a client that speaks protocol
+// version v (0: one from before protocol versions, which sends none): for
+// tests and tools that must see how servers treat another version.
+func DialOptionsVersion(sec *tls.Config, v int) []grpc.DialOption {
 	creds := insecure.NewCredentials()
 	if sec != nil {
 		creds = credentials.NewTLS(sec)
@@ -169,6 +187,8 @@ func DialOptions(sec *tls.Config) []grpc.DialOption {
 		grpc.WithReadBufferSize(ioBuffer),
 		experimental.WithBufferPool(sharedPool),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.WithChainUnaryInterceptor(protocolUnaryClient(v)),
+		grpc.WithChainStreamInterceptor(protocolStreamClient(v)),
 	}
 }
 
