@@ -130,7 +130,7 @@ func (m *Membership) joinGossip(ctx context.Context, seeds []string) (int64, err
 		}
 	}
 	var lastErr error
-	for attempt := 0; ; attempt++ {
+	for b := newBackoff(); ; {
 		rev, err := m.resync(ctx)
 		if err != nil {
 			lastErr = err
@@ -148,10 +148,8 @@ func (m *Membership) joinGossip(ctx context.Context, seeds []string) (int64, err
 			}
 			lastErr = err
 		}
-		select {
-		case <-ctx.Done():
+		if !b.Wait(ctx) {
 			return 0, fmt.Errorf("join (last error: %v): %w: %w", lastErr, ErrGossipJoin, ctx.Err())
-		case <-time.After(backoff(attempt)):
 		}
 	}
 }

@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tailorml/tailor/internal/retry"
 )
 
 // This file holds the local member's registration: the member record
@@ -38,6 +39,8 @@ func (m *Membership) register(ctx context.Context) (clientv3.LeaseID, error) {
 // keepAlive keeps the lease alive; when it is lost (etcd unreachable for a
 // TTL, or the lease expired) it registers again under a new lease, retrying
 // with backoff until ctx ends. It owns the lease from Join until Leave.
+// An outage is logged when the lease is lost, at its first failed attempt
+// (with etcd's error) and when it is over, not at every attempt.
 func (m *Membership) keepAlive(ctx context.Context, lease clientv3.LeaseID) {
 	defer m.leaseWG.Done()
 	for {
@@ -51,10 +54,12 @@ func (m *Membership) keepAlive(ctx context.Context, lease clientv3.LeaseID) {
 		}
 		m.log.Warn("lease lost", "lease", fmt.Sprintf("%x", lease), "err", err)
 		m.emitSelf(EventLeaseLost)
+		fails := &retry.Streak{Log: m.log, What: "keeping the registration"}
 		// etcd out of reach is not the lease gone: a restarted etcd
 		// extends every lease it had by its TTL. Keeping the old lease
 		// keeps the record, so peers see no member go.
-		if m.reviveLease(ctx, lease) {
+		if m.reviveLease(ctx, lease, fails) {
+			fails.OK()
 			m.log.Info("lease kept", "lease", fmt.Sprintf("%x", lease))
 			m.emitSelf(EventRegistered)
 			continue
@@ -63,11 +68,10 @@ func (m *Membership) keepAlive(ctx context.Context, lease clientv3.LeaseID) {
 			return
 		}
 		old := lease
-		for attempt := 0; ; attempt++ {
-			select {
-			case <-ctx.Done():
+		b := newBackoff()
+		for {
+			if !b.Wait(ctx) {
 				return
-			case <-time.After(backoff(attempt)):
 			}
 			rctx, cancel := context.WithTimeout(ctx, time.Duration(m.ttl)*time.Second)
 			lease, err = m.register(rctx)
@@ -75,8 +79,9 @@ func (m *Membership) keepAlive(ctx context.Context, lease clientv3.LeaseID) {
 			if err == nil {
 				break
 			}
-			m.log.Debug("register again", "attempt", attempt, "err", err)
+			fails.Fail(err)
 		}
+		fails.OK()
 		m.mu.Lock()
 		m.lease = lease
 		m.mu.Unlock()
@@ -90,16 +95,17 @@ func (m *Membership) keepAlive(ctx context.Context, lease clientv3.LeaseID) {
 	}
 }
 
-// reviveLease tries to renew lease once etcd answers again. It returns
-// true if the lease is alive again, false if etcd says it has expired (or
-// ctx ended, or etcd stayed out of reach for a long while: then a new
-// registration is the only way back).
-func (m *Membership) reviveLease(ctx context.Context, lease clientv3.LeaseID) bool {
+// reviveLease tries to renew lease once etcd answers again, counting each
+// failed attempt in fails. It returns true if the lease is alive again,
+// false if etcd says it has expired (or ctx ended, or etcd stayed out of
+// reach for a long while: then a new registration is the only way back).
+func (m *Membership) reviveLease(ctx context.Context, lease clientv3.LeaseID, fails *retry.Streak) bool {
+	// an attempt, and a wait between attempts, last well under a TTL, so
+	// that a restarted etcd's extension (one TTL) is not missed
+	third := time.Duration(m.ttl) * time.Second / 3
 	giveUp := time.Now().Add(time.Minute)
-	for attempt := 0; time.Now().Before(giveUp); attempt++ {
-		// an attempt lasts well under a TTL, so that a restarted etcd's
-		// extension (one TTL) is not missed between attempts
-		actx, cancel := context.WithTimeout(ctx, time.Duration(m.ttl)*time.Second/3)
+	for b := newBackoff(); time.Now().Before(giveUp); {
+		actx, cancel := context.WithTimeout(ctx, third)
 		resp, err := m.cli.KeepAliveOnce(actx, lease)
 		cancel()
 		switch {
@@ -110,11 +116,9 @@ func (m *Membership) reviveLease(ctx context.Context, lease clientv3.LeaseID) bo
 		case ctx.Err() != nil:
 			return false
 		}
-		m.log.Debug("renew lease", "attempt", attempt, "err", err)
-		select {
-		case <-ctx.Done():
+		fails.Fail(err, "lease", fmt.Sprintf("%x", lease))
+		if !retry.Sleep(ctx, min(b.Next(), third)) {
 			return false
-		case <-time.After(min(backoff(attempt), time.Duration(m.ttl)*time.Second/3)):
 		}
 	}
 	return false
@@ -126,10 +130,10 @@ func (m *Membership) currentLease() clientv3.LeaseID {
 	return m.lease
 }
 
-// backoff is the wait before retry attempt (0-based): 100 ms doubling to
-// 2 s, with ±20% jitter.
-func backoff(attempt int) time.Duration {
-	d := 100 * time.Millisecond << min(attempt, 5)
-	d = min(d, 2*time.Second)
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+// newBackoff is the backoff of this package's retry loops: 100 ms doubling
+// to 2 s, each wait within ±20% of that. (retry.Backoff's jitter only adds:
+// a base and cap of 0.8 times those with up to 50% added give 0.8 to 1.2
+// times 100 ms, 200 ms, ... 2 s.)
+func newBackoff() retry.Backoff {
+	return retry.Backoff{Base: 80 * time.Millisecond, Max: 1600 * time.Millisecond, Jitter: 0.5}
 }

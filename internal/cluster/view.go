@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tailorml/tailor/internal/retry"
 )
 
 // This file holds the etcd side of the live view: listing and watching
@@ -17,22 +18,24 @@ import (
 // watch keeps the etcd side of the view: it lists the members, then
 // watches for changes, and lists again after any watch error (compaction,
 // lost leader). Deletions found by a listing are reported as EventGone.
+// A run of failed listings is logged at its first failure and its end.
 func (m *Membership) watch(ctx context.Context, rev int64) {
 	defer m.viewWG.Done()
-	for attempt := 0; ctx.Err() == nil; {
+	b := newBackoff()
+	fails := &retry.Streak{Log: m.log, What: "listing the members"}
+	for ctx.Err() == nil {
 		if rev == 0 {
 			var err error
 			if rev, err = m.resync(ctx); err != nil {
-				m.log.Debug("list members", "err", err)
-				select {
-				case <-ctx.Done():
-				case <-time.After(backoff(attempt)):
+				if ctx.Err() == nil {
+					fails.Fail(err)
 				}
-				attempt++
+				b.Wait(ctx)
 				continue
 			}
+			fails.OK()
 		}
-		attempt = 0
+		b.Reset()
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		wch := m.cli.Watch(wctx, m.keys.Members(), clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
 		for resp := range wch {
