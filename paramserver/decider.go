@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/tailorml/tailor/internal/retry"
 	"github.com/tailorml/tailor/internal/wire"
 )
 
@@ -97,10 +97,12 @@ func (s *Server) kickDecider() {
 // decideLoop reports the complete set of the step being collected to the
 // Decider whenever it grows (or the membership changes) and applies the
 // decision. One call is in flight at a time: a change cancels the call and
-// a new one reports the larger set.
+// a new one reports the larger set. A run of failed calls is logged at its
+// first failure and at its end.
 func (s *Server) decideLoop() {
 	defer close(s.decideDone)
-	fails := 0
+	backoff := retry.Backoff{Base: 80 * time.Millisecond, Max: 1600 * time.Millisecond, Jitter: 0.5} // 100 ms doubling to 2 s, ±20%
+	fails := &retry.Streak{Log: s.log, What: "asking for a sync-step decision"}
 	for {
 		s.mu.Lock()
 		ready := !s.closed && s.failed == nil && len(s.pending) > 0
@@ -130,7 +132,8 @@ func (s *Server) decideLoop() {
 		default:
 		}
 		if err == nil {
-			fails = 0
+			backoff.Reset()
+			fails.OK("step", step)
 			s.applyDecision(step, d)
 			continue
 		}
@@ -142,14 +145,16 @@ func (s *Server) decideLoop() {
 			s.log.Warn("sync step still undecided", "step", step, "complete", len(complete), "waited", s.cfg.StepDeadline)
 			continue
 		}
-		s.log.Warn("asking for a sync-step decision failed", "step", step, "err", err)
-		fails++
+		fails.Fail(err, "step", step)
+		wait := time.NewTimer(backoff.Next())
 		select {
-		case <-time.After(retryDelay(fails)):
+		case <-wait.C:
 		case <-s.decideKick:
 		case <-s.done:
+			wait.Stop()
 			return
 		}
+		wait.Stop()
 	}
 }
 
@@ -274,11 +279,4 @@ func (s *Server) answerWaitsLocked(o pushOutcome) {
 		ch <- o
 		delete(s.waits, w)
 	}
-}
-
-// retryDelay is the wait before retry attempt n (1-based) of a failed
-// Decide: 100 ms doubling to 2 s, ±20% jitter.
-func retryDelay(n int) time.Duration {
-	d := min(100*time.Millisecond<<min(n-1, 5), 2*time.Second)
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
 }

@@ -93,7 +93,7 @@ type Term struct {
 // unreachable for a TTL). On return the candidate's key is verified to be
 // still in place.
 func (e *Election) Campaign(ctx context.Context) (*Term, error) {
-	for attempt := 0; ; attempt++ {
+	for b := newBackoff(); ; {
 		t, err := e.campaign(ctx)
 		if err == nil {
 			return t, nil
@@ -101,10 +101,8 @@ func (e *Election) Campaign(ctx context.Context) (*Term, error) {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("cluster: campaign: %w", ctx.Err())
 		}
-		select {
-		case <-ctx.Done():
+		if !b.Wait(ctx) {
 			return nil, fmt.Errorf("cluster: campaign (last error: %v): %w", err, ctx.Err())
-		case <-time.After(backoff(attempt)):
 		}
 	}
 }
@@ -228,17 +226,13 @@ func (e *Election) Observe(ctx context.Context) <-chan Leader {
 	go func() {
 		defer close(ch)
 		last := Leader{Key: "\x00"} // differs from every real and the zero Leader
-		for attempt := 0; ctx.Err() == nil; {
+		for b := newBackoff(); ctx.Err() == nil; {
 			l, rev, err := e.leader(ctx)
 			if err != nil && !errors.Is(err, ErrNoLeader) {
-				select {
-				case <-ctx.Done():
-				case <-time.After(backoff(attempt)):
-				}
-				attempt++
+				b.Wait(ctx)
 				continue
 			}
-			attempt = 0
+			b.Reset()
 			if l.Key != last.Key || l.Rev != last.Rev {
 				select {
 				case ch <- l:

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -9,18 +10,42 @@ import (
 
 // WaitRanks waits until members of role with ranks 0..n-1 are all live and
 // publish an address under addrKey, and returns those addresses in rank
-// order (e.g. the gRPC addresses of the run's n parameter servers).
+// order (e.g. the gRPC addresses of the run's n parameter servers). It
+// looks again on every membership event of role, until ctx ends or the
+// membership leaves.
 func WaitRanks(ctx context.Context, m *Membership, role Role, n int, addrKey string) ([]string, error) {
+	events, stop := m.Subscribe() // before reading Members, to miss nothing
+	defer stop()
 	for {
 		addrs := RankAddrs(m, role, n, addrKey)
 		have := n - countEmpty(addrs)
 		if have == n {
 			return addrs, nil
 		}
+		if err := nextEvent(ctx, events, role); err != nil {
+			return nil, fmt.Errorf("waiting for %d %s members (%d live): %w", n, role, have, err)
+		}
+	}
+}
+
+// errLeft ends a wait on membership events: the membership left, and the
+// view will not change again.
+var errLeft = errors.New("cluster: the membership has left")
+
+// nextEvent waits for an event of role on events, or for ctx to end
+// (ctx.Err()) or events to close (errLeft).
+func nextEvent(ctx context.Context, events <-chan Event, role Role) error {
+	for {
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for %d %s members (%d live): %w", n, role, have, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
+			return ctx.Err()
+		case ev, ok := <-events:
+			if !ok {
+				return errLeft
+			}
+			if ev.Member.Role == role {
+				return nil
+			}
 		}
 	}
 }
