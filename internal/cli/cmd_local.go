@@ -21,6 +21,7 @@ import (
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/supervise"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 func init() {
@@ -304,7 +305,7 @@ func mustAbs(p string) string {
 }
 
 // isStoreURL reports whether loc is a store URL (scheme://...) rather than
-// a path, by shard.OpenStore's rule.
+// a path, by store.Open's rule.
 func isStoreURL(loc string) bool {
 	scheme, _, ok := strings.Cut(loc, "://")
 	return ok && scheme != "" && !strings.ContainsAny(scheme, `/\.`)
@@ -314,7 +315,7 @@ func isStoreURL(loc string) bool {
 func checkStore(ctx context.Context, loc string) error {
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	st, err := shard.OpenStore(cctx, loc)
+	st, err := store.Open(cctx, loc)
 	if err != nil {
 		return fmt.Errorf("data: %w", err)
 	}
@@ -336,7 +337,7 @@ func ensureFashionShards(ctx context.Context, env *Env, out, shards string, size
 	if _, err := fashion.Generate(ctx, fc, env.Log); err != nil {
 		return err
 	}
-	st, err := shard.NewLocalStore(shards)
+	st, err := store.NewLocal(shards)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/tailorml/tailor/internal/s3test"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // fashionImages composes a small labelled image tree (no shards) and
@@ -51,7 +52,7 @@ func TestLocalClusterS3(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	st, err := shard.OpenStore(ctx, url)
+	st, err := store.Open(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}

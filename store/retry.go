@@ -1,4 +1,4 @@
-package shard
+package store
 
 import (
 	"context"
@@ -193,9 +193,9 @@ func WithRetry(st Store, p RetryPolicy) Store {
 // storeLocation names a store in messages.
 func storeLocation(st Store) string {
 	switch s := st.(type) {
-	case *S3Store:
+	case *S3:
 		return s.Location()
-	case *LocalStore:
+	case *Local:
 		return s.Root()
 	case fmt.Stringer:
 		return s.String()
@@ -284,16 +284,16 @@ func (s *retryStore) Delete(ctx context.Context, name string) error {
 	return Retry(ctx, s.p, s.loc, "delete "+name, func(ctx context.Context) error { return s.st.Delete(ctx, name) })
 }
 
-// OpenStoreRetry opens the store a URL names (OpenStore) for a running
+// OpenRetry opens the store a URL names (Open) for a running
 // role: opening and every operation are retried under p (WithRetry). The
 // S3 client makes at most 2 requests per try (the second only for what it
 // must redo at once, such as a region redirect), so p's budget and backoff
 // govern the retries.
-func OpenStoreRetry(ctx context.Context, rawURL string, p RetryPolicy) (Store, error) {
+func OpenRetry(ctx context.Context, rawURL string, p RetryPolicy) (Store, error) {
 	loc, _, _ := strings.Cut(rawURL, "?")
 	var st Store
 	err := Retry(ctx, p, loc, "open", func(ctx context.Context) (err error) {
-		st, err = OpenStoreWith(ctx, rawURL, OpenOptions{MaxAttempts: 2})
+		st, err = OpenWith(ctx, rawURL, OpenOptions{MaxAttempts: 2})
 		return err
 	})
 	if err != nil {
@@ -302,7 +302,7 @@ func OpenStoreRetry(ctx context.Context, rawURL string, p RetryPolicy) (Store, e
 	return WithRetry(st, p), nil
 }
 
-// rangeGetter opens an object from an offset (S3Store, LocalStore).
+// rangeGetter opens an object from an offset (S3, Local).
 type rangeGetter interface {
 	getFrom(ctx context.Context, name string, off int64) (io.ReadCloser, error)
 }

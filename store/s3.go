@@ -1,4 +1,4 @@
-package shard
+package store
 
 import (
 	"bytes"
@@ -25,19 +25,6 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
-// Errors of the S3 store, besides ErrNotExist for a missing object.
-var (
-	// ErrNoBucket means the S3 bucket does not exist.
-	ErrNoBucket = errors.New("shard: s3 bucket does not exist")
-	// ErrAccessDenied means the S3 service refused the credentials, or
-	// refused them this operation (SignatureDoesNotMatch,
-	// InvalidAccessKeyId, AccessDenied, an expired token).
-	ErrAccessDenied = errors.New("shard: s3 access denied")
-	// ErrUnreachable means the S3 endpoint could not be reached (refused or
-	// timed-out connections, DNS failures, TLS failures), after retries.
-	ErrUnreachable = errors.New("shard: s3 endpoint unreachable")
-)
-
 // Defaults of S3Config.
 const (
 	DefaultS3Endpoint        = "s3.amazonaws.com"
@@ -57,7 +44,7 @@ const (
 	S3AddressingVirtual = "virtual" // https://bucket.endpoint/key
 )
 
-// S3Config configures an S3Store. Start from DefaultS3Config; ParseS3URL
+// S3Config configures an S3. Start from DefaultS3Config; ParseS3URL
 // builds one from an s3:// URL, flags and the environment (see S3.md).
 //
 // String, GoString and LogValue never show the secret key or session token,
@@ -260,7 +247,7 @@ func (c S3Config) String() string {
 }
 
 // GoString is String, so %#v does not print secrets either.
-func (c S3Config) GoString() string { return "shard.S3Config{" + c.String() + "}" }
+func (c S3Config) GoString() string { return "store.S3Config{" + c.String() + "}" }
 
 // LogValue makes slog log String.
 func (c S3Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
@@ -299,43 +286,6 @@ func profileOrDefault(p string) string {
 		return "default"
 	}
 	return p
-}
-
-// OpenOptions holds settings for OpenStoreWith that a location does not carry.
-type OpenOptions struct {
-	// S3 holds s3:// settings by their URL query names (endpoint, region,
-	// ...; see S3.md), used where the URL's query does not set them:
-	// command line flags such as --s3-endpoint go here.
-	S3 map[string]string
-	// Getenv reads the environment; nil means os.Getenv.
-	Getenv func(string) string
-	// MaxAttempts, if positive, replaces S3Config.MaxAttempts (the S3
-	// client's own tries of a request).
-	MaxAttempts int
-}
-
-// OpenStoreWith is OpenStore with settings for s3:// locations.
-func OpenStoreWith(ctx context.Context, rawURL string, opts OpenOptions) (Store, error) {
-	if !isS3URL(rawURL) {
-		return OpenStore(ctx, rawURL)
-	}
-	cfg, err := ParseS3URL(rawURL, opts)
-	if err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
-	}
-	if opts.MaxAttempts > 0 {
-		cfg.MaxAttempts = opts.MaxAttempts
-	}
-	st, err := NewS3Store(ctx, cfg)
-	if err != nil {
-		return nil, err // says "open s3://..." already
-	}
-	return st, nil
-}
-
-func isS3URL(rawURL string) bool {
-	scheme, _, ok := strings.Cut(rawURL, "://")
-	return ok && strings.EqualFold(scheme, "s3")
 }
 
 // s3Params are the settings an s3:// URL's query (or OpenOptions.S3) may hold.
@@ -546,24 +496,24 @@ func parseBytes(s string) (int64, error) {
 	return n * mult, nil
 }
 
-// S3Store is a Store under a prefix of an S3 bucket, on minio-go. Put is a
+// S3 is a Store under a prefix of an S3 bucket, on minio-go. Put is a
 // single PUT up to the part size and a multipart upload above it; either is
 // atomic for readers. Get streams. It is safe for concurrent use.
-type S3Store struct {
+type S3 struct {
 	cfg    S3Config
 	client *minio.Client
 	core   minio.Core
 	keyPfx string // cfg.Prefix + "/", or ""
 }
 
-var _ Store = (*S3Store)(nil)
+var _ Store = (*S3)(nil)
 
-// NewS3Store connects to the bucket cfg names and checks that it exists and
+// NewS3 connects to the bucket cfg names and checks that it exists and
 // that the credentials are accepted, by listing one key under the prefix
 // (so they need list permission; one request, two without Region).
 // Missing buckets give ErrNoBucket, refused credentials ErrAccessDenied, an
 // unreachable endpoint ErrUnreachable.
-func NewS3Store(ctx context.Context, cfg S3Config) (*S3Store, error) {
+func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("open %s: %w", cfg.Location(), err)
 	}
@@ -613,7 +563,7 @@ func NewS3Store(ctx context.Context, cfg S3Config) (*S3Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", cfg.Location(), err)
 	}
-	s := &S3Store{cfg: cfg, client: client, core: minio.Core{Client: client}}
+	s := &S3{cfg: cfg, client: client, core: minio.Core{Client: client}}
 	if cfg.Prefix != "" {
 		s.keyPfx = cfg.Prefix + "/"
 	}
@@ -663,18 +613,18 @@ func s3Credentials(cfg *S3Config) (*credentials.Credentials, error) {
 }
 
 // String describes the store without secrets.
-func (s *S3Store) String() string { return s.cfg.String() }
+func (s *S3) String() string { return s.cfg.String() }
 
 // GoString is String.
-func (s *S3Store) GoString() string { return "&shard.S3Store{" + s.cfg.String() + "}" }
+func (s *S3) GoString() string { return "&store.S3{" + s.cfg.String() + "}" }
 
 // LogValue makes slog log String.
-func (s *S3Store) LogValue() slog.Value { return slog.StringValue(s.cfg.String()) }
+func (s *S3) LogValue() slog.Value { return slog.StringValue(s.cfg.String()) }
 
 // Location is the store's s3://bucket/prefix.
-func (s *S3Store) Location() string { return s.cfg.Location() }
+func (s *S3) Location() string { return s.cfg.Location() }
 
-func (s *S3Store) key(op, name string) (string, error) {
+func (s *S3) key(op, name string) (string, error) {
 	if err := ValidName(name); err != nil {
 		return "", fmt.Errorf("%s: %w", op, err)
 	}
@@ -684,7 +634,7 @@ func (s *S3Store) key(op, name string) (string, error) {
 // wrap turns a minio-go error into one that names the operation and object
 // and matches ErrNotExist, ErrNoBucket, ErrAccessDenied, ErrUnreachable or
 // the context's error. It never includes credentials.
-func (s *S3Store) wrap(ctx context.Context, op, name string, err error) error {
+func (s *S3) wrap(ctx context.Context, op, name string, err error) error {
 	what := op + " " + s.cfg.Location()
 	if name != "" {
 		what = fmt.Sprintf("%s %q", op, name)
@@ -763,7 +713,7 @@ func isNetError(err error) bool {
 // or fewer than size bytes. A Put whose request failed on the network
 // before any byte of r was read is retried; once r has been read from, it
 // cannot be (r is not rewound).
-func (s *S3Store) Put(ctx context.Context, name string, r io.Reader, size int64) error {
+func (s *S3) Put(ctx context.Context, name string, r io.Reader, size int64) error {
 	key, err := s.key("put", name)
 	if err != nil {
 		return err
@@ -885,12 +835,12 @@ func (e *exactReader) checkEnd() error {
 }
 
 // Get implements Store. The object streams from the service as it is read.
-func (s *S3Store) Get(ctx context.Context, name string) (io.ReadCloser, error) {
+func (s *S3) Get(ctx context.Context, name string) (io.ReadCloser, error) {
 	return s.getFrom(ctx, name, 0)
 }
 
 // getFrom is Get from byte off on (a range request), for WithRetry.
-func (s *S3Store) getFrom(ctx context.Context, name string, off int64) (io.ReadCloser, error) {
+func (s *S3) getFrom(ctx context.Context, name string, off int64) (io.ReadCloser, error) {
 	key, err := s.key("get", name)
 	if err != nil {
 		return nil, err
@@ -912,7 +862,7 @@ func (s *S3Store) getFrom(ctx context.Context, name string, off int64) (io.ReadC
 }
 
 // Stat implements Store.
-func (s *S3Store) Stat(ctx context.Context, name string) (int64, error) {
+func (s *S3) Stat(ctx context.Context, name string) (int64, error) {
 	key, err := s.key("stat", name)
 	if err != nil {
 		return 0, err
@@ -926,7 +876,7 @@ func (s *S3Store) Stat(ctx context.Context, name string) (int64, error) {
 
 // List implements Store. Keys under the prefix that are not valid object
 // names (such as "dir/" folder markers made by other tools) are left out.
-func (s *S3Store) List(ctx context.Context, prefix string) ([]string, error) {
+func (s *S3) List(ctx context.Context, prefix string) ([]string, error) {
 	var names []string
 	for obj := range s.client.ListObjectsIter(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: s.keyPfx + prefix, Recursive: true}) {
 		if obj.Err != nil {
@@ -946,7 +896,7 @@ func (s *S3Store) List(ctx context.Context, prefix string) ([]string, error) {
 }
 
 // Delete implements Store.
-func (s *S3Store) Delete(ctx context.Context, name string) error {
+func (s *S3) Delete(ctx context.Context, name string) error {
 	key, err := s.key("delete", name)
 	if err != nil {
 		return err
