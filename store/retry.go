@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+
+	"github.com/tailorml/tailor/internal/retry"
 )
 
 // Defaults of RetryPolicy.
@@ -120,6 +122,7 @@ func Retry(ctx context.Context, p RetryPolicy, location, what string, op func(ct
 func (p RetryPolicy) retry(ctx context.Context, location, what string, op func(ctx context.Context) error, keep *context.CancelFunc) error {
 	start := time.Now()
 	deadline := start.Add(p.Budget)
+	waits := p.backoff()
 	var last error // the last error of a try the budget did not cut
 	for attempt := 1; ; attempt++ {
 		// the budget cancels a try still running when it ends; a timer
@@ -149,20 +152,20 @@ func (p RetryPolicy) retry(ctx context.Context, location, what string, op func(c
 		if cut || left <= 0 || p.Budget <= 0 {
 			return &UnreachableError{Location: location, For: time.Since(start), Attempts: attempt, Err: last}
 		}
-		wait := min(p.backoff(attempt), left)
+		wait := min(fullJitter(waits.Next()), left)
 		if p.Log != nil {
 			p.Log.Warn("object store failed; retrying", "store", location, "op", what, "attempt", attempt,
 				"retry_in", wait.Round(time.Millisecond), "left", left.Round(time.Second), "err", err)
 		}
-		if !sleepCtx(ctx, wait) {
+		if !retry.Sleep(ctx, wait) {
 			return err
 		}
 	}
 }
 
-// backoff is the wait after try attempt: Initial doubling up to Max, with
-// full jitter (at least a millisecond).
-func (p RetryPolicy) backoff(attempt int) time.Duration {
+// backoff is the schedule of waits between tries: Initial, doubling up to
+// Max (fullJitter then draws each wait at random below it).
+func (p RetryPolicy) backoff() *retry.Backoff {
 	initial, ceil := p.Initial, p.Max
 	if initial <= 0 {
 		initial = DefaultRetryInitial
@@ -170,10 +173,11 @@ func (p RetryPolicy) backoff(attempt int) time.Duration {
 	if ceil < initial {
 		ceil = initial
 	}
-	d := ceil
-	if attempt < 30 {
-		d = min(initial<<(attempt-1), ceil)
-	}
+	return &retry.Backoff{Base: initial, Max: ceil}
+}
+
+// fullJitter is a wait drawn uniformly from [1 ms, d + 1 ms).
+func fullJitter(d time.Duration) time.Duration {
 	return time.Millisecond + time.Duration(rand.Int64N(int64(d)))
 }
 
