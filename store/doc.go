@@ -6,4 +6,8 @@
 // URL. The running roles open stores with OpenRetry: every operation then
 // retries transient failures with backoff under a RetryPolicy (WithRetry),
 // and a read cut half-way goes on from the byte it stopped at.
+//
+// Package store/s3local runs an S3 server inside the process (versitygw),
+// for tailor local and the tests; store/storetest has an in-memory Store
+// and the contract every Store passes.
 package store

@@ -191,20 +191,7 @@ func WithRetry(st Store, p RetryPolicy) Store {
 	if r, ok := st.(*retryStore); ok {
 		st = r.st
 	}
-	return &retryStore{st: st, p: p, loc: storeLocation(st)}
-}
-
-// storeLocation names a store in messages.
-func storeLocation(st Store) string {
-	switch s := st.(type) {
-	case *S3:
-		return s.Location()
-	case *Local:
-		return s.Root()
-	case fmt.Stringer:
-		return s.String()
-	}
-	return fmt.Sprintf("%T", st)
+	return &retryStore{st: st, p: p, loc: Location(st)}
 }
 
 type retryStore struct {

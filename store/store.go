@@ -126,3 +126,17 @@ func isS3URL(rawURL string) bool {
 	scheme, _, ok := strings.Cut(rawURL, "://")
 	return ok && strings.EqualFold(scheme, "s3")
 }
+
+// Location names a store in messages and logs, never with a secret: an S3
+// store's s3://bucket/prefix, a local store's directory.
+func Location(st Store) string {
+	switch s := st.(type) {
+	case *S3:
+		return s.Location()
+	case *Local:
+		return s.Root()
+	case fmt.Stringer:
+		return s.String()
+	}
+	return fmt.Sprintf("%T", st)
+}
