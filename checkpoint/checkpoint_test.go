@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/tailorml/tailor/internal/wire"
-	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 func samplePart() *Part {
@@ -183,7 +183,7 @@ func writeCheckpoint(t *testing.T, l Location, step int64, epochs int, best bool
 }
 
 func TestLocationListReadRetain(t *testing.T) {
-	st, err := shard.NewLocalStore(t.TempDir())
+	st, err := store.NewLocal(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +245,7 @@ func TestLocationListReadRetain(t *testing.T) {
 // failingPuts fails its first n Puts half-way through the upload with a
 // reset connection.
 type failingPuts struct {
-	shard.Store
+	store.Store
 	n int
 }
 
@@ -261,14 +261,14 @@ func (f *failingPuts) Put(ctx context.Context, name string, r io.Reader, size in
 // A part upload that fails half-way is retried from the start by a store
 // with retries (the part stream starts over), and the stored part verifies.
 func TestWritePartRetried(t *testing.T) {
-	local, err := shard.NewLocalStore(t.TempDir())
+	local, err := store.NewLocal(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
 	flaky := &failingPuts{Store: local, n: 2}
-	policy := shard.RetryPolicy{Budget: 5 * time.Second, Initial: time.Millisecond, Max: 10 * time.Millisecond}
-	l := Location{Store: shard.WithRetry(flaky, policy)}
+	policy := store.RetryPolicy{Budget: 5 * time.Second, Initial: time.Millisecond, Max: 10 * time.Millisecond}
+	l := Location{Store: store.WithRetry(flaky, policy)}
 	p := samplePart()
 	_, want := encodePart(t, p)
 	b, err := l.WritePart(ctx, dir0+PartObject(1), p)

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // Format is the manifest format version this package writes and reads.
@@ -86,7 +86,7 @@ func (m *Meta) Validate() error {
 		if b.Server != i {
 			errs = append(errs, fmt.Errorf("part %d is of server %d", i, b.Server))
 		}
-		if err := shard.ValidName(b.Object); err != nil || strings.Contains(b.Object, "/") {
+		if err := store.ValidName(b.Object); err != nil || strings.Contains(b.Object, "/") {
 			errs = append(errs, fmt.Errorf("part %d: object %q", i, b.Object))
 		}
 		if _, err := b.Digest(); err != nil {
@@ -145,7 +145,7 @@ func DecodeMeta(b []byte) (*Meta, error) {
 // Location is where a run's checkpoints live: a store and a prefix in it
 // ("checkpoints/" inside the shard store by default).
 type Location struct {
-	Store  shard.Store
+	Store  store.Store
 	Prefix string // ends with "/" or is empty
 }
 
@@ -287,7 +287,7 @@ func (l Location) ReadPart(ctx context.Context, run, job, name string, b Blob) (
 // WritePart stores p as an object of the checkpoint store, streaming it
 // (no copy of the whole blob in memory), and returns its manifest entry.
 // The stream can start over (io.Seeker to 0), so a store with retries
-// (shard.WithRetry) retries a failed upload.
+// (store.WithRetry) retries a failed upload.
 func (l Location) WritePart(ctx context.Context, object string, p *Part) (Blob, error) {
 	size, err := PartSize(p)
 	if err != nil {

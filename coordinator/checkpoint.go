@@ -12,7 +12,7 @@ import (
 	"github.com/tailorml/tailor/eval"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/wire"
-	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // RunState is the coordinator's part of a checkpoint (checkpoint.Meta's
@@ -164,7 +164,7 @@ func (l *leader) resume(ctx context.Context) (*checkpoint.Meta, *RunState, error
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
 		}
-		if errors.Is(err, shard.ErrUnreachable) {
+		if errors.Is(err, store.ErrUnreachable) {
 			// the store was out of reach for the whole retry budget: the
 			// older checkpoints are in the same store, and nothing is
 			// known to be wrong with this one

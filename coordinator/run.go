@@ -32,6 +32,7 @@ import (
 	"github.com/tailorml/tailor/metrics"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // Addrs keys of the coordinator's membership record.
@@ -410,7 +411,7 @@ func (l *leader) startRollback(why string, announce func()) bool {
 // the end of the run. It returns errRollback-wrapped errors when a
 // parameter server is lost meanwhile.
 func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float32, units func(epoch int) ([]Unit, error), val *eval.Validator,
-	net *model.Net, st shard.Store, man *shard.Manifest) error {
+	net *model.Net, st store.Store, man *shard.Manifest) error {
 	spec := l.spec
 	l.mu.Lock()
 	l.rollback, l.rollbackClosed, l.rollbackWhy = make(chan struct{}), false, ""
@@ -1003,7 +1004,7 @@ func (l *leader) registerMetrics() {
 }
 
 // testReport scores the kept model on the test split, if there is one.
-func (l *leader) testReport(ctx context.Context, st shard.Store, man *shard.Manifest, modelPath string) error {
+func (l *leader) testReport(ctx context.Context, st store.Store, man *shard.Manifest, modelPath string) error {
 	if _, err := man.Split(shard.SplitTest); err != nil {
 		return err
 	}

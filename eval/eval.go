@@ -14,6 +14,7 @@ import (
 	"github.com/tailorml/tailor/metrics"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // Dataset is a split loaded in memory with its targets.
@@ -24,7 +25,7 @@ type Dataset struct {
 }
 
 // LoadSplit reads a split into memory; max > 0 keeps only the first max.
-func LoadSplit(ctx context.Context, st shard.Store, m *shard.Manifest, split string, max int) (*Dataset, error) {
+func LoadSplit(ctx context.Context, st store.Store, m *shard.Manifest, split string, max int) (*Dataset, error) {
 	recs, err := shard.ReadSplit(ctx, st, m, split)
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"github.com/tailorml/tailor/fashion"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // testSplits composes a toy data set from the committed Fashion-MNIST subset,
@@ -32,7 +33,7 @@ func testSplits(t *testing.T) (*shard.Manifest, *Dataset, *Dataset) {
 	}
 	bc := shard.DefaultBuildConfig()
 	bc.Size = 24
-	st, err := shard.NewLocalStore(filepath.Join(dir, "shards"))
+	st, err := store.NewLocal(filepath.Join(dir, "shards"))
 	if err != nil {
 		t.Fatal(err)
 	}

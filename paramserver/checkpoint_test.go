@@ -10,14 +10,14 @@ import (
 
 	"github.com/tailorml/tailor/checkpoint"
 	"github.com/tailorml/tailor/internal/wire"
-	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // Two servers save their parts through the Checkpoint RPC; a damaged blob
 // is refused on restore; fresh servers restored from the blobs continue
 // exactly like the originals.
 func TestCheckpointSaveRestore(t *testing.T) {
-	st, err := shard.NewLocalStore(t.TempDir())
+	st, err := store.NewLocal(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func TestCheckpointSaveRestore(t *testing.T) {
 	sameBits(t, orig.spec, b, a)
 }
 
-func readAll(t *testing.T, st shard.Store, name string) []byte {
+func readAll(t *testing.T, st store.Store, name string) []byte {
 	t.Helper()
 	rc, err := st.Get(context.Background(), name)
 	if err != nil {
@@ -108,7 +108,7 @@ func readAll(t *testing.T, st shard.Store, name string) []byte {
 	return b
 }
 
-func put(t *testing.T, st shard.Store, name string, b []byte) {
+func put(t *testing.T, st store.Store, name string, b []byte) {
 	t.Helper()
 	if err := st.Put(context.Background(), name, bytes.NewReader(b), int64(len(b))); err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ import (
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/wire"
-	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // Addrs keys of a parameter server's membership record.
@@ -93,7 +93,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	}
 	// checkpoint parts are written and read with retries (spec.StoreRetry)
 	retry := spec.StorePolicy(log)
-	data, err := shard.OpenStoreRetry(ctx, spec.Data, retry)
+	data, err := store.OpenRetry(ctx, spec.Data, retry)
 	if err != nil {
 		return err
 	}

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The main job: a real training cluster on this machine. `tailor local`
-# starts an embedded etcd, a coordinator and a standby, 2 parameter servers
-# and 3 workers as separate processes on 127.0.0.1, composes and ingests the
-# Fashion-outfits data set on first use, trains in sync mode with
-# checkpoints, evaluates on the test split and leaves a model and a plot.
-# Then it predicts three test images with the model. About 5 minutes on 2 cores.
-# Everything goes to ${OUT:-out/local}; WORKERS, PS, EPOCHS, MODE, SIZE change
-# the run; RESUME=1 continues an interrupted run from its newest checkpoint.
+# starts an embedded etcd and an embedded S3 server, a coordinator and a
+# standby, 2 parameter servers and 3 workers as separate processes on
+# 127.0.0.1, composes the Fashion-outfits data set on first use and ingests
+# it into the S3 server, trains in sync mode with checkpoints in it,
+# evaluates on the test split and leaves a model and a plot. Then it
+# predicts three test images with the model. About 5 minutes on 2 cores.
+# Everything goes to ${OUT:-out/local}; WORKERS, PS, EPOCHS, MODE, SIZE
+# change the run, STORE=file keeps shards and checkpoints as files instead
+# of in the S3 server; RESUME=1 continues an interrupted run from its newest
+# checkpoint (with the same settings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,7 +18,7 @@ mkdir -p bin
 echo "== building tailor (OpenBLAS)"
 go build -tags openblas -ldflags "$(bash scripts/ldflags.sh)" -o bin/tailor ./cmd/tailor
 args=(local --out "$OUT" --workers "${WORKERS:-3}" --ps "${PS:-2}" --epochs "${EPOCHS:-10}"
-	--mode "${MODE:-sync}" --size "${SIZE:-64}" --standby --checkpoint-every 100)
+	--mode "${MODE:-sync}" --size "${SIZE:-64}" --store "${STORE:-s3}" --standby --checkpoint-every 100)
 if [ -n "${RESUME:-}" ]; then args+=(--resume); fi
 echo "== bin/tailor ${args[*]}"
 bin/tailor "${args[@]}"

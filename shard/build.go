@@ -17,6 +17,7 @@ import (
 	"sync"
 
 	"github.com/tailorml/tailor/internal/progress"
+	"github.com/tailorml/tailor/store"
 )
 
 // ShardDir is the store folder that holds shard files.
@@ -108,7 +109,7 @@ func (c *BuildConfig) Validate() error {
 // sorted path order, so the same input and config give byte-identical output.
 // Progress bars go to progress when it is not nil. The manifest is written
 // last: a failed build leaves no manifest.
-func Build(ctx context.Context, cfg BuildConfig, src string, dst Store, progress io.Writer, log *slog.Logger) (*Manifest, error) {
+func Build(ctx context.Context, cfg BuildConfig, src string, dst store.Store, progress io.Writer, log *slog.Logger) (*Manifest, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("build: %w", err)
 	}
@@ -212,8 +213,8 @@ func Build(ctx context.Context, cfg BuildConfig, src string, dst Store, progress
 
 // checkNotInside refuses a local destination inside the source tree, whose
 // shards the scan would meet.
-func checkNotInside(src string, dst Store) error {
-	ls, ok := dst.(*LocalStore)
+func checkNotInside(src string, dst store.Store) error {
+	ls, ok := dst.(*store.Local)
 	if !ok {
 		return nil
 	}
@@ -275,7 +276,7 @@ func warnLabels(log *slog.Logger, m *Manifest) {
 }
 
 // deleteStale removes shards an earlier build left that the new manifest does not list.
-func deleteStale(ctx context.Context, dst Store, m *Manifest) error {
+func deleteStale(ctx context.Context, dst store.Store, m *Manifest) error {
 	keep := map[string]bool{}
 	for _, s := range m.Splits {
 		for _, sh := range s.Shards {
@@ -298,7 +299,7 @@ func deleteStale(ctx context.Context, dst Store, m *Manifest) error {
 
 type builder struct {
 	cfg   *BuildConfig
-	dst   Store
+	dst   store.Store
 	log   *slog.Logger
 	vocab []string
 	index map[string]uint16
@@ -460,7 +461,7 @@ func (b *builder) skip(s *Split, rel, reason string, detail error) error {
 
 // shardWriter packs records into shard files of at most max bytes.
 type shardWriter struct {
-	dst     Store
+	dst     store.Store
 	split   string
 	h       Header
 	max     int64

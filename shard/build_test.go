@@ -19,6 +19,8 @@ import (
 	"testing"
 
 	"golang.org/x/image/draw"
+
+	"github.com/tailorml/tailor/store"
 )
 
 // splitTree writes a small dataset with train, val and test folders.
@@ -652,7 +654,7 @@ func TestDestinationNotEmpty(t *testing.T) {
 
 func TestDestinationInsideSource(t *testing.T) {
 	src := splitTree(t)
-	st, err := NewLocalStore(filepath.Join(src, "out"))
+	st, err := store.NewLocal(filepath.Join(src, "out"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -678,7 +680,7 @@ func TestBuildProgressAndCancel(t *testing.T) {
 	if _, err := Build(ctx, testConfig(t), src, st, nil, nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("canceled build error = %v, want context.Canceled", err)
 	}
-	if _, err := st.Stat(context.Background(), ManifestName); !errors.Is(err, ErrNotExist) {
+	if _, err := st.Stat(context.Background(), ManifestName); !errors.Is(err, store.ErrNotExist) {
 		t.Errorf("canceled build left a manifest: %v", err)
 	}
 }

@@ -3,13 +3,14 @@ package shard
 import (
 	"errors"
 	"fmt"
+
+	"github.com/tailorml/tailor/store"
 )
 
 // Sentinel errors. Errors about damaged bytes wrap ErrCorrupt and one of the
-// more specific kinds, so a caller can test for either.
+// more specific kinds, so a caller can test for either; they match
+// store.ErrCorrupt too. A missing object is store.ErrNotExist.
 var (
-	// ErrNotExist means the store holds no object by that name.
-	ErrNotExist = errors.New("shard: object does not exist")
 	// ErrCorrupt means shard or manifest bytes are damaged or inconsistent.
 	ErrCorrupt = errors.New("shard: corrupt data")
 	// ErrBadMagic means the bytes are not a tailor shard at all.
@@ -30,7 +31,8 @@ var (
 	ErrDestinationNotEmpty = errors.New("shard: destination not empty")
 )
 
-// corruptError reports damaged bytes; it matches both ErrCorrupt and its kind.
+// corruptError reports damaged bytes; it matches ErrCorrupt, its kind and
+// store.ErrCorrupt (so the store's retries take it for permanent).
 type corruptError struct {
 	kind error
 	msg  string
@@ -38,7 +40,9 @@ type corruptError struct {
 
 func (e *corruptError) Error() string { return e.msg + ": " + e.kind.Error() }
 
-func (e *corruptError) Is(target error) bool { return target == ErrCorrupt || target == e.kind }
+func (e *corruptError) Is(target error) bool {
+	return target == ErrCorrupt || target == e.kind || target == store.ErrCorrupt
+}
 
 func (e *corruptError) Unwrap() error { return e.kind }
 

@@ -49,6 +49,16 @@ type Record struct {
 	Source string
 }
 
+// RecordID, LabelIndices and RGB make a Record an input.Record, what
+// batches are made of.
+func (r *Record) RecordID() uint64 { return r.ID }
+
+// LabelIndices returns the record's label indices.
+func (r *Record) LabelIndices() []uint16 { return r.Labels }
+
+// RGB returns the record's pixels, row-major HWC.
+func (r *Record) RGB() []byte { return r.Pixels }
+
 // Header is the fixed-size start of a shard file.
 type Header struct {
 	Width, Height, Channels int

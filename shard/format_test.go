@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"slices"
 	"testing"
+
+	"github.com/tailorml/tailor/store"
 )
 
 // testShard encodes a shard of n records of a 2x2 geometry.
@@ -94,8 +96,11 @@ func TestShardCorruption(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := readAll(tt.data)
-			if !errors.Is(err, tt.want) || !errors.Is(err, ErrCorrupt) {
-				t.Errorf("error = %v, want %v (and ErrCorrupt)", err, tt.want)
+			if !errors.Is(err, tt.want) || !errors.Is(err, ErrCorrupt) || !errors.Is(err, store.ErrCorrupt) {
+				t.Errorf("error = %v, want %v (and ErrCorrupt, store.ErrCorrupt)", err, tt.want)
+			}
+			if store.Transient(err) {
+				t.Errorf("store.Transient(%v) = true, want damaged bytes permanent", err)
 			}
 		})
 	}

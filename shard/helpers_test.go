@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/tailorml/tailor/store"
 )
 
 // solid returns a w x h image of one colour.
@@ -80,10 +82,10 @@ func testConfig(tb testing.TB) BuildConfig {
 	return cfg
 }
 
-// newStore returns a LocalStore in a fresh temporary folder.
-func newStore(tb testing.TB) *LocalStore {
+// newStore returns a store.Local in a fresh temporary folder.
+func newStore(tb testing.TB) *store.Local {
 	tb.Helper()
-	st, err := NewLocalStore(filepath.Join(tb.TempDir(), "dst"))
+	st, err := store.NewLocal(filepath.Join(tb.TempDir(), "dst"))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -91,7 +93,7 @@ func newStore(tb testing.TB) *LocalStore {
 }
 
 // build runs Build and fails the test on error.
-func build(tb testing.TB, cfg BuildConfig, src string, dst Store) *Manifest {
+func build(tb testing.TB, cfg BuildConfig, src string, dst store.Store) *Manifest {
 	tb.Helper()
 	m, err := Build(context.Background(), cfg, src, dst, nil, nil)
 	if err != nil {
@@ -101,7 +103,7 @@ func build(tb testing.TB, cfg BuildConfig, src string, dst Store) *Manifest {
 }
 
 // bySource reads a split and indexes its records by source path.
-func bySource(tb testing.TB, st Store, m *Manifest, split string) map[string]Record {
+func bySource(tb testing.TB, st store.Store, m *Manifest, split string) map[string]Record {
 	tb.Helper()
 	recs, err := ReadSplit(context.Background(), st, m, split)
 	if err != nil {

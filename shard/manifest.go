@@ -12,6 +12,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/tailorml/tailor/store"
 )
 
 // Manifest constants.
@@ -258,7 +260,7 @@ func (m *Manifest) Validate() error {
 		var bytes int64
 		for k := range s.Shards {
 			sh := &s.Shards[k]
-			if err := ValidName(sh.Name); err != nil || sh.Name == ManifestName || seenShard[sh.Name] {
+			if err := store.ValidName(sh.Name); err != nil || sh.Name == ManifestName || seenShard[sh.Name] {
 				return bad("split %s shard %d: name %q invalid or repeated", s.Name, k, sh.Name)
 			}
 			seenShard[sh.Name] = true
@@ -339,7 +341,7 @@ func DecodeManifest(data []byte) (*Manifest, error) {
 }
 
 // LoadManifest reads and validates the manifest at the store's root.
-func LoadManifest(ctx context.Context, st Store) (*Manifest, error) {
+func LoadManifest(ctx context.Context, st store.Store) (*Manifest, error) {
 	rc, err := st.Get(ctx, ManifestName)
 	if err != nil {
 		return nil, fmt.Errorf("load manifest: %w", err)

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tailorml/tailor/store"
 )
 
 // validManifest returns a small manifest that passes Validate.
@@ -110,8 +112,8 @@ func TestManifestRoundTrip(t *testing.T) {
 }
 
 func TestLoadManifestMissing(t *testing.T) {
-	if _, err := LoadManifest(context.Background(), newStore(t)); !errors.Is(err, ErrNotExist) {
-		t.Errorf("error = %v, want ErrNotExist", err)
+	if _, err := LoadManifest(context.Background(), newStore(t)); !errors.Is(err, store.ErrNotExist) {
+		t.Errorf("error = %v, want store.ErrNotExist", err)
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+
+	"github.com/tailorml/tailor/store"
 )
 
 // ReadShard streams the records of one shard to fn, in ID order. It checks
@@ -18,7 +20,7 @@ import (
 // must not act on such records should buffer until ReadShard returns nil.
 // Errors about damaged bytes match ErrCorrupt. An error from fn is returned
 // as is.
-func ReadShard(ctx context.Context, st Store, info ShardInfo, m *Manifest, fn func(Record) error) error {
+func ReadShard(ctx context.Context, st store.Store, info ShardInfo, m *Manifest, fn func(Record) error) error {
 	rc, err := st.Get(ctx, info.Name)
 	if err != nil {
 		return fmt.Errorf("read shard: %w", err)
@@ -86,7 +88,7 @@ func (c *countHashReader) Read(p []byte) (int, error) {
 }
 
 // ReadSplit reads every record of a split into memory, in ID order.
-func ReadSplit(ctx context.Context, st Store, m *Manifest, split string) ([]Record, error) {
+func ReadSplit(ctx context.Context, st store.Store, m *Manifest, split string) ([]Record, error) {
 	s, err := m.Split(split)
 	if err != nil {
 		return nil, err

@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/tailorml/tailor/store"
 )
 
 // builtStore builds the split tree with one record per shard and returns the store and manifest.
-func builtStore(t *testing.T) (*LocalStore, *Manifest) {
+func builtStore(t *testing.T) (*store.Local, *Manifest) {
 	t.Helper()
 	st := newStore(t)
 	cfg := testConfig(t)
@@ -56,7 +58,7 @@ func TestReadShardDetectsDamage(t *testing.T) {
 		}, ErrMismatch},
 		{"missing", func(t *testing.T, p string, m *Manifest) {
 			os.Remove(p)
-		}, ErrNotExist},
+		}, store.ErrNotExist},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -23,11 +23,12 @@ import (
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/optim"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // Config is one training run. Start from DefaultConfig.
 type Config struct {
-	Data    string // shard store: a path or URL (see shard.OpenStore)
+	Data    string // shard store: a path or URL (see store.Open)
 	Out     string // folder for the model, history and plot
 	Epochs  int
 	Batch   int
@@ -120,7 +121,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("output folder: %w", err)
 	}
-	st, err := shard.OpenStore(ctx, cfg.Data)
+	st, err := store.Open(ctx, cfg.Data)
 	if err != nil {
 		return nil, err
 	}

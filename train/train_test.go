@@ -12,6 +12,7 @@ import (
 	"github.com/tailorml/tailor/fashion"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // testShards composes a toy data set from the committed Fashion-MNIST subset
@@ -27,7 +28,7 @@ func testShards(t *testing.T) string {
 	}
 	bc := shard.DefaultBuildConfig()
 	bc.Size = 24
-	dst, err := shard.NewLocalStore(filepath.Join(dir, "shards"))
+	dst, err := store.NewLocal(filepath.Join(dir, "shards"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +99,7 @@ func TestRunLearnsAndSavesEstimatedBN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, _ := shard.OpenStore(context.Background(), data)
+	st, _ := store.Open(context.Background(), data)
 	man, _ := shard.LoadManifest(context.Background(), st)
 	val, err := eval.LoadSplit(context.Background(), st, man, "val", 0)
 	if err != nil {

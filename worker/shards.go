@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // ShardCache keeps the most recently used shards of a data set in memory,
@@ -15,7 +16,7 @@ import (
 // goroutines ask for it at the same time. Prefetch starts a read in the
 // background so that the records are there when the batch needs them.
 type ShardCache struct {
-	st  shard.Store
+	st  store.Store
 	man *shard.Manifest
 	max int
 
@@ -33,7 +34,7 @@ type cacheEntry struct {
 }
 
 // NewShardCache caches up to size shards of the data set described by man.
-func NewShardCache(st shard.Store, man *shard.Manifest, size int) *ShardCache {
+func NewShardCache(st store.Store, man *shard.Manifest, size int) *ShardCache {
 	return &ShardCache{st: st, man: man, max: max(1, size), entries: map[string]*cacheEntry{}}
 }
 

@@ -12,9 +12,10 @@ import (
 
 	"github.com/tailorml/tailor/fashion"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
-func testData(t *testing.T) (shard.Store, *shard.Manifest) {
+func testData(t *testing.T) (store.Store, *shard.Manifest) {
 	t.Helper()
 	dir := t.TempDir()
 	fc := fashion.DefaultConfig()
@@ -26,7 +27,7 @@ func testData(t *testing.T) (shard.Store, *shard.Manifest) {
 	}
 	bc := shard.DefaultBuildConfig()
 	bc.Size, bc.MaxShardBytes = 16, 16*16*3*25 // several small shards
-	st, err := shard.NewLocalStore(filepath.Join(dir, "shards"))
+	st, err := store.NewLocal(filepath.Join(dir, "shards"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +119,7 @@ func TestShardCacheLookup(t *testing.T) {
 
 // gatedStore holds every Get until open is closed.
 type gatedStore struct {
-	shard.Store
+	store.Store
 	open chan struct{}
 }
 

@@ -12,7 +12,7 @@ import (
 	"github.com/tailorml/tailor/checkpoint"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
-	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 func init() {
@@ -69,11 +69,11 @@ names unless --force.`)
 	if err != nil {
 		return fail(env, err)
 	}
-	data, err := shard.OpenStore(cctx, spec.Data)
+	data, err := store.Open(cctx, spec.Data)
 	if err != nil {
 		return fail(env, err)
 	}
-	loc, err := job.OpenCheckpoints(cctx, spec, data, shard.RetryPolicy{})
+	loc, err := job.OpenCheckpoints(cctx, spec, data, store.RetryPolicy{})
 	if err != nil {
 		return fail(env, err)
 	}
@@ -125,7 +125,7 @@ func listCheckpoints(ctx context.Context, w io.Writer, loc checkpoint.Location, 
 		r := checkpointRow{Name: n, Current: n == ptr.Name, Step: step, Epochs: epochs}
 		m, err := loc.ReadMeta(ctx, spec.Run, spec.JobID, n)
 		switch {
-		case errors.Is(err, shard.ErrNotExist):
+		case errors.Is(err, store.ErrNotExist):
 			r.Error = "incomplete (no manifest)"
 		case err != nil:
 			r.Error = err.Error()

@@ -14,7 +14,7 @@ import (
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/wire"
-	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // tailor checkpoints ls / show --verify / rm against a run whose
@@ -41,7 +41,7 @@ func TestCheckpointsCommand(t *testing.T) {
 	if err := job.Submit(ctx, cli, spec); err != nil {
 		t.Fatal(err)
 	}
-	st, err := shard.NewLocalStore(spec.Checkpoints)
+	st, err := store.NewLocal(spec.Checkpoints)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,12 +15,13 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/tailorml/tailor/fashion"
 	"github.com/tailorml/tailor/internal/certs"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/supervise"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
+	"github.com/tailorml/tailor/store/s3local"
 )
 
 func init() {
@@ -31,7 +32,7 @@ func runLocal(ctx context.Context, env *Env) int {
 	s := job.DefaultSpec("local", "")
 	s.Epochs, s.Out = 10, ""
 	var (
-		out, shards        string
+		out                string
 		workers            int
 		standby            bool
 		size, trainN, valN int
@@ -43,19 +44,38 @@ func runLocal(ctx context.Context, env *Env) int {
 		gossipKeyFile      string
 		restartLimit       int
 		restartWindow      time.Duration
+		storeKind          string
 	)
 	fs := newFlagSet(env, "local", "", `
 Starts a real cluster on this machine and trains on it: an embedded etcd, a
 coordinator (and with --standby a second one), --ps parameter servers and
---workers workers, each a separate tailor process on 127.0.0.1. Without --data
-it composes the Fashion-outfits set from Debian's dataset-fashion-mnist and
-ingests it into OUT/shards first (kept for the next run). --data is a folder
-or a store URL (s3://bucket/prefix?endpoint=...); the processes inherit this
-one's environment, so AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY set here reach
-them. The store is checked before anything starts. Every role serves
-Prometheus /metrics on a free port; 'tailor status' shows the run. Ctrl-C
-stops every process. The model, history and plot end up in OUT/run. With
---etcd the processes use that etcd instead of an embedded one.
+--workers workers, each a separate tailor process on 127.0.0.1. Every role
+serves Prometheus /metrics on a free port; 'tailor status' shows the run.
+Ctrl-C stops every process. The model, history and plot end up in OUT/run.
+With --etcd the processes use that etcd instead of an embedded one.
+
+The object store. With --store s3 (the default) the shards and checkpoints
+live in an S3 server embedded in this process (versitygw), on a free port of
+127.0.0.1, with random credentials that reach the processes in
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and are never shown; its data stays
+in OUT/s3 (objects are plain files under OUT/s3/root/tailor/), so --resume
+goes on with it, and it stops after every process has. Every process reads
+and writes through the S3 client, as against S3 in production: the data set
+is s3://tailor/fashion?endpoint=http://127.0.0.1:PORT&region=us-east-1, the
+checkpoints are under s3://tailor/checkpoints. With --store file they are
+files: OUT/shards and OUT/checkpoints.
+
+The data. Without --data the Fashion-outfits set is composed from Debian's
+dataset-fashion-mnist (images in OUT/images) and ingested into the store
+(kept for the next run). --data FOLDER is a data set made by 'tailor shard
+build': with --store s3 it is copied into the embedded server (under
+s3://tailor/data, again only when it changed) and served from there; with
+--store file the processes read the folder. --data URL (s3://bucket/prefix
+?endpoint=..., file:///path) is used as it is, and nothing is embedded: the
+processes inherit this one's environment, so AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY set here reach them, and checkpoints go to
+OUT/checkpoints. --checkpoints, if given, is where checkpoints go in every
+case. The store is checked before anything starts.
 
 Every process is supervised as systemd's Restart=on-failure does: one that
 exits with an error or is killed is started again, with the same flags,
@@ -93,7 +113,8 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 	sec.add(fs)
 	fs.IntVar(&restartLimit, "restart-limit", 10, "restarts of each process within --restart-window before it is given up (0: never restart; then a parameter server's or the only coordinator's failure ends the run)")
 	fs.DurationVar(&restartWindow, "restart-window", 10*time.Minute, "the window --restart-limit counts restarts in")
-	fs.BoolVar(&keep, "resume", false, "resume the run in OUT from its newest checkpoint (keeps OUT's etcd data) instead of starting afresh")
+	fs.StringVar(&storeKind, "store", localStoreS3, "where the shards and checkpoints live: s3 (an S3 server embedded in this process, its data in OUT/s3) or file (OUT/shards, OUT/checkpoints, or the --data folder); a --data URL is used as it is")
+	fs.BoolVar(&keep, "resume", false, "resume the run in OUT from its newest checkpoint (keeps OUT's etcd data) instead of starting afresh; give it the flags of the run it resumes")
 	addSpecFlags(fs, &s)
 	if code, done := parse(env, fs); done {
 		return code
@@ -107,46 +128,110 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 	if restartLimit > 0 && restartWindow <= 0 {
 		return fail(env, errors.New("--restart-window: want a positive duration"))
 	}
+	if storeKind != localStoreS3 && storeKind != localStoreFile {
+		return fail(env, fmt.Errorf("--store %q: want %s or %s", storeKind, localStoreS3, localStoreFile))
+	}
 	s.Workers = workers // the first step waits for all of them: reproducible sync runs
+	// every path below is absolute: the processes must open the same files
+	// whatever their working directory, and the embedded S3 server makes
+	// its root this process's working directory while it runs
+	wd, err := os.Getwd()
+	if err != nil {
+		return fail(env, err)
+	}
+	out = mustAbs(out)
 	if s.Out == "" {
 		s.Out = filepath.Join(out, "run")
 	}
-	shards = s.Data
-	if shards == "" {
-		shards = filepath.Join(out, "shards")
-		if err := ensureFashionShards(ctx, env, out, shards, size, trainN, valN, testN); err != nil {
+	s.Out = mustAbs(s.Out)
+	sec.absolute()
+	if gossipKeyFile != "" {
+		gossipKeyFile = mustAbs(gossipKeyFile)
+	}
+	if s.Data != "" && !store.IsURL(s.Data) {
+		s.Data = mustAbs(s.Data)
+	}
+
+	// the shards and checkpoints: in the embedded S3 server, or in files;
+	// a store URL is passed on as it is
+	var (
+		s3srv       *s3local.Server
+		open        store.OpenOptions     // how this process opens the run's stores
+		ownCheckpts = s.Checkpoints == "" // checkpoints in OUT's store, emptied by a new run
+		checkpoints store.Store           // that store in the embedded server
+		storeEnv    []string              // the processes' credentials for it
+	)
+	if storeKind == localStoreS3 && !store.IsURL(s.Data) {
+		if s3srv, err = startLocalS3(ctx, filepath.Join(out, localS3Dir), keep); err != nil {
 			return fail(env, err)
 		}
-	}
-	// every process opens the same store: a path must not depend on their
-	// working directory; a URL (s3://, file://) is passed on as it is
-	s.Data = shards
-	var err error
-	if !isStoreURL(shards) {
-		if s.Data, err = filepath.Abs(shards); err != nil {
+		// it stops after every process has: the group's Wait stops them
+		defer func() {
+			if err := s3srv.Stop(); err != nil {
+				env.Log.Warn("embedded s3", "err", err)
+			}
+		}()
+		open, storeEnv = store.OpenOptions{Getenv: s3srv.Getenv}, s3srv.Env()
+		env.Log.Info("embedded s3", "endpoint", "http://"+s3srv.Endpoint(), "dir", filepath.Join(out, localS3Dir), "metadata", s3srv.MetaMode())
+		prefix := localFashionPrefix
+		if s.Data != "" {
+			prefix = localDataPrefix
+		}
+		dst, err := s3srv.Open(ctx, localBucket, prefix)
+		if err != nil {
 			return fail(env, err)
 		}
-	}
-	if s.Out, err = filepath.Abs(s.Out); err != nil {
-		return fail(env, err)
+		if s.Data == "" {
+			err = ensureFashionShards(ctx, env, out, dst, size, trainN, valN, testN)
+		} else {
+			var src store.Store
+			if src, err = store.NewLocal(s.Data); err == nil {
+				err = copyDataSet(ctx, env, src, dst)
+			}
+		}
+		if err != nil {
+			return fail(env, err)
+		}
+		s.Data = s3srv.URL(localBucket, prefix)
+		if ownCheckpts {
+			s.Checkpoints = s3srv.URL(localBucket, localCheckpointPrefix)
+			if checkpoints, err = s3srv.Open(ctx, localBucket, localCheckpointPrefix); err != nil {
+				return fail(env, err)
+			}
+		}
+	} else {
+		if s.Data == "" {
+			dir := filepath.Join(out, "shards")
+			st, err := store.NewLocal(dir)
+			if err == nil {
+				err = ensureFashionShards(ctx, env, out, st, size, trainN, valN, testN)
+			}
+			if err != nil {
+				return fail(env, err)
+			}
+			s.Data = dir
+		}
+		if ownCheckpts {
+			// every process is on this machine: checkpoints go next to the run
+			s.Checkpoints = filepath.Join(out, "checkpoints")
+		}
 	}
 	// fail here, before anything starts, if the store cannot be read with
-	// the credentials the processes will inherit
-	if err := checkStore(ctx, s.Data); err != nil {
+	// the credentials the processes will have
+	if err := checkStore(ctx, s.Data, open); err != nil {
 		return fail(env, err)
 	}
 
 	etcdDir := filepath.Join(out, "etcd")
-	if s.Checkpoints == "" {
-		// every process is on this machine: checkpoints go next to the run
-		if s.Checkpoints, err = filepath.Abs(filepath.Join(out, "checkpoints")); err != nil {
-			return fail(env, err)
-		}
-	}
 	if !keep {
 		// a new run: the earlier one's coordination state and checkpoints go
 		_ = os.RemoveAll(etcdDir)
-		if !isStoreURL(s.Checkpoints) && s.Checkpoints == mustAbs(filepath.Join(out, "checkpoints")) {
+		switch {
+		case checkpoints != nil:
+			if err := emptyStore(ctx, checkpoints); err != nil {
+				return fail(env, fmt.Errorf("remove the checkpoints of the run before: %w", err))
+			}
+		case ownCheckpts:
 			_ = os.RemoveAll(s.Checkpoints)
 		}
 	}
@@ -220,6 +305,9 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = job.Submit(sctx, cli, s)
 	cancel()
+	if errors.Is(err, job.ErrExists) && keep {
+		err = fmt.Errorf("%w (--resume goes on with the run's spec: give it the flags of the run it resumes, --store and --data too)", err)
+	}
 	if err != nil {
 		return fail(env, err)
 	}
@@ -239,14 +327,14 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 	listen := []string{"--listen", "127.0.0.1:0"}
 	fmt.Fprintf(env.Stdout, "run %s: etcd %s; watch it with: %s\n", s.Run, etcdList,
 		strings.Join(append(append([]string{"tailor", "status", "--etcd", etcdList, "--run", s.Run}, secArgs...), "--watch", "2s"), " "))
-	childEnv := localChildEnv(embedded, child)
+	childEnv := append(localChildEnv(embedded, child), storeEnv...)
 	g := supervise.New(env.Stderr, 5*time.Second)
 	// every role is started again when it fails (see the help text); an
 	// optional one may stay down past its limit, the run goes on without it
 	policy := supervise.DefaultRestartPolicy()
 	policy.Limit, policy.Window = restartLimit, restartWindow
 	start := func(name string, optional bool, args ...string) error {
-		return g.Start(supervise.Spec{Name: name, Path: self, Args: args, Env: childEnv,
+		return g.Start(supervise.Spec{Name: name, Path: self, Args: args, Env: childEnv, Dir: wd,
 			Optional: optional, Restart: restartLimit > 0, Policy: policy})
 	}
 	// the run is over when a coordinator (the leader) exits cleanly, after
@@ -303,18 +391,11 @@ func mustAbs(p string) string {
 	return a
 }
 
-// isStoreURL reports whether loc is a store URL (scheme://...) rather than
-// a path, by shard.OpenStore's rule.
-func isStoreURL(loc string) bool {
-	scheme, _, ok := strings.Cut(loc, "://")
-	return ok && scheme != "" && !strings.ContainsAny(scheme, `/\.`)
-}
-
 // checkStore opens the shard store and reads its manifest.
-func checkStore(ctx context.Context, loc string) error {
+func checkStore(ctx context.Context, loc string, opts store.OpenOptions) error {
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	st, err := shard.OpenStore(cctx, loc)
+	st, err := store.OpenWith(cctx, loc, opts)
 	if err != nil {
 		return fmt.Errorf("data: %w", err)
 	}
@@ -322,28 +403,6 @@ func checkStore(ctx context.Context, loc string) error {
 		return fmt.Errorf("data: %w", err)
 	}
 	return nil
-}
-
-// ensureFashionShards composes and ingests the Fashion-outfits set unless
-// the shards exist.
-func ensureFashionShards(ctx context.Context, env *Env, out, shards string, size, train, val, test int) error {
-	if _, err := os.Stat(filepath.Join(shards, shard.ManifestName)); err == nil {
-		env.Log.Info("using existing shards", "dir", shards)
-		return nil
-	}
-	fc := fashion.DefaultConfig()
-	fc.Out, fc.Size, fc.Train, fc.Val, fc.Test, fc.Overwrite = filepath.Join(out, "images"), size, train, val, test, true
-	if _, err := fashion.Generate(ctx, fc, env.Log); err != nil {
-		return err
-	}
-	st, err := shard.NewLocalStore(shards)
-	if err != nil {
-		return err
-	}
-	bc := shard.DefaultBuildConfig()
-	bc.Size, bc.Overwrite = size, true
-	_, err = shard.Build(ctx, bc, fc.Out, st, env.Stderr, env.Log)
-	return err
 }
 
 // args are the flags of s that are set, as a command line: file names and

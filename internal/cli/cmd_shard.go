@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 func init() {
@@ -68,7 +69,7 @@ Inputs that cannot be used (corrupt, empty, not an image, bad label folder,
 ...) are skipped and counted in the manifest; --strict makes them errors.
 DST is a directory, file:///path or s3://bucket/prefix (settings in the URL's
 query or the --s3-* flags, credentials from AWS_ACCESS_KEY_ID and
-AWS_SECRET_ACCESS_KEY or a credentials file; see shard/S3.md).
+AWS_SECRET_ACCESS_KEY or a credentials file; see store/S3.md).
 See shard/FORMAT.md for every rule.`)
 	size := shardByteSize(cfg.MaxShardBytes)
 	fs.IntVar(&cfg.Size, "size", cfg.Size, "output width and height in `pixels`")
@@ -98,7 +99,7 @@ See shard/FORMAT.md for every rule.`)
 		fmt.Fprintf(env.Stderr, "tailor shard build: %v\n", err)
 		return 2
 	}
-	st, err := shard.OpenStoreWith(ctx, args[1], s3.options())
+	st, err := store.OpenWith(ctx, args[1], s3.options())
 	if err != nil {
 		return fail(env, err)
 	}
@@ -133,7 +134,7 @@ With --verify, read every shard and check its record CRCs and SHA-256.`)
 		fs.Usage()
 		return 2
 	}
-	st, err := shard.OpenStoreWith(ctx, fs.Arg(0), s3.options())
+	st, err := store.OpenWith(ctx, fs.Arg(0), s3.options())
 	if err != nil {
 		return fail(env, err)
 	}
@@ -171,7 +172,7 @@ With --verify, read every shard and check its record CRCs and SHA-256.`)
 }
 
 // s3Flags are the --s3-* flags: settings for s3:// locations that the
-// URL's query does not give (shard/S3.md). Credentials have no flags, so
+// URL's query does not give (store/S3.md). Credentials have no flags, so
 // they never show in a process list: use the environment or a file.
 type s3Flags struct {
 	endpoint, region, profile, credentialsFile, caFile string
@@ -187,14 +188,14 @@ func addS3Flags(fs *flag.FlagSet) *s3Flags {
 	return f
 }
 
-func (f *s3Flags) options() shard.OpenOptions {
+func (f *s3Flags) options() store.OpenOptions {
 	m := map[string]string{}
 	for k, v := range map[string]string{"endpoint": f.endpoint, "region": f.region, "profile": f.profile, "credentials_file": f.credentialsFile, "ca_file": f.caFile} {
 		if v != "" {
 			m[k] = v
 		}
 	}
-	return shard.OpenOptions{S3: m}
+	return store.OpenOptions{S3: m}
 }
 
 func shardCount(m *shard.Manifest) int {

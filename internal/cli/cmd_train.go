@@ -11,6 +11,7 @@ import (
 	"github.com/tailorml/tailor/metrics"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 	"github.com/tailorml/tailor/train"
 )
 
@@ -77,7 +78,7 @@ func evaluate(ctx context.Context, modelPath, data, split string, max int) (*met
 	if err != nil {
 		return nil, err
 	}
-	st, err := shard.OpenStore(ctx, data)
+	st, err := store.Open(ctx, data)
 	if err != nil {
 		return nil, err
 	}

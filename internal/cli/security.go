@@ -36,6 +36,16 @@ func (s *securityFlags) add(fs *flag.FlagSet) {
 	fs.StringVar(&s.etcdPassFile, "etcd-password-file", os.Getenv("TAILOR_ETCD_PASSWORD_FILE"), "file holding the etcd user's password (env TAILOR_ETCD_PASSWORD_FILE)")
 }
 
+// absolute makes the file names absolute, so they name the same files
+// whatever the working directory.
+func (s *securityFlags) absolute() {
+	for _, p := range []*string{&s.tlsCA, &s.tlsCert, &s.tlsKey, &s.etcdCA, &s.etcdCert, &s.etcdKey, &s.etcdPassFile} {
+		if *p != "" {
+			*p = mustAbs(*p)
+		}
+	}
+}
+
 // wireFiles are the mutual TLS files of the roles' gRPC connections.
 func (s *securityFlags) wireFiles() certs.Files {
 	return certs.Files{CA: s.tlsCA, Cert: s.tlsCert, Key: s.tlsKey}

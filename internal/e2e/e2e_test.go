@@ -20,6 +20,7 @@ import (
 	"github.com/tailorml/tailor/fashion"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // buildTailor builds the binary once per test run, with OpenBLAS if this
@@ -55,7 +56,7 @@ func testShards(t *testing.T, size int) string {
 	}
 	bc := shard.DefaultBuildConfig()
 	bc.Size, bc.MaxShardBytes = size, int64(size*size*3*40) // several shards
-	st, err := shard.NewLocalStore(filepath.Join(dir, "shards"))
+	st, err := store.NewLocal(filepath.Join(dir, "shards"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tailorml/tailor/fashion"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // chaosShards is a larger set than testShards, so that test mAP means
@@ -30,7 +31,7 @@ func chaosShards(t *testing.T) string {
 	}
 	bc := shard.DefaultBuildConfig()
 	bc.Size = 24
-	st, err := shard.NewLocalStore(filepath.Join(dir, "shards"))
+	st, err := store.NewLocal(filepath.Join(dir, "shards"))
 	if err != nil {
 		t.Fatal(err)
 	}

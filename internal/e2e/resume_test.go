@@ -134,7 +134,9 @@ func TestResumeFewerWorkers(t *testing.T) {
 	// before it, with a warning
 	newest := regexp.MustCompile(`msg=checkpoint .*name=(\d+-\d+) `).FindAllStringSubmatch(r.log.String(), -1)
 	name := newest[len(newest)-1][1]
-	parts, _ := filepath.Glob(filepath.Join(out, "checkpoints", "local", "*", name, "ps-001.bin"))
+	// the run's checkpoints are objects of the embedded S3 server, files
+	// under OUT/s3/root/BUCKET/ (OUT/checkpoints with --store file)
+	parts, _ := filepath.Glob(filepath.Join(out, "s3", "root", "tailor", "checkpoints", "local", "*", name, "ps-001.bin"))
 	if len(parts) != 1 {
 		t.Fatalf("part of checkpoint %s: %v", name, parts)
 	}

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/tailorml/tailor/internal/s3test"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // fashionImages composes a small labelled image tree (no shards) and
@@ -51,7 +55,7 @@ func TestLocalClusterS3(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	st, err := shard.OpenStore(ctx, url)
+	st, err := store.Open(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,4 +139,110 @@ func TestLocalClusterS3(t *testing.T) {
 			t.Error("a model was written")
 		}
 	})
+}
+
+// TestS3EmbeddedLocal runs `tailor local` on its embedded S3 server
+// (--store s3, the default, named here): the --data folder's shards are
+// copied into it, and every process reads them, and writes and reads the
+// checkpoints, through the S3 client; nothing goes to OUT/shards or
+// OUT/checkpoints. The credentials reach the processes in their
+// environment and show nowhere in the output. Interrupted after a
+// checkpoint, the run resumes from it with --resume on the server's data
+// in OUT/s3, on the same port (the run's spec names it); each time the
+// server stops with the run and nothing is left running.
+func TestS3EmbeddedLocal(t *testing.T) {
+	bin := buildTailor(t)
+	data := testShards(t, 24)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	args := func(extra ...string) []string {
+		return append([]string{"--out", out, "--data", data, "--store", "s3", "--workers", "2", "--ps", "2", "--epochs", "2",
+			"--batch", "8", "--unit-size", "32", "--checkpoint-every", "3"}, extra...)
+	}
+	r := startLocal(t, ctx, bin, nil, args()...)
+	r.waitFor(regexp.MustCompile(`msg=checkpoint .*reason=steps step=6 `), 3*time.Minute)
+	secret := childEnv(t, bin+" worker --id w0", "AWS_SECRET_ACCESS_KEY")
+	if len(secret) < 32 {
+		t.Errorf("the worker's AWS_SECRET_ACCESS_KEY has %d characters, want a random secret", len(secret))
+	}
+	if err := r.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.cmd.Wait()
+	first := r.log.String()
+	if strings.Contains(first, "run local finished") {
+		t.Fatal("the run finished before it was interrupted")
+	}
+	addrBytes, err := os.ReadFile(filepath.Join(out, "s3", "addr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := strings.TrimSpace(string(addrBytes))
+	stopped := func(when string) {
+		t.Helper()
+		if out, _ := exec.Command("pgrep", "-f", bin).Output(); len(out) > 0 {
+			t.Errorf("%s: processes left running: %s", when, out)
+		}
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s: the embedded S3 server still listens on %s", when, addr)
+		}
+	}
+	stopped("after the interrupt")
+
+	r = startLocal(t, ctx, bin, nil, args("--resume")...)
+	text := r.wait("--resume")
+	if !strings.Contains(text, "msg=resumed") || !strings.Contains(text, "run local finished") {
+		t.Errorf("the run did not resume and finish:\n%s", text)
+	}
+	wantEpochs(t, out, 2)
+	b, err := model.Load(filepath.Join(out, "run", "model.tailor"))
+	if err != nil {
+		t.Fatalf("model: %v", err)
+	}
+	if got, want := b.Meta["data"], "s3://tailor/data?endpoint=http://"+addr+"&region=us-east-1"; got != want {
+		t.Errorf("model trained on %q, want %q", got, want)
+	}
+	if parts, _ := filepath.Glob(filepath.Join(out, "s3", "root", "tailor", "checkpoints", "local", "*", "*", "ps-000.bin")); len(parts) == 0 {
+		t.Error("no checkpoint in the embedded S3 server's data")
+	}
+	for _, dir := range []string{"checkpoints", "shards"} {
+		if _, err := os.Stat(filepath.Join(out, dir)); err == nil {
+			t.Errorf("OUT/%s exists: the run used files", dir)
+		}
+	}
+	for _, w := range []string{"w0 ", "w1 "} {
+		if !strings.Contains(text, w) || !strings.Contains(text, "run done") {
+			t.Errorf("worker %q did not report", w)
+		}
+	}
+	if strings.Contains(first+text, secret) {
+		t.Error("the output shows the embedded S3 server's secret key")
+	}
+	stopped("after the run")
+}
+
+// childEnv returns the variable key of the environment of the process
+// whose command line starts with cmdline (Linux: /proc/PID/environ).
+func childEnv(t *testing.T, cmdline, key string) string {
+	t.Helper()
+	pid, err := exec.Command("pgrep", "-f", cmdline).Output()
+	if err != nil {
+		t.Fatalf("%s not found: %v", cmdline, err)
+	}
+	environ, err := os.ReadFile(filepath.Join("/proc", strings.Fields(string(pid))[0], "environ"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var val string
+	for kv := range strings.SplitSeq(string(environ), "\x00") {
+		if v, ok := strings.CutPrefix(kv, key+"="); ok {
+			val = v // the last one counts
+		}
+	}
+	if val == "" {
+		t.Fatalf("%s has no %s in its environment", cmdline, key)
+	}
+	return val
 }

@@ -20,7 +20,7 @@ import (
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/optim"
-	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // Update modes of a run.
@@ -103,7 +103,7 @@ type Spec struct {
 	KeepCheckpoints int `json:"keep_checkpoints"`
 	// StoreRetry is how long the roles retry an object-store read or write
 	// that fails transiently (unreachable endpoint, 5xx, SlowDown) before
-	// they give up: 0 means shard.DefaultRetryBudget, negative no retries.
+	// they give up: 0 means store.DefaultRetryBudget, negative no retries.
 	StoreRetry time.Duration `json:"store_retry,omitempty"`
 	// Audit makes the coordinator log every consumed batch's record IDs to
 	// audit.log in Out (for tests and investigations: exactly once per epoch).
@@ -141,8 +141,8 @@ const CheckpointPrefix = "checkpoints/"
 
 // StorePolicy is how the running roles retry object-store operations
 // (StoreRetry), logging each retry to log.
-func (s Spec) StorePolicy(log *slog.Logger) shard.RetryPolicy {
-	p := shard.DefaultRetryPolicy()
+func (s Spec) StorePolicy(log *slog.Logger) store.RetryPolicy {
+	p := store.DefaultRetryPolicy()
 	switch {
 	case s.StoreRetry > 0:
 		p.Budget = s.StoreRetry
@@ -157,16 +157,16 @@ func (s Spec) StorePolicy(log *slog.Logger) shard.RetryPolicy {
 // data store, already open (used when the spec names no other store); a
 // store of its own is opened with retries under retry, unless its budget
 // is 0 (tools run by hand).
-func OpenCheckpoints(ctx context.Context, s Spec, data shard.Store, retry shard.RetryPolicy) (checkpoint.Location, error) {
+func OpenCheckpoints(ctx context.Context, s Spec, data store.Store, retry store.RetryPolicy) (checkpoint.Location, error) {
 	if s.Checkpoints == "" {
 		return checkpoint.Location{Store: data, Prefix: CheckpointPrefix}, nil
 	}
-	var st shard.Store
+	var st store.Store
 	var err error
 	if retry.Budget > 0 {
-		st, err = shard.OpenStoreRetry(ctx, s.Checkpoints, retry)
+		st, err = store.OpenRetry(ctx, s.Checkpoints, retry)
 	} else {
-		st, err = shard.OpenStore(ctx, s.Checkpoints)
+		st, err = store.Open(ctx, s.Checkpoints)
 	}
 	if err != nil {
 		return checkpoint.Location{}, fmt.Errorf("checkpoint store: %w", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // Tensors returns the net's wire spec and the slices holding each tensor's
@@ -78,9 +79,9 @@ func Push(n *model.Net, grads [][]float32) [][]float32 {
 // Open opens a run's shard store and manifest and builds the run's net (the
 // architecture the manifest's image size and labels call for, weights drawn
 // from seed): what the coordinator and every worker start from. The store
-// retries every operation under retry (shard.OpenStoreRetry).
-func Open(ctx context.Context, data string, seed uint64, retry shard.RetryPolicy) (shard.Store, *shard.Manifest, *model.Net, error) {
-	st, err := shard.OpenStoreRetry(ctx, data, retry)
+// retries every operation under retry (store.OpenRetry).
+func Open(ctx context.Context, data string, seed uint64, retry store.RetryPolicy) (store.Store, *shard.Manifest, *model.Net, error) {
+	st, err := store.OpenRetry(ctx, data, retry)
 	if err != nil {
 		return nil, nil, nil, err
 	}

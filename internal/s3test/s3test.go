@@ -1,6 +1,6 @@
-// Package s3test runs a real S3 server for tests: the versitygw gateway,
-// embedded in the test binary, over a POSIX directory, checking AWS
-// signature V4 on every request like any S3 service does.
+// Package s3test runs a real S3 server for tests: store/s3local (the
+// versitygw gateway, embedded in the test binary, over a POSIX directory,
+// checking AWS signature V4 on every request like any S3 service does).
 //
 //	srv := s3test.Start(t)     // once per test binary; later calls reuse it
 //	bucket := srv.NewBucket(t) // a fresh, empty bucket for this test
@@ -9,21 +9,20 @@
 // The credentials are not in the URL: set them with srv.SetEnv(t) or pass
 // srv.AccessKey and srv.SecretKey explicitly.
 //
-// Two quirks of versitygw v1.8.0 shape this package:
+// Two quirks of versitygw v1.8.0 (see store/s3local) shape this package:
 //
-//   - Only one gateway may run per process (embedgw keeps package-level
-//     state), so Start starts it once, on a free 127.0.0.1 port with a random
-//     root key pair, and it runs until the test binary exits. Each test gets
-//     its own bucket instead; NewBucket removes the bucket's files when the
-//     test ends, and the next test binary removes the gateway directories
-//     of binaries that have exited.
+//   - Only one gateway may run per process, so Start starts it once, on a
+//     free 127.0.0.1 port with a random root key pair, and it runs until the
+//     test binary exits. Each test gets its own bucket instead; NewBucket
+//     removes the bucket's files when the test ends, and the next test
+//     binary removes the gateway directories of binaries that have exited.
 //   - The POSIX backend resolves buckets relative to the process's working
-//     directory: posix.New chdirs into the gateway root. Start therefore puts
-//     the working directory back at once and, for every test that calls it,
-//     switches into the gateway root with t.Chdir for the test's duration.
-//     Tests that use the server cannot be parallel (t.Chdir enforces that),
-//     and must not use relative paths while it serves them: resolve testdata
-//     paths with filepath.Abs before calling Start.
+//     directory. Start therefore puts the working directory back at once
+//     and, for every test that calls it, switches into the gateway root with
+//     t.Chdir for the test's duration. Tests that use the server cannot be
+//     parallel (t.Chdir enforces that), and must not use relative paths
+//     while it serves them: resolve testdata paths with filepath.Abs before
+//     calling Start.
 //
 // Object metadata (ETags, content types) lives in user extended attributes
 // when the temp directory's filesystem supports them, else in a sidecar
@@ -31,13 +30,11 @@
 package s3test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -49,15 +46,12 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
-	"github.com/versity/versitygw/backend/meta"
-	"github.com/versity/versitygw/backend/posix"
-	"github.com/versity/versitygw/embedgw"
-	"github.com/versity/versitygw/s3api"
+
+	"github.com/tailorml/tailor/store/s3local"
 )
 
 // Region is the region the server reports and signs for.
-const Region = "us-east-1"
+const Region = s3local.Region
 
 // Server is a running S3 gateway. Its fields are read-only.
 type Server struct {
@@ -96,130 +90,35 @@ func Start(t testing.TB) *Server {
 	return shared
 }
 
-// start launches the gateway; it is called once per process.
+// start launches the gateway; it is called once per process. The gateway
+// then runs until the process exits.
 func start() (*Server, error) {
 	removeStale()
 	base, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", dirPrefix, os.Getpid()))
 	if err != nil {
 		return nil, err
 	}
-	root := filepath.Join(base, "root")
-	if err := os.Mkdir(root, 0o755); err != nil {
-		return nil, err
-	}
-	access, secret := "tailor"+randomHex(8), randomHex(20)
-	srv := &Server{AccessKey: access, SecretKey: secret, Region: Region, root: root}
-
-	var ms meta.MetadataStorer = meta.XattrMeta{}
-	opts := posix.PosixOpts{Concurrency: 64}
-	srv.MetaMode = "xattr"
-	xattrErr := probeXattr(root)
+	cfg := s3local.Config{Dir: base}
 	if os.Getenv("TAILOR_S3TEST_META") == "sidecar" {
-		xattrErr = errors.New("sidecar forced by TAILOR_S3TEST_META")
+		cfg.Meta = s3local.MetaSidecar
 	}
-	if xattrErr != nil {
-		sidecar := filepath.Join(base, "sidecar")
-		if err := os.Mkdir(sidecar, 0o755); err != nil {
-			return nil, err
-		}
-		sc, err := meta.NewSideCar(sidecar)
-		if err != nil {
-			return nil, fmt.Errorf("sidecar metadata: %w", err)
-		}
-		ms, opts.SideCarDir, srv.MetaMode = sc, sidecar, "sidecar"
-	}
-
-	// posix.New chdirs into root; the working directory is restored here
-	// and switched per test by Start.
 	wd, err := os.Getwd()
 	if err != nil {
 		return nil, err
 	}
-	be, err := posix.New(root, ms, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, err := s3local.Start(ctx, cfg)
+	// s3local.Start makes the root the working directory: it is restored
+	// here and switched per test by Start
 	if chErr := os.Chdir(wd); chErr != nil && err == nil {
 		err = chErr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("posix backend: %w", err)
-	}
-
-	// Pick a free port, then bind it in the gateway; another process may take
-	// the port in between, so try a few times.
-	for attempt := 0; ; attempt++ {
-		srv.Endpoint, err = freePort()
-		if err != nil {
-			return nil, err
-		}
-		err = run(be, srv)
-		if err == nil {
-			break
-		}
-		if attempt == 2 || !strings.Contains(err.Error(), "bind") {
-			return nil, err
-		}
-	}
-
-	srv.client, err = minio.New(srv.Endpoint, &minio.Options{
-		Creds:        credentials.NewStaticV4(access, secret, ""),
-		Region:       Region,
-		BucketLookup: minio.BucketLookupPath,
-		MaxRetries:   1,
-	})
-	if err != nil {
 		return nil, err
 	}
-	return srv, nil
-}
-
-// run starts the gateway in the background and waits until it listens, or
-// fails. The gateway then runs until the process exits.
-func run(be *posix.Posix, srv *Server) error {
-	ready := make(chan struct{})
-	var readyOnce sync.Once
-	cfg := &embedgw.Config{
-		RootUserAccess:    srv.AccessKey,
-		RootUserSecret:    srv.SecretKey,
-		Region:            Region,
-		Ports:             []string{srv.Endpoint},
-		MaxConnections:    256,
-		MaxRequests:       128,
-		MultipartMaxParts: 10000,
-		Quiet:             true,
-		S3Options: []s3api.Option{s3api.WithOnListen(func() {
-			readyOnce.Do(func() { close(ready) })
-		})},
-	}
-	done := make(chan error, 1)
-	go func() { done <- embedgw.RunVersityGW(context.Background(), be, cfg) }()
-	timer := time.NewTimer(20 * time.Second)
-	defer timer.Stop()
-	select {
-	case <-ready:
-	case err := <-done:
-		if err == nil {
-			err = errors.New("gateway stopped at once")
-		}
-		return fmt.Errorf("versitygw on %s: %w", srv.Endpoint, err)
-	case <-timer.C:
-		return fmt.Errorf("versitygw on %s: not listening after 20s", srv.Endpoint)
-	}
-	// OnListen fires just before the first Accept; confirm with a dial.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", srv.Endpoint, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("versitygw on %s: %w", srv.Endpoint, err)
-		}
-		select {
-		case err := <-done:
-			return fmt.Errorf("versitygw on %s stopped: %w", srv.Endpoint, err)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	return &Server{Endpoint: srv.Endpoint(), AccessKey: srv.AccessKey(), SecretKey: srv.SecretKey(), Region: Region,
+		MetaMode: srv.MetaMode(), root: srv.Root(), client: srv.Client()}, nil
 }
 
 // dirPrefix starts the names of the gateways' temp directories, followed
@@ -246,36 +145,6 @@ func processAlive(pid int) bool {
 		return false
 	}
 	return !errors.Is(p.Signal(syscall.Signal(0)), os.ErrProcessDone)
-}
-
-// probeXattr checks that user extended attributes can be set in dir.
-func probeXattr(dir string) error {
-	p := filepath.Join(dir, ".xattr-probe")
-	if err := os.WriteFile(p, nil, 0o644); err != nil {
-		return err
-	}
-	defer os.Remove(p)
-	want := []byte("1")
-	if err := (meta.XattrMeta{}).StoreAttribute(nil, dir, ".xattr-probe", "probe", want); err != nil {
-		return err
-	}
-	got, err := (meta.XattrMeta{}).RetrieveAttribute(nil, dir, ".xattr-probe", "probe")
-	if err != nil {
-		return err
-	}
-	if !bytes.Equal(got, want) {
-		return fmt.Errorf("xattr read back %q, want %q", got, want)
-	}
-	return nil
-}
-
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 func randomHex(n int) string {

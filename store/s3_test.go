@@ -1,4 +1,4 @@
-package shard_test
+package store_test
 
 import (
 	"bytes"
@@ -7,9 +7,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"image"
-	"image/color"
-	"image/png"
 	"io"
 	"log"
 	"log/slog"
@@ -25,53 +22,53 @@ import (
 	"time"
 
 	"github.com/tailorml/tailor/internal/s3test"
-	"github.com/tailorml/tailor/shard"
-	"github.com/tailorml/tailor/shard/shardtest"
+	"github.com/tailorml/tailor/store"
+	"github.com/tailorml/tailor/store/storetest"
 )
 
 // s3Config is a config for bucket/prefix on srv with its root credentials.
-func s3Config(srv *s3test.Server, bucket, prefix string) shard.S3Config {
-	cfg := shard.DefaultS3Config()
+func s3Config(srv *s3test.Server, bucket, prefix string) store.S3Config {
+	cfg := store.DefaultS3Config()
 	cfg.Bucket, cfg.Prefix = bucket, prefix
-	cfg.Endpoint, cfg.TLS, cfg.Region, cfg.Addressing = srv.Endpoint, false, srv.Region, shard.S3AddressingPath
+	cfg.Endpoint, cfg.TLS, cfg.Region, cfg.Addressing = srv.Endpoint, false, srv.Region, store.S3AddressingPath
 	cfg.AccessKey, cfg.SecretKey = srv.AccessKey, srv.SecretKey
 	return cfg
 }
 
-func newS3Store(t *testing.T, cfg shard.S3Config) *shard.S3Store {
+func newS3(t *testing.T, cfg store.S3Config) *store.S3 {
 	t.Helper()
-	st, err := shard.NewS3Store(context.Background(), cfg)
+	st, err := store.NewS3(context.Background(), cfg)
 	if err != nil {
-		t.Fatalf("NewS3Store(%v): %v", cfg, err)
+		t.Fatalf("NewS3(%v): %v", cfg, err)
 	}
 	return st
 }
 
-func TestS3StoreContract(t *testing.T) {
+func TestS3Contract(t *testing.T) {
 	srv := s3test.Start(t)
 	for _, prefix := range []string{"", "datasets/v1"} {
 		t.Run("prefix="+prefix, func(t *testing.T) {
-			shardtest.TestStore(t, func(t *testing.T) shard.Store {
-				return newS3Store(t, s3Config(srv, srv.NewBucket(t), prefix))
+			storetest.TestStore(t, func(t *testing.T) store.Store {
+				return newS3(t, s3Config(srv, srv.NewBucket(t), prefix))
 			})
 		})
 	}
 }
 
-func TestS3StorePrefixIsolation(t *testing.T) {
+func TestS3PrefixIsolation(t *testing.T) {
 	srv := s3test.Start(t)
 	bucket := srv.NewBucket(t)
 	ctx := context.Background()
-	a := newS3Store(t, s3Config(srv, bucket, "a"))
-	ab := newS3Store(t, s3Config(srv, bucket, "ab"))
-	root := newS3Store(t, s3Config(srv, bucket, ""))
+	a := newS3(t, s3Config(srv, bucket, "a"))
+	ab := newS3(t, s3Config(srv, bucket, "ab"))
+	root := newS3(t, s3Config(srv, bucket, ""))
 	if err := a.Put(ctx, "x", strings.NewReader("1"), 1); err != nil {
 		t.Fatal(err)
 	}
 	if names, err := ab.List(ctx, ""); err != nil || len(names) != 0 {
 		t.Errorf("List under prefix ab = %q, %v; want none (a/x is not under ab/)", names, err)
 	}
-	if _, err := ab.Stat(ctx, "x"); !errors.Is(err, shard.ErrNotExist) {
+	if _, err := ab.Stat(ctx, "x"); !errors.Is(err, store.ErrNotExist) {
 		t.Errorf("Stat(x) under ab = %v, want ErrNotExist", err)
 	}
 	if names, err := root.List(ctx, ""); err != nil || len(names) != 1 || names[0] != "a/x" {
@@ -79,12 +76,12 @@ func TestS3StorePrefixIsolation(t *testing.T) {
 	}
 }
 
-func TestS3StoreMultipart(t *testing.T) {
+func TestS3Multipart(t *testing.T) {
 	srv := s3test.Start(t)
 	bucket := srv.NewBucket(t)
 	cfg := s3Config(srv, bucket, "mp")
 	cfg.PartSize = 5 << 20
-	st := newS3Store(t, cfg)
+	st := newS3(t, cfg)
 	ctx := context.Background()
 
 	data := make([]byte, 2*cfg.PartSize+12345) // three parts
@@ -121,7 +118,7 @@ func TestS3StoreMultipart(t *testing.T) {
 	}
 }
 
-func readAll(t *testing.T, st shard.Store, name string) []byte {
+func readAll(t *testing.T, st store.Store, name string) []byte {
 	t.Helper()
 	rc, err := st.Get(context.Background(), name)
 	if err != nil {
@@ -135,7 +132,7 @@ func readAll(t *testing.T, st shard.Store, name string) []byte {
 	return b
 }
 
-func TestS3StoreErrors(t *testing.T) {
+func TestS3Errors(t *testing.T) {
 	srv := s3test.Start(t)
 	bucket := srv.NewBucket(t)
 	ctx := context.Background()
@@ -143,9 +140,9 @@ func TestS3StoreErrors(t *testing.T) {
 	t.Run("WrongSecret", func(t *testing.T) {
 		cfg := s3Config(srv, bucket, "p")
 		cfg.SecretKey = "wrong-secret-" + srv.SecretKey[:6]
-		_, err := shard.NewS3Store(ctx, cfg)
-		if !errors.Is(err, shard.ErrAccessDenied) {
-			t.Fatalf("NewS3Store with a wrong secret = %v, want ErrAccessDenied", err)
+		_, err := store.NewS3(ctx, cfg)
+		if !errors.Is(err, store.ErrAccessDenied) {
+			t.Fatalf("NewS3 with a wrong secret = %v, want ErrAccessDenied", err)
 		}
 		for _, secret := range []string{cfg.SecretKey, srv.SecretKey} {
 			if strings.Contains(err.Error(), secret) {
@@ -159,24 +156,24 @@ func TestS3StoreErrors(t *testing.T) {
 	t.Run("WrongAccessKey", func(t *testing.T) {
 		cfg := s3Config(srv, bucket, "p")
 		cfg.AccessKey = "nobody-at-all"
-		if _, err := shard.NewS3Store(ctx, cfg); !errors.Is(err, shard.ErrAccessDenied) {
-			t.Fatalf("NewS3Store with an unknown access key = %v, want ErrAccessDenied", err)
+		if _, err := store.NewS3(ctx, cfg); !errors.Is(err, store.ErrAccessDenied) {
+			t.Fatalf("NewS3 with an unknown access key = %v, want ErrAccessDenied", err)
 		} else if strings.Contains(err.Error(), srv.SecretKey) {
 			t.Errorf("error %q contains the secret", err)
 		}
 	})
 	t.Run("MissingBucket", func(t *testing.T) {
-		_, err := shard.NewS3Store(ctx, s3Config(srv, "no-such-bucket-here", "p"))
-		if !errors.Is(err, shard.ErrNoBucket) || !strings.Contains(err.Error(), `"no-such-bucket-here"`) {
-			t.Fatalf("NewS3Store of a missing bucket = %v, want ErrNoBucket naming it", err)
+		_, err := store.NewS3(ctx, s3Config(srv, "no-such-bucket-here", "p"))
+		if !errors.Is(err, store.ErrNoBucket) || !strings.Contains(err.Error(), `"no-such-bucket-here"`) {
+			t.Fatalf("NewS3 of a missing bucket = %v, want ErrNoBucket naming it", err)
 		}
 	})
 	t.Run("MissingObject", func(t *testing.T) {
-		st := newS3Store(t, s3Config(srv, bucket, "p"))
-		if _, err := st.Get(ctx, "shards/none.shard"); !errors.Is(err, shard.ErrNotExist) {
+		st := newS3(t, s3Config(srv, bucket, "p"))
+		if _, err := st.Get(ctx, "shards/none.shard"); !errors.Is(err, store.ErrNotExist) {
 			t.Errorf("Get(missing) = %v, want ErrNotExist", err)
 		}
-		if _, err := st.Stat(ctx, "none"); !errors.Is(err, shard.ErrNotExist) {
+		if _, err := st.Stat(ctx, "none"); !errors.Is(err, store.ErrNotExist) {
 			t.Errorf("Stat(missing) = %v, want ErrNotExist", err)
 		}
 		if err := st.Delete(ctx, "none"); err != nil {
@@ -184,7 +181,7 @@ func TestS3StoreErrors(t *testing.T) {
 		}
 	})
 	t.Run("CanceledPut", func(t *testing.T) {
-		st := newS3Store(t, s3Config(srv, bucket, "p"))
+		st := newS3(t, s3Config(srv, bucket, "p"))
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
 		if err := st.Put(cctx, "x", strings.NewReader("data"), 4); !errors.Is(err, context.Canceled) {
@@ -193,7 +190,7 @@ func TestS3StoreErrors(t *testing.T) {
 	})
 }
 
-func TestS3StoreUnreachable(t *testing.T) {
+func TestS3Unreachable(t *testing.T) {
 	// A port nobody listens on: connections are refused at once, so the
 	// retries and their backoff bound the time.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -202,14 +199,14 @@ func TestS3StoreUnreachable(t *testing.T) {
 	}
 	closed := l.Addr().String()
 	l.Close()
-	cfg := shard.DefaultS3Config()
+	cfg := store.DefaultS3Config()
 	cfg.Bucket, cfg.Endpoint, cfg.TLS, cfg.Region = "bucket", closed, false, "us-east-1"
 	cfg.AccessKey, cfg.SecretKey = "AKIAEXAMPLEKEY123", "secret-never-shown"
 	start := time.Now()
-	_, err = shard.NewS3Store(context.Background(), cfg)
+	_, err = store.NewS3(context.Background(), cfg)
 	elapsed := time.Since(start)
-	if !errors.Is(err, shard.ErrUnreachable) || !strings.Contains(err.Error(), closed) {
-		t.Fatalf("NewS3Store on a closed port = %v, want ErrUnreachable naming %s", err, closed)
+	if !errors.Is(err, store.ErrUnreachable) || !strings.Contains(err.Error(), closed) {
+		t.Fatalf("NewS3 on a closed port = %v, want ErrUnreachable naming %s", err, closed)
 	}
 	if strings.Contains(err.Error(), cfg.SecretKey) {
 		t.Errorf("error %q contains the secret", err)
@@ -220,7 +217,7 @@ func TestS3StoreUnreachable(t *testing.T) {
 	t.Logf("closed port: %v after %v", err, elapsed.Round(time.Millisecond))
 }
 
-func TestS3StoreHonoursContext(t *testing.T) {
+func TestS3HonoursContext(t *testing.T) {
 	// A server that accepts connections and never answers.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -242,122 +239,19 @@ func TestS3StoreHonoursContext(t *testing.T) {
 			conns = append(conns, c)
 		}
 	}()
-	cfg := shard.DefaultS3Config()
+	cfg := store.DefaultS3Config()
 	cfg.Bucket, cfg.Endpoint, cfg.TLS, cfg.Region = "bucket", l.Addr().String(), false, "us-east-1"
 	cfg.AccessKey, cfg.SecretKey = "AKIAEXAMPLEKEY123", "secret-never-shown"
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, err = shard.NewS3Store(ctx, cfg)
+	_, err = store.NewS3(ctx, cfg)
 	elapsed := time.Since(start)
 	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("NewS3Store on a silent server = %v, want context.DeadlineExceeded", err)
+		t.Fatalf("NewS3 on a silent server = %v, want context.DeadlineExceeded", err)
 	}
 	if elapsed > 3*time.Second {
 		t.Errorf("returned after %v, want soon after the 300ms deadline", elapsed)
-	}
-}
-
-// writeImageTree writes n small PNGs into two label folders under a new dir.
-func writeImageTree(t *testing.T, n int) string {
-	t.Helper()
-	src := t.TempDir()
-	for i := range n {
-		img := image.NewNRGBA(image.Rect(0, 0, 12, 10))
-		for p := 0; p < len(img.Pix); p += 4 {
-			img.Pix[p], img.Pix[p+1], img.Pix[p+2], img.Pix[p+3] = uint8(17*i+p), uint8(3*p), uint8(255-i), 255
-		}
-		img.Set(0, 0, color.NRGBA{uint8(i), 0, 0, 255})
-		var b bytes.Buffer
-		if err := png.Encode(&b, img); err != nil {
-			t.Fatal(err)
-		}
-		dir := filepath.Join(src, []string{"red_dress", "blue_shirt"}[i%2])
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("img%03d.png", i)), b.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return src
-}
-
-func TestS3BuildReadAndCorruption(t *testing.T) {
-	src := writeImageTree(t, 24) // before Start: paths stay absolute anyway
-	srv := s3test.Start(t)
-	srv.SetEnv(t)
-	bucket := srv.NewBucket(t)
-	ctx := context.Background()
-
-	cfg := shard.DefaultBuildConfig()
-	cfg.Size, cfg.MinSide, cfg.Workers, cfg.MaxShardBytes = 8, 4, 2, 2000
-	url := srv.StoreURL(bucket, "ds/clothes")
-	st, err := shard.OpenStore(ctx, url)
-	if err != nil {
-		t.Fatalf("OpenStore(%s): %v", url, err)
-	}
-	m, err := shard.Build(ctx, cfg, src, st, nil, nil)
-	if err != nil {
-		t.Fatalf("Build into %s: %v", url, err)
-	}
-
-	// The same build into a local directory gives the same bytes.
-	local, err := shard.NewLocalStore(filepath.Join(t.TempDir(), "ds"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := shard.Build(ctx, cfg, src, local, nil, nil); err != nil {
-		t.Fatalf("local Build: %v", err)
-	}
-	names, err := st.List(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	localNames, _ := local.List(ctx, "")
-	if strings.Join(names, " ") != strings.Join(localNames, " ") || len(names) < 3 {
-		t.Fatalf("S3 objects %q, local objects %q; want the same, several shards", names, localNames)
-	}
-	for _, n := range names {
-		if !bytes.Equal(readAll(t, st, n), readAll(t, local, n)) {
-			t.Errorf("%s differs between the S3 and the local build", n)
-		}
-	}
-
-	// Read back through a fresh store, checking every checksum.
-	st2, err := shard.OpenStore(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m2, err := shard.LoadManifest(ctx, st2)
-	if err != nil {
-		t.Fatalf("LoadManifest: %v", err)
-	}
-	var total int64
-	for _, s := range m2.Splits {
-		recs, err := shard.ReadSplit(ctx, st2, m2, s.Name)
-		if err != nil {
-			t.Fatalf("ReadSplit(%s): %v", s.Name, err)
-		}
-		if int64(len(recs)) != s.Records {
-			t.Errorf("split %s: read %d records, manifest says %d", s.Name, len(recs), s.Records)
-		}
-		total += int64(len(recs))
-	}
-	if total != m.Records() || total != 24 {
-		t.Errorf("read %d records, built %d, want 24", total, m.Records())
-	}
-
-	// Re-upload one shard with a flipped byte: ReadShard must notice.
-	info := m2.Splits[0].Shards[0]
-	data := readAll(t, st2, info.Name)
-	data[len(data)/2] ^= 0x01
-	if err := st2.Put(ctx, info.Name, bytes.NewReader(data), int64(len(data))); err != nil {
-		t.Fatal(err)
-	}
-	err = shard.ReadShard(ctx, st2, info, m2, func(shard.Record) error { return nil })
-	if !errors.Is(err, shard.ErrChecksum) {
-		t.Errorf("ReadShard of a shard with a flipped byte = %v, want ErrChecksum", err)
 	}
 }
 
@@ -374,12 +268,12 @@ func TestS3Credentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := srv.StoreURL(bucket, "c")
-	open := func(extra string) (shard.Store, error) { return shard.OpenStore(ctx, url+extra) }
+	open := func(extra string) (store.Store, error) { return store.Open(ctx, url+extra) }
 
 	t.Run("Environment", func(t *testing.T) {
 		st, err := open("")
 		if err != nil {
-			t.Fatalf("OpenStore with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: %v", err)
+			t.Fatalf("Open with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: %v", err)
 		}
 		if err := st.Put(ctx, "x", strings.NewReader("1"), 1); err != nil {
 			t.Fatal(err)
@@ -387,22 +281,22 @@ func TestS3Credentials(t *testing.T) {
 	})
 	t.Run("FileProfileBeatsEnvironment", func(t *testing.T) {
 		t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong-env-secret")
-		if _, err := open(""); !errors.Is(err, shard.ErrAccessDenied) {
-			t.Fatalf("OpenStore with a wrong env secret = %v, want ErrAccessDenied", err)
+		if _, err := open(""); !errors.Is(err, store.ErrAccessDenied) {
+			t.Fatalf("Open with a wrong env secret = %v, want ErrAccessDenied", err)
 		}
 		if _, err := open("&credentials_file=" + credFile + "&profile=tailor"); err != nil {
-			t.Fatalf("OpenStore with profile tailor: %v", err)
+			t.Fatalf("Open with profile tailor: %v", err)
 		}
 		_, err := open("&credentials_file=" + credFile) // [default] has a wrong secret
-		if !errors.Is(err, shard.ErrAccessDenied) || strings.Contains(err.Error(), "wrong-default-secret") {
-			t.Fatalf("OpenStore with profile default = %v, want ErrAccessDenied without the secret", err)
+		if !errors.Is(err, store.ErrAccessDenied) || strings.Contains(err.Error(), "wrong-default-secret") {
+			t.Fatalf("Open with profile default = %v, want ErrAccessDenied without the secret", err)
 		}
 	})
 	t.Run("FlagSettings", func(t *testing.T) {
 		t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong-env-secret")
-		st, err := shard.OpenStoreWith(ctx, url, shard.OpenOptions{S3: map[string]string{"credentials_file": credFile, "profile": "tailor"}})
+		st, err := store.OpenWith(ctx, url, store.OpenOptions{S3: map[string]string{"credentials_file": credFile, "profile": "tailor"}})
 		if err != nil {
-			t.Fatalf("OpenStoreWith profile settings: %v", err)
+			t.Fatalf("OpenWith profile settings: %v", err)
 		}
 		if _, err := st.Stat(ctx, "x"); err != nil {
 			t.Errorf("Stat(x): %v", err)
@@ -414,7 +308,7 @@ func TestS3Credentials(t *testing.T) {
 		t.Setenv("AWS_SHARED_CREDENTIALS_FILE", credFile)
 		t.Setenv("AWS_PROFILE", "tailor")
 		if _, err := open(""); err != nil {
-			t.Fatalf("OpenStore with AWS_SHARED_CREDENTIALS_FILE and AWS_PROFILE: %v", err)
+			t.Fatalf("Open with AWS_SHARED_CREDENTIALS_FILE and AWS_PROFILE: %v", err)
 		}
 	})
 	t.Run("BadProfiles", func(t *testing.T) {
@@ -425,7 +319,7 @@ func TestS3Credentials(t *testing.T) {
 		} {
 			_, err := open(tt.extra)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("OpenStore(...%s) = %v, want an error containing %q", tt.extra, err, tt.want)
+				t.Errorf("Open(...%s) = %v, want an error containing %q", tt.extra, err, tt.want)
 			} else if strings.Contains(err.Error(), srv.SecretKey) {
 				t.Errorf("error %q contains the secret", err)
 			}
@@ -437,7 +331,7 @@ func TestS3SecretsNeverPrinted(t *testing.T) {
 	srv := s3test.Start(t)
 	cfg := s3Config(srv, srv.NewBucket(t), "p")
 	cfg.SessionToken = "" // versitygw has no session tokens; checked below on the config only
-	st := newS3Store(t, cfg)
+	st := newS3(t, cfg)
 	withToken := cfg
 	withToken.SessionToken = "session-token-value-123"
 	var logged bytes.Buffer
@@ -464,7 +358,7 @@ func TestParseS3URL(t *testing.T) {
 		access, file, profile                        string
 		partSize                                     int64
 	}
-	def := want{bucket: "bkt", prefix: "p", endpoint: shard.DefaultS3Endpoint, addressing: "auto", tls: true, access: "AKIAENVKEY00001", partSize: shard.DefaultS3PartSize}
+	def := want{bucket: "bkt", prefix: "p", endpoint: store.DefaultS3Endpoint, addressing: "auto", tls: true, access: "AKIAENVKEY00001", partSize: store.DefaultS3PartSize}
 	with := func(f func(*want)) want { w := def; f(&w); return w }
 	tests := []struct {
 		name    string
@@ -538,7 +432,7 @@ func TestParseS3URL(t *testing.T) {
 			for k, v := range tt.env {
 				env[k] = v
 			}
-			cfg, err := shard.ParseS3URL(tt.url, shard.OpenOptions{S3: tt.flags, Getenv: func(k string) string { return env[k] }})
+			cfg, err := store.ParseS3URL(tt.url, store.OpenOptions{S3: tt.flags, Getenv: func(k string) string { return env[k] }})
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("ParseS3URL(%q) error = %v, want one containing %q", tt.url, err, tt.wantErr)
@@ -565,17 +459,17 @@ func TestParseS3URL(t *testing.T) {
 	}
 }
 
-func TestOpenStoreS3NeedsABucket(t *testing.T) {
-	// OpenStore parses before it connects: a bad URL fails without network.
-	_, err := shard.OpenStore(context.Background(), "s3://Not_A_Bucket/x")
+func TestOpenS3NeedsABucket(t *testing.T) {
+	// Open parses before it connects: a bad URL fails without network.
+	_, err := store.Open(context.Background(), "s3://Not_A_Bucket/x")
 	if err == nil || !strings.Contains(err.Error(), "bucket name") {
-		t.Errorf("OpenStore(s3://Not_A_Bucket/x) = %v, want a bucket name error", err)
+		t.Errorf("Open(s3://Not_A_Bucket/x) = %v, want a bucket name error", err)
 	}
 }
 
-func TestS3StoreOddNames(t *testing.T) {
+func TestS3OddNames(t *testing.T) {
 	srv := s3test.Start(t)
-	st := newS3Store(t, s3Config(srv, srv.NewBucket(t), "odd prefix/ü"))
+	st := newS3(t, s3Config(srv, srv.NewBucket(t), "odd prefix/ü"))
 	ctx := context.Background()
 	names := []string{"a b/c+d%20e.shard", "q?x#y=1&z", "dé/ü/ß.json", "tilde~/semi;colon"}
 	for _, n := range names {
@@ -593,7 +487,7 @@ func TestS3StoreOddNames(t *testing.T) {
 	}
 }
 
-func TestS3StoreCAFile(t *testing.T) {
+func TestS3CAFile(t *testing.T) {
 	// A TLS server with a self-signed certificate, answering every request
 	// with an empty listing: enough to see whether the client trusts it.
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -607,48 +501,48 @@ func TestS3StoreCAFile(t *testing.T) {
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := shard.DefaultS3Config()
-	cfg.Bucket, cfg.Endpoint, cfg.Region, cfg.Addressing = "bucket", strings.TrimPrefix(ts.URL, "https://"), "us-east-1", shard.S3AddressingPath
+	cfg := store.DefaultS3Config()
+	cfg.Bucket, cfg.Endpoint, cfg.Region, cfg.Addressing = "bucket", strings.TrimPrefix(ts.URL, "https://"), "us-east-1", store.S3AddressingPath
 	cfg.AccessKey, cfg.SecretKey = "AKIAEXAMPLEKEY123", "secret-never-shown"
 	ctx := context.Background()
 
-	_, err := shard.NewS3Store(ctx, cfg)
-	if !errors.Is(err, shard.ErrUnreachable) || !strings.Contains(err.Error(), "ca_file") {
-		t.Errorf("NewS3Store of a self-signed endpoint without a CA file = %v, want ErrUnreachable with a ca_file hint", err)
+	_, err := store.NewS3(ctx, cfg)
+	if !errors.Is(err, store.ErrUnreachable) || !strings.Contains(err.Error(), "ca_file") {
+		t.Errorf("NewS3 of a self-signed endpoint without a CA file = %v, want ErrUnreachable with a ca_file hint", err)
 	}
 	cfg.CAFile = caFile
-	if _, err := shard.NewS3Store(ctx, cfg); err != nil {
-		t.Errorf("NewS3Store with the CA file: %v", err)
+	if _, err := store.NewS3(ctx, cfg); err != nil {
+		t.Errorf("NewS3 with the CA file: %v", err)
 	}
 	cfg.TLS = false
 	if err := cfg.Validate(); err == nil {
 		t.Error("Validate accepted a CA file without TLS")
 	}
 	cfg.CAFile, cfg.TLS = "", true
-	_, err = shard.NewS3Store(ctx, cfg)
+	_, err = store.NewS3(ctx, cfg)
 	if err == nil {
-		t.Fatal("NewS3Store trusted a self-signed certificate")
+		t.Fatal("NewS3 trusted a self-signed certificate")
 	}
 
 	// TLS to a plain HTTP port, and plain HTTP to a TLS port, get hints.
 	plain := httptest.NewServer(http.NotFoundHandler())
 	defer plain.Close()
 	cfg.Endpoint = strings.TrimPrefix(plain.URL, "http://")
-	if _, err := shard.NewS3Store(ctx, cfg); err == nil || !strings.Contains(err.Error(), cfg.Endpoint) || !strings.Contains(err.Error(), "tls=false") {
-		t.Errorf("NewS3Store with TLS to a plain HTTP server = %v, want an error naming it with a tls=false hint", err)
+	if _, err := store.NewS3(ctx, cfg); err == nil || !strings.Contains(err.Error(), cfg.Endpoint) || !strings.Contains(err.Error(), "tls=false") {
+		t.Errorf("NewS3 with TLS to a plain HTTP server = %v, want an error naming it with a tls=false hint", err)
 	}
 	cfg.Endpoint, cfg.TLS = strings.TrimPrefix(ts.URL, "https://"), false
-	if _, err := shard.NewS3Store(ctx, cfg); err == nil || !strings.Contains(err.Error(), cfg.Endpoint) || !strings.Contains(err.Error(), "speaks HTTPS") {
-		t.Errorf("NewS3Store with plain HTTP to a TLS server = %v, want an error naming it with a TLS hint", err)
+	if _, err := store.NewS3(ctx, cfg); err == nil || !strings.Contains(err.Error(), cfg.Endpoint) || !strings.Contains(err.Error(), "speaks HTTPS") {
+		t.Errorf("NewS3 with plain HTTP to a TLS server = %v, want an error naming it with a TLS hint", err)
 	}
 }
 
-func TestS3StorePutUnreachable(t *testing.T) {
+func TestS3PutUnreachable(t *testing.T) {
 	srv := s3test.Start(t)
 	proxy := startProxy(t, srv.Endpoint)
 	cfg := s3Config(srv, srv.NewBucket(t), "p")
 	cfg.Endpoint = proxy.addr()
-	st := newS3Store(t, cfg)
+	st := newS3(t, cfg)
 	ctx := context.Background()
 	if err := st.Put(ctx, "x", strings.NewReader("1"), 1); err != nil {
 		t.Fatalf("Put through the proxy: %v", err)
@@ -656,10 +550,10 @@ func TestS3StorePutUnreachable(t *testing.T) {
 	proxy.stop()
 	start := time.Now()
 	err := st.Put(ctx, "y", strings.NewReader("2"), 1)
-	if !errors.Is(err, shard.ErrUnreachable) || !strings.Contains(err.Error(), proxy.addr()) {
+	if !errors.Is(err, store.ErrUnreachable) || !strings.Contains(err.Error(), proxy.addr()) {
 		t.Errorf("Put with the endpoint gone = %v, want ErrUnreachable naming %s", err, proxy.addr())
 	}
-	if _, err := st.Get(ctx, "x"); !errors.Is(err, shard.ErrUnreachable) {
+	if _, err := st.Get(ctx, "x"); !errors.Is(err, store.ErrUnreachable) {
 		t.Errorf("Get with the endpoint gone = %v, want ErrUnreachable", err)
 	}
 	if d := time.Since(start); d > 10*time.Second {
@@ -716,8 +610,8 @@ func (p *tcpProxy) stop() {
 }
 
 func TestS3ConfigValidate(t *testing.T) {
-	valid := func() shard.S3Config {
-		c := shard.DefaultS3Config()
+	valid := func() store.S3Config {
+		c := store.DefaultS3Config()
 		c.Bucket, c.AccessKey, c.SecretKey = "bucket", "AKIAEXAMPLEKEY123", "s3cr3t-value"
 		return c
 	}
@@ -726,20 +620,20 @@ func TestS3ConfigValidate(t *testing.T) {
 	}
 	tests := []struct {
 		name    string
-		mod     func(*shard.S3Config)
+		mod     func(*store.S3Config)
 		wantErr string
 	}{
-		{"endpoint with scheme", func(c *shard.S3Config) { c.Endpoint = "https://h" }, "without a scheme"},
-		{"empty endpoint", func(c *shard.S3Config) { c.Endpoint = "" }, "endpoint is empty"},
-		{"bad addressing", func(c *shard.S3Config) { c.Addressing = "dns" }, "addressing"},
-		{"anonymous with keys", func(c *shard.S3Config) { c.Anonymous = true }, "both set"},
-		{"secret without access key", func(c *shard.S3Config) { c.AccessKey = "" }, "together"},
-		{"token without keys", func(c *shard.S3Config) { c.AccessKey, c.SecretKey, c.SessionToken = "", "", "tok" }, "session token"},
-		{"no credentials", func(c *shard.S3Config) { c.AccessKey, c.SecretKey = "", "" }, "none found"},
-		{"part too large", func(c *shard.S3Config) { c.PartSize = 6 << 30 }, "part size"},
-		{"no attempts", func(c *shard.S3Config) { c.MaxAttempts = 0 }, "attempts"},
-		{"zero timeout", func(c *shard.S3Config) { c.DialTimeout = 0 }, "timeouts"},
-		{"bad prefix", func(c *shard.S3Config) { c.Prefix = "/abs" }, "prefix"},
+		{"endpoint with scheme", func(c *store.S3Config) { c.Endpoint = "https://h" }, "without a scheme"},
+		{"empty endpoint", func(c *store.S3Config) { c.Endpoint = "" }, "endpoint is empty"},
+		{"bad addressing", func(c *store.S3Config) { c.Addressing = "dns" }, "addressing"},
+		{"anonymous with keys", func(c *store.S3Config) { c.Anonymous = true }, "both set"},
+		{"secret without access key", func(c *store.S3Config) { c.AccessKey = "" }, "together"},
+		{"token without keys", func(c *store.S3Config) { c.AccessKey, c.SecretKey, c.SessionToken = "", "", "tok" }, "session token"},
+		{"no credentials", func(c *store.S3Config) { c.AccessKey, c.SecretKey = "", "" }, "none found"},
+		{"part too large", func(c *store.S3Config) { c.PartSize = 6 << 30 }, "part size"},
+		{"no attempts", func(c *store.S3Config) { c.MaxAttempts = 0 }, "attempts"},
+		{"zero timeout", func(c *store.S3Config) { c.DialTimeout = 0 }, "timeouts"},
+		{"bad prefix", func(c *store.S3Config) { c.Prefix = "/abs" }, "prefix"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

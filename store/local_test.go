@@ -1,4 +1,4 @@
-package shard_test
+package store_test
 
 import (
 	"context"
@@ -8,13 +8,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tailorml/tailor/shard"
-	"github.com/tailorml/tailor/shard/shardtest"
+	"github.com/tailorml/tailor/store"
+	"github.com/tailorml/tailor/store/storetest"
 )
 
-func TestLocalStoreContract(t *testing.T) {
-	shardtest.TestStore(t, func(t *testing.T) shard.Store {
-		st, err := shard.NewLocalStore(filepath.Join(t.TempDir(), "store"))
+func TestLocalContract(t *testing.T) {
+	storetest.TestStore(t, func(t *testing.T) store.Store {
+		st, err := store.NewLocal(filepath.Join(t.TempDir(), "store"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -23,12 +23,12 @@ func TestLocalStoreContract(t *testing.T) {
 }
 
 func TestMemStoreContract(t *testing.T) {
-	shardtest.TestStore(t, func(t *testing.T) shard.Store { return shardtest.NewMemStore() })
+	storetest.TestStore(t, func(t *testing.T) store.Store { return storetest.NewMemStore() })
 }
 
-func TestLocalStoreFailedPutLeavesNoFiles(t *testing.T) {
+func TestLocalFailedPutLeavesNoFiles(t *testing.T) {
 	dir := t.TempDir()
-	st, err := shard.NewLocalStore(dir)
+	st, err := store.NewLocal(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,9 +48,9 @@ func TestLocalStoreFailedPutLeavesNoFiles(t *testing.T) {
 	}
 }
 
-func TestLocalStoreHidesTempFiles(t *testing.T) {
+func TestLocalHidesTempFiles(t *testing.T) {
 	dir := t.TempDir()
-	st, err := shard.NewLocalStore(dir)
+	st, err := store.NewLocal(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,8 +67,8 @@ func TestLocalStoreHidesTempFiles(t *testing.T) {
 	}
 }
 
-func TestLocalStoreCanceledPut(t *testing.T) {
-	st, err := shard.NewLocalStore(t.TempDir())
+func TestLocalCanceledPut(t *testing.T) {
+	st, err := store.NewLocal(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,17 +79,17 @@ func TestLocalStoreCanceledPut(t *testing.T) {
 	}
 }
 
-func TestNewLocalStoreOnAFile(t *testing.T) {
+func TestNewLocalOnAFile(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "file")
 	if err := os.WriteFile(f, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := shard.NewLocalStore(f); err == nil {
-		t.Error("NewLocalStore on a regular file succeeded")
+	if _, err := store.NewLocal(f); err == nil {
+		t.Error("NewLocal on a regular file succeeded")
 	}
 }
 
-func TestOpenStore(t *testing.T) {
+func TestOpen(t *testing.T) {
 	dir := t.TempDir()
 	tests := []struct {
 		url     string
@@ -106,19 +106,19 @@ func TestOpenStore(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.url, func(t *testing.T) {
-			st, err := shard.OpenStore(context.Background(), tt.url)
+			st, err := store.Open(context.Background(), tt.url)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("OpenStore(%q) error = %v, want one containing %q", tt.url, err, tt.wantErr)
+					t.Fatalf("Open(%q) error = %v, want one containing %q", tt.url, err, tt.wantErr)
 				}
 				return
 			}
 			if err != nil {
-				t.Fatalf("OpenStore(%q): %v", tt.url, err)
+				t.Fatalf("Open(%q): %v", tt.url, err)
 			}
-			ls, ok := st.(*shard.LocalStore)
+			ls, ok := st.(*store.Local)
 			if !ok || ls.Root() != tt.wantDir {
-				t.Errorf("OpenStore(%q) = %#v, want a LocalStore at %s", tt.url, st, tt.wantDir)
+				t.Errorf("Open(%q) = %#v, want a Local at %s", tt.url, st, tt.wantDir)
 			}
 		})
 	}
@@ -148,7 +148,7 @@ func TestValidName(t *testing.T) {
 		{"x/.tailor-tmp-1", false},
 	}
 	for _, tt := range tests {
-		if err := shard.ValidName(tt.name); (err == nil) != tt.ok {
+		if err := store.ValidName(tt.name); (err == nil) != tt.ok {
 			t.Errorf("ValidName(%q) = %v, want ok=%v", tt.name, err, tt.ok)
 		}
 	}

@@ -1,4 +1,4 @@
-package shard
+package store
 
 import (
 	"bytes"
@@ -42,7 +42,7 @@ func TestTransient(t *testing.T) {
 		{"no such bucket", fmt.Errorf("get x: %w", ErrNoBucket), false},
 		{"no such key", fmt.Errorf("get x: %w", ErrNotExist), false},
 		{"no such key code", minio.ErrorResponse{Code: "NoSuchKey", StatusCode: 404}, false},
-		{"checksum", corruptf(ErrChecksum, "sha256"), false},
+		{"damaged object", fmt.Errorf("get x: %w", ErrCorrupt), false},
 		{"unknown CA", fmt.Errorf("tls: %w: %w", x509.UnknownAuthorityError{}, ErrUnreachable), false},
 		{"canceled", fmt.Errorf("get: %w", context.Canceled), false},
 		{"spent stream", permanent{refused}, false},
@@ -234,7 +234,7 @@ func (f *flakyStore) Get(ctx context.Context, name string) (io.ReadCloser, error
 	return rc, nil
 }
 
-// getFrom makes flakyStore a rangeGetter (as S3Store and LocalStore are).
+// getFrom makes flakyStore a rangeGetter (as S3 and Local are).
 func (f *flakyStore) getFrom(ctx context.Context, name string, off int64) (io.ReadCloser, error) {
 	if err := f.fail("range"); err != nil {
 		return nil, err
@@ -297,7 +297,7 @@ func TestWithRetry(t *testing.T) {
 	ctx := context.Background()
 	refused := fmt.Errorf("cannot reach s3 endpoint: %w: %w", syscall.ECONNREFUSED, ErrUnreachable)
 	data := bytes.Repeat([]byte("0123456789abcdef"), 4096)
-	local, err := NewLocalStore(t.TempDir())
+	local, err := NewLocal(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,6 @@
-// Package shardtest provides test doubles for package shard: an in-memory
+// Package storetest provides test doubles for package store: an in-memory
 // Store and a conformance suite every Store implementation should pass.
-package shardtest
+package storetest
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // MemStore is a Store in memory, safe for concurrent use.
@@ -22,14 +22,14 @@ type MemStore struct {
 	objs map[string][]byte
 }
 
-var _ shard.Store = (*MemStore)(nil)
+var _ store.Store = (*MemStore)(nil)
 
 // NewMemStore returns an empty MemStore.
 func NewMemStore() *MemStore { return &MemStore{objs: map[string][]byte{}} }
 
-// Put implements shard.Store.
+// Put implements store.Store.
 func (s *MemStore) Put(ctx context.Context, name string, r io.Reader, size int64) error {
-	if err := shard.ValidName(name); err != nil {
+	if err := store.ValidName(name); err != nil {
 		return fmt.Errorf("put: %w", err)
 	}
 	if size < 0 {
@@ -48,35 +48,35 @@ func (s *MemStore) Put(ctx context.Context, name string, r io.Reader, size int64
 	return nil
 }
 
-// Get implements shard.Store.
+// Get implements store.Store.
 func (s *MemStore) Get(ctx context.Context, name string) (io.ReadCloser, error) {
-	if err := shard.ValidName(name); err != nil {
+	if err := store.ValidName(name); err != nil {
 		return nil, fmt.Errorf("get: %w", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	data, ok := s.objs[name]
 	if !ok {
-		return nil, fmt.Errorf("get %q: %w", name, shard.ErrNotExist)
+		return nil, fmt.Errorf("get %q: %w", name, store.ErrNotExist)
 	}
 	return io.NopCloser(bytes.NewReader(data)), nil
 }
 
-// Stat implements shard.Store.
+// Stat implements store.Store.
 func (s *MemStore) Stat(ctx context.Context, name string) (int64, error) {
-	if err := shard.ValidName(name); err != nil {
+	if err := store.ValidName(name); err != nil {
 		return 0, fmt.Errorf("stat: %w", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	data, ok := s.objs[name]
 	if !ok {
-		return 0, fmt.Errorf("stat %q: %w", name, shard.ErrNotExist)
+		return 0, fmt.Errorf("stat %q: %w", name, store.ErrNotExist)
 	}
 	return int64(len(data)), nil
 }
 
-// List implements shard.Store.
+// List implements store.Store.
 func (s *MemStore) List(ctx context.Context, prefix string) ([]string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -90,9 +90,9 @@ func (s *MemStore) List(ctx context.Context, prefix string) ([]string, error) {
 	return names, nil
 }
 
-// Delete implements shard.Store.
+// Delete implements store.Store.
 func (s *MemStore) Delete(ctx context.Context, name string) error {
-	if err := shard.ValidName(name); err != nil {
+	if err := store.ValidName(name); err != nil {
 		return fmt.Errorf("delete: %w", err)
 	}
 	s.mu.Lock()
@@ -118,15 +118,15 @@ func (s *MemStore) SetBytes(name string, data []byte) {
 
 // TestStore checks the Store contract against stores made by newStore, each
 // of which must start empty.
-func TestStore(t *testing.T, newStore func(t *testing.T) shard.Store) {
+func TestStore(t *testing.T, newStore func(t *testing.T) store.Store) {
 	ctx := context.Background()
-	put := func(t *testing.T, st shard.Store, name, data string) {
+	put := func(t *testing.T, st store.Store, name, data string) {
 		t.Helper()
 		if err := st.Put(ctx, name, strings.NewReader(data), int64(len(data))); err != nil {
 			t.Fatalf("Put(%q): %v", name, err)
 		}
 	}
-	get := func(t *testing.T, st shard.Store, name string) string {
+	get := func(t *testing.T, st store.Store, name string) string {
 		t.Helper()
 		rc, err := st.Get(ctx, name)
 		if err != nil {
@@ -162,10 +162,10 @@ func TestStore(t *testing.T, newStore func(t *testing.T) shard.Store) {
 		st := newStore(t)
 		put(t, st, "dir/x", "1")
 		for _, name := range []string{"nope", "dir", "dir/y"} {
-			if _, err := st.Get(ctx, name); !errors.Is(err, shard.ErrNotExist) {
+			if _, err := st.Get(ctx, name); !errors.Is(err, store.ErrNotExist) {
 				t.Errorf("Get(%q) error = %v, want ErrNotExist", name, err)
 			}
-			if _, err := st.Stat(ctx, name); !errors.Is(err, shard.ErrNotExist) {
+			if _, err := st.Stat(ctx, name); !errors.Is(err, store.ErrNotExist) {
 				t.Errorf("Stat(%q) error = %v, want ErrNotExist", name, err)
 			}
 		}
@@ -206,7 +206,7 @@ func TestStore(t *testing.T, newStore func(t *testing.T) shard.Store) {
 		if err := st.Delete(ctx, "a/x"); err != nil {
 			t.Fatalf("Delete: %v", err)
 		}
-		if _, err := st.Stat(ctx, "a/x"); !errors.Is(err, shard.ErrNotExist) {
+		if _, err := st.Stat(ctx, "a/x"); !errors.Is(err, store.ErrNotExist) {
 			t.Errorf("Stat after Delete = %v, want ErrNotExist", err)
 		}
 		if names, _ := st.List(ctx, ""); len(names) != 0 {
@@ -245,7 +245,7 @@ func TestStore(t *testing.T, newStore func(t *testing.T) shard.Store) {
 			if err := st.Put(ctx, name, strings.NewReader("x"), 1); err == nil {
 				t.Errorf("Put(%q) succeeded, want an error", name)
 			}
-			if _, err := st.Get(ctx, name); err == nil || errors.Is(err, shard.ErrNotExist) {
+			if _, err := st.Get(ctx, name); err == nil || errors.Is(err, store.ErrNotExist) {
 				t.Errorf("Get(%q) error = %v, want a name error", name, err)
 			}
 			if err := st.Delete(ctx, name); err == nil {

@@ -1,4 +1,4 @@
-package shard_test
+package store_test
 
 import (
 	"bytes"
@@ -17,7 +17,7 @@ import (
 
 	"github.com/tailorml/tailor/internal/certs/certstest"
 	"github.com/tailorml/tailor/internal/s3test"
-	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // startTLSProxy serves HTTPS with the PKI's node certificate in front of
@@ -40,7 +40,7 @@ func startTLSProxy(t *testing.T, pki *certstest.PKI, endpoint string) string {
 // store URL): objects go up and come back; without the CA the endpoint is
 // refused; a wrong secret over TLS is access denied; no secret shows in
 // errors or logs.
-func TestS3StoreOverTLSWithCAFile(t *testing.T) {
+func TestS3OverTLSWithCAFile(t *testing.T) {
 	srv := s3test.Start(t)
 	pki := certstest.New(t)
 	endpoint := startTLSProxy(t, pki, srv.Endpoint)
@@ -49,7 +49,7 @@ func TestS3StoreOverTLSWithCAFile(t *testing.T) {
 
 	cfg := s3Config(srv, bucket, "tls")
 	cfg.Endpoint, cfg.TLS, cfg.CAFile = endpoint, true, pki.Files.CA
-	st := newS3Store(t, cfg)
+	st := newS3(t, cfg)
 	if err := st.Put(ctx, "x.shard", strings.NewReader("over tls"), 8); err != nil {
 		t.Fatalf("Put over TLS: %v", err)
 	}
@@ -61,24 +61,24 @@ func TestS3StoreOverTLSWithCAFile(t *testing.T) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
 	t.Setenv("AWS_CA_BUNDLE", pki.Files.CA)
 	u := "s3://" + bucket + "/tls?endpoint=" + endpoint + "&region=" + srv.Region + "&path_style=true"
-	if _, err := shard.OpenStore(ctx, u); err != nil {
-		t.Errorf("OpenStore(%s) with AWS_CA_BUNDLE: %v", u, err)
+	if _, err := store.Open(ctx, u); err != nil {
+		t.Errorf("Open(%s) with AWS_CA_BUNDLE: %v", u, err)
 	}
 
 	var logs bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	noCA := cfg
 	noCA.CAFile = ""
-	_, err := shard.NewS3Store(ctx, noCA)
-	if !errors.Is(err, shard.ErrUnreachable) {
-		t.Errorf("NewS3Store without the CA = %v, want ErrUnreachable", err)
+	_, err := store.NewS3(ctx, noCA)
+	if !errors.Is(err, store.ErrUnreachable) {
+		t.Errorf("NewS3 without the CA = %v, want ErrUnreachable", err)
 	}
 	logger.Error("s3", "err", err, "cfg", noCA)
 	wrong := cfg
 	wrong.SecretKey = "wrong-" + srv.SecretKey
-	_, err = shard.NewS3Store(ctx, wrong)
-	if !errors.Is(err, shard.ErrAccessDenied) {
-		t.Errorf("NewS3Store with a wrong secret over TLS = %v, want ErrAccessDenied", err)
+	_, err = store.NewS3(ctx, wrong)
+	if !errors.Is(err, store.ErrAccessDenied) {
+		t.Errorf("NewS3 with a wrong secret over TLS = %v, want ErrAccessDenied", err)
 	}
 	logger.Error("s3", "err", err, "cfg", wrong)
 	for _, s := range []string{srv.SecretKey, wrong.SecretKey} {

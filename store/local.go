@@ -1,4 +1,4 @@
-package shard
+package store
 
 import (
 	"context"
@@ -6,66 +6,25 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 )
 
-// Store holds named objects: the manifest and the shard files. Names are
-// '/'-separated and relative to the store's root (see ValidName). A local
-// directory is one Store (LocalStore), an S3 bucket prefix another (S3Store).
-type Store interface {
-	// Put stores size bytes read from r under name, replacing any old object.
-	// Readers see either the old object or the whole new one, never a part.
-	// It fails if r yields a different number of bytes than size.
-	Put(ctx context.Context, name string, r io.Reader, size int64) error
-	// Get opens the object. A missing object gives an error matching ErrNotExist.
-	Get(ctx context.Context, name string) (io.ReadCloser, error)
-	// Stat returns the object's size, or an error matching ErrNotExist.
-	Stat(ctx context.Context, name string) (int64, error)
-	// List returns the sorted names of all objects whose names start with
-	// prefix (a plain string prefix, as in S3; "" lists everything).
-	List(ctx context.Context, prefix string) ([]string, error)
-	// Delete removes the object. Deleting a missing object is not an error.
-	Delete(ctx context.Context, name string) error
-}
-
-// ValidName reports whether name may name an object: non-empty, relative,
-// '/'-separated with no empty, "." or ".." elements, no backslash or control
-// characters, valid UTF-8, and no element starting with ".tailor-tmp" (the
-// local store's temporary files).
-func ValidName(name string) error {
-	if !fs.ValidPath(name) || name == "." {
-		return fmt.Errorf("invalid object name %q: want a relative '/'-separated path without empty, \".\" or \"..\" elements", name)
-	}
-	for _, r := range name {
-		if r < 0x20 || r == 0x7f || r == '\\' {
-			return fmt.Errorf("invalid object name %q: control character or backslash", name)
-		}
-	}
-	for el := range strings.SplitSeq(name, "/") {
-		if strings.HasPrefix(el, tmpPrefix) {
-			return fmt.Errorf("invalid object name %q: %q is reserved for temporary files", name, tmpPrefix)
-		}
-	}
-	return nil
-}
-
 const tmpPrefix = ".tailor-tmp"
 
-// LocalStore is a Store in a local directory. Objects are files; Put writes a
+// Local is a Store in a local directory. Objects are files; Put writes a
 // temporary file in the target directory, syncs it and renames it into place.
-type LocalStore struct {
+type Local struct {
 	root string
 }
 
-var _ Store = (*LocalStore)(nil)
+var _ Store = (*Local)(nil)
 
-// NewLocalStore returns a store rooted at dir. The directory is created on the
+// NewLocal returns a store rooted at dir. The directory is created on the
 // first Put if it does not exist yet; if it exists it must be a directory.
-func NewLocalStore(dir string) (*LocalStore, error) {
+func NewLocal(dir string) (*Local, error) {
 	if dir == "" {
 		return nil, errors.New("local store: empty directory path")
 	}
@@ -78,13 +37,13 @@ func NewLocalStore(dir string) (*LocalStore, error) {
 	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("local store %q: %w", dir, err)
 	}
-	return &LocalStore{root: abs}, nil
+	return &Local{root: abs}, nil
 }
 
 // Root returns the store's absolute directory.
-func (s *LocalStore) Root() string { return s.root }
+func (s *Local) Root() string { return s.root }
 
-func (s *LocalStore) path(op, name string) (string, error) {
+func (s *Local) path(op, name string) (string, error) {
 	if err := ValidName(name); err != nil {
 		return "", fmt.Errorf("%s: %w", op, err)
 	}
@@ -92,7 +51,7 @@ func (s *LocalStore) path(op, name string) (string, error) {
 }
 
 // Put implements Store.
-func (s *LocalStore) Put(ctx context.Context, name string, r io.Reader, size int64) (err error) {
+func (s *Local) Put(ctx context.Context, name string, r io.Reader, size int64) (err error) {
 	p, err := s.path("put", name)
 	if err != nil {
 		return err
@@ -159,7 +118,7 @@ func (c ctxReader) Read(p []byte) (int, error) {
 }
 
 // Get implements Store.
-func (s *LocalStore) Get(ctx context.Context, name string) (io.ReadCloser, error) {
+func (s *Local) Get(ctx context.Context, name string) (io.ReadCloser, error) {
 	p, err := s.path("get", name)
 	if err != nil {
 		return nil, err
@@ -183,7 +142,7 @@ func (s *LocalStore) Get(ctx context.Context, name string) (io.ReadCloser, error
 }
 
 // getFrom is Get from byte off on, for WithRetry.
-func (s *LocalStore) getFrom(ctx context.Context, name string, off int64) (io.ReadCloser, error) {
+func (s *Local) getFrom(ctx context.Context, name string, off int64) (io.ReadCloser, error) {
 	rc, err := s.Get(ctx, name)
 	if err != nil {
 		return nil, err
@@ -196,7 +155,7 @@ func (s *LocalStore) getFrom(ctx context.Context, name string, off int64) (io.Re
 }
 
 // Stat implements Store.
-func (s *LocalStore) Stat(ctx context.Context, name string) (int64, error) {
+func (s *Local) Stat(ctx context.Context, name string) (int64, error) {
 	p, err := s.path("stat", name)
 	if err != nil {
 		return 0, err
@@ -214,7 +173,7 @@ func (s *LocalStore) Stat(ctx context.Context, name string) (int64, error) {
 }
 
 // List implements Store. Temporary files of unfinished Puts are not listed.
-func (s *LocalStore) List(ctx context.Context, prefix string) ([]string, error) {
+func (s *Local) List(ctx context.Context, prefix string) ([]string, error) {
 	// Walk only the deepest directory the prefix pins down.
 	start := ""
 	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
@@ -260,7 +219,7 @@ func (s *LocalStore) List(ctx context.Context, prefix string) ([]string, error) 
 }
 
 // Delete implements Store.
-func (s *LocalStore) Delete(ctx context.Context, name string) error {
+func (s *Local) Delete(ctx context.Context, name string) error {
 	p, err := s.path("delete", name)
 	if err != nil {
 		return err
@@ -269,35 +228,4 @@ func (s *LocalStore) Delete(ctx context.Context, name string) error {
 		return fmt.Errorf("delete %q: %w", name, err)
 	}
 	return nil
-}
-
-// OpenStore opens the store a URL names: a local path, file:///abs/path, or
-// s3://bucket/prefix?settings (see S3.md; OpenStoreWith adds settings from
-// flags). Other schemes give an error.
-func OpenStore(ctx context.Context, rawURL string) (Store, error) {
-	if rawURL == "" {
-		return nil, errors.New("open store: empty location")
-	}
-	scheme, _, ok := strings.Cut(rawURL, "://")
-	if !ok || strings.ContainsAny(scheme, `/\.`) {
-		return NewLocalStore(rawURL) // a plain path, even one containing "://" later on
-	}
-	switch strings.ToLower(scheme) {
-	case "file":
-		u, err := url.Parse(rawURL)
-		if err != nil {
-			return nil, fmt.Errorf("open store %q: %w", rawURL, err)
-		}
-		if u.Host != "" && u.Host != "localhost" {
-			return nil, fmt.Errorf("open store %q: file URL with host %q: want file:///absolute/path", rawURL, u.Host)
-		}
-		if u.Path == "" {
-			return nil, fmt.Errorf("open store %q: file URL without a path", rawURL)
-		}
-		return NewLocalStore(filepath.FromSlash(u.Path))
-	case "s3":
-		return OpenStoreWith(ctx, rawURL, OpenOptions{})
-	default:
-		return nil, fmt.Errorf("open store %q: unsupported scheme %q (want a path, file:///path or s3://bucket/prefix)", rawURL, scheme)
-	}
 }

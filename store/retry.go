@@ -1,4 +1,4 @@
-package shard
+package store
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+
+	"github.com/tailorml/tailor/internal/retry"
 )
 
 // Defaults of RetryPolicy.
@@ -120,6 +122,7 @@ func Retry(ctx context.Context, p RetryPolicy, location, what string, op func(ct
 func (p RetryPolicy) retry(ctx context.Context, location, what string, op func(ctx context.Context) error, keep *context.CancelFunc) error {
 	start := time.Now()
 	deadline := start.Add(p.Budget)
+	waits := p.backoff()
 	var last error // the last error of a try the budget did not cut
 	for attempt := 1; ; attempt++ {
 		// the budget cancels a try still running when it ends; a timer
@@ -149,20 +152,20 @@ func (p RetryPolicy) retry(ctx context.Context, location, what string, op func(c
 		if cut || left <= 0 || p.Budget <= 0 {
 			return &UnreachableError{Location: location, For: time.Since(start), Attempts: attempt, Err: last}
 		}
-		wait := min(p.backoff(attempt), left)
+		wait := min(fullJitter(waits.Next()), left)
 		if p.Log != nil {
 			p.Log.Warn("object store failed; retrying", "store", location, "op", what, "attempt", attempt,
 				"retry_in", wait.Round(time.Millisecond), "left", left.Round(time.Second), "err", err)
 		}
-		if !sleepCtx(ctx, wait) {
+		if !retry.Sleep(ctx, wait) {
 			return err
 		}
 	}
 }
 
-// backoff is the wait after try attempt: Initial doubling up to Max, with
-// full jitter (at least a millisecond).
-func (p RetryPolicy) backoff(attempt int) time.Duration {
+// backoff is the schedule of waits between tries: Initial, doubling up to
+// Max (fullJitter then draws each wait at random below it).
+func (p RetryPolicy) backoff() *retry.Backoff {
 	initial, ceil := p.Initial, p.Max
 	if initial <= 0 {
 		initial = DefaultRetryInitial
@@ -170,10 +173,11 @@ func (p RetryPolicy) backoff(attempt int) time.Duration {
 	if ceil < initial {
 		ceil = initial
 	}
-	d := ceil
-	if attempt < 30 {
-		d = min(initial<<(attempt-1), ceil)
-	}
+	return &retry.Backoff{Base: initial, Max: ceil}
+}
+
+// fullJitter is a wait drawn uniformly from [1 ms, d + 1 ms).
+func fullJitter(d time.Duration) time.Duration {
 	return time.Millisecond + time.Duration(rand.Int64N(int64(d)))
 }
 
@@ -187,20 +191,7 @@ func WithRetry(st Store, p RetryPolicy) Store {
 	if r, ok := st.(*retryStore); ok {
 		st = r.st
 	}
-	return &retryStore{st: st, p: p, loc: storeLocation(st)}
-}
-
-// storeLocation names a store in messages.
-func storeLocation(st Store) string {
-	switch s := st.(type) {
-	case *S3Store:
-		return s.Location()
-	case *LocalStore:
-		return s.Root()
-	case fmt.Stringer:
-		return s.String()
-	}
-	return fmt.Sprintf("%T", st)
+	return &retryStore{st: st, p: p, loc: Location(st)}
 }
 
 type retryStore struct {
@@ -284,16 +275,16 @@ func (s *retryStore) Delete(ctx context.Context, name string) error {
 	return Retry(ctx, s.p, s.loc, "delete "+name, func(ctx context.Context) error { return s.st.Delete(ctx, name) })
 }
 
-// OpenStoreRetry opens the store a URL names (OpenStore) for a running
+// OpenRetry opens the store a URL names (Open) for a running
 // role: opening and every operation are retried under p (WithRetry). The
 // S3 client makes at most 2 requests per try (the second only for what it
 // must redo at once, such as a region redirect), so p's budget and backoff
 // govern the retries.
-func OpenStoreRetry(ctx context.Context, rawURL string, p RetryPolicy) (Store, error) {
+func OpenRetry(ctx context.Context, rawURL string, p RetryPolicy) (Store, error) {
 	loc, _, _ := strings.Cut(rawURL, "?")
 	var st Store
 	err := Retry(ctx, p, loc, "open", func(ctx context.Context) (err error) {
-		st, err = OpenStoreWith(ctx, rawURL, OpenOptions{MaxAttempts: 2})
+		st, err = OpenWith(ctx, rawURL, OpenOptions{MaxAttempts: 2})
 		return err
 	})
 	if err != nil {
@@ -302,7 +293,7 @@ func OpenStoreRetry(ctx context.Context, rawURL string, p RetryPolicy) (Store, e
 	return WithRetry(st, p), nil
 }
 
-// rangeGetter opens an object from an offset (S3Store, LocalStore).
+// rangeGetter opens an object from an offset (S3, Local).
 type rangeGetter interface {
 	getFrom(ctx context.Context, name string, off int64) (io.ReadCloser, error)
 }

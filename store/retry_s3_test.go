@@ -1,4 +1,4 @@
-package shard_test
+package store_test
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/tailorml/tailor/internal/s3test"
-	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/store"
 )
 
 // outage is a TCP proxy in front of the S3 server that can go down
@@ -90,7 +90,7 @@ func (o *outage) up() {
 	o.serve(lis)
 }
 
-// The running roles' stores (OpenStoreRetry) against a real S3 server that
+// The running roles' stores (OpenRetry) against a real S3 server that
 // goes away: stopped and back within the budget, reads and writes succeed
 // (a read whose connection is cut half-way goes on where it stopped);
 // stopped for good, an operation fails after the budget with an error that
@@ -103,9 +103,9 @@ func TestS3RetryOutage(t *testing.T) {
 	// the store goes through the proxy
 	url := "s3://" + bucket + "/run?endpoint=" + o.addr + "&region=" + srv.Region + "&tls=false&path_style=true"
 	var log warnLines
-	policy := shard.RetryPolicy{Budget: 10 * time.Second, Initial: 100 * time.Millisecond, Max: time.Second, Log: slog.New(slog.NewTextHandler(&log, nil))}
+	policy := store.RetryPolicy{Budget: 10 * time.Second, Initial: 100 * time.Millisecond, Max: time.Second, Log: slog.New(slog.NewTextHandler(&log, nil))}
 	ctx := context.Background()
-	st, err := shard.OpenStoreRetry(ctx, url, policy)
+	st, err := store.OpenRetry(ctx, url, policy)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,12 +167,12 @@ func TestS3RetryOutage(t *testing.T) {
 		budget := 3 * time.Second
 		p := policy
 		p.Budget = budget
-		down := shard.WithRetry(st, p)
+		down := store.WithRetry(st, p)
 		start := time.Now()
 		_, err := down.Stat(ctx, "blob")
 		elapsed := time.Since(start)
-		var ue *shard.UnreachableError
-		if !errors.As(err, &ue) || !errors.Is(err, shard.ErrUnreachable) {
+		var ue *store.UnreachableError
+		if !errors.As(err, &ue) || !errors.Is(err, store.ErrUnreachable) {
 			t.Fatalf("stat with the server gone: %v, want an UnreachableError", err)
 		}
 		want := "object store s3://" + bucket + "/run unreachable for "
@@ -186,7 +186,7 @@ func TestS3RetryOutage(t *testing.T) {
 		// a permanent error is not retried, even with the server up
 		o.up()
 		start = time.Now()
-		if _, err := down.Stat(ctx, "missing"); !errors.Is(err, shard.ErrNotExist) || time.Since(start) > time.Second {
+		if _, err := down.Stat(ctx, "missing"); !errors.Is(err, store.ErrNotExist) || time.Since(start) > time.Second {
 			t.Errorf("stat of a missing object: %v after %v, want ErrNotExist at once", err, time.Since(start))
 		}
 	})
