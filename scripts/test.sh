@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test tier that CI runs: vet, the unit and integration tests with
+# Runs every test tier that CI runs: go.mod tidiness, staticcheck, vet, the unit and integration tests with
 # OpenBLAS (the build tailor ships), the net's tests again on the pure-Go BLAS,
 # each fuzz target's seed corpus (part of go test), the chaos suite, the
 # soak suite, the static checks of the deployment files, and the compose cluster test on this
@@ -9,6 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+# hygiene: go.mod and go.sum are tidy, staticcheck (pinned) finds nothing
+go mod tidy -diff
+go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+"$(go env GOPATH)/bin/staticcheck" -tags 'openblas chaos soak' ./...
 go vet -tags openblas ./...
 go test -tags openblas -count=1 -timeout 20m ./...
 go test -count=1 -timeout 10m ./model/ ./eval/ ./train/
