@@ -119,7 +119,7 @@ func s3Credentials(cfg *S3Config) (*credentials.Credentials, error) {
 	}
 	profile := profileOrDefault(cfg.Profile)
 	creds := credentials.NewFileAWSCredentials(cfg.CredentialsFile, profile)
-	v, err := creds.Get()
+	v, err := creds.GetWithContext(nil)
 	if err != nil {
 		// Parse errors of the INI reader may quote a line of the file, and
 		// so a secret: only file system errors are passed on.

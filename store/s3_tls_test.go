@@ -8,7 +8,6 @@ import (
 	"io"
 	"log"
 	"log/slog"
-	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
@@ -24,10 +23,12 @@ import (
 // the plain-HTTP S3 server at endpoint, and returns its host:port.
 func startTLSProxy(t *testing.T, pki *certstest.PKI, endpoint string) string {
 	t.Helper()
-	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: endpoint})
+	target := &url.URL{Scheme: "http", Host: endpoint}
 	// keep the Host header: it is part of what the client signed
-	dir := rp.Director
-	rp.Director = func(r *http.Request) { host := r.Host; dir(r); r.Host = host }
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(target)
+		r.Out.Host = r.In.Host
+	}}
 	ts := httptest.NewUnstartedServer(rp)
 	ts.TLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: pki.TLS.Certificates}
 	ts.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are expected

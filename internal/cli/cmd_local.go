@@ -280,7 +280,8 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 		// the ones given for another etcd
 		child.etcdCA, child.etcdCert, child.etcdKey, child.etcdUser, child.etcdPassFile = "", "", "", "", ""
 		if secure {
-			user, pwFile, err := ensureEtcdAuth(ctx, endpoints, dev, certDir)
+			var user, pwFile string
+			user, pwFile, err = ensureEtcdAuth(ctx, endpoints, dev, certDir)
 			if err != nil {
 				return fail(env, err)
 			}
