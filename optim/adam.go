@@ -5,6 +5,7 @@ package optim
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"math"
 	"runtime"
@@ -14,6 +15,18 @@ import (
 
 // AdamConfig is Adam as in Keras 2 (the tutorial's optimizer), including its
 // time-based learning-rate decay: lr_t = LR / (1 + Decay·t).
+//
+// This is the one place an optimizer hyperparameter is declared: its field
+// (with its JSON key in the run's spec), its default (DefaultAdam), its
+// check (Validate), its flag (AddFlags) and its arithmetic (Update).
+// train.Config and job.Spec hold it (through Settings); the parameter
+// servers of a cluster run take it from the spec in etcd (job.Spec's
+// AdamConfig); every command that configures an optimizer registers its
+// flags with AddFlags, so the config file, the TAILOR_* variables and
+// `tailor config show` know a new field without an entry of their own. A
+// new field should be tagged omitempty with a zero value that changes
+// nothing, so that the spec of a run submitted before it existed reads
+// (and compares, on resubmission) the same.
 type AdamConfig struct {
 	LR      float64 `json:"lr"`
 	Beta1   float64 `json:"beta1"`
@@ -29,6 +42,52 @@ func DefaultAdam(epochs int) AdamConfig {
 		c.Decay = c.LR / float64(epochs)
 	}
 	return c
+}
+
+// AddFlags binds the hyperparameters to flags of fs, with c's values as
+// the defaults. All but Decay, which a run derives from its length
+// (Settings) or a standalone parameter server from --decay-epochs.
+func (c *AdamConfig) AddFlags(fs *flag.FlagSet) {
+	fs.Float64Var(&c.LR, "lr", c.LR, "Adam learning rate")
+	fs.Float64Var(&c.Beta1, "beta1", c.Beta1, "Adam's decay rate of the gradient's moving average (β1)")
+	fs.Float64Var(&c.Beta2, "beta2", c.Beta2, "Adam's decay rate of the squared gradient's moving average (β2)")
+	fs.Float64Var(&c.Epsilon, "epsilon", c.Epsilon, "Adam's ε, added to √v (Keras 2's placement)")
+}
+
+// Settings are a run's optimizer: Adam's hyperparameters and whether the
+// learning rate decays over the run's length. train.Config and job.Spec
+// embed them, so `tailor train` and a cluster run read the same fields from
+// the same flags (AddFlags); in the spec's JSON they are the top-level keys
+// "adam" and "decay_auto".
+type Settings struct {
+	Adam AdamConfig `json:"adam"` // its Decay is ignored with DecayAuto
+	// DecayAuto sets Adam's decay to LR/epochs, as the tutorial does.
+	DecayAuto bool `json:"decay_auto"`
+}
+
+// DefaultSettings are the tutorial's: DefaultAdam with its decay over the
+// run's epochs.
+func DefaultSettings() Settings { return Settings{Adam: DefaultAdam(0), DecayAuto: true} }
+
+// AddFlags binds the settings to flags of fs: Adam's (AdamConfig.AddFlags)
+// and --decay.
+func (s *Settings) AddFlags(fs *flag.FlagSet) {
+	s.Adam.AddFlags(fs)
+	fs.BoolVar(&s.DecayAuto, "decay", s.DecayAuto, "decay the learning rate as lr/(1+lr/epochs·step) (the tutorial's)")
+}
+
+// For is the optimizer of a run of epochs epochs: Adam with its decay
+// resolved (LR/epochs with DecayAuto; 0 if epochs < 1, which the run
+// reports as an error of its own).
+func (s Settings) For(epochs int) AdamConfig {
+	a := s.Adam
+	if s.DecayAuto {
+		a.Decay = 0
+		if epochs > 0 {
+			a.Decay = a.LR / float64(epochs)
+		}
+	}
+	return a
 }
 
 // Validate reports whether the configuration makes sense.

@@ -1,9 +1,13 @@
 package optim
 
 import (
+	"encoding/json"
+	"flag"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -141,5 +145,63 @@ func TestAdamVecMatchesScalar(t *testing.T) {
 		if n >= 8 && done == 0 && hasVec {
 			t.Fatalf("n %d: the vector kernel did not run", n)
 		}
+	}
+}
+
+// Every hyperparameter but Decay (which a run derives from its length) is
+// a flag named after its JSON key, with the configuration's value as its
+// default; Settings adds --decay.
+func TestAdamFlags(t *testing.T) {
+	s := DefaultSettings()
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	s.AddFlags(fs)
+	rt := reflect.TypeOf(AdamConfig{})
+	for i := range rt.NumField() {
+		key, _, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
+		name := strings.ReplaceAll(key, "_", "-")
+		fl := fs.Lookup(name)
+		switch {
+		case key == "decay":
+			if fl == nil || fl.DefValue != "true" {
+				t.Errorf("--decay: got %+v, want the DecayAuto switch, default true", fl)
+			}
+		case fl == nil:
+			t.Errorf("AdamConfig.%s (json %q) has no flag --%s", rt.Field(i).Name, key, name)
+		default:
+			want := reflect.ValueOf(s.Adam).Field(i).Interface()
+			if fl.Value.(flag.Getter).Get() != want {
+				t.Errorf("--%s defaults to %s, want %v", name, fl.DefValue, want)
+			}
+		}
+	}
+	if err := fs.Parse([]string{"--lr", "0.01", "--beta1", "0.8", "--beta2", "0.99", "--epsilon", "1e-8", "--decay=false"}); err != nil {
+		t.Fatal(err)
+	}
+	want := Settings{Adam: AdamConfig{LR: 0.01, Beta1: 0.8, Beta2: 0.99, Epsilon: 1e-8}}
+	if s != want {
+		t.Errorf("parsed %+v, want %+v", s, want)
+	}
+}
+
+func TestSettingsFor(t *testing.T) {
+	s := DefaultSettings()
+	if got := s.For(10).Decay; got != 1e-4 {
+		t.Errorf("auto decay over 10 epochs: %g, want 1e-4", got)
+	}
+	if got := s.For(0).Decay; got != 0 {
+		t.Errorf("auto decay over 0 epochs: %g, want 0", got)
+	}
+	s.Adam.Decay = -1 // ignored with DecayAuto
+	if err := s.For(10).Validate(); err != nil {
+		t.Errorf("auto decay: %v", err)
+	}
+	s.DecayAuto = false
+	if got := s.For(10).Decay; got != -1 {
+		t.Errorf("no auto decay: %g, want the given -1", got)
+	}
+	// the spec's keys: "adam" and "decay_auto", Adam's own keys unchanged
+	b, _ := json.Marshal(DefaultSettings())
+	if want := `{"adam":{"lr":0.001,"beta1":0.9,"beta2":0.999,"epsilon":1e-7,"decay":0},"decay_auto":true}`; string(b) != want {
+		t.Errorf("JSON %s, want %s", b, want)
 	}
 }

@@ -33,9 +33,9 @@ type Config struct {
 	Batch   int
 	Seed    uint64
 	Augment input.Augment
-	Adam    optim.AdamConfig // Decay 0 with DecayAuto means LR/Epochs
-	// DecayAuto sets Adam's decay to LR/Epochs, as the tutorial does.
-	DecayAuto bool
+	// Settings is the optimizer, as a cluster run's spec has it: Adam,
+	// with its decay LR/Epochs if DecayAuto.
+	optim.Settings
 	// BNEstimate re-estimates the BatchNorm statistics with the current
 	// weights over BNBatches training batches before each evaluation and
 	// before saving a model.
@@ -56,7 +56,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Out: "out", Epochs: 30, Batch: 32, Seed: 1,
-		Augment: input.DefaultAugment(), Adam: optim.DefaultAdam(0), DecayAuto: true,
+		Augment: input.DefaultAugment(), Settings: optim.DefaultSettings(),
 		BNEstimate: true, BNBatches: 50, BestBy: "loss", EvalBatch: 64,
 	}
 }
@@ -91,11 +91,7 @@ func (c Config) Validate() error {
 	if err := c.Augment.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	adam := c.Adam
-	if c.DecayAuto {
-		adam.Decay = 0
-	}
-	if err := adam.Validate(); err != nil {
+	if err := c.For(c.Epochs).Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -152,10 +148,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 		return nil, err
 	}
 	mean, std := man.Normalization()
-	adamCfg := cfg.Adam
-	if cfg.DecayAuto {
-		adamCfg.Decay = adamCfg.LR / float64(cfg.Epochs)
-	}
+	adamCfg := cfg.For(cfg.Epochs)
 	params := net.Params()
 	sizes := make([]int, len(params))
 	pdata := make([][]float32, len(params))

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"flag"
 	"io"
 	"log/slog"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tailorml/tailor/optim"
 )
 
 // writeConfig writes a config file in a temporary folder and returns its path.
@@ -300,5 +303,51 @@ func TestConfigCompression(t *testing.T) {
 	code, _, stderr := run(t, "submit", "--config", file, "--etcd", "http://127.0.0.1:1", "--run", "r")
 	if code != 1 || !strings.Contains(stderr, `compression "gzip": want none, fp16 or topk`) {
 		t.Errorf("submit with compression gzip: exit %d, stderr %q; want 1 and the spec error", code, stderr)
+	}
+}
+
+// The optimizer's hyperparameters are declared once, in optim: every flag
+// optim.Settings registers is a flag of tailor train, submit and local with
+// the same default (and Adam's of a standalone paramserver), and so a
+// config-file key, a TAILOR_ variable and a line of config show without an
+// entry of its own.
+func TestOptimizerFlags(t *testing.T) {
+	settings, adam := optim.DefaultSettings(), optim.DefaultAdam(0)
+	sfs, afs := flag.NewFlagSet("settings", flag.ContinueOnError), flag.NewFlagSet("adam", flag.ContinueOnError)
+	settings.AddFlags(sfs)
+	adam.AddFlags(afs)
+	cmds := map[string]*flag.FlagSet{}
+	for _, c := range schema() {
+		cmds[strings.Join(c.Path, " ")] = c.Flags
+	}
+	for cmd, want := range map[string]*flag.FlagSet{"train": sfs, "submit": sfs, "local": sfs, "paramserver": afs} {
+		n := 0
+		want.VisitAll(func(f *flag.Flag) {
+			n++
+			if got := cmds[cmd].Lookup(f.Name); got == nil || got.DefValue != f.DefValue || got.Usage != f.Usage {
+				t.Errorf("tailor %s --%s: got %+v, want %+v", cmd, f.Name, got, f)
+			}
+		})
+		if n < 4 {
+			t.Errorf("%s: only %d optimizer flags", cmd, n)
+		}
+	}
+	file := writeConfig(t, "lr: 0.01\nsubmit:\n  beta2: 0.99\n")
+	t.Setenv("TAILOR_EPSILON", "1e-6")
+	for _, cmd := range []string{"train", "submit", "local"} {
+		code, stdout, stderr := run(t, "config", "show", "--config", file, cmd, "--decay=false")
+		if code != 0 {
+			t.Fatalf("config show %s: exit %d, stderr %q", cmd, code, stderr)
+		}
+		beta2 := `(?m)^beta2\s+0.999\s+default$`
+		if cmd == "submit" {
+			beta2 = `(?m)^beta2\s+0.99\s+file .*tailor.yaml:3$`
+		}
+		for _, re := range []string{`(?m)^lr\s+0.01\s+file .*tailor.yaml:1$`, `(?m)^epsilon\s+1e-06\s+env TAILOR_EPSILON$`,
+			`(?m)^decay\s+false\s+flag$`, `(?m)^beta1\s+0.9\s+default$`, beta2} {
+			if !regexpMatch(re, stdout) {
+				t.Errorf("config show %s does not match %s:\n%s", cmd, re, stdout)
+			}
+		}
 	}
 }
