@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -108,25 +109,54 @@ func (c AdamConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Adam holds the moments of a set of tensors and updates them in place.
-type Adam struct {
-	cfg  AdamConfig
-	step int64
-	m, v [][]float32
+// Tensor is one tensor the optimizer updates (or a contiguous part of one:
+// the update is elementwise).
+type Tensor struct {
+	Size int // floats
+	// Kernel marks a layer's kernel (conv filters, a dense weight matrix)
+	// as opposed to a bias or a normalisation parameter (BatchNorm's γ and
+	// β): the tensors weight decay applies to, as Keras'
+	// kernel_regularizer. The net marks its kernels (model.Param.Kernel);
+	// the parameter servers read the mark from their tensor spec
+	// (wire.Tensor.Kernel).
+	Kernel bool
 }
 
-// NewAdam makes an optimizer for tensors of the given sizes.
+// Adam holds the moments of a set of tensors and updates them in place.
+type Adam struct {
+	cfg    AdamConfig
+	step   int64
+	m, v   [][]float32
+	kernel []bool // per tensor: Tensor.Kernel
+}
+
+// NewAdam makes an optimizer for tensors of the given sizes, none of them a
+// kernel (see NewAdamFor).
 func NewAdam(cfg AdamConfig, sizes []int) (*Adam, error) {
+	ts := make([]Tensor, len(sizes))
+	for i, n := range sizes {
+		ts[i].Size = n
+	}
+	return NewAdamFor(cfg, ts)
+}
+
+// NewAdamFor makes an optimizer for the given tensors, in the order Update
+// takes them.
+func NewAdamFor(cfg AdamConfig, tensors []Tensor) (*Adam, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("adam: %w", err)
 	}
 	a := &Adam{cfg: cfg}
-	for _, n := range sizes {
-		a.m = append(a.m, make([]float32, n))
-		a.v = append(a.v, make([]float32, n))
+	for _, t := range tensors {
+		a.m = append(a.m, make([]float32, t.Size))
+		a.v = append(a.v, make([]float32, t.Size))
+		a.kernel = append(a.kernel, t.Kernel)
 	}
 	return a, nil
 }
+
+// Kernels reports, per tensor, whether it is a kernel.
+func (a *Adam) Kernels() []bool { return slices.Clone(a.kernel) }
 
 // Step is the number of updates applied so far.
 func (a *Adam) Step() int64 { return a.step }

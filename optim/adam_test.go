@@ -78,6 +78,26 @@ func TestAdamErrors(t *testing.T) {
 	}
 }
 
+func TestAdamKernels(t *testing.T) {
+	a, err := NewAdam(DefaultAdam(1), []int{2, 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Kernels(); !slices.Equal(got, []bool{false, false}) {
+		t.Errorf("NewAdam: kernels %v, want none", got)
+	}
+	b, err := NewAdamFor(DefaultAdam(1), []Tensor{{Size: 2, Kernel: true}, {Size: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Kernels(); !slices.Equal(got, []bool{true, false}) {
+		t.Errorf("NewAdamFor: kernels %v, want [true false]", got)
+	}
+	if err := b.Update([][]float32{{1, 2}, {3, 4, 5}}, [][]float32{{1, 1}, {1, 1, 1}}); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestAdamRestore(t *testing.T) {
 	cfg := DefaultAdam(10)
 	a, _ := NewAdam(cfg, []int{3})

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -109,6 +111,30 @@ func TestSyncMatchesReference(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// Each server's optimizer has one tensor per Param part it holds, a kernel
+// exactly when the part is of a kernel tensor (the "w"s of testSpec), also
+// when a kernel is split across servers.
+func TestServerKernels(t *testing.T) {
+	for _, servers := range []int{1, 2} {
+		for i, cfg := range syncConfigs(t, servers, nil) {
+			s, err := New(cfg, NewStaticMembers("w0"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []bool
+			for _, p := range s.Parts() {
+				if p.Kind == wire.Param {
+					want = append(want, strings.HasSuffix(p.Name, "/w"))
+				}
+			}
+			if got := s.adam.Kernels(); !slices.Equal(got, want) || !slices.Contains(got, true) {
+				t.Errorf("server %d of %d: kernels %v, want %v", i, servers, got, want)
+			}
+			s.Close()
 		}
 	}
 }

@@ -148,15 +148,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 		return nil, err
 	}
 	mean, std := man.Normalization()
-	adamCfg := cfg.For(cfg.Epochs)
-	params := net.Params()
-	sizes := make([]int, len(params))
-	pdata := make([][]float32, len(params))
-	for i, p := range params {
-		sizes[i] = len(p.Data)
-		pdata[i] = p.Data
-	}
-	opt, err := optim.NewAdam(adamCfg, sizes)
+	opt, pdata, err := Optimizer(cfg.For(cfg.Epochs), net)
 	if err != nil {
 		return nil, err
 	}
@@ -180,6 +172,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 			"val_map", round(ep.Val.MAP), "val_macro_f1", round(ep.Val.MacroF1), "img_per_s", math.Round(ep.ImgPerSec), "saved", improved)
 	}
 	return res, nil
+}
+
+// Optimizer is the trainer's optimizer for net: Adam over net.Params(),
+// each tensor a kernel as the net marks it (model.Param.Kernel), and the
+// slices it updates (aliases of the net's weights, in that order).
+func Optimizer(cfg optim.AdamConfig, net *model.Net) (*optim.Adam, [][]float32, error) {
+	params := net.Params()
+	ts := make([]optim.Tensor, len(params))
+	data := make([][]float32, len(params))
+	for i, p := range params {
+		ts[i] = optim.Tensor{Size: len(p.Data), Kernel: p.Kernel}
+		data[i] = p.Data
+	}
+	opt, err := optim.NewAdamFor(cfg, ts)
+	return opt, data, err
 }
 
 func round(v float64) float64 { return math.Round(v*1e4) / 1e4 }
