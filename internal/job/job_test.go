@@ -179,6 +179,19 @@ func TestSpecOptimizer(t *testing.T) {
 	if got := o.AdamConfig(); got != want {
 		t.Errorf("AdamConfig() of an earlier spec: %+v, want %+v", got, want)
 	}
+	// what the parameter servers read back from etcd
+	s.Adam.L2, s.Adam.WeightDecay = 1e-4, 0.01
+	b, _ = json.Marshal(s)
+	var back Spec
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if a := back.AdamConfig(); a.L2 != 1e-4 || a.WeightDecay != 0.01 || a != s.AdamConfig() {
+		t.Errorf("spec through JSON: %+v, want %+v", a, s.AdamConfig())
+	}
+	if !strings.Contains(string(b), `"l2":0.0001,"weight_decay":0.01`) {
+		t.Errorf("JSON %s lacks l2 and weight_decay", b)
+	}
 }
 
 // syncLog is a log sink that a test reads while the code writes.
