@@ -96,6 +96,12 @@ type Param struct {
 	Name  string
 	Shape []int
 	Data  []float32
+	// Kernel marks a layer's kernel, as Keras calls it: a conv layer's
+	// filters or a dense layer's weight matrix, not a bias nor BatchNorm's
+	// γ and β. Weight decay applies to kernels only (optim.Tensor); New
+	// marks them, and the trainer and the parameter servers' tensor spec
+	// (internal/netspec) take the mark from here.
+	Kernel bool
 }
 
 // BNStats are one BatchNorm layer's running statistics.
@@ -130,6 +136,7 @@ func New(cfg Config, seed uint64) (*Net, error) {
 	rng := rand.New(rand.NewPCG(seed, 0x7a11025eed))
 	glorot := func(name string, shape []int, fanIn, fanOut int) {
 		p := newParam(name, shape)
+		p.Kernel = true // the Glorot-initialised tensors are the kernels
 		lim := math.Sqrt(6 / float64(fanIn+fanOut))
 		for i := range p.Data {
 			p.Data[i] = float32((rng.Float64()*2 - 1) * lim)

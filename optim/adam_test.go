@@ -1,9 +1,13 @@
 package optim
 
 import (
+	"encoding/json"
+	"flag"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -74,6 +78,26 @@ func TestAdamErrors(t *testing.T) {
 	}
 }
 
+func TestAdamKernels(t *testing.T) {
+	a, err := NewAdam(DefaultAdam(1), []int{2, 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Kernels(); !slices.Equal(got, []bool{false, false}) {
+		t.Errorf("NewAdam: kernels %v, want none", got)
+	}
+	b, err := NewAdamFor(DefaultAdam(1), []Tensor{{Size: 2, Kernel: true}, {Size: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Kernels(); !slices.Equal(got, []bool{true, false}) {
+		t.Errorf("NewAdamFor: kernels %v, want [true false]", got)
+	}
+	if err := b.Update([][]float32{{1, 2}, {3, 4, 5}}, [][]float32{{1, 1}, {1, 1, 1}}); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestAdamRestore(t *testing.T) {
 	cfg := DefaultAdam(10)
 	a, _ := NewAdam(cfg, []int{3})
@@ -111,6 +135,26 @@ func BenchmarkAdam(b *testing.B) {
 	}
 }
 
+// BenchmarkAdamDecayed is BenchmarkAdam with L2 and weight decay on every
+// tensor.
+func BenchmarkAdamDecayed(b *testing.B) {
+	sizes := []int{3_276_800, 1_048_576, 147_456, 73_728, 36_864, 18_432, 15_360, 1024}
+	var p, g [][]float32
+	var ts []Tensor
+	for _, n := range sizes {
+		p = append(p, make([]float32, n))
+		g = append(g, make([]float32, n))
+		ts = append(ts, Tensor{Size: n, Kernel: true})
+	}
+	cfg := DefaultAdam(10)
+	cfg.L2, cfg.WeightDecay = 1e-4, 0.01
+	a, _ := NewAdamFor(cfg, ts)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		_ = a.Update(p, g)
+	}
+}
+
 // The vector kernel computes what the scalar loop computes, bit for bit,
 // for every length (tails included) and for large and tiny values.
 func TestAdamVecMatchesScalar(t *testing.T) {
@@ -141,5 +185,238 @@ func TestAdamVecMatchesScalar(t *testing.T) {
 		if n >= 8 && done == 0 && hasVec {
 			t.Fatalf("n %d: the vector kernel did not run", n)
 		}
+	}
+}
+
+// Every hyperparameter but Decay (which a run derives from its length) is
+// a flag named after its JSON key, with the configuration's value as its
+// default; Settings adds --decay.
+func TestAdamFlags(t *testing.T) {
+	s := DefaultSettings()
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	s.AddFlags(fs)
+	rt := reflect.TypeOf(AdamConfig{})
+	for i := range rt.NumField() {
+		key, _, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
+		name := strings.ReplaceAll(key, "_", "-")
+		fl := fs.Lookup(name)
+		switch {
+		case key == "decay":
+			if fl == nil || fl.DefValue != "true" {
+				t.Errorf("--decay: got %+v, want the DecayAuto switch, default true", fl)
+			}
+		case fl == nil:
+			t.Errorf("AdamConfig.%s (json %q) has no flag --%s", rt.Field(i).Name, key, name)
+		default:
+			want := reflect.ValueOf(s.Adam).Field(i).Interface()
+			if fl.Value.(flag.Getter).Get() != want {
+				t.Errorf("--%s defaults to %s, want %v", name, fl.DefValue, want)
+			}
+		}
+	}
+	if err := fs.Parse([]string{"--lr", "0.01", "--beta1", "0.8", "--beta2", "0.99", "--epsilon", "1e-8", "--decay=false"}); err != nil {
+		t.Fatal(err)
+	}
+	want := Settings{Adam: AdamConfig{LR: 0.01, Beta1: 0.8, Beta2: 0.99, Epsilon: 1e-8}}
+	if s != want {
+		t.Errorf("parsed %+v, want %+v", s, want)
+	}
+}
+
+func TestSettingsFor(t *testing.T) {
+	s := DefaultSettings()
+	if got := s.For(10).Decay; got != 1e-4 {
+		t.Errorf("auto decay over 10 epochs: %g, want 1e-4", got)
+	}
+	if got := s.For(0).Decay; got != 0 {
+		t.Errorf("auto decay over 0 epochs: %g, want 0", got)
+	}
+	s.Adam.Decay = -1 // ignored with DecayAuto
+	if err := s.For(10).Validate(); err != nil {
+		t.Errorf("auto decay: %v", err)
+	}
+	s.DecayAuto = false
+	if got := s.For(10).Decay; got != -1 {
+		t.Errorf("no auto decay: %g, want the given -1", got)
+	}
+	// the spec's keys: "adam" and "decay_auto", Adam's own keys unchanged
+	b, _ := json.Marshal(DefaultSettings())
+	if want := `{"adam":{"lr":0.001,"beta1":0.9,"beta2":0.999,"epsilon":1e-7,"decay":0},"decay_auto":true}`; string(b) != want {
+		t.Errorf("JSON %s, want %s", b, want)
+	}
+}
+
+// refAdamReg is refAdam with, on a kernel, Keras' l2 kernel regulariser
+// (the gradient gains 2·L2·w) and AdamW's decoupled decay (w loses
+// lr_t·WeightDecay·w), both from the weight before the step, in float64,
+// written from the definitions.
+func refAdamReg(cfg AdamConfig, kernel bool, p, g []float64, steps int) []float64 {
+	m := make([]float64, len(p))
+	v := make([]float64, len(p))
+	p = append([]float64(nil), p...)
+	for it := 0; it < steps; it++ {
+		lr := cfg.LR / (1 + cfg.Decay*float64(it))
+		t := float64(it + 1)
+		lrT := lr * math.Sqrt(1-math.Pow(cfg.Beta2, t)) / (1 - math.Pow(cfg.Beta1, t))
+		for j := range p {
+			w, gj := p[j], g[j]
+			if kernel {
+				gj += 2 * cfg.L2 * w
+			}
+			m[j] = cfg.Beta1*m[j] + (1-cfg.Beta1)*gj
+			v[j] = cfg.Beta2*v[j] + (1-cfg.Beta2)*gj*gj
+			p[j] = w - lrT*m[j]/(math.Sqrt(v[j])+cfg.Epsilon)
+			if kernel {
+				p[j] -= lr * cfg.WeightDecay * w
+			}
+		}
+	}
+	return p
+}
+
+// L2 and weight decay change the kernels as the float64 reference does,
+// through the vector kernel and the scalar tail, and leave the other
+// tensors exactly as Adam without them leaves them.
+func TestAdamRegularisation(t *testing.T) {
+	kp := []float64{0.5, -1, 2, 0, 0.25, -0.75, 1.5, 3, -2, 0.1, 1} // 8 vector, 3 scalar
+	kg := []float64{0.1, -0.3, 0, 2, 0.05, 0, -0.2, 0.01, 0.3, -1, 0}
+	bp := []float64{0.5, -1, 2}
+	bg := []float64{0.1, 0, -0.2}
+	f32 := func(x []float64) []float32 {
+		out := make([]float32, len(x))
+		for i, v := range x {
+			out[i] = float32(v)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  AdamConfig
+	}{
+		{"l2", AdamConfig{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Epsilon: 1e-7, L2: 0.1}},
+		{"weight decay", AdamConfig{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Epsilon: 1e-7, WeightDecay: 0.5}},
+		{"both, lr decay", AdamConfig{LR: 0.01, Beta1: 0.8, Beta2: 0.99, Epsilon: 1e-7, Decay: 0.1, L2: 0.05, WeightDecay: 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := NewAdamFor(tc.cfg, []Tensor{{Size: len(kp), Kernel: true}, {Size: len(bp)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			plain := tc.cfg
+			plain.L2, plain.WeightDecay = 0, 0
+			b, _ := NewAdam(plain, []int{len(bp)})
+			k, bias, bias2 := f32(kp), f32(bp), f32(bp)
+			const steps = 10
+			for range steps {
+				if err := a.Update([][]float32{k, bias}, [][]float32{f32(kg), f32(bg)}); err != nil {
+					t.Fatal(err)
+				}
+				_ = b.Update([][]float32{bias2}, [][]float32{f32(bg)})
+			}
+			want := refAdamReg(tc.cfg, true, kp, kg, steps)
+			unreg := refAdamReg(tc.cfg, false, kp, kg, steps)
+			moved := 0.0
+			for j := range k {
+				if math.Abs(float64(k[j])-want[j]) > 1e-6 {
+					t.Errorf("kernel[%d] after %d steps: got %.8f, want %.8f (without regularisation %.8f)", j, steps, k[j], want[j], unreg[j])
+				}
+				moved = max(moved, math.Abs(want[j]-unreg[j]))
+			}
+			if moved < 1e-3 {
+				t.Errorf("the regularisation moves the kernel by at most %g: the test cannot tell", moved)
+			}
+			for j := range bias {
+				if math.Float32bits(bias[j]) != math.Float32bits(bias2[j]) {
+					t.Errorf("bias[%d]: %v, without regularisation %v", j, bias[j], bias2[j])
+				}
+			}
+		})
+	}
+}
+
+// One step by hand. L2 0.01 on w = 2 with a zero gradient: the gradient
+// is 2·0.01·2 = 0.04, so m = 0.1·0.04 = 0.004, √v = √0.001·0.04 =
+// 0.00126491106, lr_t = 1e-3·√0.001/0.1 = 3.16227766e-4, and the step
+// lr_t·m/(√v+ε) with ε 0.01 (large, so that the step depends on the
+// gradient's size, not only its sign) is 0.000112287710. AdamW 0.1 on w =
+// 2 with a zero gradient (no Adam step): w loses 1e-3·0.1·2 = 0.0002, then
+// with lr decay 1, lr 5e-4, 1.9998·5e-5. A bias with a zero gradient does
+// not move.
+func TestAdamRegularisationByHand(t *testing.T) {
+	cfg := AdamConfig{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Epsilon: 1e-7}
+	l2 := cfg
+	l2.L2, l2.Epsilon = 0.01, 0.01
+	a, _ := NewAdamFor(l2, []Tensor{{Size: 1, Kernel: true}, {Size: 1}})
+	w, b := []float32{2}, []float32{2}
+	_ = a.Update([][]float32{w, b}, [][]float32{{0}, {0}})
+	if want := 2 - 0.000112287710; math.Abs(float64(w[0])-want) > 2e-7 || b[0] != 2 {
+		t.Errorf("l2: kernel %.8f, bias %v; want %.8f, 2", w[0], b[0], want)
+	}
+	wd := cfg
+	wd.WeightDecay, wd.Decay = 0.1, 1
+	a, _ = NewAdamFor(wd, []Tensor{{Size: 1, Kernel: true}, {Size: 1}})
+	w, b = []float32{2}, []float32{2}
+	for _, want := range []float64{1.9998, 1.99970001} {
+		_ = a.Update([][]float32{w, b}, [][]float32{{0}, {0}})
+		if math.Abs(float64(w[0])-want) > 2e-7 || b[0] != 2 {
+			t.Errorf("weight decay, step %d: kernel %.8f, bias %v; want %.8f, 2", a.Step(), w[0], b[0], want)
+		}
+	}
+}
+
+// With L2 and weight decay at 0 (the default), a kernel's update is Adam's,
+// bit for bit; with them on, a kernel cut into parts anywhere (as the
+// parameter servers cut a big tensor) gets the bits the whole tensor gets.
+func TestAdamRegularisationBits(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	const n, cut = 70001, 12345
+	p0, g := make([]float32, n), make([]float32, n)
+	for i := range p0 {
+		p0[i], g[i] = float32(rng.NormFloat64()*0.1), float32(rng.NormFloat64()*0.01)
+	}
+	cfg := DefaultAdam(5)
+	plain, _ := NewAdam(cfg, []int{n})
+	off, _ := NewAdamFor(cfg, []Tensor{{Size: n, Kernel: true}})
+	p1, p2 := slices.Clone(p0), slices.Clone(p0)
+	for range 3 {
+		_ = plain.Update([][]float32{p1}, [][]float32{g})
+		_ = off.Update([][]float32{p2}, [][]float32{g})
+	}
+	if !slices.Equal(p1, p2) {
+		t.Error("a kernel with l2 and weight decay 0 is not updated as plain Adam")
+	}
+	cfg.L2, cfg.WeightDecay = 1e-3, 0.05
+	whole, _ := NewAdamFor(cfg, []Tensor{{Size: n, Kernel: true}})
+	parts, _ := NewAdamFor(cfg, []Tensor{{Size: cut, Kernel: true}, {Size: n - cut, Kernel: true}})
+	p1, p2 = slices.Clone(p0), slices.Clone(p0)
+	for range 3 {
+		_ = whole.Update([][]float32{p1}, [][]float32{g})
+		_ = parts.Update([][]float32{p2[:cut], p2[cut:]}, [][]float32{g[:cut], g[cut:]})
+	}
+	for i := range p1 {
+		if math.Float32bits(p1[i]) != math.Float32bits(p2[i]) {
+			t.Fatalf("[%d]: whole %v, in parts %v", i, p1[i], p2[i])
+		}
+	}
+	if slices.Equal(p1, p0) {
+		t.Error("nothing changed")
+	}
+}
+
+func TestAdamRegularisationErrors(t *testing.T) {
+	for _, c := range []AdamConfig{
+		{L2: -1}, {L2: math.NaN()}, {L2: math.Inf(1)},
+		{WeightDecay: -0.1}, {WeightDecay: math.NaN()}, {WeightDecay: 1000}, // lr·wd = 1
+	} {
+		cfg := DefaultAdam(0)
+		cfg.L2, cfg.WeightDecay = c.L2, c.WeightDecay
+		if err := cfg.Validate(); err == nil {
+			t.Errorf("l2 %g, weight decay %g accepted", cfg.L2, cfg.WeightDecay)
+		}
+	}
+	cfg := DefaultAdam(0)
+	cfg.L2 = 1e-4
+	if _, err := NewAdam(cfg, []int{3}); err == nil {
+		t.Error("NewAdam with l2 (no tensor a kernel) accepted")
 	}
 }

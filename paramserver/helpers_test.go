@@ -23,11 +23,12 @@ const testRun = "run-test"
 
 // testSpec is a small model: a "big" tensor that a two-server plan
 // splits, small ones that it does not, and BatchNorm-like State tensors.
+// The weights ("w") are kernels.
 func testSpec() wire.Spec {
 	return wire.Spec{
-		{Name: "conv/w", Size: 3000},
+		{Name: "conv/w", Size: 3000, Kernel: true},
 		{Name: "conv/b", Size: 7},
-		{Name: "dense/w", Size: 20000},
+		{Name: "dense/w", Size: 20000, Kernel: true},
 		{Name: "dense/b", Size: 13},
 		{Name: "bn/mean", Size: 16, Kind: wire.State},
 		{Name: "bn/var", Size: 16, Kind: wire.State},
@@ -159,7 +160,7 @@ func clone(ts [][]float32) [][]float32 {
 }
 
 // reference is the single-process computation the servers must match:
-// whole tensors, one optim.Adam.
+// whole tensors, one optim.Adam (kernels as the spec marks them).
 type reference struct {
 	spec    wire.Spec
 	weights [][]float32
@@ -168,13 +169,13 @@ type reference struct {
 
 func newReference(tb testing.TB, cfg Config, init [][]float32) *reference {
 	tb.Helper()
-	var sizes []int
+	var ts []optim.Tensor
 	for _, t := range cfg.Spec {
 		if t.Kind == wire.Param {
-			sizes = append(sizes, t.Size)
+			ts = append(ts, optim.Tensor{Size: t.Size, Kernel: t.Kernel})
 		}
 	}
-	a, err := optim.NewAdam(cfg.Adam, sizes)
+	a, err := optim.NewAdamFor(cfg.Adam, ts)
 	if err != nil {
 		tb.Fatal(err)
 	}

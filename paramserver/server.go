@@ -152,12 +152,16 @@ func New(cfg Config, members Membership) (*Server, error) {
 	return s, nil
 }
 
+// resetOptimizerLocked makes a fresh optimizer for this server's Param
+// parts (pviews' order), each a kernel if its tensor is one in the spec.
 func (s *Server) resetOptimizerLocked() error {
-	sizes := make([]int, len(s.pviews))
-	for i, v := range s.pviews {
-		sizes[i] = len(v)
+	var ts []optim.Tensor
+	for _, p := range s.parts {
+		if p.Kind == wire.Param {
+			ts = append(ts, optim.Tensor{Size: p.Len, Kernel: s.plan.Spec[p.Tensor].Kernel})
+		}
 	}
-	a, err := optim.NewAdam(s.cfg.Adam, sizes)
+	a, err := optim.NewAdamFor(s.cfg.Adam, ts)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}

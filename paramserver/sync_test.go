@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -36,14 +38,25 @@ func initCluster(tb testing.TB, c *psCluster) [][]float32 {
 
 // Three workers push in random order with random delays; every worker
 // ends with exactly the single-process result of Adam on the worker-id
-// ordered average — on one server and on two that split a tensor.
+// ordered average — on one server and on two that split a tensor, also
+// with L2 and AdamW weight decay on the kernels (one of them split).
 func TestSyncMatchesReference(t *testing.T) {
 	const workers, steps = 3, 4
+	type variant struct {
+		name string
+		edit func(*Config)
+	}
+	plain := variant{"plain", nil}
+	l2 := variant{"l2", func(c *Config) { c.Adam.L2 = 0.01 }}
+	adamw := variant{"adamw", func(c *Config) { c.Adam.WeightDecay = 0.5; c.Adam.L2 = 0.001 }}
 	for _, servers := range []int{1, 2} {
-		for trial := range 2 {
-			t.Run(fmt.Sprintf("P=%d/trial=%d", servers, trial), func(t *testing.T) {
+		for trial, v := range []variant{plain, plain, l2, adamw} {
+			if servers == 1 && v.edit != nil {
+				continue
+			}
+			t.Run(fmt.Sprintf("P=%d/trial=%d/%s", servers, trial, v.name), func(t *testing.T) {
 				members := NewStaticMembers("w0", "w1", "w2")
-				cfgs := syncConfigs(t, servers, nil)
+				cfgs := syncConfigs(t, servers, v.edit)
 				c := startCluster(t, members, cfgs...)
 				if servers == 2 {
 					split := 0
@@ -109,6 +122,30 @@ func TestSyncMatchesReference(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// Each server's optimizer has one tensor per Param part it holds, a kernel
+// exactly when the part is of a kernel tensor (the "w"s of testSpec), also
+// when a kernel is split across servers.
+func TestServerKernels(t *testing.T) {
+	for _, servers := range []int{1, 2} {
+		for i, cfg := range syncConfigs(t, servers, nil) {
+			s, err := New(cfg, NewStaticMembers("w0"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []bool
+			for _, p := range s.Parts() {
+				if p.Kind == wire.Param {
+					want = append(want, strings.HasSuffix(p.Name, "/w"))
+				}
+			}
+			if got := s.adam.Kernels(); !slices.Equal(got, want) || !slices.Contains(got, true) {
+				t.Errorf("server %d of %d: kernels %v, want %v", i, servers, got, want)
+			}
+			s.Close()
 		}
 	}
 }

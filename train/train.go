@@ -34,9 +34,9 @@ type Config struct {
 	Batch   int
 	Seed    uint64
 	Augment input.Augment
-	Adam    optim.AdamConfig // Decay 0 with DecayAuto means LR/Epochs
-	// DecayAuto sets Adam's decay to LR/Epochs, as the tutorial does.
-	DecayAuto bool
+	// Settings is the optimizer, as a cluster run's spec has it: Adam,
+	// with its decay LR/Epochs if DecayAuto.
+	optim.Settings
 	// BNEstimate re-estimates the BatchNorm statistics with the current
 	// weights over BNBatches training batches before each evaluation and
 	// before saving a model.
@@ -57,7 +57,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Out: "out", Epochs: 30, Batch: 32, Seed: 1,
-		Augment: input.DefaultAugment(), Adam: optim.DefaultAdam(0), DecayAuto: true,
+		Augment: input.DefaultAugment(), Settings: optim.DefaultSettings(),
 		BNEstimate: true, BNBatches: 50, BestBy: "loss", EvalBatch: 64,
 	}
 }
@@ -92,11 +92,7 @@ func (c Config) Validate() error {
 	if err := c.Augment.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	adam := c.Adam
-	if c.DecayAuto {
-		adam.Decay = 0
-	}
-	if err := adam.Validate(); err != nil {
+	if err := c.For(c.Epochs).Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -153,18 +149,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 		return nil, err
 	}
 	mean, std := man.Normalization()
-	adamCfg := cfg.Adam
-	if cfg.DecayAuto {
-		adamCfg.Decay = adamCfg.LR / float64(cfg.Epochs)
-	}
-	params := net.Params()
-	sizes := make([]int, len(params))
-	pdata := make([][]float32, len(params))
-	for i, p := range params {
-		sizes[i] = len(p.Data)
-		pdata[i] = p.Data
-	}
-	opt, err := optim.NewAdam(adamCfg, sizes)
+	opt, pdata, err := Optimizer(cfg.For(cfg.Epochs), net)
 	if err != nil {
 		return nil, err
 	}
@@ -188,6 +173,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 			"val_map", round(ep.Val.MAP), "val_macro_f1", round(ep.Val.MacroF1), "img_per_s", math.Round(ep.ImgPerSec), "saved", improved)
 	}
 	return res, nil
+}
+
+// Optimizer is the trainer's optimizer for net: Adam over net.Params(),
+// each tensor a kernel as the net marks it (model.Param.Kernel), and the
+// slices it updates (aliases of the net's weights, in that order).
+func Optimizer(cfg optim.AdamConfig, net *model.Net) (*optim.Adam, [][]float32, error) {
+	params := net.Params()
+	ts := make([]optim.Tensor, len(params))
+	data := make([][]float32, len(params))
+	for i, p := range params {
+		ts[i] = optim.Tensor{Size: len(p.Data), Kernel: p.Kernel}
+		data[i] = p.Data
+	}
+	opt, err := optim.NewAdamFor(cfg, ts)
+	return opt, data, err
 }
 
 func round(v float64) float64 { return math.Round(v*1e4) / 1e4 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -14,19 +15,33 @@ import (
 	"github.com/tailorml/tailor/optim"
 	"github.com/tailorml/tailor/paramserver"
 	"github.com/tailorml/tailor/shard"
+	"github.com/tailorml/tailor/train"
 )
 
 // One worker in sync mode against two parameter servers does exactly what
 // the single-process trainer does: after the same batches, the weights and
 // BatchNorm statistics are equal bit for bit, whether it pushes after its
-// step or while backprop runs.
+// step or while backprop runs, and with L2 or AdamW weight decay on the
+// kernels (which the servers know from the tensor spec, the trainer from
+// the net; dense1/w is split across the two servers).
 func TestWorkerMatchesSingleProcess(t *testing.T) {
-	for _, overlap := range []bool{false, true} {
-		t.Run(map[bool]string{false: "push after step", true: "overlapped"}[overlap], func(t *testing.T) { testWorkerMatches(t, overlap) })
+	l2, adamw := optim.DefaultAdam(3), optim.DefaultAdam(3)
+	l2.L2, adamw.WeightDecay = 0.05, 2 // strong, so that 4 steps show it
+	for _, tc := range []struct {
+		name    string
+		overlap bool
+		adam    optim.AdamConfig
+	}{
+		{"push after step", false, optim.DefaultAdam(3)},
+		{"overlapped", true, optim.DefaultAdam(3)},
+		{"l2", true, l2},
+		{"adamw", false, adamw},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testWorkerMatches(t, tc.overlap, tc.adam) })
 	}
 }
 
-func testWorkerMatches(t *testing.T, overlap bool) {
+func testWorkerMatches(t *testing.T, overlap bool, adam optim.AdamConfig) {
 	st, m := testData(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -36,7 +51,6 @@ func testWorkerMatches(t *testing.T, overlap bool) {
 	}
 	cfg := model.DefaultConfig(m.Width, len(m.Labels))
 	const seed, batch, steps = 5, 8, 4
-	adam := optim.DefaultAdam(3)
 	mean, std := make([]float32, 3), make([]float32, 3)
 	for i := range mean {
 		mean[i], std[i] = float32(m.Mean[i]), float32(m.Std[i])
@@ -53,15 +67,14 @@ func testWorkerMatches(t *testing.T, overlap bool) {
 		t.Fatal(err)
 	}
 
-	// the single-process reference
+	// the single-process reference: tailor train's optimizer and step
 	ref, _ := model.New(cfg, seed)
-	var sizes []int
-	var pdata [][]float32
-	for _, p := range ref.Params() {
-		sizes = append(sizes, len(p.Data))
-		pdata = append(pdata, p.Data)
+	opt, pdata, err := train.Optimizer(adam, ref)
+	if err != nil {
+		t.Fatal(err)
 	}
-	opt, _ := optim.NewAdam(adam, sizes)
+	plain, _ := model.New(cfg, seed) // and without regularisation, to see that it did something
+	popt, pplain, _ := train.Optimizer(optim.DefaultAdam(3), plain)
 	x := make([]float32, batch*cfg.InputLen())
 	y := make([]float32, batch*cfg.Labels)
 
@@ -82,6 +95,11 @@ func testWorkerMatches(t *testing.T, overlap bool) {
 		if err := opt.Update(pdata, grads); err != nil {
 			t.Fatal(err)
 		}
+		_, pgrads, err := plain.TrainStep(x, y, batch, model.StepOptions{Dropout: true, Seed: model.DropoutSeed(seed, 0), Step: uint64(step)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = popt.Update(pplain, pgrads)
 		if wl != rl {
 			t.Fatalf("step %d: worker loss %v, single-process %v", step, wl, rl)
 		}
@@ -97,6 +115,16 @@ func testWorkerMatches(t *testing.T, overlap bool) {
 				t.Fatalf("%s[%d]: worker %g, single-process %g", spec[i].Name, j, wt[i][j], rt[i][j])
 			}
 		}
+	}
+	// and the regularisation did something: the kernels differ from
+	// training without it
+	var changed bool
+	for i, p := range plain.Params() {
+		same := slices.Equal(p.Data, pdata[i])
+		changed = changed || (p.Kernel && !same)
+	}
+	if reg := adam.L2 != 0 || adam.WeightDecay != 0; changed != reg {
+		t.Errorf("kernels differ from unregularised training: %v, want %v", changed, reg)
 	}
 }
 

@@ -191,7 +191,7 @@ func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.IntVar(&s.ParamServers, "ps", s.ParamServers, "parameter servers")
 	fs.StringVar(&s.Shuffle, "shuffle", s.Shuffle, "how records are dealt: global (one permutation of the split, as one process; workers cache the split) or units (shard ranges of --unit-size records)")
 	fs.IntVar(&s.UnitSize, "unit-size", s.UnitSize, "records per work unit (--shuffle units)")
-	fs.Float64Var(&s.Adam.LR, "lr", s.Adam.LR, "Adam learning rate")
+	s.Settings.AddFlags(fs)
 	fs.StringVar(&s.Compression, "compression", s.Compression, "how workers encode pushed gradients: none, fp16, or topk (the largest --topk of every chunk; the rest carried into the next step)")
 	fs.BoolVar(&s.Overlap, "overlap", s.Overlap, "workers push each gradient tensor as soon as backprop has it, overlapping communication with compute")
 	fs.Float64Var(&s.TopK, "topk", s.TopK, "--compression topk: fraction of the gradient's floats sent per step (0: 0.2)")

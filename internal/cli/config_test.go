@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"flag"
 	"io"
 	"log/slog"
 	"os"
@@ -11,6 +12,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tailorml/tailor/internal/job"
+	"github.com/tailorml/tailor/optim"
 )
 
 // writeConfig writes a config file in a temporary folder and returns its path.
@@ -300,5 +304,97 @@ func TestConfigCompression(t *testing.T) {
 	code, _, stderr := run(t, "submit", "--config", file, "--etcd", "http://127.0.0.1:1", "--run", "r")
 	if code != 1 || !strings.Contains(stderr, `compression "gzip": want none, fp16 or topk`) {
 		t.Errorf("submit with compression gzip: exit %d, stderr %q; want 1 and the spec error", code, stderr)
+	}
+}
+
+// The optimizer's hyperparameters are declared once, in optim: every flag
+// optim.Settings registers is a flag of tailor train, submit and local with
+// the same default (and Adam's of a standalone paramserver), and so a
+// config-file key, a TAILOR_ variable and a line of config show without an
+// entry of its own.
+func TestOptimizerFlags(t *testing.T) {
+	settings, adam := optim.DefaultSettings(), optim.DefaultAdam(0)
+	sfs, afs := flag.NewFlagSet("settings", flag.ContinueOnError), flag.NewFlagSet("adam", flag.ContinueOnError)
+	settings.AddFlags(sfs)
+	adam.AddFlags(afs)
+	cmds := map[string]*flag.FlagSet{}
+	for _, c := range schema() {
+		cmds[strings.Join(c.Path, " ")] = c.Flags
+	}
+	for cmd, want := range map[string]*flag.FlagSet{"train": sfs, "submit": sfs, "local": sfs, "paramserver": afs} {
+		n := 0
+		want.VisitAll(func(f *flag.Flag) {
+			n++
+			if got := cmds[cmd].Lookup(f.Name); got == nil || got.DefValue != f.DefValue || got.Usage != f.Usage {
+				t.Errorf("tailor %s --%s: got %+v, want %+v", cmd, f.Name, got, f)
+			}
+		})
+		if n < 4 {
+			t.Errorf("%s: only %d optimizer flags", cmd, n)
+		}
+	}
+	file := writeConfig(t, "lr: 0.01\nsubmit:\n  beta2: 0.99\n")
+	t.Setenv("TAILOR_EPSILON", "1e-6")
+	for _, cmd := range []string{"train", "submit", "local"} {
+		code, stdout, stderr := run(t, "config", "show", "--config", file, cmd, "--decay=false")
+		if code != 0 {
+			t.Fatalf("config show %s: exit %d, stderr %q", cmd, code, stderr)
+		}
+		beta2 := `(?m)^beta2\s+0.999\s+default$`
+		if cmd == "submit" {
+			beta2 = `(?m)^beta2\s+0.99\s+file .*tailor.yaml:3$`
+		}
+		for _, re := range []string{`(?m)^lr\s+0.01\s+file .*tailor.yaml:1$`, `(?m)^epsilon\s+1e-06\s+env TAILOR_EPSILON$`,
+			`(?m)^decay\s+false\s+flag$`, `(?m)^beta1\s+0.9\s+default$`, beta2} {
+			if !regexpMatch(re, stdout) {
+				t.Errorf("config show %s does not match %s:\n%s", cmd, re, stdout)
+			}
+		}
+	}
+}
+
+// --l2 and --weight-decay reach the trainer's and the cluster spec's
+// optimizer from the command line, the environment and the file, and
+// config show lists them.
+func TestWeightDecayFlags(t *testing.T) {
+	s := job.DefaultSpec("r", "/data")
+	fs := flag.NewFlagSet("submit", flag.ContinueOnError)
+	addSpecFlags(fs, &s)
+	if err := fs.Parse([]string{"--l2", "1e-4", "--weight-decay", "0.01"}); err != nil {
+		t.Fatal(err)
+	}
+	if a := s.AdamConfig(); a.L2 != 1e-4 || a.WeightDecay != 0.01 {
+		t.Errorf("spec's optimizer: l2 %g, weight decay %g; want 1e-4, 0.01", a.L2, a.WeightDecay)
+	}
+	// both commands validate what the flags set before they touch data or etcd
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"train", "--data", "/absent", "--l2", "-1"}, "l2 -1: want ≥ 0"},
+		{[]string{"train", "--data", "/absent", "--lr", "0.002", "--weight-decay", "600"}, "weight decay 600 with learning rate 0.002: want lr·wd below 1"},
+		{[]string{"submit", "--etcd", "http://127.0.0.1:1", "--run", "r", "--data", "/absent", "--l2", "-1"}, "l2 -1: want ≥ 0"},
+		{[]string{"submit", "--etcd", "http://127.0.0.1:1", "--run", "r", "--data", "/absent", "--weight-decay", "-2"}, "weight decay -2: want ≥ 0"},
+	} {
+		if code, _, stderr := run(t, tc.args...); code != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("tailor %s: exit %d, stderr %q; want 1 and %q", strings.Join(tc.args, " "), code, stderr, tc.want)
+		}
+	}
+	file := writeConfig(t, "train:\n  l2: 0.0005\nsubmit:\n  l2: 0.0002\n")
+	t.Setenv("TAILOR_WEIGHT_DECAY", "0.03")
+	for cmd, want := range map[string]string{"train": `(?m)^l2\s+0.0005\s+file .*tailor.yaml:2$`, "submit": `(?m)^l2\s+0.0002\s+file .*tailor.yaml:4$`,
+		"local": `(?m)^l2\s+0\s+default$`} {
+		code, stdout, stderr := run(t, "config", "show", "--config", file, cmd)
+		if code != 0 {
+			t.Fatalf("config show %s: exit %d, stderr %q", cmd, code, stderr)
+		}
+		for _, re := range []string{want, `(?m)^weight-decay\s+0.03\s+env TAILOR_WEIGHT_DECAY$`} {
+			if !regexpMatch(re, stdout) {
+				t.Errorf("config show %s does not match %s:\n%s", cmd, re, stdout)
+			}
+		}
+	}
+	if code, stdout, _ := run(t, "config", "show", "train", "--l2", "1e-4"); code != 0 || !regexpMatch(`(?m)^l2\s+0.0001\s+flag$`, stdout) {
+		t.Errorf("config show train --l2 1e-4: exit %d:\n%s", code, stdout)
 	}
 }

@@ -74,11 +74,12 @@ type Spec struct {
 	Overlap bool `json:"overlap,omitempty"`
 	// TopK is the fraction of a gradient's floats a "topk" push sends, in
 	// (0, 1]; 0 means wire.DefaultTopK.
-	TopK       float64          `json:"topk,omitempty"`
-	Augment    input.Augment    `json:"augment"`
-	Adam       optim.AdamConfig `json:"adam"` // Decay 0 with DecayAuto: LR/Epochs
-	DecayAuto  bool             `json:"decay_auto"`
-	BNEstimate bool             `json:"bn_estimate"`
+	TopK    float64       `json:"topk,omitempty"`
+	Augment input.Augment `json:"augment"`
+	// Settings is the optimizer (the keys "adam" and "decay_auto"); the
+	// parameter servers apply AdamConfig().
+	optim.Settings
+	BNEstimate bool `json:"bn_estimate"`
 	// SyncBN synchronises BatchNorm across the workers of a sync step
 	// (every layer normalises with the statistics of the whole global
 	// batch, as one process would): see SyncBatchNorm.
@@ -180,7 +181,7 @@ func DefaultSpec(run, data string) Spec {
 	return Spec{
 		Run: run, Data: data, Epochs: 30, Batch: 32, Seed: 1, Mode: ModeSync, Staleness: 2,
 		StepDeadline: 2 * time.Minute, ParamServers: 2, UnitSize: 256, Shuffle: ShuffleGlobal,
-		Augment: input.DefaultAugment(), Adam: optim.DefaultAdam(0), DecayAuto: true,
+		Augment: input.DefaultAugment(), Settings: optim.DefaultSettings(),
 		BNEstimate: true, BNBatches: 50, BestBy: "loss", Out: "out/" + run,
 		CheckpointEvery: 500, KeepCheckpoints: 3, SyncBN: true, Overlap: true,
 	}
@@ -212,14 +213,9 @@ func (s Spec) WireCompression() wire.Compression {
 	return c
 }
 
-// AdamConfig is the optimizer with the decay resolved.
-func (s Spec) AdamConfig() optim.AdamConfig {
-	a := s.Adam
-	if s.DecayAuto {
-		a.Decay = a.LR / float64(s.Epochs)
-	}
-	return a
-}
+// AdamConfig is the optimizer with the decay resolved: what every
+// parameter server of the run applies.
+func (s Spec) AdamConfig() optim.AdamConfig { return s.For(s.Epochs) }
 
 // Validate checks the spec.
 func (s Spec) Validate() error {

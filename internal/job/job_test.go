@@ -2,6 +2,7 @@ package job
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"math"
@@ -16,6 +17,7 @@ import (
 	"github.com/tailorml/tailor/internal/cluster/clustertest"
 	"github.com/tailorml/tailor/internal/version"
 	"github.com/tailorml/tailor/internal/wire"
+	"github.com/tailorml/tailor/optim"
 )
 
 func TestSubmitLoad(t *testing.T) {
@@ -144,6 +146,51 @@ func TestSpecCompression(t *testing.T) {
 				t.Errorf("%q, topk %v: %v", tc.compression, tc.topk, err)
 			}
 		}
+	}
+}
+
+// The optimizer's settings sit in the spec's JSON as they always have (the
+// top-level keys "adam" and "decay_auto"), so the spec of a run submitted
+// by an earlier version reads the same and a resubmission compares equal;
+// the parameter servers' Adam has the decay resolved over the epochs.
+func TestSpecOptimizer(t *testing.T) {
+	s := DefaultSpec("r", "/data")
+	s.Epochs = 20
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(b, &top); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(top["adam"]), `{"lr":0.001,"beta1":0.9,"beta2":0.999,"epsilon":1e-7,"decay":0}`; got != want {
+		t.Errorf(`"adam": %s, want %s`, got, want)
+	}
+	if got := string(top["decay_auto"]); got != "true" {
+		t.Errorf(`"decay_auto": %s, want true`, got)
+	}
+	old := `{"run":"r","data":"/data","epochs":20,"adam":{"lr":0.002,"beta1":0.9,"beta2":0.999,"epsilon":1e-7,"decay":0},"decay_auto":true}`
+	var o Spec
+	if err := json.Unmarshal([]byte(old), &o); err != nil {
+		t.Fatal(err)
+	}
+	want := optim.AdamConfig{LR: 0.002, Beta1: 0.9, Beta2: 0.999, Epsilon: 1e-7, Decay: 0.002 / 20}
+	if got := o.AdamConfig(); got != want {
+		t.Errorf("AdamConfig() of an earlier spec: %+v, want %+v", got, want)
+	}
+	// what the parameter servers read back from etcd
+	s.Adam.L2, s.Adam.WeightDecay = 1e-4, 0.01
+	b, _ = json.Marshal(s)
+	var back Spec
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if a := back.AdamConfig(); a.L2 != 1e-4 || a.WeightDecay != 0.01 || a != s.AdamConfig() {
+		t.Errorf("spec through JSON: %+v, want %+v", a, s.AdamConfig())
+	}
+	if !strings.Contains(string(b), `"l2":0.0001,"weight_decay":0.01`) {
+		t.Errorf("JSON %s lacks l2 and weight_decay", b)
 	}
 }
 

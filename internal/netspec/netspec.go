@@ -19,7 +19,8 @@ import (
 )
 
 // Tensors returns the net's wire spec and the slices holding each tensor's
-// values (aliases of the net's weights and statistics, in spec order).
+// values (aliases of the net's weights and statistics, in spec order). The
+// net's kernels (model.Param.Kernel) are the spec's.
 func Tensors(n *model.Net) (wire.Spec, [][]float32) {
 	var spec wire.Spec
 	var data [][]float32
@@ -32,7 +33,7 @@ func Tensors(n *model.Net) (wire.Spec, [][]float32) {
 	ps := n.Params()
 	for i := range ps {
 		p := ps[len(ps)-1-i]
-		spec = append(spec, wire.Tensor{Name: p.Name, Size: len(p.Data), Kind: wire.Param})
+		spec = append(spec, wire.Tensor{Name: p.Name, Size: len(p.Data), Kind: wire.Param, Kernel: p.Kernel})
 		data = append(data, p.Data)
 	}
 	return spec, data

@@ -7,6 +7,35 @@ import (
 	"github.com/tailorml/tailor/model"
 )
 
+// The kernels are the conv filters and the dense weight matrices, in the
+// net and in the spec the parameter servers get: not the biases, not
+// BatchNorm's γ and β, not its statistics.
+func TestKernels(t *testing.T) {
+	n, err := model.New(model.DefaultConfig(32, 7), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"conv1/w": true, "conv2/w": true, "conv3/w": true, "conv4/w": true, "conv5/w": true, "dense1/w": true, "out/w": true}
+	for _, p := range n.Params() {
+		if p.Kernel != want[p.Name] {
+			t.Errorf("param %s: kernel %v, want %v", p.Name, p.Kernel, want[p.Name])
+		}
+	}
+	spec, _ := Tensors(n)
+	kernels := 0
+	for _, ts := range spec {
+		if ts.Kernel != want[ts.Name] {
+			t.Errorf("tensor %s: kernel %v, want %v", ts.Name, ts.Kernel, want[ts.Name])
+		}
+		if ts.Kernel {
+			kernels++
+		}
+	}
+	if kernels != len(want) {
+		t.Errorf("%d kernels in the spec, want %d", kernels, len(want))
+	}
+}
+
 func TestTensorsMatchModelFile(t *testing.T) {
 	cfg := model.DefaultConfig(32, 7)
 	n, err := model.New(cfg, 1)

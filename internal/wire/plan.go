@@ -35,6 +35,12 @@ type Tensor struct {
 	Name string `json:"name"`
 	Size int    `json:"size"` // floats
 	Kind Kind   `json:"kind"`
+	// Kernel marks a Param that is a layer's kernel (conv filters, a dense
+	// weight matrix), not a bias or a normalisation parameter: the server's
+	// optimizer applies weight decay to kernels only (optim.Tensor). It
+	// does not change the plan, so it is not in the fingerprint; the
+	// servers read it from the spec the leader publishes.
+	Kernel bool `json:"kernel,omitempty"`
 }
 
 // Spec is the ordered list of the model's tensors. Workers and servers must
@@ -91,6 +97,8 @@ func (s Spec) Validate() error {
 		}
 		if t.Kind != Param && t.Kind != State {
 			errs = append(errs, fmt.Errorf("tensor %q: unknown kind %d", t.Name, t.Kind))
+		} else if t.Kernel && t.Kind != Param {
+			errs = append(errs, fmt.Errorf("tensor %q: a %s tensor cannot be a kernel", t.Name, t.Kind))
 		}
 	}
 	if total > MaxTotalFloats {

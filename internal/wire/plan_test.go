@@ -165,6 +165,12 @@ func TestPlanFingerprint(t *testing.T) {
 	if a.Fingerprint() != c.Fingerprint() {
 		t.Error("fingerprint of the same plan differs")
 	}
+	// the kernel mark is for the servers' optimizer, not the plan
+	k := sizesSpec(10, 20)
+	k[1].Kernel = true
+	if d, _ := NewPlan(k, 2); d.Fingerprint() != a.Fingerprint() {
+		t.Error("a kernel mark changed the fingerprint")
+	}
 }
 
 func TestPlanErrors(t *testing.T) {
@@ -180,6 +186,7 @@ func TestPlanErrors(t *testing.T) {
 		{"duplicate", Spec{{Name: "a", Size: 1}, {Name: "a", Size: 1}}, 1},
 		{"no name", Spec{{Size: 1}}, 1},
 		{"bad kind", Spec{{Name: "a", Size: 1, Kind: 9}}, 1},
+		{"state kernel", Spec{{Name: "a", Size: 1, Kind: State, Kernel: true}}, 1},
 	} {
 		if _, err := NewPlan(tc.spec, tc.servers); err == nil {
 			t.Errorf("%s: no error", tc.name)
