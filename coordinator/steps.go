@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc/status"
 
+	"github.com/tailorml/tailor/internal/retry"
 	"github.com/tailorml/tailor/internal/wire"
 )
 
@@ -155,7 +155,7 @@ type openStep struct {
 	deadline   *time.Timer
 	overdue    bool
 	committing bool
-	fails      int
+	backoff    retry.Backoff // between failed commits
 	retry      *time.Timer
 
 	done chan struct{} // closed when decided (d) or abandoned (err)
@@ -441,7 +441,8 @@ func (s *Steps) Report(ctx context.Context, server int, step int64, complete []s
 }
 
 func (s *Steps) newStepLocked(step int64) *openStep {
-	st := &openStep{step: step, has: make([]map[string]bool, s.cfg.Servers), dropped: map[string]bool{}, done: make(chan struct{})}
+	st := &openStep{step: step, has: make([]map[string]bool, s.cfg.Servers), dropped: map[string]bool{}, done: make(chan struct{}),
+		backoff: commitBackoff()}
 	for i := range st.has {
 		st.has[i] = map[string]bool{}
 	}
@@ -571,8 +572,7 @@ func (s *Steps) commit(st *openStep, d wire.Decision) {
 	}
 	if err != nil {
 		st.committing = false
-		st.fails++
-		delay := retryDelay(st.fails)
+		delay := st.backoff.Next()
 		s.log.Warn("recording a sync-step decision failed; retrying", "step", st.step, "err", err, "retry_in", delay)
 		st.retry = time.AfterFunc(delay, func() {
 			s.mu.Lock()
@@ -658,9 +658,8 @@ func sameDecision(a, b wire.Decision) bool {
 	return a.Step == b.Step && slices.Equal(a.Included, b.Included) && slices.Equal(a.Excluded, b.Excluded)
 }
 
-// retryDelay is the wait before retry n (1-based): 100 ms doubling to 5 s,
-// ±20% jitter.
-func retryDelay(n int) time.Duration {
-	d := min(100*time.Millisecond<<min(n-1, 6), 5*time.Second)
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+// commitBackoff is the wait between failed commits of a step: 100 ms
+// doubling to 5 s, ±20% jitter (80 ms doubling to 4 s, plus up to half).
+func commitBackoff() retry.Backoff {
+	return retry.Backoff{Base: 80 * time.Millisecond, Max: 4 * time.Second, Jitter: 0.5}
 }
