@@ -8,11 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -29,8 +27,6 @@ import (
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/netspec"
 	"github.com/tailorml/tailor/internal/wire"
-	"github.com/tailorml/tailor/metrics"
-	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
 )
 
@@ -206,6 +202,7 @@ type leader struct {
 	computeT time.Duration
 
 	ck      *ckpt
+	eval    *evaluator // end-of-epoch validation and the test report
 	steplog stepLog
 	// closed when a parameter server is lost during the current attempt,
 	// or the watchdog rolls back; rollbackWhy says which
@@ -239,24 +236,11 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 	wspec, tensors := netspec.Tensors(net)
-	trainSet, err := eval.LoadSplit(ctx, st, man, shard.SplitTrain, 0)
+	ev, err := newEvaluator(ctx, spec, st, man, net, l.log)
 	if err != nil {
 		return err
 	}
-	valSet, err := eval.LoadSplit(ctx, st, man, shard.SplitVal, 0)
-	if err != nil {
-		return fmt.Errorf("the cluster validates on a val split: %w", err)
-	}
-	mean, std := man.Normalization()
-	if err := os.MkdirAll(spec.Out, 0o755); err != nil {
-		return err
-	}
-	// BatchNorm is re-estimated over BNBatches batches of the global batch:
-	// the images one process training with that batch uses
-	val := &eval.Validator{Cfg: eval.ValidatorConfig{Out: spec.Out, BNEstimate: spec.BNEstimate, BNBatches: spec.BNBatches, Batch: spec.Batch * max(1, spec.Workers),
-		EvalBatch: 64, EvalRunning: spec.EvalRunning, BestBy: spec.BestBy, Seed: spec.Seed,
-		Meta: map[string]string{"run": spec.Run, "data": spec.Data, "mode": spec.Mode, "interpolation": man.Build.Interpolation}},
-		Labels: man.Labels, Mean: mean, Std: std, Train: trainSet, Val: valSet}
+	l.eval = ev
 
 	// the parameter servers learn the tensors they hold from etcd
 	wb, err := json.Marshal(wspec)
@@ -270,7 +254,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	if err != nil {
 		return err
 	}
-	l.ck = &ckpt{loc: loc, labels: man.Labels, val: val}
+	l.ck = &ckpt{loc: loc, labels: man.Labels, val: ev.val}
 	if l.steplog, err = openStepLog(spec.Out); err != nil {
 		return err
 	}
@@ -319,7 +303,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	// process with its index), then all of them go back to the last
 	// checkpoint and the run goes on from there.
 	for {
-		err := l.attempt(ctx, wspec, tensors, units, val, net, st, man)
+		err := l.attempt(ctx, wspec, tensors, units)
 		if err == nil || !l.rollingBack() || ctx.Err() != nil {
 			return err
 		}
@@ -409,8 +393,7 @@ func (l *leader) startRollback(why string, announce func()) bool {
 // checkpoint (or initialises them and takes checkpoint 0), and trains to
 // the end of the run. It returns errRollback-wrapped errors when a
 // parameter server is lost meanwhile.
-func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float32, units func(epoch int) ([]Unit, error), val *eval.Validator,
-	net *model.Net, st shard.Store, man *shard.Manifest) error {
+func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float32, units func(epoch int) ([]Unit, error)) error {
 	spec := l.spec
 	l.mu.Lock()
 	l.rollback, l.rollbackClosed, l.rollbackWhy = make(chan struct{}), false, ""
@@ -517,12 +500,10 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 		ep := eval.Epoch{Epoch: epoch + 1, TrainLoss: l.lossSum / math.Max(float64(l.lossN), 1), LR: 0, Seconds: secs,
 			ImgPerSec: float64(l.images) / secs}
 		l.mu.Unlock()
-		ep, improved, err := val.EndEpoch(ctx, net, ep)
+		improved, err := l.eval.endEpoch(ctx, ep, len(l.mem.Members(cluster.RoleWorker)))
 		if err != nil {
 			return err
 		}
-		l.log.Info("epoch", "epoch", epoch+1, "of", spec.Epochs, "train_loss", round4(ep.TrainLoss), "val_loss", round4(ep.Val.Loss),
-			"val_map", round4(ep.Val.MAP), "img_per_s", math.Round(ep.ImgPerSec), "workers", len(l.mem.Members(cluster.RoleWorker)), "saved", improved)
 		version := step
 		if spec.Mode != job.ModeSync {
 			version = -1 // quiesced: every server as it is
@@ -543,7 +524,7 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 	l.broadcastLocked()
 	l.mu.Unlock()
 	l.setPhase(phaseTesting)
-	if err := l.testReport(ctx, st, man, val.ModelPath()); err != nil {
+	if err := l.eval.testReport(ctx); err != nil {
 		l.log.Warn("no test report", "err", err)
 	}
 	// give the workers a moment to hear "done" before the server stops
@@ -1001,35 +982,3 @@ func (l *leader) registerMetrics() {
 	l.reg.MustRegister(l.stepsGauge, l.epochGauge, l.lossGauge, l.imagesCounter)
 	l.registerWatchdogMetrics()
 }
-
-// testReport scores the kept model on the test split, if there is one.
-func (l *leader) testReport(ctx context.Context, st shard.Store, man *shard.Manifest, modelPath string) error {
-	if _, err := man.Split(shard.SplitTest); err != nil {
-		return err
-	}
-	b, err := model.Load(modelPath)
-	if err != nil {
-		return err
-	}
-	ds, err := eval.LoadSplit(ctx, st, man, shard.SplitTest, 0)
-	if err != nil {
-		return err
-	}
-	probs, err := eval.Predict(ctx, b, ds, 64)
-	if err != nil {
-		return err
-	}
-	rep := metrics.Evaluate(b.Labels, probs, ds.Truth(), b.Thresholds)
-	f, err := os.Create(filepath.Join(l.spec.Out, "test_metrics.txt"))
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := rep.WriteTable(io.MultiWriter(f)); err != nil {
-		return err
-	}
-	l.log.Info("test", "map", round4(rep.MAP), "macro_f1", round4(rep.MacroF1), "subset_acc", round4(rep.SubsetAccuracy))
-	return nil
-}
-
-func round4(v float64) float64 { return math.Round(v*1e4) / 1e4 }
