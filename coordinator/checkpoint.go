@@ -90,8 +90,8 @@ func (l *leader) save(ctx context.Context, version int64, rs RunState, epochs in
 		return err
 	}
 	// what was consumed before this cut is on disk before the cut is published
-	l.steplog.flush()
-	l.audit.flush()
+	l.board.steplog.flush()
+	l.board.audit.flush()
 	p := checkpoint.Pointer{JobID: l.spec.JobID, Name: name, Step: step, Epochs: epochs, Meta: m.Checksum, Created: m.Created}
 	v, err := checkpoint.Publish(ctx, l.cli, cluster.RunKeys(l.spec.Run), p, c.version, l.term.Guard())
 	if err != nil {
@@ -217,12 +217,6 @@ func (l *leader) tryRestore(ctx context.Context, name string, ptr checkpoint.Poi
 	c.val.SetState(vs)
 	l.log.Info("resumed", "checkpoint", name, "step", m.Step, "epochs", m.Epochs, "epoch", rs.Epoch+1, "mid_epoch", rs.Sched != nil)
 	return m, &rs, nil
-}
-
-// auditLocked counts a consumed batch (and logs it with spec.Audit).
-func (l *leader) auditLocked(b Batch) {
-	l.audit.add(l.auditSeq, b)
-	l.auditSeq++
 }
 
 // ResumeWorkerWait bounds how long a leader that goes on from a checkpoint

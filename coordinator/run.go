@@ -137,7 +137,7 @@ func Run(ctx context.Context, cfg Config) error {
 		reg := prometheus.NewRegistry()
 		sess.ServeMetrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		l := &leader{cfg: cfg, spec: spec, log: log, cli: cli, mem: mem, term: term, reg: reg,
-			wake: make(chan struct{}), decided: make(chan int64, 16), reported: map[string]int64{}}
+			board: newBoard(), decided: make(chan int64, 16)}
 		err = l.run(ctx, lis)
 		if err == nil {
 			break
@@ -179,31 +179,21 @@ type leader struct {
 	term *cluster.Term
 	reg  *prometheus.Registry
 
-	mu     sync.Mutex
-	sched  *Scheduler      // sync mode
-	asched *AsyncScheduler // async and ssp modes
-	steps  *Steps
-	bn     *bnReducer // synchronised BatchNorm
+	board *board       // the epoch's schedule and counters, shared by the parts
+	work  *workService // the workers' Work calls
+	steps *Steps
+	bn    *bnReducer // synchronised BatchNorm
 	// benched workers are members that did not take part in a step they
 	// were given (synchronised BatchNorm's deadline): no work for them
 	// until they ask for it
 	benched map[string]bool
 	benchMu sync.Mutex
-	wake    chan struct{} // closed and replaced when reservations change
-	// the last step each worker reported finished
-	reported map[string]int64
-	decided  chan int64
-	done     bool // the run is over
-	// epoch statistics
-	lossSum  float64
-	lossN    int
-	images   int
-	epochT0  time.Time
-	computeT time.Duration
+	decided chan int64
 
-	ck      *ckpt
-	eval    *evaluator // end-of-epoch validation and the test report
-	steplog stepLog
+	ck   *ckpt
+	eval *evaluator // end-of-epoch validation and the test report
+	// mu guards the rollback fields and psAddrs
+	mu sync.Mutex
 	// closed when a parameter server is lost during the current attempt,
 	// or the watchdog rolls back; rollbackWhy says which
 	rollback       chan struct{}
@@ -211,9 +201,6 @@ type leader struct {
 	rollbackWhy    string
 	psAddrs        []string      // the servers of the current attempt
 	gen            atomic.Uint64 // this leader's generation: new at every (re)start from a checkpoint
-	audit          auditLog      // spec.Audit: every consumed batch's records (nil file: off)
-	auditSeq       int64         // batches consumed in the run (in checkpoints: the rollback point)
-	curEpoch       int
 
 	// the progress watchdog (watchdog.go), and what the leader is doing
 	// (a phase constant): the watchdog's clock runs in training only
@@ -255,15 +242,15 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 	l.ck = &ckpt{loc: loc, labels: man.Labels, val: ev.val}
-	if l.steplog, err = openStepLog(spec.Out); err != nil {
+	if l.board.steplog, err = openStepLog(spec.Out); err != nil {
 		return err
 	}
-	defer l.steplog.close()
+	defer l.board.steplog.close()
 	if spec.Audit {
-		if l.audit, err = openAuditLog(spec.Out); err != nil {
+		if l.board.audit, err = openAuditLog(spec.Out); err != nil {
 			return err
 		}
-		defer l.audit.close()
+		defer l.board.audit.close()
 	}
 	units, err := planUnits(spec, man)
 	if err != nil {
@@ -289,7 +276,8 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	defer stopWatchdog()
 	go l.runWatchdog(wctx)
 	gs := grpc.NewServer(wire.ServerOptions(l.cfg.TLS)...)
-	wire.RegisterWork(gs, l)
+	l.work = newWorkService(spec.Run, spec.Mode == job.ModeSSP, l, l.bn)
+	wire.RegisterWork(gs, l.work)
 	wire.RegisterSteps(gs, l.steps)
 	go gs.Serve(lis)
 	defer gs.Stop()
@@ -312,10 +300,7 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 		why := l.rollbackWhy
 		l.mu.Unlock()
 		l.log.Warn("pausing, then rolling back to the last checkpoint", "why", why, "err", err)
-		l.mu.Lock()
-		l.sched, l.asched = nil, nil // workers wait
-		l.broadcastLocked()
-		l.mu.Unlock()
+		l.board.stop() // workers wait
 	}
 }
 
@@ -430,16 +415,16 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 			return err
 		}
 	} else {
-		l.steplog.mark(l.ck.current + " (" + meta.Reason + ")")
+		l.board.steplog.mark(l.ck.current + " (" + meta.Reason + ")")
 	}
 	// steps of the old timeline are forgotten; replies carry a new
 	// generation, so workers' reports of undone steps are ignored
 	l.steps.Reset()
 	l.newGen()
-	l.mu.Lock()
-	l.auditSeq = rs.AuditSeq
-	l.mu.Unlock()
-	l.audit.rollback(rs.AuditSeq)
+	l.board.mu.Lock()
+	l.board.seq = rs.AuditSeq
+	l.board.audit.rollback(rs.AuditSeq)
+	l.board.mu.Unlock()
 
 	step, asyncSteps := rs.Step, rs.AsyncSteps
 	l.setPhase(phaseWorkers)
@@ -452,34 +437,35 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 		if err != nil {
 			return err
 		}
-		l.mu.Lock()
-		l.curEpoch = epoch
+		b := l.board
+		b.mu.Lock()
+		b.epoch = epoch
 		switch {
 		case spec.Mode == job.ModeSync && mid:
-			l.sched, err = RestoreScheduler(units, spec.Seed, spec.Batch, *rs.Sched)
+			b.sched, err = RestoreScheduler(units, spec.Seed, spec.Batch, *rs.Sched)
 		case spec.Mode == job.ModeSync:
-			l.sched = NewScheduler(units, spec.Seed, epoch, spec.Batch, step)
+			b.sched = NewScheduler(units, spec.Seed, epoch, spec.Batch, step)
 		case mid:
-			l.asched, err = RestoreAsyncScheduler(units, spec.Seed, spec.Batch, *rs.Sched)
+			b.asched, err = RestoreAsyncScheduler(units, spec.Seed, spec.Batch, *rs.Sched)
 		default:
-			l.asched = NewAsyncScheduler(units, spec.Seed, epoch, spec.Batch, asyncSteps)
+			b.asched = NewAsyncScheduler(units, spec.Seed, epoch, spec.Batch, asyncSteps)
 		}
 		if err != nil {
-			l.mu.Unlock()
+			b.mu.Unlock()
 			return fmt.Errorf("resume: %w", err)
 		}
-		if l.asched != nil {
-			l.asched.CutEvery(spec.CheckpointEvery) // async: a checkpoint every K batches
+		if b.asched != nil {
+			b.asched.CutEvery(spec.CheckpointEvery) // async: a checkpoint every K batches
 		}
-		l.lossSum, l.lossN, l.images, l.epochT0, l.computeT = 0, 0, 0, time.Now(), 0
+		b.stats = epochStats{t0: time.Now()}
 		if mid {
 			// workers of the checkpoint that are not back give up their units
 			l.dropAbsentLocked(rs.Sched)
-			l.lossSum, l.lossN, l.images = rs.LossSum, rs.LossN, rs.Images
-			l.epochT0 = time.Now().Add(-time.Duration(rs.Seconds * float64(time.Second)))
+			b.stats = epochStats{lossSum: rs.LossSum, lossN: rs.LossN, images: rs.Images,
+				t0: time.Now().Add(-time.Duration(rs.Seconds * float64(time.Second)))}
 		}
-		l.broadcastLocked()
-		l.mu.Unlock()
+		b.broadcastLocked()
+		b.mu.Unlock()
 		l.epochGauge.Set(float64(epoch + 1))
 		if spec.Mode == job.ModeSync {
 			step, err = l.epoch(ctx)
@@ -495,11 +481,10 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 		if _, err := ps.Pull(ctx, step, tensors); err != nil {
 			return l.orRollback(fmt.Errorf("pull weights after epoch %d: %w", epoch+1, err))
 		}
-		l.mu.Lock()
-		secs := time.Since(l.epochT0).Seconds()
-		ep := eval.Epoch{Epoch: epoch + 1, TrainLoss: l.lossSum / math.Max(float64(l.lossN), 1), LR: 0, Seconds: secs,
-			ImgPerSec: float64(l.images) / secs}
-		l.mu.Unlock()
+		st := l.board.view().stats
+		secs := time.Since(st.t0).Seconds()
+		ep := eval.Epoch{Epoch: epoch + 1, TrainLoss: st.lossSum / math.Max(float64(st.lossN), 1), LR: 0, Seconds: secs,
+			ImgPerSec: float64(st.images) / secs}
 		improved, err := l.eval.endEpoch(ctx, ep, len(l.mem.Members(cluster.RoleWorker)))
 		if err != nil {
 			return err
@@ -508,9 +493,9 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 		if spec.Mode != job.ModeSync {
 			version = -1 // quiesced: every server as it is
 		}
-		l.mu.Lock()
-		seq := l.auditSeq
-		l.mu.Unlock()
+		l.board.mu.Lock()
+		seq := l.board.seq
+		l.board.mu.Unlock()
 		l.setPhase(phaseCheckpoint)
 		if err := l.saveOrWarn(ctx, version, RunState{Epoch: epoch + 1, Step: step, AsyncSteps: asyncSteps, AuditSeq: seq}, epoch+1, "epoch", improved); err != nil {
 			return err
@@ -519,10 +504,7 @@ func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float
 			return errRollback
 		}
 	}
-	l.mu.Lock()
-	l.done = true
-	l.broadcastLocked()
-	l.mu.Unlock()
+	l.board.finish()
 	l.setPhase(phaseTesting)
 	if err := l.eval.testReport(ctx); err != nil {
 		l.log.Warn("no test report", "err", err)
@@ -565,40 +547,41 @@ func (l *leader) epoch(ctx context.Context) (int64, error) {
 		default:
 		}
 		live := l.liveWorkers()
-		l.mu.Lock()
-		if l.sched.Done() {
-			step := l.sched.Step()
-			l.mu.Unlock()
+		b := l.board
+		b.mu.Lock()
+		if b.sched.Done() {
+			step := b.sched.Step()
+			b.mu.Unlock()
 			return step, nil
 		}
 		if len(live) == 0 {
-			l.mu.Unlock()
+			b.mu.Unlock()
 			time.Sleep(200 * time.Millisecond)
 			continue
 		}
-		res, err := l.sched.Begin(live)
+		res, err := b.sched.Begin(live)
 		if err != nil {
-			l.mu.Unlock()
+			b.mu.Unlock()
 			return 0, err
 		}
-		step := l.sched.Step()
+		step := b.sched.Step()
 		if len(res) == 0 {
 			// records are left, but held by workers that are not live: wait
 			// for the membership to drop them
-			l.mu.Unlock()
+			b.mu.Unlock()
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
 		ids := make([]string, len(res))
-		for i, b := range res {
-			ids[i] = b.Worker
+		for i, bt := range res {
+			ids[i] = bt.Worker
 		}
 		if err := l.steps.SetParticipants(step, ids); err != nil {
-			l.mu.Unlock()
+			b.mu.Unlock()
 			return 0, err
 		}
-		l.broadcastLocked()
-		l.mu.Unlock()
+		b.broadcastLocked()
+		b.mu.Unlock()
 		l.stepsGauge.Set(float64(step))
 		if err := l.waitDecided(ctx, step); err != nil {
 			return 0, err
@@ -616,19 +599,20 @@ func (l *leader) epoch(ctx context.Context) (int64, error) {
 
 // stepCheckpoint checkpoints a sync run between two steps.
 func (l *leader) stepCheckpoint(ctx context.Context) error {
-	l.mu.Lock()
-	if l.sched.Done() {
-		l.mu.Unlock()
+	b := l.board
+	b.mu.Lock()
+	if b.sched.Done() {
+		b.mu.Unlock()
 		return nil // the epoch's end checkpoints after validation
 	}
-	st, err := l.sched.Export()
-	rs := RunState{Epoch: l.curEpoch, Step: l.sched.Step(), Sched: &st, LossSum: l.lossSum, LossN: l.lossN, Images: l.images, AuditSeq: l.auditSeq,
-		Seconds: time.Since(l.epochT0).Seconds()}
-	l.mu.Unlock()
+	st, err := b.sched.Export()
+	rs := b.runStateLocked(&st)
+	rs.Step = b.sched.Step()
+	b.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	return l.saveOrWarn(ctx, rs.Step, rs, l.curEpoch, "steps", false)
+	return l.saveOrWarn(ctx, rs.Step, rs, rs.Epoch, "steps", false)
 }
 
 // asyncCheckpoint checkpoints an async or SSP run at a cut: no batch is
@@ -637,20 +621,21 @@ func (l *leader) stepCheckpoint(ctx context.Context) error {
 // scheduler's position, so a resume goes on mid-epoch. Then batches are
 // handed out again.
 func (l *leader) asyncCheckpoint(ctx context.Context) error {
-	l.mu.Lock()
-	st, err := l.asched.Export()
-	rs := RunState{Epoch: l.curEpoch, Sched: &st, AsyncSteps: st.Steps, LossSum: l.lossSum, LossN: l.lossN, Images: l.images,
-		AuditSeq: l.auditSeq, Seconds: time.Since(l.epochT0).Seconds()}
-	l.mu.Unlock()
+	b := l.board
+	b.mu.Lock()
+	st, err := b.asched.Export()
+	rs := b.runStateLocked(&st)
+	rs.AsyncSteps = st.Steps
+	b.mu.Unlock()
 	if err == nil {
-		err = l.saveOrWarn(ctx, -1, rs, l.curEpoch, "steps", false)
+		err = l.saveOrWarn(ctx, -1, rs, rs.Epoch, "steps", false)
 	}
-	l.mu.Lock()
-	if l.asched != nil {
-		l.asched.Resume()
+	b.mu.Lock()
+	if b.asched != nil {
+		b.asched.Resume()
 	}
-	l.broadcastLocked()
-	l.mu.Unlock()
+	b.broadcastLocked()
+	b.mu.Unlock()
 	return err
 }
 
@@ -675,12 +660,7 @@ func (l *leader) dropAbsentLocked(st *SchedState) {
 			continue
 		}
 		l.log.Info("resumed without a worker of the checkpoint: its units go back to the pool", "worker", w)
-		if l.sched != nil {
-			l.sched.Drop(w)
-		}
-		if l.asched != nil {
-			l.asched.Drop(w)
-		}
+		l.board.dropLocked(w)
 	}
 }
 
@@ -689,16 +669,17 @@ func (l *leader) dropAbsentLocked(st *SchedState) {
 // returns the workers' step counters.
 func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
 	l.setPhase(phaseTraining)
+	b := l.board
 	for {
-		l.mu.Lock()
-		if l.asched.Done() {
-			steps := l.asched.Steps()
-			l.asched = nil // workers wait while the epoch is judged
-			l.mu.Unlock()
+		b.mu.Lock()
+		if b.asched.Done() {
+			steps := b.asched.Steps()
+			b.asched = nil // workers wait while the epoch is judged
+			b.mu.Unlock()
 			return steps, nil
 		}
-		if l.asched.AtCut() {
-			l.mu.Unlock()
+		if b.asched.AtCut() {
+			b.mu.Unlock()
 			l.setPhase(phaseCheckpoint)
 			err := l.asyncCheckpoint(ctx)
 			l.setPhase(phaseTraining)
@@ -707,8 +688,8 @@ func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
 			}
 			continue
 		}
-		wake := l.wake
-		l.mu.Unlock()
+		wake := b.wake
+		b.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -779,46 +760,49 @@ func (l *leader) benchWorkers(ids []string) {
 	}
 }
 
+// unbench lets a benched worker work again: it asks for work.
+func (l *leader) unbench(id string) {
+	l.benchMu.Lock()
+	delete(l.benched, id)
+	l.benchMu.Unlock()
+}
+
 // dropWorker takes a worker out of the open and later steps and out of the
 // schedule: its reservation and units go back to the pool.
 func (l *leader) dropWorker(id string) {
 	l.steps.Drop(id)
 	l.bn.Reevaluate() // its BatchNorm exchanges go on without it
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.sched != nil {
-		l.sched.Drop(id)
-	}
-	if l.asched != nil {
-		l.asched.Drop(id)
-	}
-	l.broadcastLocked()
+	b := l.board
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dropLocked(id)
+	b.broadcastLocked()
 }
 
 // commit records a sync-step decision: the included workers' batches are
 // consumed. (Persisting the ledger in etcd, for resume, is the
 // checkpoint issue's work.)
 func (l *leader) commit(ctx context.Context, d wire.Decision) (wire.Decision, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.sched == nil {
+	b := l.board
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sched == nil {
 		// the attempt ended (a rollback) while the step was being decided
 		return d, fmt.Errorf("step %d: no sync epoch running", d.Step)
 	}
-	done, err := l.sched.Decide(d.Step, d.Included)
+	done, err := b.sched.Decide(d.Step, d.Included)
 	if err != nil {
 		return d, err
 	}
-	for _, b := range done {
-		l.images += len(b.IDs)
-		l.auditLocked(b)
+	for _, bt := range done {
+		b.consumedLocked(bt)
 	}
 	if len(done) > 0 {
 		l.progressed(d.Step) // an empty step (every gradient missing somewhere) is none
 	}
 	l.imagesCounter.Add(float64(len(done)))
 	l.bn.Finished(d.Step)
-	l.broadcastLocked()
+	b.broadcastLocked()
 	select {
 	case l.decided <- d.Step:
 	default:
@@ -849,103 +833,6 @@ func (l *leader) watch(events <-chan cluster.Event) {
 	}
 }
 
-func (l *leader) broadcastLocked() {
-	close(l.wake)
-	l.wake = make(chan struct{})
-}
-
-// ReduceBN implements wire.WorkHandler: synchronised BatchNorm.
-func (l *leader) ReduceBN(ctx context.Context, req *wire.BNRequest) (*wire.BNReply, error) {
-	return l.bn.Reduce(ctx, req)
-}
-
-// Next implements wire.WorkHandler: it answers when the worker has a batch
-// in a step after the one it finished, when the run is over, or after a
-// while with "wait".
-func (l *leader) Next(ctx context.Context, req *wire.WorkRequest) (*wire.WorkReply, error) {
-	if req.RunID != l.spec.Run {
-		return nil, wire.RejectStatus(wire.ReasonRunID, req.RunID)
-	}
-	rep := &wire.WorkReply{RunID: req.RunID, WorkerID: req.WorkerID, Kind: wire.WorkWait}
-	rep.Gen = l.genNow()
-	l.mu.Lock()
-	if req.Gen != rep.Gen {
-		// the worker's finished step belongs to another leader, or to steps
-		// a rollback to a checkpoint undid: not a report for this one
-		req.Done = -1
-	}
-	l.benchMu.Lock()
-	delete(l.benched, req.WorkerID) // it asks: it may work again
-	l.benchMu.Unlock()
-	last, ok := l.reported[req.WorkerID]
-	fresh := req.Done >= 0 && (!ok || req.Done > last)
-	if fresh {
-		// each finished step's loss counts once, however often the worker asks
-		l.reported[req.WorkerID] = req.Done
-		l.steplog.add(req.Done, l.curEpoch, req.WorkerID, req.Loss)
-		l.lossSum += req.Loss
-		l.lossN++
-		l.lossGauge.Set(req.Loss)
-	}
-	l.mu.Unlock()
-	timeout := time.NewTimer(5 * time.Second)
-	defer timeout.Stop()
-	for {
-		l.mu.Lock()
-		if l.done {
-			l.mu.Unlock()
-			rep.Kind = wire.WorkDone
-			return l.waitReply(rep), nil
-		}
-		if l.sched != nil {
-			// not a step the worker was dropped from (gossip took it for
-			// dead): the step goes on without it, and it would only fail
-			if b, ok := l.sched.Reservation(req.WorkerID); ok && b.Step > req.Done && slices.Contains(l.steps.Participants(b.Step), req.WorkerID) {
-				l.mu.Unlock()
-				return l.batchReply(rep, b), nil
-			}
-		}
-		if l.asched != nil {
-			held := l.asched.out[req.WorkerID]
-			b, ok, err := l.asched.Next(req.WorkerID, req.Done)
-			if err != nil {
-				l.mu.Unlock()
-				return nil, err
-			}
-			if held.IDs != nil && req.Done >= held.Step {
-				l.images += len(held.IDs)
-				l.imagesCounter.Inc()
-				l.auditLocked(held)
-				l.progressed(held.Step)
-			}
-			if l.asched.Done() || l.asched.AtCut() {
-				l.broadcastLocked()
-			}
-			if ok {
-				l.mu.Unlock()
-				return l.batchReply(rep, b), nil
-			}
-			if fresh && l.spec.Mode == job.ModeSSP {
-				// at once, not after the long poll: the worker tells the
-				// parameter servers it is idle, so that it stops holding
-				// back the workers still finishing the epoch
-				l.mu.Unlock()
-				return l.waitReply(rep), nil
-			}
-			req.Done = -1 // reported; now just wait for the next epoch
-		}
-		wake := l.wake
-		l.mu.Unlock()
-		select {
-		case <-wake:
-		case <-timeout.C:
-			return l.waitReply(rep), nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
 // newGen starts a new generation: replies carry it, and reports of steps
 // finished under another one are ignored.
 func (l *leader) newGen() {
@@ -958,21 +845,6 @@ func (l *leader) newGen() {
 }
 
 func (l *leader) genNow() uint64 { return l.gen.Load() }
-
-// waitReply is rep (a wait or done) with the current generation: a long
-// poll may have begun under the one before.
-func (l *leader) waitReply(rep *wire.WorkReply) *wire.WorkReply {
-	rep.Gen = l.genNow()
-	return rep
-}
-
-func (l *leader) batchReply(rep *wire.WorkReply, b Batch) *wire.WorkReply {
-	// the generation of the batch's scheduler: a long poll may have begun
-	// under the one before
-	rep.Gen = l.genNow()
-	rep.Kind, rep.Step, rep.Epoch, rep.IDs, rep.Offset = wire.WorkBatch, b.Step, int64(b.Epoch), b.IDs, uint64(b.Offset)
-	return rep
-}
 
 func (l *leader) registerMetrics() {
 	l.stepsGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_coordinator_step", Help: "Current step."})

@@ -546,26 +546,18 @@ func (l *leader) diagnose() stallDiag {
 	}
 	l.benchMu.Unlock()
 	l.mu.Lock()
-	sched, asched, addrs := l.sched, l.asched, slices.Clone(l.psAddrs)
-	var open bool
-	var step int64
-	var holders []string
-	if sched != nil {
-		open, step = sched.Open(), sched.Step()
-	}
-	if asched != nil {
-		holders = asched.Holders()
-	}
+	addrs := slices.Clone(l.psAddrs)
 	l.mu.Unlock()
+	v := l.board.view()
 	names := serverNames(l.spec.ParamServers, servers)
 	var d stallDiag
 	switch {
-	case sched != nil && open:
-		d = diagnoseStep(step, l.steps.Participants(step), l.steps.State(step), live, names)
-	case sched != nil:
-		d = stallDiag{Step: step}
+	case v.sync && v.open:
+		d = diagnoseStep(v.step, l.steps.Participants(v.step), l.steps.State(v.step), live, names)
+	case v.sync:
+		d = stallDiag{Step: v.step}
 	default:
-		d = diagnoseAsync(holders, live)
+		d = diagnoseAsync(v.holders, live)
 	}
 	d.ServersDown = serversDown(addrs, servers, names)
 	d.LiveWorkers = unbenched

@@ -324,7 +324,7 @@ func newWatchdogRig(t *testing.T) *watchdogRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &leader{log: slog.New(slog.DiscardHandler), wake: make(chan struct{}), decided: make(chan int64, 1024), reported: map[string]int64{},
+	l := &leader{log: slog.New(slog.DiscardHandler), board: newBoard(), decided: make(chan int64, 1024),
 		reg: prometheus.NewRegistry(), imagesCounter: prometheus.NewCounter(prometheus.CounterOpts{Name: "batches"})}
 	l.wd = newWatchdog(watchdogConfig{Timeout: time.Hour})
 	l.registerWatchdogMetrics()
@@ -335,7 +335,7 @@ func newWatchdogRig(t *testing.T) *watchdogRig {
 	t.Cleanup(l.steps.Close)
 	l.bn = newBNReducer("r", l.steps.Participants, l.genNow, time.Hour, l.bench, l.log)
 	t.Cleanup(l.bn.Close)
-	l.sched = NewScheduler(us, 3, 0, 16, 0)
+	l.board.sched = NewScheduler(us, 3, 0, 16, 0)
 	l.spec.ParamServers = 2
 	return &watchdogRig{l: l, units: us}
 }
@@ -344,9 +344,9 @@ func newWatchdogRig(t *testing.T) *watchdogRig {
 func (r *watchdogRig) begin(t *testing.T, ws []string) (int64, []Batch) {
 	t.Helper()
 	l := r.l
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	res, err := l.sched.Begin(ws)
+	l.board.mu.Lock()
+	defer l.board.mu.Unlock()
+	res, err := l.board.sched.Begin(ws)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +354,7 @@ func (r *watchdogRig) begin(t *testing.T, ws []string) (int64, []Batch) {
 	for i, b := range res {
 		ids[i] = b.Worker
 	}
-	step := l.sched.Step()
+	step := l.board.sched.Step()
 	if len(res) > 0 {
 		if err := l.steps.SetParticipants(step, ids); err != nil {
 			t.Fatal(err)
@@ -396,9 +396,9 @@ func TestWatchdogRedispatchExactlyOnce(t *testing.T) {
 	}
 	// the rest of the epoch with w1 alone
 	for n := 0; ; n++ {
-		l.mu.Lock()
-		done := l.sched.Done()
-		l.mu.Unlock()
+		l.board.mu.Lock()
+		done := l.board.sched.Done()
+		l.board.mu.Unlock()
 		if done {
 			break
 		}
@@ -409,9 +409,9 @@ func TestWatchdogRedispatchExactlyOnce(t *testing.T) {
 		if len(res) == 0 {
 			t.Fatal("no work for w1 before the epoch's end")
 		}
-		l.mu.Lock()
-		got, err := l.sched.Decide(res[0].Step, []string{"w1"})
-		l.mu.Unlock()
+		l.board.mu.Lock()
+		got, err := l.board.sched.Decide(res[0].Step, []string{"w1"})
+		l.board.mu.Unlock()
 		if err != nil {
 			t.Fatal(err)
 		}
