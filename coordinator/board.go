@@ -100,6 +100,7 @@ func (b *board) stop() {
 // view is a copy of what the progress record and the watchdog read.
 type boardView struct {
 	stats       epochStats
+	seq         int64
 	over        bool
 	sync, async bool  // a scheduler of that kind is set
 	open        bool  // sync: a step is open
@@ -110,7 +111,7 @@ type boardView struct {
 func (b *board) view() boardView {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	v := boardView{stats: b.stats, over: b.over, sync: b.sched != nil, async: b.asched != nil}
+	v := boardView{stats: b.stats, seq: b.seq, over: b.over, sync: b.sched != nil, async: b.asched != nil}
 	if b.sched != nil {
 		v.open, v.step = b.sched.Open(), b.sched.Step()
 	}
@@ -186,4 +187,10 @@ func (l *leader) asyncOfferLocked(worker string, done int64) (offer, error) {
 func (b *board) runStateLocked(st *SchedState) RunState {
 	return RunState{Epoch: b.epoch, Sched: st, LossSum: b.stats.lossSum, LossN: b.stats.lossN, Images: b.stats.images,
 		AuditSeq: b.seq, Seconds: time.Since(b.stats.t0).Seconds()}
+}
+
+// closeLogs flushes and closes the logs.
+func (b *board) closeLogs() {
+	b.audit.close()
+	b.steplog.close()
 }

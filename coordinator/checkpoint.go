@@ -228,7 +228,7 @@ const ResumeWorkerWait = 20 * time.Second
 // waitWorkers waits until spec.Workers workers are live (sync runs are
 // reproducible only with a fixed set): for good at a fresh start, at most
 // ResumeWorkerWait when going on from a checkpoint (resumed).
-func (l *leader) waitWorkers(ctx context.Context, resumed bool) error {
+func (l *leader) waitWorkers(ctx context.Context, a *attempt, resumed bool) error {
 	want := l.spec.Workers
 	start, last := time.Now(), time.Now()
 	for {
@@ -249,7 +249,7 @@ func (l *leader) waitWorkers(ctx context.Context, resumed bool) error {
 			return ctx.Err()
 		case <-l.term.Done():
 			return errLostLeadership
-		case <-l.rollbackCh():
+		case <-a.rollback:
 			return errRollback
 		case <-time.After(100 * time.Millisecond):
 		}

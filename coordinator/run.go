@@ -2,32 +2,21 @@ package coordinator
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"path/filepath"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 
-	"github.com/tailorml/tailor/eval"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
-	"github.com/tailorml/tailor/internal/netspec"
 	"github.com/tailorml/tailor/internal/wire"
-	"github.com/tailorml/tailor/shard"
 )
 
 // Addrs keys of the coordinator's membership record.
@@ -170,370 +159,19 @@ type RunStatus struct {
 	Finished time.Time `json:"finished"`
 }
 
-type leader struct {
-	cfg  Config
-	spec job.Spec
-	log  *slog.Logger
-	cli  *clientv3.Client
-	mem  *cluster.Membership
-	term *cluster.Term
-	reg  *prometheus.Registry
-
-	board *board       // the epoch's schedule and counters, shared by the parts
-	work  *workService // the workers' Work calls
-	steps *Steps
-	bn    *bnReducer // synchronised BatchNorm
-	// benched workers are members that did not take part in a step they
-	// were given (synchronised BatchNorm's deadline): no work for them
-	// until they ask for it
-	benched map[string]bool
-	benchMu sync.Mutex
-	decided chan int64
-
-	ck   *ckpt
-	eval *evaluator // end-of-epoch validation and the test report
-	// mu guards the rollback fields and psAddrs
-	mu sync.Mutex
-	// closed when a parameter server is lost during the current attempt,
-	// or the watchdog rolls back; rollbackWhy says which
-	rollback       chan struct{}
-	rollbackClosed bool
-	rollbackWhy    string
-	psAddrs        []string      // the servers of the current attempt
-	gen            atomic.Uint64 // this leader's generation: new at every (re)start from a checkpoint
-
-	// the progress watchdog (watchdog.go), and what the leader is doing
-	// (a phase constant): the watchdog's clock runs in training only
-	wd            *watchdog
-	phase         atomic.Value
-	progressEvery time.Duration
-	// memberList, if set, stands in for mem.Members in the watchdog's
-	// diagnosis (tests)
-	memberList func(cluster.Role) []cluster.Member
-
-	stepsGauge, epochGauge, lossGauge prometheus.Gauge
-	imagesCounter                     prometheus.Counter
-	wdActions                         *prometheus.CounterVec
-}
-
-func (l *leader) run(ctx context.Context, lis net.Listener) error {
-	spec := l.spec
-	st, man, net, err := netspec.Open(ctx, spec.Data, spec.Seed, spec.StorePolicy(l.log))
-	if err != nil {
-		return err
-	}
-	wspec, tensors := netspec.Tensors(net)
-	ev, err := newEvaluator(ctx, spec, st, man, net, l.log)
-	if err != nil {
-		return err
-	}
-	l.eval = ev
-
-	// the parameter servers learn the tensors they hold from etcd
-	wb, err := json.Marshal(wspec)
-	if err != nil {
-		return err
-	}
-	if _, err := cluster.Create(ctx, l.cli, cluster.RunKeys(spec.Run).WireSpec(), wb); err != nil && !errors.Is(err, cluster.ErrConflict) {
-		return fmt.Errorf("publish the model spec: %w", err)
-	}
-	loc, err := job.OpenCheckpoints(ctx, spec, st, spec.StorePolicy(l.log))
-	if err != nil {
-		return err
-	}
-	l.ck = &ckpt{loc: loc, labels: man.Labels, val: ev.val}
-	if l.board.steplog, err = openStepLog(spec.Out); err != nil {
-		return err
-	}
-	defer l.board.steplog.close()
-	if spec.Audit {
-		if l.board.audit, err = openAuditLog(spec.Out); err != nil {
-			return err
-		}
-		defer l.board.audit.close()
-	}
-	units, err := planUnits(spec, man)
-	if err != nil {
-		return err
-	}
-
-	l.steps, err = NewSteps(StepsConfig{RunID: spec.Run, Servers: spec.ParamServers, Quorum: spec.Quorum, Deadline: spec.StepDeadline,
-		Commit: l.commit, Log: l.log})
-	if err != nil {
-		return err
-	}
-	defer l.steps.Close()
-	l.bn = newBNReducer(spec.Run, l.steps.Participants, l.genNow, spec.StepDeadline, l.bench, l.log)
-	defer l.bn.Close()
-	l.wd = newWatchdog(watchdogFor(spec))
-	l.registerMetrics()
-	l.progressEvery = l.cfg.ProgressInterval
-	if l.progressEvery <= 0 {
-		l.progressEvery = ProgressInterval
-	}
-	defer l.startProgress(ctx, l.progressEvery)() // train-progress in etcd, for tailor status
-	wctx, stopWatchdog := context.WithCancel(ctx)
-	defer stopWatchdog()
-	go l.runWatchdog(wctx)
-	gs := grpc.NewServer(wire.ServerOptions(l.cfg.TLS)...)
-	l.work = newWorkService(spec.Run, spec.Mode == job.ModeSSP, l, l.bn)
-	wire.RegisterWork(gs, l.work)
-	wire.RegisterSteps(gs, l.steps)
-	go gs.Serve(lis)
-	defer gs.Stop()
-
-	events, stop := l.mem.Subscribe()
-	defer stop()
-	go l.watch(events)
-
-	// A parameter server that dies takes its part of the weights with it:
-	// the run pauses until every server is back (restarted, or another
-	// process with its index), then all of them go back to the last
-	// checkpoint and the run goes on from there.
-	for {
-		err := l.attempt(ctx, wspec, tensors, units)
-		if err == nil || !l.rollingBack() || ctx.Err() != nil {
-			return err
-		}
-		l.setPhase(phaseRollback)
-		l.mu.Lock()
-		why := l.rollbackWhy
-		l.mu.Unlock()
-		l.log.Warn("pausing, then rolling back to the last checkpoint", "why", why, "err", err)
-		l.board.stop() // workers wait
-	}
-}
-
-// planUnits returns the function that cuts an epoch into units: pieces of
-// the epoch's permutation of the whole split (shuffle "global"), or the same
-// shard ranges every epoch ("units").
-func planUnits(spec job.Spec, man *shard.Manifest) (func(epoch int) ([]Unit, error), error) {
-	if spec.GlobalShuffle() {
-		if _, err := man.Split(shard.SplitTrain); err != nil {
-			return nil, err
-		}
-		return func(epoch int) ([]Unit, error) {
-			return GlobalUnits(man, shard.SplitTrain, spec.Seed, epoch, spec.Batch)
-		}, nil
-	}
-	units, err := Units(man, shard.SplitTrain, spec.UnitSize)
-	if err != nil {
-		return nil, err
-	}
-	return func(int) ([]Unit, error) { return units, nil }, nil
-}
-
-// errLostLeadership ends a term: the leader's election lease is gone.
-var errLostLeadership = errors.New("coordinator: lost leadership")
-
-// errRollback ends an attempt: a parameter server was lost.
-var errRollback = errors.New("coordinator: rolling back to the last checkpoint")
-
-// rollingBack reports whether the current attempt was told to roll back.
-func (l *leader) rollingBack() bool {
-	select {
-	case <-l.rollbackCh():
-		return true
-	default:
-		return false
-	}
-}
-
-func (l *leader) rollbackCh() <-chan struct{} {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.rollback
-}
-
 // psLost starts a rollback, once per attempt, if m is one of the servers
 // the attempt works with (not an earlier incarnation's late news).
 func (l *leader) psLost(m cluster.Member) {
-	l.mu.Lock()
-	ours := slices.Contains(l.psAddrs, m.Addrs[AddrGRPC])
-	l.mu.Unlock()
-	if ours {
-		l.startRollback("parameter server "+m.ID+" lost", func() {
+	if a := l.att.Load(); a != nil && a.serves(m.Addrs[AddrGRPC]) {
+		a.startRollback("parameter server "+m.ID+" lost", func() {
 			l.log.Warn("parameter server lost", "ps", m.ID, "addr", m.Addrs[AddrGRPC])
 		})
 	}
 }
 
-// startRollback ends the current attempt, for why, after calling announce
-// (a log line, so that it comes before the rollback's); it reports false,
-// without calling announce, if there is no attempt or it is already
-// rolling back.
-func (l *leader) startRollback(why string, announce func()) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.rollback == nil || l.rollbackClosed {
-		return false
-	}
-	announce()
-	l.rollbackClosed, l.rollbackWhy = true, why
-	close(l.rollback)
-	return true
-}
-
-// attempt connects to the parameter servers, puts them at the newest
-// checkpoint (or initialises them and takes checkpoint 0), and trains to
-// the end of the run. It returns errRollback-wrapped errors when a
-// parameter server is lost meanwhile.
-func (l *leader) attempt(ctx context.Context, wspec wire.Spec, tensors [][]float32, units func(epoch int) ([]Unit, error)) error {
-	spec := l.spec
-	l.mu.Lock()
-	l.rollback, l.rollbackClosed, l.rollbackWhy = make(chan struct{}), false, ""
-	l.mu.Unlock()
-	l.setPhase(phaseServers)
-	psAddrs, err := cluster.WaitRanks(ctx, l.mem, cluster.RoleParamServer, spec.ParamServers, AddrGRPC)
-	if err != nil {
-		return err
-	}
-	l.mu.Lock()
-	l.psAddrs = psAddrs
-	l.mu.Unlock()
-	ps, err := wire.NewClient(wire.ClientConfig{RunID: spec.Run, WorkerID: "coordinator", Addrs: psAddrs, Spec: wspec, TLS: l.cfg.TLS})
-	if err != nil {
-		return err
-	}
-	defer ps.Close()
-	l.ck.ps = ps
-	// a checkpoint of the job, if there is one, is where the run goes on
-	// from (a restart, a new leader after a failover, a rollback);
-	// otherwise the servers get the initial weights, and a checkpoint of
-	// step 0 is taken at once so that there is always one to go back to
-	l.setPhase(phaseRestore)
-	meta, rs, err := l.resume(ctx)
-	if err != nil {
-		return l.orRollback(err)
-	}
-	if meta == nil {
-		if err := ps.Init(ctx, tensors); err != nil && !isInitialised(err) {
-			return l.orRollback(fmt.Errorf("initialise parameter servers: %w", err))
-		}
-		rs = &RunState{}
-		if err := l.saveOrWarn(ctx, 0, *rs, 0, "start", false); err != nil {
-			return err
-		}
-	} else {
-		l.board.steplog.mark(l.ck.current + " (" + meta.Reason + ")")
-	}
-	// steps of the old timeline are forgotten; replies carry a new
-	// generation, so workers' reports of undone steps are ignored
-	l.steps.Reset()
-	l.newGen()
-	l.board.mu.Lock()
-	l.board.seq = rs.AuditSeq
-	l.board.audit.rollback(rs.AuditSeq)
-	l.board.mu.Unlock()
-
-	step, asyncSteps := rs.Step, rs.AsyncSteps
-	l.setPhase(phaseWorkers)
-	if err := l.waitWorkers(ctx, meta != nil); err != nil {
-		return err
-	}
-	for epoch := rs.Epoch; epoch < spec.Epochs; epoch++ {
-		mid := epoch == rs.Epoch && rs.Sched != nil // resumed in the middle of this epoch
-		units, err := units(epoch)
-		if err != nil {
-			return err
-		}
-		b := l.board
-		b.mu.Lock()
-		b.epoch = epoch
-		switch {
-		case spec.Mode == job.ModeSync && mid:
-			b.sched, err = RestoreScheduler(units, spec.Seed, spec.Batch, *rs.Sched)
-		case spec.Mode == job.ModeSync:
-			b.sched = NewScheduler(units, spec.Seed, epoch, spec.Batch, step)
-		case mid:
-			b.asched, err = RestoreAsyncScheduler(units, spec.Seed, spec.Batch, *rs.Sched)
-		default:
-			b.asched = NewAsyncScheduler(units, spec.Seed, epoch, spec.Batch, asyncSteps)
-		}
-		if err != nil {
-			b.mu.Unlock()
-			return fmt.Errorf("resume: %w", err)
-		}
-		if b.asched != nil {
-			b.asched.CutEvery(spec.CheckpointEvery) // async: a checkpoint every K batches
-		}
-		b.stats = epochStats{t0: time.Now()}
-		if mid {
-			// workers of the checkpoint that are not back give up their units
-			l.dropAbsentLocked(rs.Sched)
-			b.stats = epochStats{lossSum: rs.LossSum, lossN: rs.LossN, images: rs.Images,
-				t0: time.Now().Add(-time.Duration(rs.Seconds * float64(time.Second)))}
-		}
-		b.broadcastLocked()
-		b.mu.Unlock()
-		l.epochGauge.Set(float64(epoch + 1))
-		if spec.Mode == job.ModeSync {
-			step, err = l.epoch(ctx)
-		} else {
-			asyncSteps, err = l.asyncEpoch(ctx)
-			step = 0 // async versions differ per server: take what they have
-		}
-		l.setPhase(phaseValidating) // the watchdog's clock stops
-		if err != nil {
-			return l.orRollback(err)
-		}
-		// every server has applied the epoch's last step: judge the weights
-		if _, err := ps.Pull(ctx, step, tensors); err != nil {
-			return l.orRollback(fmt.Errorf("pull weights after epoch %d: %w", epoch+1, err))
-		}
-		st := l.board.view().stats
-		secs := time.Since(st.t0).Seconds()
-		ep := eval.Epoch{Epoch: epoch + 1, TrainLoss: st.lossSum / math.Max(float64(st.lossN), 1), LR: 0, Seconds: secs,
-			ImgPerSec: float64(st.images) / secs}
-		improved, err := l.eval.endEpoch(ctx, ep, len(l.mem.Members(cluster.RoleWorker)))
-		if err != nil {
-			return err
-		}
-		version := step
-		if spec.Mode != job.ModeSync {
-			version = -1 // quiesced: every server as it is
-		}
-		l.board.mu.Lock()
-		seq := l.board.seq
-		l.board.mu.Unlock()
-		l.setPhase(phaseCheckpoint)
-		if err := l.saveOrWarn(ctx, version, RunState{Epoch: epoch + 1, Step: step, AsyncSteps: asyncSteps, AuditSeq: seq}, epoch+1, "epoch", improved); err != nil {
-			return err
-		}
-		if l.rollingBack() {
-			return errRollback
-		}
-	}
-	l.board.finish()
-	l.setPhase(phaseTesting)
-	if err := l.eval.testReport(ctx); err != nil {
-		l.log.Warn("no test report", "err", err)
-	}
-	// give the workers a moment to hear "done" before the server stops
-	select {
-	case <-time.After(2 * time.Second):
-	case <-ctx.Done():
-	}
-	return nil
-}
-
-// orRollback returns errRollback (wrapping err) if a parameter server was
-// lost meanwhile: the error is then a consequence of that loss.
-func (l *leader) orRollback(err error) error {
-	if l.rollingBack() {
-		return fmt.Errorf("%w: %w", errRollback, err)
-	}
-	return err
-}
-
-func isInitialised(err error) bool {
-	var rej *wire.RejectedError
-	return errors.As(err, &rej) && rej.Reason == wire.ReasonInitialised
-}
-
 // epoch runs steps until every record of the epoch is consumed; it returns
 // the next step number.
-func (l *leader) epoch(ctx context.Context) (int64, error) {
+func (l *leader) epoch(ctx context.Context, a *attempt) (int64, error) {
 	l.setPhase(phaseTraining)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -542,7 +180,7 @@ func (l *leader) epoch(ctx context.Context) (int64, error) {
 		select {
 		case <-l.term.Done():
 			return 0, errLostLeadership
-		case <-l.rollbackCh():
+		case <-a.rollback:
 			return 0, errRollback
 		default:
 		}
@@ -583,7 +221,7 @@ func (l *leader) epoch(ctx context.Context) (int64, error) {
 		b.broadcastLocked()
 		b.mu.Unlock()
 		l.stepsGauge.Set(float64(step))
-		if err := l.waitDecided(ctx, step); err != nil {
+		if err := l.waitDecided(ctx, a, step); err != nil {
 			return 0, err
 		}
 		if k := int64(l.spec.CheckpointEvery); k > 0 && (step+1)%k == 0 {
@@ -667,7 +305,7 @@ func (l *leader) dropAbsentLocked(st *SchedState) {
 // asyncEpoch waits until the Next calls have consumed every record of the
 // epoch, checkpointing at every cut (spec.CheckpointEvery batches); it
 // returns the workers' step counters.
-func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
+func (l *leader) asyncEpoch(ctx context.Context, a *attempt) (map[string]int64, error) {
 	l.setPhase(phaseTraining)
 	b := l.board
 	for {
@@ -695,7 +333,7 @@ func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
 			return nil, ctx.Err()
 		case <-l.term.Done():
 			return nil, errLostLeadership
-		case <-l.rollbackCh():
+		case <-a.rollback:
 			return nil, errRollback
 		case <-wake:
 		}
@@ -703,14 +341,14 @@ func (l *leader) asyncEpoch(ctx context.Context) (map[string]int64, error) {
 }
 
 // waitDecided waits for commit to record the decision of step.
-func (l *leader) waitDecided(ctx context.Context, step int64) error {
+func (l *leader) waitDecided(ctx context.Context, a *attempt, step int64) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-l.term.Done():
 			return errLostLeadership
-		case <-l.rollbackCh():
+		case <-a.rollback:
 			return errRollback
 		case s := <-l.decided:
 			if s == step {
@@ -831,26 +469,4 @@ func (l *leader) watch(events <-chan cluster.Event) {
 			l.dropWorker(ev.Member.ID)
 		}
 	}
-}
-
-// newGen starts a new generation: replies carry it, and reports of steps
-// finished under another one are ignored.
-func (l *leader) newGen() {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	l.gen.Store(binary.LittleEndian.Uint64(b[:]) | 1)
-	if l.bn != nil {
-		l.bn.Reset() // the workers in a BatchNorm exchange start over
-	}
-}
-
-func (l *leader) genNow() uint64 { return l.gen.Load() }
-
-func (l *leader) registerMetrics() {
-	l.stepsGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_coordinator_step", Help: "Current step."})
-	l.epochGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_coordinator_epoch", Help: "Current epoch (from 1)."})
-	l.lossGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_coordinator_loss", Help: "Last batch loss reported by a worker."})
-	l.imagesCounter = prometheus.NewCounter(prometheus.CounterOpts{Name: "tailor_coordinator_batches_total", Help: "Batches applied."})
-	l.reg.MustRegister(l.stepsGauge, l.epochGauge, l.lossGauge, l.imagesCounter)
-	l.registerWatchdogMetrics()
 }

@@ -512,7 +512,8 @@ func (l *leader) stallRollback(d stallDiag, stalled time.Duration, attrs []any) 
 		l.log.Warn("no progress: no live worker to train with; not rolling back", attrs...)
 		return
 	}
-	ok := l.startRollback(fmt.Sprintf("no progress for %v", stalled.Round(time.Second)), func() {
+	a := l.att.Load()
+	ok := a != nil && a.startRollback(fmt.Sprintf("no progress for %v", stalled.Round(time.Second)), func() {
 		l.wdActions.WithLabelValues(stallRollback.String()).Inc()
 		l.log.Warn("no progress: rolling back to the last checkpoint", attrs...)
 	})
@@ -545,9 +546,10 @@ func (l *leader) diagnose() stallDiag {
 		}
 	}
 	l.benchMu.Unlock()
-	l.mu.Lock()
-	addrs := slices.Clone(l.psAddrs)
-	l.mu.Unlock()
+	var addrs []string
+	if a := l.att.Load(); a != nil {
+		addrs = a.servers()
+	}
 	v := l.board.view()
 	names := serverNames(l.spec.ParamServers, servers)
 	var d stallDiag

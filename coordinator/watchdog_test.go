@@ -451,20 +451,22 @@ func TestWatchdogRedispatchNothingArrived(t *testing.T) {
 	if ps := l.steps.Participants(step); !slices.Equal(ps, []string{"w1", "w2"}) || len(l.benched) != 0 {
 		t.Errorf("participants %v, benched %v; want both still participants, none benched", ps, l.benched)
 	}
-	l.rollback = make(chan struct{})
+	a := newAttempt()
+	l.att.Store(a)
 	l.stallRollback(d, 5*time.Minute, nil)
-	if !l.rollingBack() || l.rollbackWhy != "no progress for 5m0s" {
-		t.Errorf("rolling back %v, why %q; want true, no progress for 5m0s", l.rollingBack(), l.rollbackWhy)
+	if !a.rollingBack() || a.reason() != "no progress for 5m0s" {
+		t.Errorf("rolling back %v, why %q; want true, no progress for 5m0s", a.rollingBack(), a.reason())
 	}
 	l.stallRollback(d, 6*time.Minute, nil) // already under way
 	if n := testCounter(t, l, "rollback"); n != 1 {
 		t.Errorf("rollbacks counted: %v; want 1", n)
 	}
 	// no live worker: a rollback would not help
-	l.rollback, l.rollbackClosed = make(chan struct{}), false
+	a = newAttempt()
+	l.att.Store(a)
 	d.LiveWorkers = 0
 	l.stallRollback(d, 7*time.Minute, nil)
-	if l.rollingBack() {
+	if a.rollingBack() {
 		t.Error("rolled back with no live worker")
 	}
 }
@@ -566,7 +568,9 @@ func TestWatchdogLoopActs(t *testing.T) {
 	l.log = slog.New(logs)
 	w, c := testWatchdog(10*time.Second, 30*time.Second, 0)
 	l.wd = w
-	l.psAddrs, l.rollback = []string{"a0", "a1"}, make(chan struct{})
+	a := newAttempt()
+	a.setServers([]string{"a0", "a1"})
+	l.att.Store(a)
 	l.memberList = func(role cluster.Role) []cluster.Member {
 		if role == cluster.RoleParamServer {
 			return []cluster.Member{{ID: "ps0", Rank: 0, Addrs: map[string]string{AddrGRPC: "a0"}}, {ID: "ps1", Rank: 1, Addrs: map[string]string{AddrGRPC: "a1"}}}
@@ -628,12 +632,12 @@ func TestWatchdogLoopActs(t *testing.T) {
 	if got := logs.find("no progress: nothing to re-dispatch (no gradient of the step is on every server, or no work is out)"); len(got) != 1 {
 		t.Fatalf("%d 'nothing to re-dispatch' lines; want 1", len(got))
 	}
-	if l.rollingBack() {
+	if a.rollingBack() {
 		t.Fatal("rolled back before the second action")
 	}
 	tick(20)
-	if got := logs.find("no progress: rolling back to the last checkpoint"); len(got) != 1 || !l.rollingBack() {
-		t.Fatalf("%d rollback lines, rolling back %v; want 1, true", len(got), l.rollingBack())
+	if got := logs.find("no progress: rolling back to the last checkpoint"); len(got) != 1 || !a.rollingBack() {
+		t.Fatalf("%d rollback lines, rolling back %v; want 1, true", len(got), a.rollingBack())
 	}
 	if n := len(logs.find("no progress")); n != 2 {
 		t.Errorf("%d stall reports; want 2 (one per stall)", n)
