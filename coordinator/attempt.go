@@ -206,7 +206,7 @@ func (l *leader) train(ctx context.Context, a *attempt, m *runModel, rs *RunStat
 		}
 		var err error
 		if l.spec.Mode == job.ModeSync {
-			step, err = l.epoch(ctx, a)
+			step, err = l.syncEpoch(ctx, a)
 		} else {
 			asyncSteps, err = l.asyncEpoch(ctx, a)
 			step = 0 // async versions differ per server: take what they have

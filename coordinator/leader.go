@@ -23,7 +23,23 @@ import (
 )
 
 // leader is one term of an elected coordinator: it leads the run until its
-// end or until it loses the election lease.
+// end or until it loses the election lease. It is made of parts, each in
+// its file:
+//
+//	leader.go      the term: setup, the services, attempts one after another
+//	attempt.go     an attempt: servers restored from a checkpoint, epochs
+//	               trained, validated and checkpointed; rolled back when a
+//	               server is lost
+//	board.go       the epoch's schedulers and counters, which the parts share
+//	work.go        the Work service: the workers' Next and ReduceBN calls
+//	sync.go        the sync epoch loop: steps opened, decisions committed
+//	async.go       the async and SSP epoch loop, with its checkpoint cuts
+//	members.go     the membership: live, benched and lost workers and servers
+//	evaluate.go    end-of-epoch validation and the test report
+//	checkpoint.go  checkpoints: taken, verified, published, resumed
+//	steps.go       sync-step decisions (the parameter servers' Steps calls)
+//	syncbn.go      synchronised BatchNorm
+//	watchdog.go    the progress watchdog; progress.go the progress record
 type leader struct {
 	cfg  Config
 	spec job.Spec

@@ -1,0 +1,71 @@
+package coordinator
+
+import (
+	"context"
+)
+
+// The async and SSP epoch loop: the Work service hands out batches as
+// workers ask (AsyncScheduler); the loop waits for the epoch to be consumed
+// and checkpoints at every cut.
+
+// asyncEpoch waits until the Next calls have consumed every record of the
+// epoch, checkpointing at every cut (spec.CheckpointEvery batches); it
+// returns the workers' step counters.
+func (l *leader) asyncEpoch(ctx context.Context, a *attempt) (map[string]int64, error) {
+	l.setPhase(phaseTraining)
+	b := l.board
+	for {
+		b.mu.Lock()
+		if b.asched.Done() {
+			steps := b.asched.Steps()
+			b.asched = nil // workers wait while the epoch is judged
+			b.mu.Unlock()
+			return steps, nil
+		}
+		if b.asched.AtCut() {
+			b.mu.Unlock()
+			l.setPhase(phaseCheckpoint)
+			err := l.asyncCheckpoint(ctx)
+			l.setPhase(phaseTraining)
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		wake := b.wake
+		b.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-l.term.Done():
+			return nil, errLostLeadership
+		case <-a.rollback:
+			return nil, errRollback
+		case <-wake:
+		}
+	}
+}
+
+// asyncCheckpoint checkpoints an async or SSP run at a cut: no batch is
+// out, so no gradient is in flight and every server saves its part as it
+// is (version -1), as at an epoch's end; the run state holds the
+// scheduler's position, so a resume goes on mid-epoch. Then batches are
+// handed out again.
+func (l *leader) asyncCheckpoint(ctx context.Context) error {
+	b := l.board
+	b.mu.Lock()
+	st, err := b.asched.Export()
+	rs := b.runStateLocked(&st)
+	rs.AsyncSteps = st.Steps
+	b.mu.Unlock()
+	if err == nil {
+		err = l.saveOrWarn(ctx, -1, rs, rs.Epoch, "steps", false)
+	}
+	b.mu.Lock()
+	if b.asched != nil {
+		b.asched.Resume()
+	}
+	b.broadcastLocked()
+	b.mu.Unlock()
+	return err
+}

@@ -1,0 +1,165 @@
+package coordinator
+
+import (
+	"context"
+	"time"
+
+	"github.com/tailorml/tailor/internal/cluster"
+)
+
+// The membership as the leader sees it: live and benched workers, workers
+// and servers lost.
+
+// watch drops workers the membership declares dead or gone.
+func (l *leader) watch(events <-chan cluster.Event) {
+	for ev := range events {
+		if ev.Member.Role == cluster.RoleParamServer {
+			// a rollback is costly: only the lease's expiry (or a leave)
+			// counts, not gossip's first suspicion, which load can raise
+			switch ev.Kind {
+			case cluster.EventGone, cluster.EventLeft:
+				l.psLost(ev.Member)
+			}
+			continue
+		}
+		if ev.Member.Role != cluster.RoleWorker {
+			continue
+		}
+		switch ev.Kind {
+		case cluster.EventFailed, cluster.EventGone, cluster.EventLeft:
+			l.log.Info("worker lost", "worker", ev.Member.ID, "event", ev.Kind)
+			l.dropWorker(ev.Member.ID)
+		}
+	}
+}
+
+// psLost starts a rollback, once per attempt, if m is one of the servers
+// the attempt works with (not an earlier incarnation's late news).
+func (l *leader) psLost(m cluster.Member) {
+	if a := l.att.Load(); a != nil && a.serves(m.Addrs[AddrGRPC]) {
+		a.startRollback("parameter server "+m.ID+" lost", func() {
+			l.log.Warn("parameter server lost", "ps", m.ID, "addr", m.Addrs[AddrGRPC])
+		})
+	}
+}
+
+// liveWorkers returns the live workers in rank order, less the benched.
+func (l *leader) liveWorkers() []string {
+	var ids []string
+	l.benchMu.Lock()
+	defer l.benchMu.Unlock()
+	for _, m := range l.mem.Members(cluster.RoleWorker) {
+		if !l.benched[m.ID] {
+			ids = append(ids, m.ID)
+		}
+	}
+	return ids
+}
+
+// bench takes workers that missed a step's synchronised BatchNorm out of
+// the step and of the next ones, as if they had died, until they ask for
+// work again: a member that does not compute must not hold every step.
+func (l *leader) bench(step int64, missing []string) {
+	for _, w := range missing {
+		l.log.Warn("worker left out of a step: no work for it until it asks", "worker", w, "step", step)
+	}
+	l.benchWorkers(missing)
+}
+
+// benchWorkers benches ids and drops them from the open and later steps
+// and from the schedule (dropWorker): their reservations and units go back
+// to the pool.
+func (l *leader) benchWorkers(ids []string) {
+	l.benchMu.Lock()
+	if l.benched == nil {
+		l.benched = map[string]bool{}
+	}
+	for _, w := range ids {
+		l.benched[w] = true
+	}
+	l.benchMu.Unlock()
+	for _, w := range ids {
+		l.dropWorker(w)
+	}
+}
+
+// unbench lets a benched worker work again: it asks for work.
+func (l *leader) unbench(id string) {
+	l.benchMu.Lock()
+	delete(l.benched, id)
+	l.benchMu.Unlock()
+}
+
+// dropWorker takes a worker out of the open and later steps and out of the
+// schedule: its reservation and units go back to the pool.
+func (l *leader) dropWorker(id string) {
+	l.steps.Drop(id)
+	l.bn.Reevaluate() // its BatchNorm exchanges go on without it
+	b := l.board
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dropLocked(id)
+	b.broadcastLocked()
+}
+
+// dropAbsentLocked releases the units of the checkpoint's workers that are
+// not live now (resumed with fewer or other workers).
+func (l *leader) dropAbsentLocked(st *SchedState) {
+	live := map[string]bool{}
+	for _, w := range l.liveWorkers() {
+		live[w] = true
+	}
+	owners := map[string]bool{}
+	for _, u := range st.Ledger.State {
+		if u.Owner != "" {
+			owners[u.Owner] = true
+		}
+	}
+	for w := range st.Pos {
+		owners[w] = true
+	}
+	for w := range owners {
+		if live[w] {
+			continue
+		}
+		l.log.Info("resumed without a worker of the checkpoint: its units go back to the pool", "worker", w)
+		l.board.dropLocked(w)
+	}
+}
+
+// ResumeWorkerWait bounds how long a leader that goes on from a checkpoint
+// (a resume, a failover, a rollback) waits for spec.Workers workers: those
+// that are alive re-register within seconds, and one that died must not
+// stop the run.
+const ResumeWorkerWait = 20 * time.Second
+
+// waitWorkers waits until spec.Workers workers are live (sync runs are
+// reproducible only with a fixed set): for good at a fresh start, at most
+// ResumeWorkerWait when going on from a checkpoint (resumed).
+func (l *leader) waitWorkers(ctx context.Context, a *attempt, resumed bool) error {
+	want := l.spec.Workers
+	start, last := time.Now(), time.Now()
+	for {
+		n := len(l.liveWorkers())
+		if n >= want {
+			return nil
+		}
+		if resumed && n > 0 && time.Since(start) > ResumeWorkerWait {
+			l.log.Warn("going on with fewer workers than the run asks for", "live", n, "want", want, "waited", ResumeWorkerWait)
+			return nil
+		}
+		if time.Since(last) > 5*time.Second {
+			l.log.Info("waiting for workers", "live", n, "want", want)
+			last = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-l.term.Done():
+			return errLostLeadership
+		case <-a.rollback:
+			return errRollback
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
