@@ -25,7 +25,7 @@ func (l *leader) asyncEpoch(ctx context.Context, a *attempt) (map[string]int64, 
 		if b.asched.AtCut() {
 			b.mu.Unlock()
 			l.setPhase(phaseCheckpoint)
-			err := l.asyncCheckpoint(ctx)
+			err := l.asyncCheckpoint(ctx, a)
 			l.setPhase(phaseTraining)
 			if err != nil {
 				return nil, err
@@ -51,7 +51,7 @@ func (l *leader) asyncEpoch(ctx context.Context, a *attempt) (map[string]int64, 
 // is (version -1), as at an epoch's end; the run state holds the
 // scheduler's position, so a resume goes on mid-epoch. Then batches are
 // handed out again.
-func (l *leader) asyncCheckpoint(ctx context.Context) error {
+func (l *leader) asyncCheckpoint(ctx context.Context, a *attempt) error {
 	b := l.board
 	b.mu.Lock()
 	st, err := b.asched.Export()
@@ -59,7 +59,7 @@ func (l *leader) asyncCheckpoint(ctx context.Context) error {
 	rs.AsyncSteps = st.Steps
 	b.mu.Unlock()
 	if err == nil {
-		err = l.saveOrWarn(ctx, -1, rs, rs.Epoch, "steps", false)
+		err = l.ck.saveOrWarn(ctx, a.ps, cut{version: -1, state: rs, epochs: rs.Epoch, reason: "steps"})
 	}
 	b.mu.Lock()
 	if b.asched != nil {

@@ -148,7 +148,6 @@ func (l *leader) connect(ctx context.Context, a *attempt, wspec wire.Spec) error
 	if err != nil {
 		return err
 	}
-	l.ck.ps = a.ps
 	return nil
 }
 
@@ -160,7 +159,7 @@ func (l *leader) connect(ctx context.Context, a *attempt, wspec wire.Spec) error
 // whether the run resumed from a checkpoint.
 func (l *leader) restore(ctx context.Context, a *attempt, tensors [][]float32) (*RunState, bool, error) {
 	l.setPhase(phaseRestore)
-	meta, rs, err := l.resume(ctx)
+	meta, rs, err := l.ck.resume(ctx, a.ps)
 	if err != nil {
 		return nil, false, a.orRollback(err)
 	}
@@ -169,7 +168,7 @@ func (l *leader) restore(ctx context.Context, a *attempt, tensors [][]float32) (
 			return nil, false, a.orRollback(fmt.Errorf("initialise parameter servers: %w", err))
 		}
 		rs = &RunState{}
-		if err := l.saveOrWarn(ctx, 0, *rs, 0, "start", false); err != nil {
+		if err := l.ck.saveOrWarn(ctx, a.ps, cut{version: 0, state: *rs, reason: "start"}); err != nil {
 			return nil, false, err
 		}
 	} else {
@@ -283,7 +282,7 @@ func (l *leader) endEpoch(ctx context.Context, a *attempt, tensors [][]float32, 
 	}
 	l.setPhase(phaseCheckpoint)
 	rs := RunState{Epoch: epoch + 1, Step: step, AsyncSteps: asyncSteps, AuditSeq: v.seq}
-	if err := l.saveOrWarn(ctx, version, rs, epoch+1, "epoch", improved); err != nil {
+	if err := l.ck.saveOrWarn(ctx, a.ps, cut{version: version, state: rs, epochs: epoch + 1, reason: "epoch", best: improved}); err != nil {
 		return err
 	}
 	if a.rollingBack() {

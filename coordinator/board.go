@@ -194,3 +194,9 @@ func (b *board) closeLogs() {
 	b.audit.close()
 	b.steplog.close()
 }
+
+// flushLogs writes the logs' buffered lines to their files.
+func (b *board) flushLogs() {
+	b.steplog.flush()
+	b.audit.flush()
+}

@@ -137,7 +137,7 @@ func (l *leader) open(ctx context.Context) (*runModel, error) {
 	if err != nil {
 		return nil, err
 	}
-	l.ck = &ckpt{loc: loc, labels: man.Labels, val: l.eval.val}
+	l.ck = &ckpt{spec: spec, cli: l.cli, guard: l.term.Guard, log: l.log, loc: loc, labels: man.Labels, val: l.eval.val, flush: l.board.flushLogs}
 	units, err := planUnits(spec, man)
 	if err != nil {
 		return nil, err

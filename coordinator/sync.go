@@ -70,7 +70,7 @@ func (l *leader) syncEpoch(ctx context.Context, a *attempt) (int64, error) {
 		}
 		if k := int64(l.spec.CheckpointEvery); k > 0 && (step+1)%k == 0 {
 			l.setPhase(phaseCheckpoint)
-			err := l.stepCheckpoint(ctx)
+			err := l.stepCheckpoint(ctx, a)
 			l.setPhase(phaseTraining)
 			if err != nil {
 				return 0, err
@@ -129,7 +129,7 @@ func (l *leader) commit(ctx context.Context, d wire.Decision) (wire.Decision, er
 }
 
 // stepCheckpoint checkpoints a sync run between two steps.
-func (l *leader) stepCheckpoint(ctx context.Context) error {
+func (l *leader) stepCheckpoint(ctx context.Context, a *attempt) error {
 	b := l.board
 	b.mu.Lock()
 	if b.sched.Done() {
@@ -143,5 +143,5 @@ func (l *leader) stepCheckpoint(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return l.saveOrWarn(ctx, rs.Step, rs, rs.Epoch, "steps", false)
+	return l.ck.saveOrWarn(ctx, a.ps, cut{version: rs.Step, state: rs, epochs: rs.Epoch, reason: "steps"})
 }
