@@ -34,14 +34,8 @@ func (l *leader) asyncEpoch(ctx context.Context, a *attempt) (map[string]int64, 
 		}
 		wake := b.wake
 		b.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-l.term.Done():
-			return nil, errLostLeadership
-		case <-a.rollback:
-			return nil, errRollback
-		case <-wake:
+		if err := l.await(ctx, a, wake); err != nil {
+			return nil, err
 		}
 	}
 }

@@ -300,9 +300,40 @@ func (l *leader) finish(ctx context.Context) error {
 		l.log.Warn("no test report", "err", err)
 	}
 	// give the workers a moment to hear "done" before the server stops
-	select {
-	case <-time.After(2 * time.Second):
-	case <-ctx.Done():
-	}
+	l.waitWorkersLeave(ctx, doneGrace)
 	return nil
+}
+
+// doneGrace bounds how long a leader whose run is over waits for the
+// workers to hear "done" and leave.
+const doneGrace = 2 * time.Second
+
+// await waits until wake is closed, or the attempt ends: ctx, the term
+// lost, a rollback.
+func (l *leader) await(ctx context.Context, a *attempt, wake <-chan struct{}) error {
+	select {
+	case <-wake:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.lost:
+		return errLostLeadership
+	case <-a.rollback:
+		return errRollback
+	}
+}
+
+// ended returns why the attempt has ended (as await), if it has.
+func (l *leader) ended(ctx context.Context, a *attempt) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case <-l.lost:
+		return errLostLeadership
+	case <-a.rollback:
+		return errRollback
+	default:
+		return nil
+	}
 }

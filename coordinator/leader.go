@@ -47,6 +47,7 @@ type leader struct {
 	cli  *clientv3.Client
 	mem  *cluster.Membership
 	term *cluster.Term
+	lost <-chan struct{} // closed when the term ends (term.Done)
 	reg  *prometheus.Registry
 
 	board *board       // the epoch's schedule and counters, shared by the parts
@@ -70,8 +71,7 @@ type leader struct {
 	wd            *watchdog
 	phase         atomic.Value
 	progressEvery time.Duration
-	// memberList, if set, stands in for mem.Members in the watchdog's
-	// diagnosis (tests)
+	// memberList, if set, stands in for mem.Members (tests)
 	memberList func(cluster.Role) []cluster.Member
 
 	stepsGauge, epochGauge, lossGauge prometheus.Gauge

@@ -10,26 +10,27 @@ import (
 // The membership as the leader sees it: live and benched workers, workers
 // and servers lost.
 
-// watch drops workers the membership declares dead or gone.
+// watch drops workers the membership declares dead or gone, starts a
+// rollback when one of the attempt's servers is lost, and wakes the
+// board's waiters at every event: the live members changed.
 func (l *leader) watch(events <-chan cluster.Event) {
 	for ev := range events {
-		if ev.Member.Role == cluster.RoleParamServer {
+		switch ev.Member.Role {
+		case cluster.RoleParamServer:
 			// a rollback is costly: only the lease's expiry (or a leave)
 			// counts, not gossip's first suspicion, which load can raise
 			switch ev.Kind {
 			case cluster.EventGone, cluster.EventLeft:
 				l.psLost(ev.Member)
 			}
-			continue
+		case cluster.RoleWorker:
+			switch ev.Kind {
+			case cluster.EventFailed, cluster.EventGone, cluster.EventLeft:
+				l.log.Info("worker lost", "worker", ev.Member.ID, "event", ev.Kind)
+				l.dropWorker(ev.Member.ID)
+			}
 		}
-		if ev.Member.Role != cluster.RoleWorker {
-			continue
-		}
-		switch ev.Kind {
-		case cluster.EventFailed, cluster.EventGone, cluster.EventLeft:
-			l.log.Info("worker lost", "worker", ev.Member.ID, "event", ev.Kind)
-			l.dropWorker(ev.Member.ID)
-		}
+		l.board.broadcast()
 	}
 }
 
@@ -43,12 +44,21 @@ func (l *leader) psLost(m cluster.Member) {
 	}
 }
 
+// members returns the live members of role (l.memberList, if a test set
+// it).
+func (l *leader) members(role cluster.Role) []cluster.Member {
+	if l.memberList != nil {
+		return l.memberList(role)
+	}
+	return l.mem.Members(role)
+}
+
 // liveWorkers returns the live workers in rank order, less the benched.
 func (l *leader) liveWorkers() []string {
 	var ids []string
 	l.benchMu.Lock()
 	defer l.benchMu.Unlock()
-	for _, m := range l.mem.Members(cluster.RoleWorker) {
+	for _, m := range l.members(cluster.RoleWorker) {
 		if !l.benched[m.ID] {
 			ids = append(ids, m.ID)
 		}
@@ -83,11 +93,16 @@ func (l *leader) benchWorkers(ids []string) {
 	}
 }
 
-// unbench lets a benched worker work again: it asks for work.
+// unbench lets a benched worker work again: it asks for work. The
+// board's waiters learn that it is live again.
 func (l *leader) unbench(id string) {
 	l.benchMu.Lock()
+	was := l.benched[id]
 	delete(l.benched, id)
 	l.benchMu.Unlock()
+	if was {
+		l.board.broadcast()
+	}
 }
 
 // dropWorker takes a worker out of the open and later steps and out of the
@@ -135,31 +150,57 @@ const ResumeWorkerWait = 20 * time.Second
 
 // waitWorkers waits until spec.Workers workers are live (sync runs are
 // reproducible only with a fixed set): for good at a fresh start, at most
-// ResumeWorkerWait when going on from a checkpoint (resumed).
+// ResumeWorkerWait when going on from a checkpoint (resumed). It looks
+// again at every membership event (the board's wake).
 func (l *leader) waitWorkers(ctx context.Context, a *attempt, resumed bool) error {
 	want := l.spec.Workers
-	start, last := time.Now(), time.Now()
+	start := time.Now()
+	giveUp := time.NewTimer(ResumeWorkerWait)
+	defer giveUp.Stop()
+	report := time.NewTicker(5 * time.Second)
+	defer report.Stop()
 	for {
+		wake := l.board.wakeCh() // before counting: no change is missed
 		n := len(l.liveWorkers())
 		if n >= want {
 			return nil
 		}
-		if resumed && n > 0 && time.Since(start) > ResumeWorkerWait {
+		if resumed && n > 0 && time.Since(start) >= ResumeWorkerWait {
 			l.log.Warn("going on with fewer workers than the run asks for", "live", n, "want", want, "waited", ResumeWorkerWait)
 			return nil
 		}
-		if time.Since(last) > 5*time.Second {
-			l.log.Info("waiting for workers", "live", n, "want", want)
-			last = time.Now()
-		}
 		select {
+		case <-wake:
+		case <-giveUp.C: // look again: the wait for the missing ones is over
+		case <-report.C:
+			l.log.Info("waiting for workers", "live", n, "want", want)
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-l.term.Done():
+		case <-l.lost:
 			return errLostLeadership
 		case <-a.rollback:
 			return errRollback
-		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// waitWorkersLeave waits, at most grace, until no worker is live: each has
+// heard "done" and left the run (or died). A worker still live then may
+// still be about to ask; the wait gives it the chance.
+func (l *leader) waitWorkersLeave(ctx context.Context, grace time.Duration) {
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	for {
+		wake := l.board.wakeCh() // before looking: no change is missed
+		if len(l.members(cluster.RoleWorker)) == 0 {
+			return
+		}
+		select {
+		case <-wake:
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
 		}
 	}
 }

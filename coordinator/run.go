@@ -124,7 +124,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// each term has its own metrics registry (its gauges start afresh)
 		reg := prometheus.NewRegistry()
 		sess.ServeMetrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		l := &leader{cfg: cfg, spec: spec, log: log, cli: cli, mem: mem, term: term, reg: reg,
+		l := &leader{cfg: cfg, spec: spec, log: log, cli: cli, mem: mem, term: term, lost: term.Done(), reg: reg,
 			board: newBoard(), decided: make(chan int64, 16)}
 		err = l.run(ctx, lis)
 		if err == nil {

@@ -3,7 +3,6 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/tailorml/tailor/internal/wire"
 )
@@ -13,62 +12,33 @@ import (
 // workers that have work (the participants), waits for Steps to decide it
 // and commit to record the decision, and checkpoints every K steps.
 
-// syncEpoch runs steps until every record of the epoch is consumed; it returns
-// the next step number.
+// syncEpoch runs steps until every record of the epoch is consumed; it
+// returns the next step number.
 func (l *leader) syncEpoch(ctx context.Context, a *attempt) (int64, error) {
 	l.setPhase(phaseTraining)
 	for {
-		if err := ctx.Err(); err != nil {
+		if err := l.ended(ctx, a); err != nil {
 			return 0, err
 		}
-		select {
-		case <-l.term.Done():
-			return 0, errLostLeadership
-		case <-a.rollback:
-			return 0, errRollback
-		default:
-		}
-		live := l.liveWorkers()
-		b := l.board
-		b.mu.Lock()
-		if b.sched.Done() {
-			step := b.sched.Step()
-			b.mu.Unlock()
-			return step, nil
-		}
-		if len(live) == 0 {
-			b.mu.Unlock()
-			time.Sleep(200 * time.Millisecond)
+		s, err := l.beginStep()
+		switch {
+		case err != nil:
+			return 0, err
+		case s.done:
+			return s.step, nil
+		case !s.open:
+			// no live worker, or the records left are held by workers
+			// that are not live: wait for the membership to change
+			if err := l.await(ctx, a, s.wake); err != nil {
+				return 0, err
+			}
 			continue
 		}
-		res, err := b.sched.Begin(live)
-		if err != nil {
-			b.mu.Unlock()
+		l.stepsGauge.Set(float64(s.step))
+		if err := l.waitDecided(ctx, a, s.step); err != nil {
 			return 0, err
 		}
-		step := b.sched.Step()
-		if len(res) == 0 {
-			// records are left, but held by workers that are not live: wait
-			// for the membership to drop them
-			b.mu.Unlock()
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
-		ids := make([]string, len(res))
-		for i, bt := range res {
-			ids[i] = bt.Worker
-		}
-		if err := l.steps.SetParticipants(step, ids); err != nil {
-			b.mu.Unlock()
-			return 0, err
-		}
-		b.broadcastLocked()
-		b.mu.Unlock()
-		l.stepsGauge.Set(float64(step))
-		if err := l.waitDecided(ctx, a, step); err != nil {
-			return 0, err
-		}
-		if k := int64(l.spec.CheckpointEvery); k > 0 && (step+1)%k == 0 {
+		if k := int64(l.spec.CheckpointEvery); k > 0 && (s.step+1)%k == 0 {
 			l.setPhase(phaseCheckpoint)
 			err := l.stepCheckpoint(ctx, a)
 			l.setPhase(phaseTraining)
@@ -79,13 +49,56 @@ func (l *leader) syncEpoch(ctx context.Context, a *attempt) (int64, error) {
 	}
 }
 
+// stepStart is what beginStep did: opened step, found the epoch done
+// (step is the next one), or neither, until wake is closed.
+type stepStart struct {
+	step       int64
+	open, done bool
+	wake       <-chan struct{}
+}
+
+// beginStep opens the next step for the live workers that have work: they
+// are its participants.
+func (l *leader) beginStep() (stepStart, error) {
+	b := l.board
+	wake := b.wakeCh() // before looking at the membership: no change is missed
+	live := l.liveWorkers()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sched.Done() {
+		return stepStart{step: b.sched.Step(), done: true}, nil
+	}
+	if len(live) == 0 {
+		return stepStart{wake: wake}, nil
+	}
+	res, err := b.sched.Begin(live)
+	if err != nil {
+		return stepStart{}, err
+	}
+	if len(res) == 0 {
+		// records are left, but held by workers that are not live: the
+		// membership drops them
+		return stepStart{wake: wake}, nil
+	}
+	step := b.sched.Step()
+	ids := make([]string, len(res))
+	for i, bt := range res {
+		ids[i] = bt.Worker
+	}
+	if err := l.steps.SetParticipants(step, ids); err != nil {
+		return stepStart{}, err
+	}
+	b.broadcastLocked()
+	return stepStart{step: step, open: true}, nil
+}
+
 // waitDecided waits for commit to record the decision of step.
 func (l *leader) waitDecided(ctx context.Context, a *attempt, step int64) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-l.term.Done():
+		case <-l.lost:
 			return errLostLeadership
 		case <-a.rollback:
 			return errRollback

@@ -522,15 +522,6 @@ func (l *leader) stallRollback(d stallDiag, stalled time.Duration, attrs []any) 
 	}
 }
 
-// members returns the live members of role (l.memberList, if a test set
-// it).
-func (l *leader) members(role cluster.Role) []cluster.Member {
-	if l.memberList != nil {
-		return l.memberList(role)
-	}
-	return l.mem.Members(role)
-}
-
 // diagnose says what the leader waits for now.
 func (l *leader) diagnose() stallDiag {
 	live := map[string]bool{}
