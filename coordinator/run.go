@@ -73,7 +73,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("coordinator listener: %w", err)
 	}
-	defer lis.Close()
+	c := &candidate{cfg: cfg, log: log, lis: lis}
+	defer func() { c.lis.Close() }()
 	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Advertise: cfg.Advertise, MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind,
 		SecretKey: cfg.SecretKey, EtcdAuth: cfg.EtcdAuth, Log: log,
 		Self: cluster.Member{ID: cfg.ID, Role: cluster.RoleCoordinator, Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}})
@@ -83,68 +84,105 @@ func Run(ctx context.Context, cfg Config) error {
 	defer sess.Close(ctx)
 	// a standby serves an empty registry until it leads
 	sess.ServeMetrics(promhttp.HandlerFor(prometheus.NewRegistry(), promhttp.HandlerOpts{}))
-	spec, mem, cli, keys := sess.Spec, sess.Members, sess.Client, sess.Keys
-	elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: mem.Self()})
-	if err != nil {
+	c.sess = sess
+	if c.elect, err = cluster.NewElection(cluster.ElectionConfig{Client: sess.Client, Keys: sess.Keys, Self: sess.Members.Self()}); err != nil {
 		return err
 	}
 	log.Info("standing for election", "run", cfg.Run, "id", cfg.ID)
+	return c.stand(ctx)
+}
+
+// candidate is a coordinator in the run's election: a standby until it is
+// elected, then the leader of one term after another until the run is over.
+type candidate struct {
+	cfg   Config
+	log   *slog.Logger
+	lis   net.Listener // the gRPC address the membership record publishes
+	sess  *job.Session
+	elect *cluster.Election
+}
+
+// stand campaigns, and leads each term won, until the run is over.
+func (c *candidate) stand(ctx context.Context) error {
 	// a standby stops campaigning when the run is over
 	cctx, stopCampaign := context.WithCancel(ctx)
 	defer stopCampaign()
 	finished := make(chan struct{})
 	go func() {
-		if job.WaitDone(cctx, cli, cfg.Run) {
+		if job.WaitDone(cctx, c.sess.Client, c.cfg.Run) {
 			close(finished)
 			stopCampaign()
 		}
 	}()
-	var term *cluster.Term
 	for {
-		term, err = elect.Campaign(cctx)
-		select {
-		case <-finished:
-			log.Info("the run is over")
+		term, err := c.elect.Campaign(cctx)
+		if isClosed(finished) || (err == nil && c.runDone(ctx)) {
+			c.log.Info("the run is over")
 			if term != nil {
 				_ = term.Resign(context.WithoutCancel(ctx))
 			}
 			return nil
-		default:
 		}
 		if err != nil {
 			return err
 		}
-		var status RunStatus
-		if _, err := cluster.GetJSON(ctx, cli, keys.Status(), &status); err == nil && status.State == "done" {
-			log.Info("the run is over")
-			_ = term.Resign(context.WithoutCancel(ctx))
-			return nil
-		}
-		log.Info("leading the run", "run", cfg.Run)
-		// each term has its own metrics registry (its gauges start afresh)
-		reg := prometheus.NewRegistry()
-		sess.ServeMetrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		l := &leader{cfg: cfg, spec: spec, log: log, cli: cli, mem: mem, term: term, lost: term.Done(), reg: reg,
-			board: newBoard(), decided: make(chan int64, 16)}
-		err = l.run(ctx, lis)
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil || !errors.Is(err, errLostLeadership) {
+		if err := c.lead(ctx, term); err == nil || ctx.Err() != nil || !errors.Is(err, errLostLeadership) {
 			return err
 		}
-		// etcd was out of reach longer than the election lease (or another
-		// node took over): stand again; a new term goes on from the last
-		// checkpoint. The gRPC server closed the listener: open it again
-		// on the address the membership record publishes.
-		log.Warn("lost leadership; standing for election again", "err", err)
-		if lis, err = net.Listen("tcp", lis.Addr().String()); err != nil {
-			return fmt.Errorf("coordinator listener: %w", err)
-		}
-		defer lis.Close()
 	}
-	st, _ := json.Marshal(RunStatus{State: "done", Model: filepath.Join(spec.Out, "model.tailor"), Finished: time.Now().UTC()})
-	if _, err := cluster.Create(ctx, cli, keys.Status(), st, term.Guard()); err != nil && !errors.Is(err, cluster.ErrConflict) {
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// runDone reports whether the run's status says it is over.
+func (c *candidate) runDone(ctx context.Context) bool {
+	var status RunStatus
+	_, err := cluster.GetJSON(ctx, c.sess.Client, c.sess.Keys.Status(), &status)
+	return err == nil && status.State == "done"
+}
+
+// lead leads the run for one term: to its end (then it records the run's
+// end and resigns), or until the term is lost (errLostLeadership, with the
+// listener open again for the next term).
+func (c *candidate) lead(ctx context.Context, term *cluster.Term) error {
+	c.log.Info("leading the run", "run", c.cfg.Run)
+	// each term has its own metrics registry (its gauges start afresh)
+	reg := prometheus.NewRegistry()
+	c.sess.ServeMetrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	l := &leader{cfg: c.cfg, spec: c.sess.Spec, log: c.log, cli: c.sess.Client, mem: c.sess.Members, term: term, lost: term.Done(), reg: reg,
+		board: newBoard(), decided: make(chan int64, 16)}
+	err := l.run(ctx, c.lis)
+	if err == nil {
+		return c.recordEnd(ctx, term)
+	}
+	if ctx.Err() != nil || !errors.Is(err, errLostLeadership) {
+		return err
+	}
+	// etcd was out of reach longer than the election lease (or another
+	// node took over): stand again; a new term goes on from the last
+	// checkpoint. The gRPC server closed the listener: open it again on
+	// the address the membership record publishes.
+	c.log.Warn("lost leadership; standing for election again", "err", err)
+	lis, lerr := net.Listen("tcp", c.lis.Addr().String())
+	if lerr != nil {
+		return fmt.Errorf("coordinator listener: %w", lerr)
+	}
+	c.lis = lis
+	return err
+}
+
+// recordEnd writes the run's status "done" (under the leader guard) and
+// resigns.
+func (c *candidate) recordEnd(ctx context.Context, term *cluster.Term) error {
+	st, _ := json.Marshal(RunStatus{State: "done", Model: filepath.Join(c.sess.Spec.Out, "model.tailor"), Finished: time.Now().UTC()})
+	if _, err := cluster.Create(ctx, c.sess.Client, c.sess.Keys.Status(), st, term.Guard()); err != nil && !errors.Is(err, cluster.ErrConflict) {
 		return fmt.Errorf("record the run's end: %w", err)
 	}
 	_ = term.Resign(context.WithoutCancel(ctx))
