@@ -37,9 +37,11 @@ import (
 //	members.go     the membership: live, benched and lost workers and servers
 //	evaluate.go    end-of-epoch validation and the test report
 //	checkpoint.go  checkpoints: taken, verified, published, resumed
-//	steps.go       sync-step decisions (the parameter servers' Steps calls)
+//	steps.go       sync-step decisions (the parameter servers' Steps calls);
+//	               decide.go how one step is decided
 //	syncbn.go      synchronised BatchNorm
-//	watchdog.go    the progress watchdog; progress.go the progress record
+//	watchdog.go    the progress watchdog; stall.go what a stall waits for;
+//	               progress.go the progress record
 type leader struct {
 	cfg  Config
 	spec job.Spec
