@@ -11,8 +11,9 @@ import (
 // the epoch's counters, whether the run is over, and a broadcast that
 // wakes whoever waits for any of it to change. The epoch loops write it,
 // the Work service reads it (through the leader's workSource), the
-// membership watch drops workers from it, checkpoints copy it. Every
-// field is guarded by mu.
+// membership watch drops workers from it, checkpoints copy it. Its fields
+// are guarded by mu, but for the logs, which are set before training
+// starts and lock themselves.
 type board struct {
 	mu     sync.Mutex
 	sched  *Scheduler      // sync mode
@@ -25,8 +26,7 @@ type board struct {
 	stats epochStats
 	// seq counts the batches consumed in the run (in checkpoints: the
 	// rollback point of audit.log)
-	seq int64
-	// the logs are set before training starts and lock themselves
+	seq     int64
 	audit   auditLog // spec.Audit: every consumed batch's records (nil file: off)
 	steplog stepLog  // every finished step's loss, per worker
 }
@@ -97,7 +97,8 @@ func (b *board) stop() {
 	b.broadcastLocked()
 }
 
-// view is a copy of what the progress record and the watchdog read.
+// boardView is a copy of what the progress record, the watchdog and the
+// epoch's end read.
 type boardView struct {
 	stats       epochStats
 	seq         int64

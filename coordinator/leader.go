@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -52,16 +51,12 @@ type leader struct {
 	lost <-chan struct{} // closed when the term ends (term.Done)
 	reg  *prometheus.Registry
 
-	board *board       // the epoch's schedule and counters, shared by the parts
-	work  *workService // the workers' Work calls
-	steps *Steps       // sync-step decisions
-	bn    *bnReducer   // synchronised BatchNorm
-	// benched workers are members that did not take part in a step they
-	// were given (synchronised BatchNorm's deadline): no work for them
-	// until they ask for it
-	benched map[string]bool
-	benchMu sync.Mutex
-	decided chan int64 // sync steps, as commit records them
+	board   *board       // the epoch's schedule and counters, shared by the parts
+	work    *workService // the workers' Work calls
+	steps   *Steps       // sync-step decisions
+	bn      *bnReducer   // synchronised BatchNorm
+	benched benchSet     // workers given no work until they ask for it
+	decided chan int64   // sync steps, as commit records them
 
 	ck   *ckpt      // checkpoints
 	eval *evaluator // end-of-epoch validation and the test report

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/tailorml/tailor/internal/cluster"
@@ -55,15 +56,61 @@ func (l *leader) members(role cluster.Role) []cluster.Member {
 
 // liveWorkers returns the live workers in rank order, less the benched.
 func (l *leader) liveWorkers() []string {
+	return l.benched.filter(l.members(cluster.RoleWorker))
+}
+
+// benchSet holds the benched workers: members that did not take part in a
+// step they were given (synchronised BatchNorm's deadline, the watchdog's
+// re-dispatch). They get no work until they ask for it. It is safe for
+// concurrent use.
+type benchSet struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+func (s *benchSet) add(ids []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ids == nil {
+		s.ids = map[string]bool{}
+	}
+	for _, w := range ids {
+		s.ids[w] = true
+	}
+}
+
+// remove unbenches id; it reports whether id was benched.
+func (s *benchSet) remove(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	was := s.ids[id]
+	delete(s.ids, id)
+	return was
+}
+
+func (s *benchSet) has(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ids[id]
+}
+
+// filter returns the ids of the members of ms not benched, in their order.
+func (s *benchSet) filter(ms []cluster.Member) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var ids []string
-	l.benchMu.Lock()
-	defer l.benchMu.Unlock()
-	for _, m := range l.members(cluster.RoleWorker) {
-		if !l.benched[m.ID] {
+	for _, m := range ms {
+		if !s.ids[m.ID] {
 			ids = append(ids, m.ID)
 		}
 	}
 	return ids
+}
+
+func (s *benchSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.ids)
 }
 
 // bench takes workers that missed a step's synchronised BatchNorm out of
@@ -80,14 +127,7 @@ func (l *leader) bench(step int64, missing []string) {
 // and from the schedule (dropWorker): their reservations and units go back
 // to the pool.
 func (l *leader) benchWorkers(ids []string) {
-	l.benchMu.Lock()
-	if l.benched == nil {
-		l.benched = map[string]bool{}
-	}
-	for _, w := range ids {
-		l.benched[w] = true
-	}
-	l.benchMu.Unlock()
+	l.benched.add(ids)
 	for _, w := range ids {
 		l.dropWorker(w)
 	}
@@ -96,11 +136,7 @@ func (l *leader) benchWorkers(ids []string) {
 // unbench lets a benched worker work again: it asks for work. The
 // board's waiters learn that it is live again.
 func (l *leader) unbench(id string) {
-	l.benchMu.Lock()
-	was := l.benched[id]
-	delete(l.benched, id)
-	l.benchMu.Unlock()
-	if was {
+	if l.benched.remove(id) {
 		l.board.broadcast()
 	}
 }

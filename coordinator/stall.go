@@ -185,19 +185,13 @@ func (d stallDiag) redispatchable() []string {
 
 // diagnose says what the leader waits for now.
 func (l *leader) diagnose() stallDiag {
+	workers := l.members(cluster.RoleWorker)
 	live := map[string]bool{}
-	for _, m := range l.members(cluster.RoleWorker) {
+	for _, m := range workers {
 		live[m.ID] = true
 	}
 	servers := l.members(cluster.RoleParamServer)
-	l.benchMu.Lock()
-	unbenched := 0
-	for w := range live {
-		if !l.benched[w] {
-			unbenched++
-		}
-	}
-	l.benchMu.Unlock()
+	unbenched := len(l.benched.filter(workers))
 	var addrs []string
 	if a := l.att.Load(); a != nil {
 		addrs = a.servers()

@@ -385,11 +385,8 @@ func TestWatchdogRedispatchExactlyOnce(t *testing.T) {
 	if !slices.Equal(dec.Included, []string{"w1"}) || !slices.Equal(dec.Excluded, []string{"w2"}) {
 		t.Fatalf("decision %+v; want w1 included, w2 excluded", dec)
 	}
-	l.benchMu.Lock()
-	benched := l.benched["w2"] && !l.benched["w1"]
-	l.benchMu.Unlock()
-	if !benched {
-		t.Errorf("benched %v; want w2 alone", l.benched)
+	if !l.benched.has("w2") || l.benched.has("w1") {
+		t.Errorf("benched w1 %v, w2 %v; want w2 alone", l.benched.has("w1"), l.benched.has("w2"))
 	}
 	for _, id := range w1Batch.IDs {
 		consumed[id]++
@@ -448,8 +445,8 @@ func TestWatchdogRedispatchNothingArrived(t *testing.T) {
 	d := diagnoseStep(step, l.steps.Participants(step), l.steps.State(step), map[string]bool{"w1": true, "w2": true}, []string{"ps0", "ps1"})
 	d.LiveWorkers = 2
 	l.redispatch(d, nil)
-	if ps := l.steps.Participants(step); !slices.Equal(ps, []string{"w1", "w2"}) || len(l.benched) != 0 {
-		t.Errorf("participants %v, benched %v; want both still participants, none benched", ps, l.benched)
+	if ps := l.steps.Participants(step); !slices.Equal(ps, []string{"w1", "w2"}) || l.benched.len() != 0 {
+		t.Errorf("participants %v, %d benched; want both still participants, none benched", ps, l.benched.len())
 	}
 	a := newAttempt()
 	l.att.Store(a)
