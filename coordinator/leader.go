@@ -25,6 +25,7 @@ import (
 // end or until it loses the election lease. It is made of parts, each in
 // its file:
 //
+//	run.go         Run: the election; a candidate leads one term after another
 //	leader.go      the term: setup, the services, attempts one after another
 //	attempt.go     an attempt: servers restored from a checkpoint, epochs
 //	               trained, validated and checkpointed; rolled back when a
@@ -58,10 +59,10 @@ type leader struct {
 	benched benchSet     // workers given no work until they ask for it
 	decided chan int64   // sync steps, as commit records them
 
-	ck   *ckpt      // checkpoints
-	eval *evaluator // end-of-epoch validation and the test report
-	att  atomic.Pointer[attempt]
-	gen  atomic.Uint64 // the generation replies carry: the current attempt's, once it has restored
+	ck   *ckpt                   // checkpoints
+	eval *evaluator              // end-of-epoch validation and the test report
+	att  atomic.Pointer[attempt] // the current attempt (nil before the first)
+	gen  atomic.Uint64           // the generation replies carry: the current attempt's, once it has restored
 
 	// the progress watchdog (watchdog.go), and what the leader is doing
 	// (a phase constant): the watchdog's clock runs in training only
