@@ -5,12 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tailorml/tailor/checkpoint"
 	"github.com/tailorml/tailor/eval"
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/store"
 )
@@ -33,14 +37,43 @@ type RunState struct {
 	AuditSeq   int64            `json:"audit_seq"` // batches consumed before this checkpoint
 }
 
-// ckpt is the leader's checkpoint bookkeeping.
+// ckpt takes the run's checkpoints and resumes from them (docs/cluster.md,
+// "Checkpoints, resume and rollback"). The parameter servers, which save
+// and restore the weights, are the current attempt's.
 type ckpt struct {
-	loc     checkpoint.Location
+	spec   job.Spec
+	cli    *clientv3.Client
+	guard  func() clientv3.Cmp // the leader guard (Term.Guard)
+	log    *slog.Logger
+	loc    checkpoint.Location
+	labels []string
+	val    validatorState
+	flush  func() // the run's logs, before a cut is published
+
 	version int64  // of the etcd pointer key, for the next compare-and-swap
 	current string // the checkpoint the pointer names
-	labels  []string
-	ps      *wire.Client
-	val     *eval.Validator
+}
+
+// validatorState is the evaluator's state a checkpoint holds (the
+// validation history, the best score).
+type validatorState interface {
+	State() eval.ValidatorState
+	SetState(eval.ValidatorState)
+}
+
+// partServers are the parameter servers that save and restore their parts
+// (a wire.Client).
+type partServers interface {
+	Checkpoint(ctx context.Context, reqs []*wire.CheckpointRequest) ([]*wire.CheckpointReply, error)
+}
+
+// cut is one checkpoint to take.
+type cut struct {
+	version int64 // the servers' version to save; -1: as they are (a quiesced async run)
+	state   RunState
+	epochs  int    // epochs completed
+	reason  string // "start", "steps", "epoch"
+	best    bool   // the model kept as the best is this cut's
 }
 
 // save takes a consistent checkpoint: every parameter server writes its
@@ -48,36 +81,70 @@ type ckpt struct {
 // verifies every blob's digest in the store, writes the manifest, and only
 // then moves the pointer in etcd (compare-and-swap on its version, under the
 // leader guard). Retention runs last.
-func (l *leader) save(ctx context.Context, version int64, rs RunState, epochs int, reason string, best bool) error {
+func (c *ckpt) save(ctx context.Context, ps partServers, k cut) error {
 	start := time.Now()
-	c := l.ck
-	step := version
+	step := k.version
 	if step < 0 {
 		step = 0
-		for _, s := range rs.AsyncSteps {
+		for _, s := range k.state.AsyncSteps {
 			step += s
 		}
 	}
-	name := checkpoint.Name(step, epochs)
-	dir := c.loc.Dir(l.spec.Run, l.spec.JobID, name)
-	reqs := make([]*wire.CheckpointRequest, l.spec.ParamServers)
-	for i := range reqs {
-		reqs[i] = &wire.CheckpointRequest{Op: wire.CheckpointSave, Version: version, Object: dir + checkpoint.PartObject(i)}
-	}
-	reps, err := c.ps.Checkpoint(ctx, reqs)
+	name := checkpoint.Name(step, k.epochs)
+	m, err := c.saveParts(ctx, ps, name, k.version)
 	if err != nil {
 		return err
 	}
-	m := &checkpoint.Meta{Run: l.spec.Run, JobID: l.spec.JobID, Step: step, Epochs: epochs, Reason: reason,
-		Created: time.Now().UTC(), Mode: l.spec.Mode, Labels: c.labels, Best: best}
+	m.Run, m.JobID, m.Step, m.Epochs, m.Reason = c.spec.Run, c.spec.JobID, step, k.epochs, k.reason
+	m.Created, m.Mode, m.Labels, m.Best = time.Now().UTC(), c.spec.Mode, c.labels, k.best
+	if err := c.writeMeta(ctx, name, m, k.state); err != nil {
+		return err
+	}
+	// what was consumed before this cut is on disk before the cut is published
+	c.flush()
+	p := checkpoint.Pointer{JobID: c.spec.JobID, Name: name, Step: step, Epochs: k.epochs, Meta: m.Checksum, Created: m.Created}
+	v, err := checkpoint.Publish(ctx, c.cli, cluster.RunKeys(c.spec.Run), p, c.version, c.guard())
+	if err != nil {
+		return err
+	}
+	c.version, c.current = v, name
+	removed, err := c.loc.Retain(ctx, c.spec.Run, c.spec.JobID, c.spec.KeepCheckpoints, name)
+	if err != nil {
+		c.log.Warn("checkpoint retention", "err", err)
+	}
+	c.log.Info("checkpoint", "name", name, "reason", k.reason, "step", step, "epochs", k.epochs, "best", k.best,
+		"seconds", round4(time.Since(start).Seconds()), "removed", len(removed))
+	return nil
+}
+
+// saveParts has every server save its part of checkpoint name at version,
+// and verifies every part's digest in the store; the manifest it returns
+// lists them.
+func (c *ckpt) saveParts(ctx context.Context, ps partServers, name string, version int64) (*checkpoint.Meta, error) {
+	dir := c.loc.Dir(c.spec.Run, c.spec.JobID, name)
+	reqs := make([]*wire.CheckpointRequest, c.spec.ParamServers)
+	for i := range reqs {
+		reqs[i] = &wire.CheckpointRequest{Op: wire.CheckpointSave, Version: version, Object: dir + checkpoint.PartObject(i)}
+	}
+	reps, err := ps.Checkpoint(ctx, reqs)
+	if err != nil {
+		return nil, err
+	}
+	m := &checkpoint.Meta{}
 	for i, r := range reps {
 		b := checkpoint.Blob{Server: i, Object: checkpoint.PartObject(i), SHA256: r.SHA256, Bytes: r.Bytes, Version: r.Version}
-		if err := c.loc.VerifyPart(ctx, l.spec.Run, l.spec.JobID, name, b); err != nil {
-			return fmt.Errorf("verify: %w", err)
+		if err := c.loc.VerifyPart(ctx, c.spec.Run, c.spec.JobID, name, b); err != nil {
+			return nil, fmt.Errorf("verify: %w", err)
 		}
 		m.Parts = append(m.Parts, b)
 	}
-	if m.Spec, err = json.Marshal(l.spec); err != nil {
+	return m, nil
+}
+
+// writeMeta writes checkpoint name's manifest m with the run's spec, rs
+// and the validator's state.
+func (c *ckpt) writeMeta(ctx context.Context, name string, m *checkpoint.Meta, rs RunState) (err error) {
+	if m.Spec, err = json.Marshal(c.spec); err != nil {
 		return err
 	}
 	if m.State, err = json.Marshal(rs); err != nil {
@@ -86,31 +153,13 @@ func (l *leader) save(ctx context.Context, version int64, rs RunState, epochs in
 	if m.Validator, err = json.Marshal(c.val.State()); err != nil {
 		return err
 	}
-	if err := c.loc.WriteMeta(ctx, name, m); err != nil {
-		return err
-	}
-	// what was consumed before this cut is on disk before the cut is published
-	l.steplog.flush()
-	l.audit.flush()
-	p := checkpoint.Pointer{JobID: l.spec.JobID, Name: name, Step: step, Epochs: epochs, Meta: m.Checksum, Created: m.Created}
-	v, err := checkpoint.Publish(ctx, l.cli, cluster.RunKeys(l.spec.Run), p, c.version, l.term.Guard())
-	if err != nil {
-		return err
-	}
-	c.version, c.current = v, name
-	removed, err := c.loc.Retain(ctx, l.spec.Run, l.spec.JobID, l.spec.KeepCheckpoints, name)
-	if err != nil {
-		l.log.Warn("checkpoint retention", "err", err)
-	}
-	l.log.Info("checkpoint", "name", name, "reason", reason, "step", step, "epochs", epochs, "best", best,
-		"seconds", round4(time.Since(start).Seconds()), "removed", len(removed))
-	return nil
+	return c.loc.WriteMeta(ctx, name, m)
 }
 
 // saveOrWarn saves a checkpoint; a failure other than lost leadership is
 // logged and training goes on (the previous checkpoint stays valid).
-func (l *leader) saveOrWarn(ctx context.Context, version int64, rs RunState, epochs int, reason string, best bool) error {
-	err := l.save(ctx, version, rs, epochs, reason, best)
+func (c *ckpt) saveOrWarn(ctx context.Context, ps partServers, k cut) error {
+	err := c.save(ctx, ps, k)
 	if err == nil || ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -118,7 +167,7 @@ func (l *leader) saveOrWarn(ctx context.Context, version int64, rs RunState, epo
 		// the leader guard failed, or another leader moved the pointer
 		return fmt.Errorf("%w: checkpoint pointer: %w", errLostLeadership, err)
 	}
-	l.log.Warn("checkpoint failed; training goes on from the previous one's safety", "reason", reason, "err", err)
+	c.log.Warn("checkpoint failed; training goes on from the previous one's safety", "reason", k.reason, "err", err)
 	return nil
 }
 
@@ -128,10 +177,9 @@ func (l *leader) saveOrWarn(ctx context.Context, version int64, rs RunState, epo
 // digest, a restore refused) is skipped with a warning for the one before;
 // a store out of reach for the whole retry budget (spec.StoreRetry) ends
 // the resume with that error.
-func (l *leader) resume(ctx context.Context) (*checkpoint.Meta, *RunState, error) {
-	c := l.ck
-	keys := cluster.RunKeys(l.spec.Run)
-	ptr, ver, err := checkpoint.GetPointer(ctx, l.cli, keys)
+func (c *ckpt) resume(ctx context.Context, ps partServers) (*checkpoint.Meta, *RunState, error) {
+	keys := cluster.RunKeys(c.spec.Run)
+	ptr, ver, err := checkpoint.GetPointer(ctx, c.cli, keys)
 	if errors.Is(err, cluster.ErrNotFound) {
 		return nil, nil, nil
 	}
@@ -139,10 +187,10 @@ func (l *leader) resume(ctx context.Context) (*checkpoint.Meta, *RunState, error
 		return nil, nil, err
 	}
 	c.version = ver
-	if ptr.JobID != l.spec.JobID {
-		return nil, nil, fmt.Errorf("the checkpoint pointer is of job %s, the run's spec of job %s", ptr.JobID, l.spec.JobID)
+	if ptr.JobID != c.spec.JobID {
+		return nil, nil, fmt.Errorf("the checkpoint pointer is of job %s, the run's spec of job %s", ptr.JobID, c.spec.JobID)
 	}
-	names, err := c.loc.List(ctx, l.spec.Run, l.spec.JobID)
+	names, err := c.loc.List(ctx, c.spec.Run, c.spec.JobID)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -153,11 +201,11 @@ func (l *leader) resume(ctx context.Context) (*checkpoint.Meta, *RunState, error
 		}
 	}
 	for _, name := range cands {
-		m, rs, err := l.tryRestore(ctx, name, ptr)
+		m, rs, err := c.tryRestore(ctx, ps, name, ptr)
 		if err == nil {
 			c.current = name
 			if name != ptr.Name {
-				l.log.Warn("resumed from an older checkpoint", "name", name, "newest", ptr.Name)
+				c.log.Warn("resumed from an older checkpoint", "name", name, "newest", ptr.Name)
 			}
 			return m, rs, nil
 		}
@@ -170,22 +218,21 @@ func (l *leader) resume(ctx context.Context) (*checkpoint.Meta, *RunState, error
 			// known to be wrong with this one
 			return nil, nil, fmt.Errorf("resume from checkpoint %s: %w", name, err)
 		}
-		l.log.Warn("checkpoint unusable, trying the one before", "name", name, "err", err)
+		c.log.Warn("checkpoint unusable, trying the one before", "name", name, "err", err)
 	}
-	return nil, nil, fmt.Errorf("job %s has a checkpoint pointer (%s) but no usable checkpoint: refusing to start over silently", l.spec.JobID, ptr.Name)
+	return nil, nil, fmt.Errorf("job %s has a checkpoint pointer (%s) but no usable checkpoint: refusing to start over silently", c.spec.JobID, ptr.Name)
 }
 
-func (l *leader) tryRestore(ctx context.Context, name string, ptr checkpoint.Pointer) (*checkpoint.Meta, *RunState, error) {
-	c := l.ck
-	m, err := c.loc.ReadMeta(ctx, l.spec.Run, l.spec.JobID, name)
+func (c *ckpt) tryRestore(ctx context.Context, ps partServers, name string, ptr checkpoint.Pointer) (*checkpoint.Meta, *RunState, error) {
+	m, err := c.loc.ReadMeta(ctx, c.spec.Run, c.spec.JobID, name)
 	if err != nil {
 		return nil, nil, err
 	}
 	if name == ptr.Name && m.Checksum != ptr.Meta {
 		return nil, nil, fmt.Errorf("%w: manifest checksum differs from the pointer's", checkpoint.ErrCorrupt)
 	}
-	if len(m.Parts) != l.spec.ParamServers {
-		return nil, nil, fmt.Errorf("%w: %d parts for %d parameter servers", checkpoint.ErrCorrupt, len(m.Parts), l.spec.ParamServers)
+	if len(m.Parts) != c.spec.ParamServers {
+		return nil, nil, fmt.Errorf("%w: %d parts for %d parameter servers", checkpoint.ErrCorrupt, len(m.Parts), c.spec.ParamServers)
 	}
 	if !slices.Equal(m.Labels, c.labels) {
 		return nil, nil, fmt.Errorf("%w: label vocabulary differs from the data's", checkpoint.ErrCorrupt)
@@ -202,62 +249,19 @@ func (l *leader) tryRestore(ctx context.Context, name string, ptr checkpoint.Poi
 	}
 	// every part must be intact before any server is touched
 	for _, b := range m.Parts {
-		if err := c.loc.VerifyPart(ctx, l.spec.Run, l.spec.JobID, name, b); err != nil {
+		if err := c.loc.VerifyPart(ctx, c.spec.Run, c.spec.JobID, name, b); err != nil {
 			return nil, nil, err
 		}
 	}
-	dir := c.loc.Dir(l.spec.Run, l.spec.JobID, name)
+	dir := c.loc.Dir(c.spec.Run, c.spec.JobID, name)
 	reqs := make([]*wire.CheckpointRequest, len(m.Parts))
 	for i, b := range m.Parts {
 		reqs[i] = &wire.CheckpointRequest{Op: wire.CheckpointRestore, Version: b.Version, Object: dir + b.Object, SHA256: b.SHA256, Bytes: b.Bytes}
 	}
-	if _, err := c.ps.Checkpoint(ctx, reqs); err != nil {
+	if _, err := ps.Checkpoint(ctx, reqs); err != nil {
 		return nil, nil, err
 	}
 	c.val.SetState(vs)
-	l.log.Info("resumed", "checkpoint", name, "step", m.Step, "epochs", m.Epochs, "epoch", rs.Epoch+1, "mid_epoch", rs.Sched != nil)
+	c.log.Info("resumed", "checkpoint", name, "step", m.Step, "epochs", m.Epochs, "epoch", rs.Epoch+1, "mid_epoch", rs.Sched != nil)
 	return m, &rs, nil
-}
-
-// auditLocked counts a consumed batch (and logs it with spec.Audit).
-func (l *leader) auditLocked(b Batch) {
-	l.audit.add(l.auditSeq, b)
-	l.auditSeq++
-}
-
-// ResumeWorkerWait bounds how long a leader that goes on from a checkpoint
-// (a resume, a failover, a rollback) waits for spec.Workers workers: those
-// that are alive re-register within seconds, and one that died must not
-// stop the run.
-const ResumeWorkerWait = 20 * time.Second
-
-// waitWorkers waits until spec.Workers workers are live (sync runs are
-// reproducible only with a fixed set): for good at a fresh start, at most
-// ResumeWorkerWait when going on from a checkpoint (resumed).
-func (l *leader) waitWorkers(ctx context.Context, resumed bool) error {
-	want := l.spec.Workers
-	start, last := time.Now(), time.Now()
-	for {
-		n := len(l.liveWorkers())
-		if n >= want {
-			return nil
-		}
-		if resumed && n > 0 && time.Since(start) > ResumeWorkerWait {
-			l.log.Warn("going on with fewer workers than the run asks for", "live", n, "want", want, "waited", ResumeWorkerWait)
-			return nil
-		}
-		if time.Since(last) > 5*time.Second {
-			l.log.Info("waiting for workers", "live", n, "want", want)
-			last = time.Now()
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-l.term.Done():
-			return errLostLeadership
-		case <-l.rollbackCh():
-			return errRollback
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }

@@ -147,9 +147,8 @@ func (l *leader) progress(last *progressSample) Progress {
 			}
 		}
 	}
-	l.mu.Lock()
-	images, lossSum, lossN, t0, done := l.images, l.lossSum, l.lossN, l.epochT0, l.done
-	l.mu.Unlock()
+	v := l.board.view()
+	images, lossSum, lossN, t0, done := v.stats.images, v.stats.lossSum, v.stats.lossN, v.stats.t0, v.over
 	p.Images, p.Done = images, done
 	if lossN > 0 {
 		p.EpochLoss = lossSum / float64(lossN)

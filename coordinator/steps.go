@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -145,22 +144,6 @@ var _ wire.StepsHandler = (*Steps)(nil)
 type participants struct {
 	from int64
 	ids  []string
-}
-
-// openStep is an undecided step.
-type openStep struct {
-	step       int64
-	has        []map[string]bool // by server: workers reported complete (the union of its reports)
-	dropped    map[string]bool   // participants dropped while the step was open
-	deadline   *time.Timer
-	overdue    bool
-	committing bool
-	fails      int
-	retry      *time.Timer
-
-	done chan struct{} // closed when decided (d) or abandoned (err)
-	d    wire.Decision
-	err  error
 }
 
 // NewSteps returns an engine with no participants: until SetParticipants,
@@ -351,15 +334,6 @@ func (s *Steps) State(step int64) StepState {
 	return out
 }
 
-func (st *openStep) completeEverywhere(w string) bool {
-	for _, has := range st.has {
-		if !has[w] {
-			return false
-		}
-	}
-	return true
-}
-
 // Load makes Steps remember decisions recorded earlier (a new leader
 // reading the ledger), so that servers asking for those steps get them.
 // A decision that differs from one already known is ErrDecisionConflict.
@@ -440,192 +414,6 @@ func (s *Steps) Report(ctx context.Context, server int, step int64, complete []s
 	}
 }
 
-func (s *Steps) newStepLocked(step int64) *openStep {
-	st := &openStep{step: step, has: make([]map[string]bool, s.cfg.Servers), dropped: map[string]bool{}, done: make(chan struct{})}
-	for i := range st.has {
-		st.has[i] = map[string]bool{}
-	}
-	st.deadline = time.AfterFunc(s.cfg.Deadline, func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.open[step] == st {
-			st.overdue = true
-			s.log.Warn("sync step deadline passed: deciding with the workers complete on every server", "step", step, "deadline", s.cfg.Deadline)
-			s.evaluateLocked(st)
-		}
-	})
-	s.open[step] = st
-	return st
-}
-
-func (st *openStep) stopTimers() {
-	st.deadline.Stop()
-	if st.retry != nil {
-		st.retry.Stop()
-	}
-}
-
-func (s *Steps) evaluateAllLocked() {
-	for _, st := range s.open {
-		s.evaluateLocked(st)
-	}
-}
-
-// evaluateLocked decides st if it can, and commits (then publishes) the
-// decision.
-func (s *Steps) evaluateLocked(st *openStep) {
-	if s.closed || st.committing {
-		return
-	}
-	ps := s.participantsLocked(st.step)
-	if len(ps) == 0 {
-		return
-	}
-	var complete []string
-	for _, w := range ps {
-		if st.completeEverywhere(w) {
-			complete = append(complete, w)
-		}
-	}
-	k := len(ps)
-	if q := s.cfg.Quorum; q > 0 && q < k {
-		k = q
-	}
-	var inc []string
-	switch {
-	case len(complete) >= k:
-		inc = complete[:k]
-	case st.overdue:
-		// Past the deadline: the participants complete on every server
-		// make the step. If there are none (each gradient is missing on
-		// some server), the step is empty: every server moves on without
-		// applying anything and every pusher is late, so its batch goes
-		// back to the epoch. Waiting longer could wait for ever.
-		inc = complete
-	default:
-		return
-	}
-	d := wire.Decision{Step: st.step, Included: slices.Clone(inc), Excluded: excluded(st, ps, inc)}
-	st.committing = true
-	if s.cfg.Commit == nil {
-		s.publishLocked(st, d)
-		return
-	}
-	s.wg.Add(1)
-	go s.commit(st, d)
-}
-
-// excluded are the participants, dropped participants and reported
-// workers of st that are not in inc, sorted.
-func excluded(st *openStep, ps, inc []string) []string {
-	set := map[string]bool{}
-	for _, w := range ps {
-		set[w] = true
-	}
-	for w := range st.dropped {
-		set[w] = true
-	}
-	for _, has := range st.has {
-		for w := range has {
-			set[w] = true
-		}
-	}
-	for _, w := range inc {
-		delete(set, w)
-	}
-	if len(set) == 0 {
-		return nil
-	}
-	out := make([]string, 0, len(set))
-	for w := range set {
-		out = append(out, w)
-	}
-	slices.Sort(out)
-	return out
-}
-
-// commit records d with cfg.Commit and publishes what is recorded; on
-// failure the step is evaluated again after a backoff.
-func (s *Steps) commit(st *openStep, d wire.Decision) {
-	defer s.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	go func() {
-		select {
-		case <-s.quit:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	got, err := s.cfg.Commit(ctx, d)
-	if err == nil && got.Step != d.Step {
-		err = fmt.Errorf("commit of step %d returned step %d", d.Step, got.Step)
-	}
-	if err == nil {
-		err = got.Validate()
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed || s.open[st.step] != st {
-		return
-	}
-	if err != nil {
-		st.committing = false
-		st.fails++
-		delay := retryDelay(st.fails)
-		s.log.Warn("recording a sync-step decision failed; retrying", "step", st.step, "err", err, "retry_in", delay)
-		st.retry = time.AfterFunc(delay, func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if s.open[st.step] == st {
-				s.evaluateLocked(st)
-			}
-		})
-		return
-	}
-	s.publishLocked(st, got)
-}
-
-// publishLocked makes d the decision of st's step: it answers the
-// waiting reports, remembers d and forgets what d makes obsolete.
-func (s *Steps) publishLocked(st *openStep, d wire.Decision) {
-	step := st.step
-	st.stopTimers()
-	st.d = d
-	close(st.done)
-	delete(s.open, step)
-	s.decided[step] = d
-	i, _ := slices.BinarySearch(s.kept, step)
-	s.kept = slices.Insert(s.kept, i, step)
-	for len(s.kept) > s.cfg.Keep {
-		old := s.kept[0]
-		s.kept = s.kept[1:]
-		delete(s.decided, old)
-		s.floor = max(s.floor, old+1)
-	}
-	// Every server has passed the steps below a decided one: an open one
-	// is a stray report that can never be decided.
-	for t, o := range s.open {
-		if t < step && !o.committing {
-			o.stopTimers()
-			o.err = fmt.Errorf("%w: step %d passed undecided (step %d is decided)", ErrForgotten, t, step)
-			close(o.done)
-			delete(s.open, t)
-		}
-	}
-	// Participants that only applied to steps up to this one are obsolete.
-	j := 0
-	for j+1 < len(s.parts) && s.parts[j+1].from <= step+1 {
-		j++
-	}
-	s.parts = s.parts[j:]
-	if len(d.Excluded) > 0 {
-		s.log.Info("sync step decided without some workers", "step", step, "included", d.Included, "excluded", d.Excluded)
-	} else {
-		s.log.Debug("sync step decided", "step", step, "included", d.Included)
-	}
-}
-
 // Decide implements wire.StepsHandler: a parameter server's report and
 // long-poll for the decision.
 func (s *Steps) Decide(ctx context.Context, req *wire.DecideRequest) (*wire.DecideReply, error) {
@@ -652,15 +440,4 @@ func (s *Steps) Decide(ctx context.Context, req *wire.DecideRequest) (*wire.Deci
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
 	return nil, err
-}
-
-func sameDecision(a, b wire.Decision) bool {
-	return a.Step == b.Step && slices.Equal(a.Included, b.Included) && slices.Equal(a.Excluded, b.Excluded)
-}
-
-// retryDelay is the wait before retry n (1-based): 100 ms doubling to 5 s,
-// ±20% jitter.
-func retryDelay(n int) time.Duration {
-	d := min(100*time.Millisecond<<min(n-1, 6), 5*time.Second)
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
 }

@@ -350,3 +350,15 @@ func TestStepsReset(t *testing.T) {
 		t.Errorf("%d commits, want 2", len(commits))
 	}
 }
+
+// A failed commit is retried after 100 ms doubling to 5 s, ±20%.
+func TestCommitBackoff(t *testing.T) {
+	b := commitBackoff()
+	for n := 1; n <= 10; n++ {
+		want := min(100*time.Millisecond<<(n-1), 5*time.Second)
+		lo, hi := time.Duration(0.8*float64(want)), time.Duration(1.2*float64(want))
+		if got := b.Next(); got < lo || got > hi {
+			t.Errorf("retry %d: wait %v; want %v ±20%%", n, got, want)
+		}
+	}
+}

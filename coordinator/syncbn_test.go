@@ -186,6 +186,12 @@ func TestBNReduceDeadline(t *testing.T) {
 	if el := time.Since(start); el < 140*time.Millisecond {
 		t.Errorf("totalled after %v, before the deadline", el)
 	}
+	// the leader learns of it after the waiters are answered
+	pollUntil(t, 5*time.Second, "the leader to learn who was left out", func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return len(g.timedOut) > 0
+	})
 	g.mu.Lock()
 	if !slices.Equal(g.timedOut, []string{"w1"}) {
 		t.Errorf("left out %v, want [w1]", g.timedOut)

@@ -324,7 +324,7 @@ func newWatchdogRig(t *testing.T) *watchdogRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &leader{log: slog.New(slog.DiscardHandler), wake: make(chan struct{}), decided: make(chan int64, 1024), reported: map[string]int64{},
+	l := &leader{log: slog.New(slog.DiscardHandler), board: newBoard(), decided: make(chan int64, 1024),
 		reg: prometheus.NewRegistry(), imagesCounter: prometheus.NewCounter(prometheus.CounterOpts{Name: "batches"})}
 	l.wd = newWatchdog(watchdogConfig{Timeout: time.Hour})
 	l.registerWatchdogMetrics()
@@ -335,7 +335,7 @@ func newWatchdogRig(t *testing.T) *watchdogRig {
 	t.Cleanup(l.steps.Close)
 	l.bn = newBNReducer("r", l.steps.Participants, l.genNow, time.Hour, l.bench, l.log)
 	t.Cleanup(l.bn.Close)
-	l.sched = NewScheduler(us, 3, 0, 16, 0)
+	l.board.sched = NewScheduler(us, 3, 0, 16, 0)
 	l.spec.ParamServers = 2
 	return &watchdogRig{l: l, units: us}
 }
@@ -344,9 +344,9 @@ func newWatchdogRig(t *testing.T) *watchdogRig {
 func (r *watchdogRig) begin(t *testing.T, ws []string) (int64, []Batch) {
 	t.Helper()
 	l := r.l
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	res, err := l.sched.Begin(ws)
+	l.board.mu.Lock()
+	defer l.board.mu.Unlock()
+	res, err := l.board.sched.Begin(ws)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +354,7 @@ func (r *watchdogRig) begin(t *testing.T, ws []string) (int64, []Batch) {
 	for i, b := range res {
 		ids[i] = b.Worker
 	}
-	step := l.sched.Step()
+	step := l.board.sched.Step()
 	if len(res) > 0 {
 		if err := l.steps.SetParticipants(step, ids); err != nil {
 			t.Fatal(err)
@@ -385,20 +385,17 @@ func TestWatchdogRedispatchExactlyOnce(t *testing.T) {
 	if !slices.Equal(dec.Included, []string{"w1"}) || !slices.Equal(dec.Excluded, []string{"w2"}) {
 		t.Fatalf("decision %+v; want w1 included, w2 excluded", dec)
 	}
-	l.benchMu.Lock()
-	benched := l.benched["w2"] && !l.benched["w1"]
-	l.benchMu.Unlock()
-	if !benched {
-		t.Errorf("benched %v; want w2 alone", l.benched)
+	if !l.benched.has("w2") || l.benched.has("w1") {
+		t.Errorf("benched w1 %v, w2 %v; want w2 alone", l.benched.has("w1"), l.benched.has("w2"))
 	}
 	for _, id := range w1Batch.IDs {
 		consumed[id]++
 	}
 	// the rest of the epoch with w1 alone
 	for n := 0; ; n++ {
-		l.mu.Lock()
-		done := l.sched.Done()
-		l.mu.Unlock()
+		l.board.mu.Lock()
+		done := l.board.sched.Done()
+		l.board.mu.Unlock()
 		if done {
 			break
 		}
@@ -409,9 +406,9 @@ func TestWatchdogRedispatchExactlyOnce(t *testing.T) {
 		if len(res) == 0 {
 			t.Fatal("no work for w1 before the epoch's end")
 		}
-		l.mu.Lock()
-		got, err := l.sched.Decide(res[0].Step, []string{"w1"})
-		l.mu.Unlock()
+		l.board.mu.Lock()
+		got, err := l.board.sched.Decide(res[0].Step, []string{"w1"})
+		l.board.mu.Unlock()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -448,23 +445,25 @@ func TestWatchdogRedispatchNothingArrived(t *testing.T) {
 	d := diagnoseStep(step, l.steps.Participants(step), l.steps.State(step), map[string]bool{"w1": true, "w2": true}, []string{"ps0", "ps1"})
 	d.LiveWorkers = 2
 	l.redispatch(d, nil)
-	if ps := l.steps.Participants(step); !slices.Equal(ps, []string{"w1", "w2"}) || len(l.benched) != 0 {
-		t.Errorf("participants %v, benched %v; want both still participants, none benched", ps, l.benched)
+	if ps := l.steps.Participants(step); !slices.Equal(ps, []string{"w1", "w2"}) || l.benched.len() != 0 {
+		t.Errorf("participants %v, %d benched; want both still participants, none benched", ps, l.benched.len())
 	}
-	l.rollback = make(chan struct{})
+	a := newAttempt()
+	l.att.Store(a)
 	l.stallRollback(d, 5*time.Minute, nil)
-	if !l.rollingBack() || l.rollbackWhy != "no progress for 5m0s" {
-		t.Errorf("rolling back %v, why %q; want true, no progress for 5m0s", l.rollingBack(), l.rollbackWhy)
+	if !a.rollingBack() || a.reason() != "no progress for 5m0s" {
+		t.Errorf("rolling back %v, why %q; want true, no progress for 5m0s", a.rollingBack(), a.reason())
 	}
 	l.stallRollback(d, 6*time.Minute, nil) // already under way
 	if n := testCounter(t, l, "rollback"); n != 1 {
 		t.Errorf("rollbacks counted: %v; want 1", n)
 	}
 	// no live worker: a rollback would not help
-	l.rollback, l.rollbackClosed = make(chan struct{}), false
+	a = newAttempt()
+	l.att.Store(a)
 	d.LiveWorkers = 0
 	l.stallRollback(d, 7*time.Minute, nil)
-	if l.rollingBack() {
+	if a.rollingBack() {
 		t.Error("rolled back with no live worker")
 	}
 }
@@ -566,7 +565,9 @@ func TestWatchdogLoopActs(t *testing.T) {
 	l.log = slog.New(logs)
 	w, c := testWatchdog(10*time.Second, 30*time.Second, 0)
 	l.wd = w
-	l.psAddrs, l.rollback = []string{"a0", "a1"}, make(chan struct{})
+	a := newAttempt()
+	a.setServers([]string{"a0", "a1"})
+	l.att.Store(a)
 	l.memberList = func(role cluster.Role) []cluster.Member {
 		if role == cluster.RoleParamServer {
 			return []cluster.Member{{ID: "ps0", Rank: 0, Addrs: map[string]string{AddrGRPC: "a0"}}, {ID: "ps1", Rank: 1, Addrs: map[string]string{AddrGRPC: "a1"}}}
@@ -628,12 +629,12 @@ func TestWatchdogLoopActs(t *testing.T) {
 	if got := logs.find("no progress: nothing to re-dispatch (no gradient of the step is on every server, or no work is out)"); len(got) != 1 {
 		t.Fatalf("%d 'nothing to re-dispatch' lines; want 1", len(got))
 	}
-	if l.rollingBack() {
+	if a.rollingBack() {
 		t.Fatal("rolled back before the second action")
 	}
 	tick(20)
-	if got := logs.find("no progress: rolling back to the last checkpoint"); len(got) != 1 || !l.rollingBack() {
-		t.Fatalf("%d rollback lines, rolling back %v; want 1, true", len(got), l.rollingBack())
+	if got := logs.find("no progress: rolling back to the last checkpoint"); len(got) != 1 || !a.rollingBack() {
+		t.Fatalf("%d rollback lines, rolling back %v; want 1, true", len(got), a.rollingBack())
 	}
 	if n := len(logs.find("no progress")); n != 2 {
 		t.Errorf("%d stall reports; want 2 (one per stall)", n)
