@@ -1,4 +1,4 @@
-package cli
+package localcluster
 
 import (
 	"bytes"
@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,31 +19,31 @@ import (
 	"github.com/tailorml/tailor/store/s3local"
 )
 
-// Object stores of tailor local (--store).
+// Object stores of a local cluster (Config.Store).
 const (
-	localStoreS3   = "s3"   // the embedded S3 server, its data in OUT/s3
-	localStoreFile = "file" // OUT/shards and OUT/checkpoints, or the --data folder
+	StoreS3   = "s3"   // the embedded S3 server, its data in Out/s3
+	StoreFile = "file" // Out/shards and Out/checkpoints, or the Spec.Data folder
 )
 
 // The embedded S3 server's layout: one bucket, a prefix for the composed
-// Fashion set, one for a --data folder's copy, one for checkpoints.
+// Fashion set, one for a data folder's copy, one for checkpoints.
 const (
-	localS3Dir            = "s3"   // in OUT
-	localS3AddrFile       = "addr" // in OUT/s3: the server's host:port, for --resume
-	localBucket           = "tailor"
-	localFashionPrefix    = "fashion"
-	localDataPrefix       = "data"
-	localCheckpointPrefix = "checkpoints"
+	s3Dir            = "s3"   // in Out
+	s3AddrFile       = "addr" // in Out/s3: the server's host:port, for Resume
+	bucket           = "tailor"
+	fashionPrefix    = "fashion"
+	dataPrefix       = "data"
+	checkpointPrefix = "checkpoints"
 )
 
-// startLocalS3 starts the embedded S3 server of tailor local on its data
-// in dir (OUT/s3), with new random credentials, and makes its bucket. A new
+// startS3 starts the embedded S3 server of a local cluster on its data in
+// dir (Out/s3), with new random credentials, and makes its bucket. A new
 // run listens on a free port of 127.0.0.1; a resumed one on the port of
 // the run it resumes (kept in dir), which the URLs of the run's spec name.
 // The server makes its root the working directory until Stop (see
-// s3local): every path tailor local uses meanwhile must be absolute.
-func startLocalS3(ctx context.Context, dir string, resume bool) (*s3local.Server, error) {
-	addrFile := filepath.Join(dir, localS3AddrFile)
+// s3local): every path the cluster uses meanwhile must be absolute.
+func startS3(ctx context.Context, dir string, resume bool) (*s3local.Server, error) {
+	addrFile := filepath.Join(dir, s3AddrFile)
 	cfg := s3local.Config{Dir: dir}
 	if resume {
 		if b, err := os.ReadFile(addrFile); err == nil {
@@ -62,30 +63,31 @@ func startLocalS3(ctx context.Context, dir string, resume bool) (*s3local.Server
 		srv.Stop()
 		return nil, fmt.Errorf("embedded s3: %w", err)
 	}
-	if err := srv.MakeBucket(sctx, localBucket); err != nil {
+	if err := srv.MakeBucket(sctx, bucket); err != nil {
 		srv.Stop()
 		return nil, fmt.Errorf("embedded s3: %w", err)
 	}
 	return srv, nil
 }
 
-// ensureFashionShards composes and ingests the Fashion-outfits set into
-// st (images in out/images) unless st holds a data set.
-func ensureFashionShards(ctx context.Context, env *Env, out string, st store.Store, size, train, val, test int) error {
+// ensureFashionShards composes and ingests the Fashion-outfits set of
+// cfg's sizes into st (images in cfg.Out/images) unless st holds a data
+// set.
+func ensureFashionShards(ctx context.Context, cfg Config, st store.Store) error {
 	if _, err := st.Stat(ctx, shard.ManifestName); err == nil {
-		env.Log.Info("using existing shards", "store", store.Location(st))
+		cfg.Log.Info("using existing shards", "store", store.Location(st))
 		return nil
 	} else if !errors.Is(err, store.ErrNotExist) {
 		return err
 	}
 	fc := fashion.DefaultConfig()
-	fc.Out, fc.Size, fc.Train, fc.Val, fc.Test, fc.Overwrite = filepath.Join(out, "images"), size, train, val, test, true
-	if _, err := fashion.Generate(ctx, fc, env.Log); err != nil {
+	fc.Out, fc.Size, fc.Train, fc.Val, fc.Test, fc.Overwrite = filepath.Join(cfg.Out, "images"), cfg.Size, cfg.Train, cfg.Val, cfg.Test, true
+	if _, err := fashion.Generate(ctx, fc, cfg.Log); err != nil {
 		return err
 	}
 	bc := shard.DefaultBuildConfig()
-	bc.Size, bc.Overwrite = size, true
-	_, err := shard.Build(ctx, bc, fc.Out, st, env.Stderr, env.Log)
+	bc.Size, bc.Overwrite = cfg.Size, true
+	_, err := shard.Build(ctx, bc, fc.Out, st, cfg.Stderr, cfg.Log)
 	return err
 }
 
@@ -93,13 +95,13 @@ func ensureFashionShards(ctx context.Context, env *Env, out string, st store.Sto
 // manifest names) into dst, unless dst holds the same manifest already.
 // dst is emptied first; the manifest goes last, so a manifest in dst
 // means a complete copy.
-func copyDataSet(ctx context.Context, env *Env, src, dst store.Store) error {
+func copyDataSet(ctx context.Context, log *slog.Logger, src, dst store.Store) error {
 	want, err := readObject(ctx, src, shard.ManifestName)
 	if err != nil {
 		return fmt.Errorf("data: %w", err)
 	}
 	if have, err := readObject(ctx, dst, shard.ManifestName); err == nil && bytes.Equal(have, want) {
-		env.Log.Info("using the data set's copy in the embedded s3 store", "from", store.Location(src), "store", store.Location(dst))
+		log.Info("using the data set's copy in the embedded s3 store", "from", store.Location(src), "store", store.Location(dst))
 		return nil
 	}
 	m, err := shard.LoadManifest(ctx, src)
@@ -115,7 +117,7 @@ func copyDataSet(ctx context.Context, env *Env, src, dst store.Store) error {
 			names = append(names, sh.Name)
 		}
 	}
-	env.Log.Info("copying the data set into the embedded s3 store", "from", store.Location(src), "store", store.Location(dst), "shards", len(names))
+	log.Info("copying the data set into the embedded s3 store", "from", store.Location(src), "store", store.Location(dst), "shards", len(names))
 	for _, name := range names {
 		if err := copyObject(ctx, src, dst, name); err != nil {
 			return fmt.Errorf("data: %w", err)
@@ -159,6 +161,20 @@ func emptyStore(ctx context.Context, st store.Store) error {
 		if err := st.Delete(ctx, name); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// checkStore opens the shard store at loc and reads its manifest.
+func checkStore(ctx context.Context, loc string, opts store.OpenOptions) error {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	st, err := store.OpenWith(cctx, loc, opts)
+	if err != nil {
+		return fmt.Errorf("data: %w", err)
+	}
+	if _, err := shard.LoadManifest(cctx, st); err != nil {
+		return fmt.Errorf("data: %w", err)
 	}
 	return nil
 }

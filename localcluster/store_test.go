@@ -1,8 +1,10 @@
-package cli
+package localcluster
 
 import (
 	"bytes"
 	"context"
+	"image"
+	"image/png"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -40,12 +42,12 @@ func isolated(t *testing.T) bool {
 	return true
 }
 
-// The embedded S3 store of tailor local: a new run's server listens on
+// The embedded S3 store of a local cluster: a new run's server listens on
 // 127.0.0.1 with random credentials that only the processes' environment
 // carries (not the URL, the logs or the output); a --data folder is copied
 // into it once; a resumed run's server comes back on the same port with
 // the objects, and Stop puts the working directory back.
-func TestLocalS3Store(t *testing.T) {
+func TestS3Store(t *testing.T) {
 	if isolated(t) {
 		return
 	}
@@ -66,14 +68,14 @@ func TestLocalS3Store(t *testing.T) {
 	}
 	bc := shard.DefaultBuildConfig()
 	bc.Size, bc.MinSide = 8, 4
-	if _, err := shard.Build(ctx, bc, shardTestTree(t), local, nil, nil); err != nil {
+	if _, err := shard.Build(ctx, bc, testTree(t), local, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	out := t.TempDir()
-	var stdout, stderr, logs bytes.Buffer
-	env := &Env{Stdout: &stdout, Stderr: &stderr, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
 
-	srv, err := startLocalS3(ctx, filepath.Join(out, localS3Dir), false)
+	srv, err := startS3(ctx, filepath.Join(out, s3Dir), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,20 +83,20 @@ func TestLocalS3Store(t *testing.T) {
 	if !strings.HasPrefix(srv.Endpoint(), "127.0.0.1:") || len(secret) < 32 {
 		t.Errorf("endpoint %s, a secret of %d characters: want 127.0.0.1 and a random secret", srv.Endpoint(), len(secret))
 	}
-	env.Log.Info("embedded s3", "server", srv, "data", srv.URL(localBucket, localDataPrefix))
-	dst, err := srv.Open(ctx, localBucket, localDataPrefix)
+	log.Info("embedded s3", "server", srv, "data", srv.URL(bucket, dataPrefix))
+	dst, err := srv.Open(ctx, bucket, dataPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for range 2 {
-		if err := copyDataSet(ctx, env, local, dst); err != nil {
+		if err := copyDataSet(ctx, log, local, dst); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if n := strings.Count(logs.String(), "copying the data set"); n != 1 {
 		t.Errorf("the data set was copied %d times, want once:\n%s", n, logs.String())
 	}
-	url := srv.URL(localBucket, localDataPrefix)
+	url := srv.URL(bucket, dataPrefix)
 	if err := checkStore(ctx, url, store.OpenOptions{Getenv: srv.Getenv}); err != nil {
 		t.Errorf("the copy does not load: %v", err)
 	}
@@ -112,7 +114,7 @@ func TestLocalS3Store(t *testing.T) {
 	if got, _ := os.Getwd(); got != wd {
 		t.Errorf("working directory after Stop: %s, want %s", got, wd)
 	}
-	srv, err = startLocalS3(ctx, filepath.Join(out, localS3Dir), true)
+	srv, err = startS3(ctx, filepath.Join(out, s3Dir), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,9 +128,36 @@ func TestLocalS3Store(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	all := stdout.String() + stderr.String() + logs.String()
+	all := logs.String()
 	t.Logf("logs:\n%s", all)
 	if strings.Contains(all, secret) || strings.Contains(all, srv.SecretKey()) {
-		t.Error("the output or the logs show a secret key")
+		t.Error("the logs show a secret key")
 	}
+}
+
+// testTree writes a tiny folder data set with a train and a val split.
+func testTree(t *testing.T) string {
+	t.Helper()
+	src := t.TempDir()
+	for i, rel := range []string{"train/red_dress/a.png", "train/blue_dress/b.png", "val/red_shirt/c.png"} {
+		img := image.NewNRGBA(image.Rect(0, 0, 10, 10))
+		for p := range img.Pix {
+			img.Pix[p] = uint8(40 * (i + 1))
+			if p%4 == 3 {
+				img.Pix[p] = 255 // opaque
+			}
+		}
+		var b bytes.Buffer
+		if err := png.Encode(&b, img); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(src, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return src
 }

@@ -1,0 +1,227 @@
+package localcluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tailorml/tailor/internal/certs"
+	"github.com/tailorml/tailor/internal/cluster"
+)
+
+// File names of Secure in Out/certs, besides the CA and the node pair of
+// certs.Init.
+const (
+	certsDir         = "certs" // in Out
+	gossipKeyName    = "gossip.key"
+	etcdPasswordName = "etcd-password"      // etcdUser's
+	etcdRootPassName = "etcd-root-password" // etcd's root user's, to administer it
+	etcdUser         = "tailor"
+)
+
+// etcdFiles are etcd's TLS files: EtcdTLS if given, else TLS when an
+// endpoint is https://, else none.
+func (s Security) etcdFiles(endpoints []string) certs.Files {
+	if s.EtcdTLS.Enabled() {
+		return s.EtcdTLS
+	}
+	for _, e := range endpoints {
+		if strings.HasPrefix(e, "https://") {
+			return s.TLS
+		}
+	}
+	return certs.Files{}
+}
+
+// password reads etcd's password: EtcdPasswordFile's, else the
+// environment's TAILOR_ETCD_PASSWORD.
+func (s Security) password() (string, error) {
+	if s.EtcdPasswordFile == "" {
+		return os.Getenv("TAILOR_ETCD_PASSWORD"), nil
+	}
+	return readPassword(s.EtcdPasswordFile)
+}
+
+// readPassword reads the password in path, without surrounding white
+// space (a trailing newline).
+func readPassword(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("etcd password: %w", err)
+	}
+	p := strings.TrimSpace(string(b))
+	if p == "" {
+		return "", fmt.Errorf("etcd password file %s is empty", path)
+	}
+	return p, nil
+}
+
+// etcdClient connects to etcd at endpoints with s's TLS and user.
+func (s Security) etcdClient(endpoints []string) (*clientv3.Client, error) {
+	var a cluster.EtcdAuth
+	f := s.etcdFiles(endpoints)
+	if f.Enabled() && f.CA == "" {
+		return nil, errors.New("--etcd-cert/--etcd-key need --etcd-ca")
+	}
+	var err error
+	if a.TLS, err = f.LoadClient(); err != nil {
+		return nil, fmt.Errorf("etcd tls: %w", err)
+	}
+	if a.Password, err = s.password(); err != nil {
+		return nil, err
+	}
+	a.Username = s.EtcdUser
+	switch {
+	case a.Username != "" && a.Password == "":
+		return nil, fmt.Errorf("--etcd-user %s needs --etcd-password-file or env TAILOR_ETCD_PASSWORD", a.Username)
+	case a.Username == "" && a.Password != "":
+		return nil, errors.New("an etcd password is set but no --etcd-user")
+	}
+	return cluster.NewAuthClient(endpoints, a)
+}
+
+// readGossipKey checks that path holds a gossip key: 16, 24 or 32 bytes
+// in hex.
+func readGossipKey(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("gossip key: %w", err)
+	}
+	k, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+		return fmt.Errorf("gossip key in %s: want 16, 24 or 32 hex-encoded bytes", path)
+	}
+	return nil
+}
+
+// ensureDevCerts returns the CA and node pair in dir, made with
+// certs.Init unless a pair there is signed by the CA, good for 127.0.0.1
+// and valid for another day.
+func ensureDevCerts(log *slog.Logger, dir string) (certs.Files, error) {
+	f := certs.Files{CA: filepath.Join(dir, certs.CAFile), Cert: filepath.Join(dir, certs.CertFile(certs.NodeName)), Key: filepath.Join(dir, certs.KeyFile(certs.NodeName))}
+	if c, err := f.Load(); err == nil {
+		leaf := c.Certificates[0].Leaf
+		if leaf != nil && leaf.VerifyHostname("127.0.0.1") == nil && time.Until(leaf.NotAfter) > 24*time.Hour {
+			log.Info("using existing certificates", "dir", dir)
+			return f, nil
+		}
+	}
+	cfg := certs.DefaultInitConfig(dir)
+	cfg.Force = true
+	if _, err := certs.Init(cfg); err != nil {
+		return f, fmt.Errorf("secure: %w", err)
+	}
+	log.Info("made a development CA and certificate", "dir", dir)
+	return f, nil
+}
+
+// ensureGossipKey returns dir's gossip key file, written (0600, 32 random
+// bytes in hex) unless it holds a valid key.
+func ensureGossipKey(dir string) (string, error) {
+	path := filepath.Join(dir, gossipKeyName)
+	if readGossipKey(path) == nil {
+		return path, nil
+	}
+	if err := writeSecret(path, 32); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// writeSecret replaces path (0600) with n random bytes in hex and a
+// newline.
+func writeSecret(path string, n int) error {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return fmt.Errorf("secure: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("secure: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("secure: %w", err)
+	}
+	_, err = f.WriteString(hex.EncodeToString(b) + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("secure: write %s: %w", path, err)
+	}
+	return nil
+}
+
+// ensureEtcdAuth turns on the auth of the embedded etcd at endpoints (TLS
+// with client certificates of f's CA), unless it is on (a resumed run):
+// a root user, and a user etcdUser whose role may read and write /tailor/
+// only, with random passwords written to dir (0600). It returns the user
+// and its password file.
+func ensureEtcdAuth(ctx context.Context, endpoints []string, f certs.Files, dir string) (user, pwFile string, err error) {
+	user, pwFile = etcdUser, filepath.Join(dir, etcdPasswordName)
+	tc, err := f.Load()
+	if err != nil {
+		return "", "", fmt.Errorf("secure: %w", err)
+	}
+	admin, err := cluster.NewAuthClient(endpoints, cluster.EtcdAuth{TLS: tc})
+	if err != nil {
+		return "", "", fmt.Errorf("secure: %w", err)
+	}
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := admin.AuthStatus(ctx)
+	if err != nil {
+		return "", "", fmt.Errorf("secure: etcd auth status: %w", err)
+	}
+	if st.Enabled {
+		// a resumed run: the users exist, with the password in the file
+		if _, err := readPassword(pwFile); err != nil {
+			return "", "", fmt.Errorf("secure: etcd has auth on but its password is lost (start afresh without --resume): %w", err)
+		}
+		return user, pwFile, nil
+	}
+	rootFile := filepath.Join(dir, etcdRootPassName)
+	for _, p := range []string{rootFile, pwFile} {
+		if err := writeSecret(p, 16); err != nil {
+			return "", "", err
+		}
+	}
+	var pw [2]string
+	for i, p := range []string{rootFile, pwFile} {
+		if pw[i], err = readPassword(p); err != nil {
+			return "", "", fmt.Errorf("secure: %w", err)
+		}
+	}
+	steps := []struct {
+		what string
+		do   func() error
+	}{
+		{"add user root", func() error { _, err := admin.UserAdd(ctx, "root", pw[0]); return err }},
+		{"grant root the root role", func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err }},
+		{"add role " + user, func() error { _, err := admin.RoleAdd(ctx, user); return err }},
+		{"grant role " + user + " /tailor/", func() error {
+			_, err := admin.RoleGrantPermission(ctx, user, "/tailor/", clientv3.GetPrefixRangeEnd("/tailor/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		}},
+		{"add user " + user, func() error { _, err := admin.UserAdd(ctx, user, pw[1]); return err }},
+		{"grant " + user + " its role", func() error { _, err := admin.UserGrantRole(ctx, user, user); return err }},
+		{"enable auth", func() error { _, err := admin.AuthEnable(ctx); return err }},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			// etcd's errors never hold the passwords it was given
+			return "", "", fmt.Errorf("secure: etcd auth: %s: %w", s.what, err)
+		}
+	}
+	return user, pwFile, nil
+}
