@@ -37,6 +37,9 @@ var rules = []rule{
 	{"the store knows nothing of what it stores", []string{"store"},
 		[]string{"shard", "model", "checkpoint", "coordinator", "worker", "paramserver", "internal/cluster", "internal/wire"}},
 	{"nothing imports the CLI", []string{""}, []string{"internal/cli"}},
+	{"the roles and the libraries under them know nothing of the tools built on them",
+		[]string{"coordinator", "worker", "paramserver", "checkpoint", "store", "shard", "model", "optim", "input", "eval", "train", "internal/wire", "internal/cluster", "internal/job"},
+		[]string{"localcluster", "runstatus", "internal/bench", "internal/supervise"}},
 }
 
 // allowed are the edges to the CLI: the thin main.
