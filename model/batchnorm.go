@@ -7,7 +7,7 @@ import (
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 
-	"github.com/tailorml/tailor/internal/vec"
+	"github.com/tailorml/tailor/model/internal/vec"
 )
 
 // BNMode says which statistics a BatchNorm layer normalises with.
@@ -463,3 +463,7 @@ func affineAt(out, g []float32, arg []int32, x []float32, a, b, c float32, maske
 		out[j] = r
 	}
 }
+
+// VecKernels names the kernels of the layers' element-wise loops and sums
+// chosen for this CPU: "avx2", "avx" or "go".
+func VecKernels() string { return vec.Kernels() }

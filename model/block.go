@@ -6,7 +6,7 @@ import (
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 
-	"github.com/tailorml/tailor/internal/vec"
+	"github.com/tailorml/tailor/model/internal/vec"
 )
 
 // convBlock is the inference form of a conv block: 3x3 conv + bias → ReLU →

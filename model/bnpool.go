@@ -6,7 +6,7 @@ import (
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 
-	"github.com/tailorml/tailor/internal/vec"
+	"github.com/tailorml/tailor/model/internal/vec"
 )
 
 // bnPool is BatchNorm followed by a k×k, stride-k max-pool, for training.

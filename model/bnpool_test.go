@@ -9,7 +9,7 @@ import (
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 
-	"github.com/tailorml/tailor/internal/vec"
+	"github.com/tailorml/tailor/model/internal/vec"
 )
 
 // im2col and col2im (one shifted block copy or vector add per kernel

@@ -7,7 +7,7 @@ import (
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 
-	"github.com/tailorml/tailor/internal/vec"
+	"github.com/tailorml/tailor/model/internal/vec"
 )
 
 // gonumBLAS is gonum's pure-Go BLAS, for its assembly vector kernels

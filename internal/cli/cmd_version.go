@@ -33,7 +33,7 @@ run on this CPU. tailor --version is the same.`)
 		return 2
 	}
 	info := version.Get()
-	info.BLAS, info.BLASCore = model.BLAS, model.BLASCore()
+	info.BLAS, info.BLASCore, info.Kernels.Vec = model.BLAS, model.BLASCore(), model.VecKernels()
 	if *asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")

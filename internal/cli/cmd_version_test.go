@@ -17,6 +17,12 @@ func TestVersionCommand(t *testing.T) {
 		t.Fatalf("version: exit %d, stderr %q", code, errs)
 	}
 	want := version.Get()
+	want.Kernels.Vec = model.VecKernels()
+	switch want.Kernels.Vec {
+	case "avx2", "avx", "go":
+	default:
+		t.Errorf("vec kernels %q", want.Kernels.Vec)
+	}
 	for _, s := range []string{"tailor " + want.String() + "\n", "version  " + want.Version, "go       " + want.Go + " " + want.Platform,
 		"wire     protocol " + strconv.Itoa(wire.ProtocolVersion), "blas     " + model.BLAS + " (" + model.BLASCore() + ")",
 		"kernels  vec " + want.Kernels.Vec + ", adam " + want.Kernels.Adam} {

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/tailorml/tailor/internal/vec"
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/optim"
 )
@@ -63,18 +62,19 @@ type Info struct {
 
 // Kernels names the vector kernels in use.
 type Kernels struct {
-	// Vec: the layers' element-wise loops and sums (internal/vec): "avx2",
-	// "avx" or "go".
+	// Vec: the layers' element-wise loops and sums (model.VecKernels):
+	// "avx2", "avx" or "go". Like BLAS, set by the command that reports it.
 	Vec string `json:"vec"`
 	// Adam: the optimiser's update (optim): "avx" or "go".
 	Adam string `json:"adam"`
 }
 
-// Get returns this build's Info (BLAS and BLASCore empty: see Info).
+// Get returns this build's Info (BLAS, BLASCore and Kernels.Vec empty: see
+// Info).
 func Get() Info {
 	info := Info{Version: "(devel)", Commit: commit, Modified: modified == "true", Go: runtime.Version(),
 		Platform: runtime.GOOS + "/" + runtime.GOARCH, Wire: wire.ProtocolVersion,
-		Kernels: Kernels{Vec: vec.Kernels(), Adam: optim.Kernel()}}
+		Kernels: Kernels{Adam: optim.Kernel()}}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		fromBuildInfo(&info, bi)
 	}

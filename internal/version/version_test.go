@@ -83,15 +83,13 @@ func TestGet(t *testing.T) {
 	if i.Go != runtime.Version() || i.Platform != runtime.GOOS+"/"+runtime.GOARCH || i.Wire != wire.ProtocolVersion {
 		t.Errorf("go %q platform %q wire %d", i.Go, i.Platform, i.Wire)
 	}
-	switch i.Kernels.Vec {
-	case "avx2", "avx", "go":
-	default:
-		t.Errorf("vec kernels %q", i.Kernels.Vec)
+	if i.Kernels.Vec != "" {
+		t.Errorf("vec kernels %q: Get does not link the net, the command sets them", i.Kernels.Vec)
 	}
 	if i.Kernels.Adam != "avx" && i.Kernels.Adam != "go" {
 		t.Errorf("adam kernel %q", i.Kernels.Adam)
 	}
-	if runtime.GOARCH != "amd64" && (i.Kernels.Vec != "go" || i.Kernels.Adam != "go") {
+	if runtime.GOARCH != "amd64" && i.Kernels.Adam != "go" {
 		t.Errorf("kernels %+v on %s", i.Kernels, runtime.GOARCH)
 	}
 	m := Member()
