@@ -137,9 +137,9 @@ func TestSoak(t *testing.T) {
 	rep := soakReport{CleanMAP: testMAP(t, clean), CleanEpochs: cfg.epochs, CleanSecs: cleanTime.Seconds(), ByKind: map[string]int{}}
 	epochs, every := cfg.epochs, cfg.every
 	if cfg.long > 0 {
-		// faults and restarts slow the run: an hour's soak ran 25 % longer
-		// than the clean run's pace (2026-12-07), so the run is sized at
-		// three quarters of it, and faults stop when the time is up
+		// faults and restarts slow the run: an hour's soak sized at the
+		// clean run's pace took 4,848 s (2026-12-07), so the run is sized
+		// at three quarters of it, and faults stop when the time is up
 		perEpoch := cleanTime / time.Duration(cfg.epochs)
 		epochs = max(cfg.epochs, int(cfg.long/perEpoch)*3/4)
 		if every == 0 {
