@@ -24,6 +24,7 @@ type openStep struct {
 	overdue    bool
 	committing bool
 	backoff    retry.Backoff // between failed commits
+	fails      retry.Streak  // failed commits: logged when they start and when they end
 	retry      *time.Timer
 
 	done chan struct{} // closed when decided (d) or abandoned (err)
@@ -170,10 +171,11 @@ func (s *Steps) commit(st *openStep, d wire.Decision) {
 	if s.closed || s.open[st.step] != st {
 		return
 	}
+	st.fails.Log, st.fails.What = s.log, "recording a sync-step decision"
 	if err != nil {
 		st.committing = false
 		delay := st.backoff.Next()
-		s.log.Warn("recording a sync-step decision failed; retrying", "step", st.step, "err", err, "retry_in", delay)
+		st.fails.Fail(err, "step", st.step, "retry_in", delay)
 		st.retry = time.AfterFunc(delay, func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
@@ -183,6 +185,7 @@ func (s *Steps) commit(st *openStep, d wire.Decision) {
 		})
 		return
 	}
+	st.fails.OK("step", st.step)
 	s.publishLocked(st, got)
 }
 
