@@ -31,60 +31,14 @@ const (
 // etcdFiles are etcd's TLS files: EtcdTLS if given, else TLS when an
 // endpoint is https://, else none.
 func (s Security) etcdFiles(endpoints []string) certs.Files {
-	if s.EtcdTLS.Enabled() {
-		return s.EtcdTLS
-	}
-	for _, e := range endpoints {
-		if strings.HasPrefix(e, "https://") {
-			return s.TLS
-		}
-	}
-	return certs.Files{}
-}
-
-// password reads etcd's password: EtcdPasswordFile's, else the
-// environment's TAILOR_ETCD_PASSWORD.
-func (s Security) password() (string, error) {
-	if s.EtcdPasswordFile == "" {
-		return os.Getenv("TAILOR_ETCD_PASSWORD"), nil
-	}
-	return readPassword(s.EtcdPasswordFile)
-}
-
-// readPassword reads the password in path, without surrounding white
-// space (a trailing newline).
-func readPassword(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("etcd password: %w", err)
-	}
-	p := strings.TrimSpace(string(b))
-	if p == "" {
-		return "", fmt.Errorf("etcd password file %s is empty", path)
-	}
-	return p, nil
+	return certs.EtcdFiles(s.EtcdTLS, s.TLS, endpoints)
 }
 
 // etcdClient connects to etcd at endpoints with s's TLS and user.
 func (s Security) etcdClient(endpoints []string) (*clientv3.Client, error) {
-	var a cluster.EtcdAuth
-	f := s.etcdFiles(endpoints)
-	if f.Enabled() && f.CA == "" {
-		return nil, errors.New("--etcd-cert/--etcd-key need --etcd-ca")
-	}
-	var err error
-	if a.TLS, err = f.LoadClient(); err != nil {
-		return nil, fmt.Errorf("etcd tls: %w", err)
-	}
-	if a.Password, err = s.password(); err != nil {
+	a, err := certs.EtcdAuth(endpoints, s.etcdFiles(endpoints), s.EtcdUser, s.EtcdPasswordFile)
+	if err != nil {
 		return nil, err
-	}
-	a.Username = s.EtcdUser
-	switch {
-	case a.Username != "" && a.Password == "":
-		return nil, fmt.Errorf("--etcd-user %s needs --etcd-password-file or env TAILOR_ETCD_PASSWORD", a.Username)
-	case a.Username == "" && a.Password != "":
-		return nil, errors.New("an etcd password is set but no --etcd-user")
 	}
 	return cluster.NewAuthClient(endpoints, a)
 }
@@ -185,7 +139,7 @@ func ensureEtcdAuth(ctx context.Context, endpoints []string, f certs.Files, dir 
 	}
 	if st.Enabled {
 		// a resumed run: the users exist, with the password in the file
-		if _, err := readPassword(pwFile); err != nil {
+		if _, err := certs.ReadPassword(pwFile); err != nil {
 			return "", "", fmt.Errorf("secure: etcd has auth on but its password is lost (start afresh without --resume): %w", err)
 		}
 		return user, pwFile, nil
@@ -198,7 +152,7 @@ func ensureEtcdAuth(ctx context.Context, endpoints []string, f certs.Files, dir 
 	}
 	var pw [2]string
 	for i, p := range []string{rootFile, pwFile} {
-		if pw[i], err = readPassword(p); err != nil {
+		if pw[i], err = certs.ReadPassword(p); err != nil {
 			return "", "", fmt.Errorf("secure: %w", err)
 		}
 	}

@@ -2,11 +2,9 @@ package cli
 
 import (
 	"crypto/tls"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -63,56 +61,12 @@ func (s *securityFlags) wireTLS() (*tls.Config, error) {
 // etcdFiles are etcd's TLS files: --etcd-* if given, else --tls-* when an
 // endpoint is https://, else none.
 func (s *securityFlags) etcdFiles(endpoints []string) certs.Files {
-	if s.etcdCA != "" || s.etcdCert != "" || s.etcdKey != "" {
-		return certs.Files{CA: s.etcdCA, Cert: s.etcdCert, Key: s.etcdKey}
-	}
-	for _, e := range endpoints {
-		if strings.HasPrefix(e, "https://") {
-			return s.wireFiles()
-		}
-	}
-	return certs.Files{}
-}
-
-// password reads the etcd password: the file, else TAILOR_ETCD_PASSWORD.
-// Surrounding white space (a trailing newline) is dropped.
-func (s *securityFlags) password() (string, error) {
-	if s.etcdPassFile != "" {
-		b, err := os.ReadFile(s.etcdPassFile)
-		if err != nil {
-			return "", fmt.Errorf("etcd password: %w", err)
-		}
-		p := strings.TrimSpace(string(b))
-		if p == "" {
-			return "", fmt.Errorf("etcd password file %s is empty", s.etcdPassFile)
-		}
-		return p, nil
-	}
-	return os.Getenv("TAILOR_ETCD_PASSWORD"), nil
+	return certs.EtcdFiles(certs.Files{CA: s.etcdCA, Cert: s.etcdCert, Key: s.etcdKey}, s.wireFiles(), endpoints)
 }
 
 // etcdAuth is the etcd client's TLS and credentials for endpoints.
 func (s *securityFlags) etcdAuth(endpoints []string) (cluster.EtcdAuth, error) {
-	var a cluster.EtcdAuth
-	f := s.etcdFiles(endpoints)
-	if f.Enabled() && f.CA == "" {
-		return a, errors.New("--etcd-cert/--etcd-key need --etcd-ca")
-	}
-	var err error
-	if a.TLS, err = f.LoadClient(); err != nil {
-		return a, fmt.Errorf("etcd tls: %w", err)
-	}
-	if a.Password, err = s.password(); err != nil {
-		return a, err
-	}
-	a.Username = s.etcdUser
-	switch {
-	case a.Username != "" && a.Password == "":
-		return a, fmt.Errorf("--etcd-user %s needs --etcd-password-file or env TAILOR_ETCD_PASSWORD", a.Username)
-	case a.Username == "" && a.Password != "":
-		return a, errors.New("an etcd password is set but no --etcd-user")
-	}
-	return a, a.Validate(endpoints)
+	return certs.EtcdAuth(endpoints, s.etcdFiles(endpoints), s.etcdUser, s.etcdPassFile)
 }
 
 // etcdClient connects to the endpoints with the etcd flags.
