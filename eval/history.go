@@ -7,7 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/tailorml/tailor/internal/plot"
+	"github.com/tailorml/tailor/eval/plot"
 )
 
 // Epoch is one row of the history.

@@ -17,7 +17,7 @@ import (
 	"github.com/tailorml/tailor/internal/certs"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
-	"github.com/tailorml/tailor/internal/supervise"
+	"github.com/tailorml/tailor/localcluster/supervise"
 	"github.com/tailorml/tailor/store"
 	"github.com/tailorml/tailor/store/s3local"
 )

@@ -15,7 +15,7 @@ import (
 
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
-	"github.com/tailorml/tailor/internal/supervise"
+	"github.com/tailorml/tailor/localcluster/supervise"
 	"github.com/tailorml/tailor/shard"
 	"github.com/tailorml/tailor/store"
 )

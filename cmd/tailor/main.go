@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/tailorml/tailor/internal/cli"
+	"github.com/tailorml/tailor/cmd/tailor/cli"
 )
 
 func main() { os.Exit(cli.Run(os.Args[1:])) }

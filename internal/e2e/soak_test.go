@@ -23,12 +23,13 @@ import (
 
 // Soak settings, from the environment:
 //
-//	TAILOR_SOAK         how long faults go on: "" (the CI soak) fits the
-//	                    faults into the clean run's length; a duration
-//	                    (1h) runs a soak that long, its epochs sized from
-//	                    the clean run
-//	TAILOR_SOAK_EVERY   time between faults (CI: the clean run's length
-//	                    over TAILOR_SOAK_FAULTS+4, at least 10 s; long: 1m)
+//	TAILOR_SOAK         how long faults go on: "" (the CI soak) spreads
+//	                    TAILOR_SOAK_FAULTS faults over the run by its
+//	                    progress (fault i once i/(faults+3) of the clean
+//	                    run's batches are consumed), so a fast machine gets
+//	                    as many as a slow one; a duration (1h) runs a soak
+//	                    that long, its epochs sized from the clean run
+//	TAILOR_SOAK_EVERY   time between faults of the long soak (1m)
 //	TAILOR_SOAK_FAULTS  the least number of faults the CI soak injects (10)
 //	TAILOR_SOAK_EPOCHS  epochs of the clean run (40)
 //	TAILOR_SOAK_BOUND   the longest a step may take after a fault (90s)
@@ -135,6 +136,10 @@ func TestSoak(t *testing.T) {
 	cleanTime := time.Since(t0)
 	ce.close()
 	rep := soakReport{CleanMAP: testMAP(t, clean), CleanEpochs: cfg.epochs, CleanSecs: cleanTime.Seconds(), ByKind: map[string]int{}}
+	cleanBatches := batchLines(filepath.Join(clean, "run", "audit.log"))
+	if cleanBatches == 0 {
+		t.Fatal("the clean run's audit log has no batches")
+	}
 	epochs, every := cfg.epochs, cfg.every
 	if cfg.long > 0 {
 		// faults and restarts slow the run: an hour's soak sized at the
@@ -145,12 +150,15 @@ func TestSoak(t *testing.T) {
 		if every == 0 {
 			every = time.Minute
 		}
-	} else if every == 0 {
-		every = max(10*time.Second, cleanTime/time.Duration(cfg.faults+4))
 	}
 	rep.Epochs = epochs
-	t.Logf("clean run: %d epochs in %v, test mAP %.4f; soak: %d epochs, a fault every %v", cfg.epochs, cleanTime.Round(time.Second),
-		rep.CleanMAP, epochs, every)
+	if cfg.long > 0 {
+		t.Logf("clean run: %d epochs in %v, test mAP %.4f; soak: %d epochs, a fault every %v", cfg.epochs, cleanTime.Round(time.Second),
+			rep.CleanMAP, epochs, every)
+	} else {
+		t.Logf("clean run: %d epochs (%d batches) in %v, test mAP %.4f; soak: %d epochs, a fault each %d batches", cfg.epochs,
+			cleanBatches, cleanTime.Round(time.Second), rep.CleanMAP, epochs, cleanBatches/(cfg.faults+3))
+	}
 
 	out := t.TempDir()
 	e := startSoakEtcd(t, ctx)
@@ -170,14 +178,36 @@ func TestSoak(t *testing.T) {
 	var runErr error
 	finished := false
 	for i := 0; !finished; i++ {
+		// the next fault's moment: a time for the long soak, an amount of
+		// progress for the CI soak (consumed batches, rolled back or not)
+		due := func() bool { return true }
+		wait := every
+		if cfg.long == 0 {
+			at := (i + 1) * cleanBatches / (cfg.faults + 3)
+			due = func() bool { return batchLines(audit) >= at }
+			wait = 3 * time.Second // the least time between faults
+		}
 		select {
 		case runErr = <-ended:
 			finished = true
 			continue
-		case <-time.After(every):
+		case <-time.After(wait):
 		case <-ctx.Done():
 			r.cmd.Process.Kill()
 			t.Fatalf("the soak ran out of time:\n%s", tail(r.log.String(), 200))
+		}
+		for !due() && !finished {
+			select {
+			case runErr = <-ended:
+				finished = true
+			case <-time.After(200 * time.Millisecond):
+			case <-ctx.Done():
+				r.cmd.Process.Kill()
+				t.Fatalf("the soak ran out of time:\n%s", tail(r.log.String(), 200))
+			}
+		}
+		if finished {
+			continue
 		}
 		if cfg.long > 0 && time.Since(start) > cfg.long {
 			// the hour is over: let the run finish in peace
@@ -364,6 +394,24 @@ func batchAfter(path string, skip int64) (int64, bool) {
 		}
 	}
 	return n, found
+}
+
+// batchLines counts the audit log's batch lines (not rollbacks).
+func batchLines(path string) int {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	n := 0
+	for sc.Scan() {
+		if !strings.HasPrefix(sc.Text(), "rollback") {
+			n++
+		}
+	}
+	return n
 }
 
 // auditSize is the audit log's size: a fault's mark.

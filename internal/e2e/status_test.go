@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tailorml/tailor/internal/cli"
+	"github.com/tailorml/tailor/cmd/tailor/cli"
 	"github.com/tailorml/tailor/internal/wire"
 )
 

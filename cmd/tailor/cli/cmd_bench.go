@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/tailorml/tailor/internal/bench"
+	"github.com/tailorml/tailor/bench"
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/model"
 )

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tailorml/tailor/internal/cli"
+	"github.com/tailorml/tailor/cmd/tailor/cli"
 	"github.com/tailorml/tailor/metrics"
 )
 

@@ -16,7 +16,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/tailorml/tailor/internal/config"
+	"github.com/tailorml/tailor/cmd/tailor/config"
 )
 
 // Env is what a subcommand gets: its arguments and where to write.

@@ -10,7 +10,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/tailorml/tailor/internal/config"
+	"github.com/tailorml/tailor/cmd/tailor/config"
 )
 
 // The config file, environment variables and flags (docs/config.md). parse

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/tailorml/tailor/internal/config"
+	"github.com/tailorml/tailor/cmd/tailor/config"
 )
 
 func init() {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tailorml/tailor/internal/cli"
+	"github.com/tailorml/tailor/cmd/tailor/cli"
 )
 
 // fashionTestdata is the Fashion-MNIST subset committed with the fashion package.
