@@ -96,7 +96,7 @@ func (c *ckpt) save(ctx context.Context, ps partServers, k cut) error {
 		return err
 	}
 	m.Run, m.JobID, m.Step, m.Epochs, m.Reason = c.spec.Run, c.spec.JobID, step, k.epochs, k.reason
-	m.Created, m.Mode, m.Labels, m.Best = time.Now().UTC(), c.spec.Mode, c.labels, k.best
+	m.Created, m.Mode, m.Labels, m.Best = time.Now().UTC(), string(c.spec.Mode), c.labels, k.best
 	if err := c.writeMeta(ctx, name, m, k.state); err != nil {
 		return err
 	}

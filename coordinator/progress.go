@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/tailorml/tailor/internal/job"
 	"math"
 	"time"
 
@@ -21,11 +22,11 @@ const ProgressInterval = 2 * time.Second
 // (exactly-once accounting is elsewhere) and keeps its last value after the
 // run.
 type Progress struct {
-	Leader string `json:"leader"` // the coordinator that wrote it
-	Mode   string `json:"mode"`
-	Epoch  int    `json:"epoch"` // the current epoch, from 1 (0: not started)
-	Epochs int    `json:"epochs"`
-	Step   int64  `json:"step"` // sync: the step being run or next
+	Leader string   `json:"leader"` // the coordinator that wrote it
+	Mode   job.Mode `json:"mode"`
+	Epoch  int      `json:"epoch"` // the current epoch, from 1 (0: not started)
+	Epochs int      `json:"epochs"`
+	Step   int64    `json:"step"` // sync: the step being run or next
 	// Loss is the last batch loss a worker reported; EpochLoss the mean
 	// batch loss of the epoch so far.
 	Loss      float64 `json:"loss"`

@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,21 +24,11 @@ const (
 
 // Config is one coordinator process (the leader or a standby).
 type Config struct {
-	Run         string
-	ID          string
-	Etcd        []string
-	Listen      string // gRPC address; default a free loopback port
-	MetricsAddr string // /metrics address; empty: none
-	GossipBind  string
-	Advertise   string // host peers dial this process at (see job.JoinConfig)
-	SecretKey   []byte
-	// TLS, if set, is mutual TLS on the gRPC server (workers' work
-	// requests, parameter servers' step reports) and on the connections
-	// to the parameter servers (certs.Config); nil is plaintext.
-	TLS *tls.Config
-	// EtcdAuth is the etcd client's TLS and credentials.
-	EtcdAuth cluster.EtcdAuth
-	Log      *slog.Logger
+	// Node is how the process reaches the run; its TLS, if set, is mutual
+	// TLS on the gRPC server (workers' work requests, parameter servers'
+	// step reports) and on the connections to the parameter servers.
+	job.Node
+	ID string
 	// ProgressInterval is how often the leader publishes its progress for
 	// tailor status; 0 means ProgressInterval (the constant).
 	ProgressInterval time.Duration
@@ -47,8 +36,11 @@ type Config struct {
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
-	if c.Run == "" || c.ID == "" || len(c.Etcd) == 0 {
-		return errors.New("coordinator needs a run id, its own id and etcd endpoints")
+	if c.ID == "" {
+		return errors.New("coordinator needs its own id")
+	}
+	if err := c.Node.Validate(); err != nil {
+		return fmt.Errorf("coordinator: %w", err)
 	}
 	return nil
 }
@@ -61,23 +53,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	listen := cfg.Listen
-	if listen == "" {
-		listen = "127.0.0.1:0"
-	}
-	lis, err := net.Listen("tcp", listen)
+	log := cfg.Logger()
+	lis, err := net.Listen("tcp", cfg.ListenAddr())
 	if err != nil {
 		return fmt.Errorf("coordinator listener: %w", err)
 	}
 	c := &candidate{cfg: cfg, log: log, lis: lis}
 	defer func() { c.lis.Close() }()
-	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Advertise: cfg.Advertise, MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind,
-		SecretKey: cfg.SecretKey, EtcdAuth: cfg.EtcdAuth, Log: log,
-		Self: cluster.Member{ID: cfg.ID, Role: cluster.RoleCoordinator, Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}})
+	sess, err := job.Join(ctx, cfg.Node, cluster.Member{ID: cfg.ID, Role: cluster.RoleCoordinator, Addrs: map[string]string{AddrGRPC: lis.Addr().String()}})
 	if err != nil {
 		return err
 	}

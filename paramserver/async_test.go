@@ -3,6 +3,7 @@ package paramserver
 import (
 	"context"
 	"errors"
+	"github.com/tailorml/tailor/internal/job"
 	"sync"
 	"testing"
 	"time"
@@ -14,7 +15,7 @@ import (
 // push is refused as a duplicate.
 func TestAsyncAppliesEveryPushOnce(t *testing.T) {
 	const workers, steps = 2, 5
-	c := startCluster(t, NewStaticMembers("w0", "w1"), testConfig(t, Async, 2, 0), testConfig(t, Async, 2, 1))
+	c := startCluster(t, NewStaticMembers("w0", "w1"), testConfig(t, job.ModeAsync, 2, 0), testConfig(t, job.ModeAsync, 2, 1))
 	initCluster(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -55,7 +56,7 @@ func TestAsyncAppliesEveryPushOnce(t *testing.T) {
 // One async worker is the single-process trainer: one Adam step per push,
 // State tensors take the pushed values.
 func TestAsyncSingleWorkerMatchesReference(t *testing.T) {
-	cfg := testConfig(t, Async, 1, 0)
+	cfg := testConfig(t, job.ModeAsync, 1, 0)
 	c := startCluster(t, NewStaticMembers("w0"), cfg)
 	init := initCluster(t, c)
 	ref := newReference(t, cfg, init)
@@ -81,7 +82,7 @@ func TestAsyncSingleWorkerMatchesReference(t *testing.T) {
 // and also when the slow one leaves the membership.
 func TestSSPBound(t *testing.T) {
 	members := NewStaticMembers("fast", "slow")
-	cfg := testConfig(t, SSP, 1, 0)
+	cfg := testConfig(t, job.ModeSSP, 1, 0)
 	cfg.Staleness = 1
 	c := startCluster(t, members, cfg)
 	initCluster(t, c)

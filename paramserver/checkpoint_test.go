@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/tailorml/tailor/internal/job"
 	"io"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func TestCheckpointSaveRestore(t *testing.T) {
 	}
 	loc := checkpoint.Location{Store: st, Prefix: "ck/"}
 	cfgs := func() []Config {
-		a, b := testConfig(t, Sync, 2, 0), testConfig(t, Sync, 2, 1)
+		a, b := testConfig(t, job.ModeSync, 2, 0), testConfig(t, job.ModeSync, 2, 1)
 		a.Checkpoints, b.Checkpoints = loc, loc
 		return []Config{a, b}
 	}

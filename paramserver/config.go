@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/tailorml/tailor/internal/job"
 	"log/slog"
 	"time"
 
@@ -11,21 +12,6 @@ import (
 
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/optim"
-)
-
-// Mode is the update rule.
-type Mode string
-
-const (
-	// Sync collects one gradient from every active worker for step t,
-	// averages them in worker-id order and applies one optimizer step;
-	// the version becomes t+1.
-	Sync Mode = "sync"
-	// Async applies every gradient on arrival, one optimizer step each.
-	Async Mode = "async"
-	// SSP is Async with bounded staleness: a worker's push for step s is
-	// held while s > (slowest active worker's step) + Staleness.
-	SSP Mode = "ssp"
 )
 
 // Config is one parameter server. Start from DefaultConfig.
@@ -41,7 +27,7 @@ type Config struct {
 	// Adam is the optimizer, the same as the single-process trainer's.
 	Adam optim.AdamConfig `json:"adam"`
 	// Mode is the update rule.
-	Mode Mode `json:"mode"`
+	Mode job.Mode `json:"mode"`
 	// Staleness is SSP's bound: how many steps a worker may run ahead of
 	// the slowest active one.
 	Staleness int `json:"staleness"`
@@ -85,7 +71,7 @@ func DefaultConfig(runID string, spec wire.Spec) Config {
 		Servers:      1,
 		Spec:         spec,
 		Adam:         optim.DefaultAdam(0),
-		Mode:         Sync,
+		Mode:         job.ModeSync,
 		Staleness:    2,
 		StepDeadline: 2 * time.Minute,
 		ListenAddr:   ":7410",
@@ -110,7 +96,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("adam: %w", err))
 	}
 	switch c.Mode {
-	case Sync:
+	case job.ModeSync:
 		if c.StepDeadline <= 0 {
 			errs = append(errs, fmt.Errorf("step deadline %v: want > 0 (a sync step must never wait forever)", c.StepDeadline))
 		}
@@ -120,18 +106,18 @@ func (c *Config) Validate() error {
 		if c.Decider != nil && c.SyncQuorum > 0 {
 			errs = append(errs, fmt.Errorf("sync quorum %d with a decider: the decider's quorum applies, set 0", c.SyncQuorum))
 		}
-	case Async:
-	case SSP:
+	case job.ModeAsync:
+	case job.ModeSSP:
 		if c.Staleness < 0 {
 			errs = append(errs, fmt.Errorf("staleness %d: want ≥ 0", c.Staleness))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("mode %q: want %q, %q or %q", c.Mode, Sync, Async, SSP))
+		errs = append(errs, c.Mode.Validate())
 	}
 	if err := (wire.Compression{Encoding: c.Encoding, TopK: 1}).Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.Decider != nil && c.Mode != Sync {
+	if c.Decider != nil && c.Mode != job.ModeSync {
 		errs = append(errs, fmt.Errorf("a decider in mode %q: decisions are for sync steps", c.Mode))
 	}
 	if len(errs) > 0 {

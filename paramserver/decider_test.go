@@ -3,6 +3,7 @@ package paramserver
 import (
 	"context"
 	"errors"
+	"github.com/tailorml/tailor/internal/job"
 	"slices"
 	"sync"
 	"testing"
@@ -209,11 +210,11 @@ func TestDeciderInconsistent(t *testing.T) {
 func TestDeciderConfig(t *testing.T) {
 	d := &fakeDecider{}
 	for _, edit := range []func(*Config){
-		func(c *Config) { c.Mode = Async },
-		func(c *Config) { c.Mode = SSP },
+		func(c *Config) { c.Mode = job.ModeAsync },
+		func(c *Config) { c.Mode = job.ModeSSP },
 		func(c *Config) { c.SyncQuorum = 2 },
 	} {
-		cfg := testConfig(t, Sync, 1, 0)
+		cfg := testConfig(t, job.ModeSync, 1, 0)
 		cfg.Decider = d
 		edit(&cfg)
 		if err := cfg.Validate(); !errors.Is(err, ErrConfig) {

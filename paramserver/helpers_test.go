@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tailorml/tailor/internal/job"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -35,7 +36,7 @@ func testSpec() wire.Spec {
 	}
 }
 
-func testConfig(tb testing.TB, mode Mode, servers, index int) Config {
+func testConfig(tb testing.TB, mode job.Mode, servers, index int) Config {
 	tb.Helper()
 	cfg := DefaultConfig(testRun, testSpec())
 	cfg.Mode = mode

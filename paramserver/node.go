@@ -25,20 +25,11 @@ const (
 
 // NodeConfig is a parameter server process in a cluster run.
 type NodeConfig struct {
-	Run         string
-	Index       int
-	Etcd        []string
-	Listen      string // gRPC address; default a free loopback port
-	MetricsAddr string // /metrics address; empty: none
-	GossipBind  string
-	Advertise   string // host peers dial this process at (see job.JoinConfig)
-	SecretKey   []byte
-	// TLS, if set, is mutual TLS on the gRPC server and on the connection
-	// to the leading coordinator (certs.Config); nil is plaintext.
-	TLS *tls.Config
-	// EtcdAuth is the etcd client's TLS and credentials.
-	EtcdAuth cluster.EtcdAuth
-	Log      *slog.Logger
+	// Node is how the process reaches the run; its TLS, if set, is mutual
+	// TLS on the gRPC server and on the connection to the leading
+	// coordinator.
+	job.Node
+	Index int
 }
 
 // RunNode is a parameter server's life in a cluster run: it reads the run's
@@ -48,26 +39,21 @@ type NodeConfig struct {
 // coordinator, and serves until ctx ends. Its weights arrive by Init from the
 // coordinator.
 func RunNode(ctx context.Context, cfg NodeConfig) error {
-	if cfg.Run == "" || len(cfg.Etcd) == 0 || cfg.Index < 0 {
-		return errors.New("paramserver node needs a run id, etcd endpoints and an index ≥ 0")
+	if cfg.Index < 0 {
+		return fmt.Errorf("paramserver node: index %d: want ≥ 0", cfg.Index)
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if err := cfg.Node.Validate(); err != nil {
+		return fmt.Errorf("paramserver node: %w", err)
 	}
-	listen := cfg.Listen
-	if listen == "" {
-		listen = "127.0.0.1:0"
-	}
+	log := cfg.Logger()
+	listen := cfg.ListenAddr()
 	lis, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("paramserver listener: %w", err)
 	}
 	defer lis.Close()
-	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Advertise: cfg.Advertise, MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind,
-		SecretKey: cfg.SecretKey, EtcdAuth: cfg.EtcdAuth, Log: log,
-		Self: cluster.Member{ID: fmt.Sprintf("ps%d", cfg.Index), Role: cluster.RoleParamServer, Rank: cfg.Index,
-			Addrs: map[string]string{AddrGRPC: lis.Addr().String()}}})
+	sess, err := job.Join(ctx, cfg.Node, cluster.Member{ID: fmt.Sprintf("ps%d", cfg.Index), Role: cluster.RoleParamServer, Rank: cfg.Index,
+		Addrs: map[string]string{AddrGRPC: lis.Addr().String()}})
 	if err != nil {
 		return err
 	}
@@ -103,12 +89,12 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	}
 	pc := DefaultConfig(cfg.Run, wspec)
 	pc.Checkpoints = ckpts
-	pc.Index, pc.Servers, pc.Adam, pc.Mode = cfg.Index, spec.ParamServers, spec.AdamConfig(), Mode(spec.Mode)
+	pc.Index, pc.Servers, pc.Adam, pc.Mode = cfg.Index, spec.ParamServers, spec.AdamConfig(), spec.Mode
 	pc.Staleness, pc.StepDeadline, pc.Logger = spec.Staleness, spec.StepDeadline, log
 	pc.Encoding = spec.WireCompression().Encoding
 	pc.TLS = cfg.TLS
 	var ld *leaderDecider
-	if pc.Mode == Sync {
+	if pc.Mode == job.ModeSync {
 		elect, err := cluster.NewElection(cluster.ElectionConfig{Client: cli, Keys: keys, Self: mem.Self()})
 		if err != nil {
 			return err

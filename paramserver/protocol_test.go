@@ -3,6 +3,7 @@ package paramserver
 import (
 	"context"
 	"errors"
+	"github.com/tailorml/tailor/internal/job"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,7 +43,7 @@ func speaks(v int) []grpc.DialOption {
 // sent changes the server; a client of the same version, on the same
 // servers, works.
 func TestProtocolVersionRefused(t *testing.T) {
-	c := startCluster(t, NewStaticMembers("w0", "w1"), testConfig(t, Async, 2, 0), testConfig(t, Async, 2, 1))
+	c := startCluster(t, NewStaticMembers("w0", "w1"), testConfig(t, job.ModeAsync, 2, 0), testConfig(t, job.ModeAsync, 2, 1))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	newer := wire.ProtocolVersion + 1

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tailorml/tailor/internal/job"
 	"math"
 	"strings"
 	"testing"
@@ -69,7 +70,7 @@ func TestBigModelParallelChecks(t *testing.T) {
 		{Name: "big", Size: 3<<20 + 3},
 		{Name: "bn/mean", Size: 16, Kind: wire.State},
 	}
-	cfg := testConfig(t, Sync, 1, 0)
+	cfg := testConfig(t, job.ModeSync, 1, 0)
 	cfg.Spec = spec
 	c := startCluster(t, NewStaticMembers("w0"), cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -3,6 +3,7 @@ package paramserver
 import (
 	"errors"
 	"fmt"
+	"github.com/tailorml/tailor/internal/job"
 	"io"
 	"sync"
 
@@ -226,7 +227,7 @@ func (s *Server) checkPushLocked(h *pushHeader) (reason, detail string) {
 	case s.failed != nil:
 		return wire.ReasonInconsistent, s.failed.Error()
 	}
-	if s.cfg.Mode == Sync {
+	if s.cfg.Mode == job.ModeSync {
 		switch {
 		case h.step < s.version:
 			if reason, detail = s.replayLocked(h); reason != "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tailorml/tailor/internal/job"
 	"log/slog"
 	"net"
 	"sync"
@@ -170,7 +171,7 @@ func (s *Server) resetOptimizerLocked() error {
 }
 
 // decided reports whether sync steps are decided by cfg.Decider.
-func (s *Server) decided() bool { return s.cfg.Mode == Sync && s.cfg.Decider != nil }
+func (s *Server) decided() bool { return s.cfg.Mode == job.ModeSync && s.cfg.Decider != nil }
 
 // Plan is the partition plan; Parts returns this server's parts.
 func (s *Server) Plan() *wire.Plan { return s.plan }
@@ -273,7 +274,7 @@ func (s *Server) setMembersLocked(ids []string) {
 	switch {
 	case s.decided():
 		s.kickDecider()
-	case s.cfg.Mode == Sync:
+	case s.cfg.Mode == job.ModeSync:
 		s.maybeCompleteLocked()
 	}
 	s.signalClocksLocked()
@@ -314,7 +315,7 @@ func (s *Server) Status(ctx context.Context, req *wire.StatusRequest) (*wire.Sta
 		RunID: s.cfg.RunID, WorkerID: req.WorkerID, Server: s.cfg.Index, Mode: string(s.cfg.Mode),
 		Initialised: s.initialised, Version: s.version, Step: s.version, Members: len(s.member),
 	}
-	if s.cfg.Mode == Sync {
+	if s.cfg.Mode == job.ModeSync {
 		r.Pending = len(s.pending)
 	} else {
 		r.Pending = s.held
@@ -347,7 +348,7 @@ func (s *Server) Idle(ctx context.Context, req *wire.IdleRequest) (*wire.PushRep
 		s.m.reject(wire.ReasonUnknownWorker)
 		return nil, wire.RejectStatus(wire.ReasonUnknownWorker, fmt.Sprintf("worker %q", req.WorkerID))
 	}
-	if s.cfg.Mode == SSP && !s.idle[req.WorkerID] {
+	if s.cfg.Mode == job.ModeSSP && !s.idle[req.WorkerID] {
 		s.idle[req.WorkerID] = true
 		s.signalClocksLocked()
 		s.log.Debug("worker idle", "worker", req.WorkerID, "step", req.Step)

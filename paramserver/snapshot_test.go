@@ -3,6 +3,7 @@ package paramserver
 import (
 	"context"
 	"errors"
+	"github.com/tailorml/tailor/internal/job"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -14,7 +15,7 @@ import (
 )
 
 func TestSnapshotRestore(t *testing.T) {
-	cfg := testConfig(t, Sync, 1, 0)
+	cfg := testConfig(t, job.ModeSync, 1, 0)
 	a := startCluster(t, NewStaticMembers("w0"), cfg)
 	initCluster(t, a)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -96,7 +97,7 @@ func TestSnapshotRestore(t *testing.T) {
 }
 
 func TestSetWeights(t *testing.T) {
-	cfgs := []Config{testConfig(t, Sync, 2, 0), testConfig(t, Sync, 2, 1)}
+	cfgs := []Config{testConfig(t, job.ModeSync, 2, 0), testConfig(t, job.ModeSync, 2, 1)}
 	c := startCluster(t, NewStaticMembers("w0"), cfgs...)
 	w := tensors(c.spec, 7)
 	for _, s := range c.servers {
@@ -114,7 +115,7 @@ func TestSetWeights(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	c := startCluster(t, NewStaticMembers("w0"), testConfig(t, Sync, 1, 0))
+	c := startCluster(t, NewStaticMembers("w0"), testConfig(t, job.ModeSync, 1, 0))
 	initCluster(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tailorml/tailor/internal/job"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -17,7 +18,7 @@ import (
 func syncConfigs(tb testing.TB, servers int, edit func(*Config)) []Config {
 	cfgs := make([]Config, servers)
 	for i := range cfgs {
-		cfgs[i] = testConfig(tb, Sync, servers, i)
+		cfgs[i] = testConfig(tb, job.ModeSync, servers, i)
 		if edit != nil {
 			edit(&cfgs[i])
 		}

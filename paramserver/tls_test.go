@@ -3,6 +3,7 @@ package paramserver
 import (
 	"context"
 	"crypto/tls"
+	"github.com/tailorml/tailor/internal/job"
 	"testing"
 	"time"
 
@@ -20,7 +21,7 @@ import (
 // and its attempts change nothing.
 func TestMutualTLS(t *testing.T) {
 	pki := certstest.New(t)
-	cfgs := []Config{testConfig(t, Async, 2, 0), testConfig(t, Async, 2, 1)}
+	cfgs := []Config{testConfig(t, job.ModeAsync, 2, 0), testConfig(t, job.ModeAsync, 2, 1)}
 	for i := range cfgs {
 		cfgs[i].TLS = pki.TLS
 	}

@@ -2,6 +2,7 @@ package paramserver
 
 import (
 	"context"
+	"github.com/tailorml/tailor/internal/job"
 	"slices"
 	"time"
 
@@ -23,7 +24,7 @@ func (s *Server) accept(ctx context.Context, h *pushHeader, buf []float32) (vers
 	if reason, detail = s.checkPushLocked(h); reason != "" {
 		return s.version, reason, detail, false, nil
 	}
-	if s.cfg.Mode == Sync {
+	if s.cfg.Mode == job.ModeSync {
 		if len(s.pending) == 0 {
 			s.startStepLocked()
 		}
@@ -38,7 +39,7 @@ func (s *Server) accept(ctx context.Context, h *pushHeader, buf []float32) (vers
 		s.maybeCompleteLocked()
 		return s.version, "", "", true, nil // t, or t+1 if this push completed the step
 	}
-	if s.cfg.Mode == SSP {
+	if s.cfg.Mode == job.ModeSSP {
 		delete(s.idle, h.worker) // a push makes a worker active again
 		if reason, detail = s.holdLocked(ctx, h); reason != "" {
 			return s.version, reason, detail, false, nil

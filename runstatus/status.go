@@ -70,17 +70,17 @@ type View struct {
 // Spec is the part of the run's spec a View shows, without anything
 // secret.
 type Spec struct {
-	Mode         string `json:"mode"`
-	Epochs       int    `json:"epochs"`
-	Batch        int    `json:"batch"` // per worker
-	ParamServers int    `json:"param_servers"`
-	Quorum       int    `json:"quorum,omitempty"`
-	Staleness    int    `json:"staleness,omitempty"`
-	Shuffle      string `json:"shuffle"`
-	UnitSize     int    `json:"unit_size,omitempty"` // shuffle "units"
-	Seed         uint64 `json:"seed"`
-	Data         string `json:"data"` // RedactLocation of the spec's
-	Out          string `json:"out"`
+	Mode         job.Mode `json:"mode"`
+	Epochs       int      `json:"epochs"`
+	Batch        int      `json:"batch"` // per worker
+	ParamServers int      `json:"param_servers"`
+	Quorum       int      `json:"quorum,omitempty"`
+	Staleness    int      `json:"staleness,omitempty"`
+	Shuffle      string   `json:"shuffle"`
+	UnitSize     int      `json:"unit_size,omitempty"` // shuffle "units"
+	Seed         uint64   `json:"seed"`
+	Data         string   `json:"data"` // RedactLocation of the spec's
+	Out          string   `json:"out"`
 }
 
 // Member is a live member of the run: its record in etcd and, for a

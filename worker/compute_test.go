@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"github.com/tailorml/tailor/internal/job"
 	"math"
 	"net"
 	"slices"
@@ -136,7 +137,7 @@ func startServers(tb testing.TB, ctx context.Context, run string, spec wire.Spec
 	var addrs []string
 	for i := range 2 {
 		pc := paramserver.DefaultConfig(run, spec)
-		pc.Index, pc.Servers, pc.Adam, pc.Mode = i, 2, adam, paramserver.Sync
+		pc.Index, pc.Servers, pc.Adam, pc.Mode = i, 2, adam, job.ModeSync
 		ps, err := paramserver.New(pc, paramserver.NewStaticMembers("w0"))
 		if err != nil {
 			tb.Fatal(err)

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -30,32 +29,23 @@ const (
 
 // Config is one worker process.
 type Config struct {
-	Run         string
-	ID          string
-	Etcd        []string
-	GossipBind  string // host:port for memberlist; default a free loopback port
-	Advertise   string // host peers dial this process at (see job.JoinConfig)
-	MetricsAddr string // host:port for /metrics; empty: none
-	SecretKey   []byte // gossip encryption key
-	// TLS, if set, is mutual TLS to the parameter servers and the
-	// coordinator (certs.Config); nil is plaintext.
-	TLS *tls.Config
-	// EtcdAuth is the etcd client's TLS and credentials.
-	EtcdAuth   cluster.EtcdAuth
+	// Node is how the process reaches the run; its TLS, if set, is mutual
+	// TLS to the parameter servers and the coordinator. A worker serves no
+	// gRPC: Listen is unused.
+	job.Node
+	ID         string
 	ShardCache int // shards kept in memory
-	Log        *slog.Logger
 }
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
-	var errs []error
-	if c.Run == "" || c.ID == "" {
-		errs = append(errs, errors.New("worker needs a run id and a worker id"))
+	if c.ID == "" {
+		return errors.New("worker needs a worker id")
 	}
-	if len(c.Etcd) == 0 {
-		errs = append(errs, errors.New("worker needs etcd endpoints"))
+	if err := c.Node.Validate(); err != nil {
+		return fmt.Errorf("worker: %w", err)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // Rank is a worker's dropout rank: a stable function of its id.
@@ -71,12 +61,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	sess, err := job.Join(ctx, job.JoinConfig{Run: cfg.Run, Etcd: cfg.Etcd, Advertise: cfg.Advertise, Self: cluster.Member{ID: cfg.ID, Role: cluster.RoleWorker},
-		MetricsAddr: cfg.MetricsAddr, GossipBind: cfg.GossipBind, SecretKey: cfg.SecretKey, EtcdAuth: cfg.EtcdAuth, Log: log})
+	log := cfg.Logger()
+	sess, err := job.Join(ctx, cfg.Node, cluster.Member{ID: cfg.ID, Role: cluster.RoleWorker})
 	if err != nil {
 		return err
 	}

@@ -23,13 +23,6 @@ import (
 	"github.com/tailorml/tailor/store"
 )
 
-// Update modes of a run.
-const (
-	ModeSync  = "sync"
-	ModeAsync = "async"
-	ModeSSP   = "ssp" // bounded staleness
-)
-
 // Shuffle plans of a run.
 const (
 	ShuffleGlobal = "global"
@@ -43,7 +36,7 @@ type Spec struct {
 	Epochs       int           `json:"epochs"`
 	Batch        int           `json:"batch"` // per worker; global batch = Batch × participating workers
 	Seed         uint64        `json:"seed"`
-	Mode         string        `json:"mode"`
+	Mode         Mode          `json:"mode"`
 	Staleness    int           `json:"staleness"`     // ssp: steps a worker may run ahead
 	Quorum       int           `json:"quorum"`        // sync: apply a step after this many gradients (0: all)
 	StepDeadline time.Duration `json:"step_deadline"` // sync: bound on one step
@@ -232,10 +225,8 @@ func (s Spec) Validate() error {
 	if s.Batch < 2 {
 		errs = append(errs, fmt.Errorf("batch %d: want at least 2", s.Batch))
 	}
-	switch s.Mode {
-	case ModeSync, ModeAsync, ModeSSP:
-	default:
-		errs = append(errs, fmt.Errorf("mode %q: want sync, async or ssp", s.Mode))
+	if err := s.Mode.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if s.Staleness < 0 || s.Quorum < 0 || s.StepDeadline <= 0 {
 		errs = append(errs, errors.New("staleness and quorum must be ≥ 0, the step deadline > 0"))

@@ -78,9 +78,9 @@ func TestJoinAdvertise(t *testing.T) {
 	defer lis.Close()
 	_, grpcPort, _ := net.SplitHostPort(lis.Addr().String())
 	gossip := freePort(t)
-	cfg := JoinConfig{Run: "adv", Etcd: e, MetricsAddr: "0.0.0.0:0", GossipBind: "0.0.0.0:" + gossip, Advertise: "127.0.0.1",
-		Self: cluster.Member{ID: "w1", Role: cluster.RoleWorker, Addrs: map[string]string{"grpc": lis.Addr().String()}}}
-	s, err := Join(ctx, cfg)
+	cfg := Node{Run: "adv", Etcd: e, MetricsAddr: "0.0.0.0:0", GossipBind: "0.0.0.0:" + gossip, Advertise: "127.0.0.1"}
+	me := cluster.Member{ID: "w1", Role: cluster.RoleWorker, Addrs: map[string]string{"grpc": lis.Addr().String()}}
+	s, err := Join(ctx, cfg, me)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,8 +95,8 @@ func TestJoinAdvertise(t *testing.T) {
 	if h, _, _ := net.SplitHostPort(self.Addrs[AddrMetrics]); h != "127.0.0.1" {
 		t.Errorf("metrics published as %q", self.Addrs[AddrMetrics])
 	}
-	cfg.GossipBind, cfg.Self.ID = "0.0.0.0:0", "w2"
-	if _, err := Join(ctx, cfg); err == nil || !strings.Contains(err.Error(), "fixed port") {
+	cfg.GossipBind, me.ID = "0.0.0.0:0", "w2"
+	if _, err := Join(ctx, cfg, me); err == nil || !strings.Contains(err.Error(), "fixed port") {
 		t.Errorf("advertise with a random gossip port: %v", err)
 	}
 }
@@ -224,8 +224,8 @@ func TestJoinPublishesVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	var logs syncLog
-	s, err := Join(ctx, JoinConfig{Run: "ver", Etcd: e, Log: slog.New(slog.NewTextHandler(&logs, nil)),
-		Self: cluster.Member{ID: "w1", Role: cluster.RoleWorker, Extra: map[string]string{"zone": "a"}}})
+	s, err := Join(ctx, Node{Run: "ver", Etcd: e, Log: slog.New(slog.NewTextHandler(&logs, nil))},
+		cluster.Member{ID: "w1", Role: cluster.RoleWorker, Extra: map[string]string{"zone": "a"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,5 +262,42 @@ func TestJoinPublishesVersion(t *testing.T) {
 	}
 	if n := strings.Count(line, "another wire protocol"); n != 1 {
 		t.Errorf("%d error lines, want 1:\n%s", n, line)
+	}
+}
+
+func TestNodeValidate(t *testing.T) {
+	ok := Node{Run: "r", Etcd: []string{"127.0.0.1:2379"}}
+	for _, c := range []struct {
+		name string
+		edit func(*Node)
+		want string // "" for valid
+	}{
+		{"minimal", func(*Node) {}, ""},
+		{"32-byte key", func(n *Node) { n.SecretKey = make([]byte, 32) }, ""},
+		{"no run", func(n *Node) { n.Run = "" }, "no run id"},
+		{"no etcd", func(n *Node) { n.Etcd = nil }, "no etcd endpoints"},
+		{"short key", func(n *Node) { n.SecretKey = make([]byte, 10) }, "gossip key of 10 bytes"},
+	} {
+		n := ok
+		c.edit(&n)
+		err := n.Validate()
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: Validate() = %v, want %q", c.name, err, c.want)
+		}
+	}
+	if got := (Node{}).ListenAddr(); got != DefaultListen {
+		t.Errorf("ListenAddr of no Listen = %q, want %q", got, DefaultListen)
+	}
+}
+
+func TestModeFlag(t *testing.T) {
+	var m Mode
+	for _, s := range []string{"sync", "async", "ssp"} {
+		if err := m.Set(s); err != nil || m.String() != s {
+			t.Errorf("Set(%q): %v, mode %q", s, err, m)
+		}
+	}
+	if err := m.Set("bulk"); err == nil || m != ModeSSP {
+		t.Errorf("Set(bulk): %v, mode %q: want an error and the mode unchanged", err, m)
 	}
 }

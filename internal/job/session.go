@@ -2,7 +2,6 @@ package job
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,26 +19,6 @@ import (
 
 // AddrMetrics is the Addrs key of a member's Prometheus endpoint.
 const AddrMetrics = "metrics"
-
-// JoinConfig is how a process of a run (coordinator, parameter server,
-// worker) joins it.
-type JoinConfig struct {
-	Run         string
-	Etcd        []string
-	Self        cluster.Member // Role, ID, Rank and any addresses already bound
-	MetricsAddr string         // host:port for /metrics; empty: none
-	GossipBind  string
-	// Advertise, if set, is the host peers dial this process at (a
-	// container's or VM's name or address): every published address —
-	// gRPC, /metrics, gossip — is Advertise with its listener's port,
-	// instead of the listen address (0.0.0.0 is no address to dial). The
-	// gossip bind address then needs a fixed port.
-	Advertise string
-	SecretKey []byte
-	// EtcdAuth is the etcd client's TLS and credentials.
-	EtcdAuth cluster.EtcdAuth
-	Log      *slog.Logger
-}
 
 // advertised replaces the host of a listen address by host.
 func advertised(addr, host string) (string, error) {
@@ -66,15 +45,13 @@ type Session struct {
 // Join connects to etcd, waits for the run's spec, opens the /metrics
 // listener (its address goes into the member record) and joins the
 // membership, its record saying which tailor it runs (version.Member:
-// the version and the wire protocol, in Extra). Close undoes it all.
-func Join(ctx context.Context, cfg JoinConfig) (*Session, error) {
-	if cfg.Run == "" || len(cfg.Etcd) == 0 {
-		return nil, errors.New("joining a run needs its id and etcd endpoints")
+// the version and the wire protocol, in Extra). self is the member's
+// Role, ID, Rank and any addresses already bound. Close undoes it all.
+func Join(ctx context.Context, cfg Node, self cluster.Member) (*Session, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("joining a run: %w", err)
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := cfg.Logger()
 	cli, err := cluster.NewAuthClient(cfg.Etcd, cfg.EtcdAuth)
 	if err != nil {
 		return nil, err
@@ -84,15 +61,16 @@ func Join(ctx context.Context, cfg JoinConfig) (*Session, error) {
 		cli.Close()
 		return nil, err
 	}
-	self := cfg.Self
+	bound := self.Addrs
 	self.Addrs = map[string]string{}
-	for k, v := range cfg.Self.Addrs {
+	for k, v := range bound {
 		self.Addrs[k] = v
 	}
 	// which tailor and wire protocol this member runs, for its peers and
 	// tailor status
+	extra := self.Extra
 	self.Extra = map[string]string{}
-	for k, v := range cfg.Self.Extra {
+	for k, v := range extra {
 		self.Extra[k] = v
 	}
 	for k, v := range version.Member() {

@@ -2,16 +2,15 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/tailorml/tailor/coordinator"
-	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/paramserver"
 	"github.com/tailorml/tailor/worker"
@@ -39,15 +38,25 @@ func (c *clusterFlags) add(fs *flag.FlagSet) {
 	c.sec.add(fs)
 }
 
-// security loads the roles' mutual TLS and the etcd client's TLS and
-// credentials.
-func (c *clusterFlags) security() (*tls.Config, cluster.EtcdAuth, error) {
+// node is how a role's process reaches the run: the flags every role
+// shares, with the gossip key, the roles' mutual TLS and the etcd client's
+// TLS and credentials loaded. listen is the role's gRPC address ("" for a
+// worker, which serves none).
+func (c *clusterFlags) node(listen string, log *slog.Logger) (job.Node, error) {
+	key, err := c.key()
+	if err != nil {
+		return job.Node{}, err
+	}
 	wt, err := c.sec.wireTLS()
 	if err != nil {
-		return nil, cluster.EtcdAuth{}, err
+		return job.Node{}, err
 	}
 	auth, err := c.sec.etcdAuth(c.endpoints())
-	return wt, auth, err
+	if err != nil {
+		return job.Node{}, err
+	}
+	return job.Node{Run: c.run, Etcd: c.endpoints(), EtcdAuth: auth, Listen: listen, MetricsAddr: c.metrics, GossipBind: c.gossip,
+		Advertise: c.advertise, SecretKey: key, TLS: wt, Log: log}, nil
 }
 
 func (c *clusterFlags) endpoints() []string {
@@ -103,20 +112,14 @@ and keeps the best model in the run's output folder. Start two for a standby.`)
 		host, _ := os.Hostname()
 		id = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	key, err := cf.key()
-	if err != nil {
-		return fail(env, err)
-	}
-	wt, auth, err := cf.security()
+	node, err := cf.node(listen, env.Log.With("role", "coordinator", "id", id))
 	if err != nil {
 		return fail(env, err)
 	}
 	// TAILOR_PROGRESS_INTERVAL (a duration) tunes how often tailor status's
 	// numbers refresh; tests shorten it
 	every, _ := time.ParseDuration(os.Getenv("TAILOR_PROGRESS_INTERVAL"))
-	err = coordinator.Run(ctx, coordinator.Config{Run: cf.run, ID: id, Etcd: cf.endpoints(), Listen: listen, MetricsAddr: cf.metrics,
-		GossipBind: cf.gossip, Advertise: cf.advertise, SecretKey: key, TLS: wt, EtcdAuth: auth, Log: env.Log.With("role", "coordinator", "id", id), ProgressInterval: every})
-	if err != nil {
+	if err := coordinator.Run(ctx, coordinator.Config{Node: node, ID: id, ProgressInterval: every}); err != nil {
 		return fail(env, err)
 	}
 	return 0
@@ -142,17 +145,11 @@ weights, until the coordinator says the run is done.`)
 		fmt.Fprintln(env.Stderr, "tailor worker: --id is required (the host name is unknown)")
 		return 2
 	}
-	key, err := cf.key()
+	node, err := cf.node("", env.Log.With("role", "worker", "id", id))
 	if err != nil {
 		return fail(env, err)
 	}
-	wt, auth, err := cf.security()
-	if err != nil {
-		return fail(env, err)
-	}
-	err = worker.Run(ctx, worker.Config{Run: cf.run, ID: id, Etcd: cf.endpoints(), GossipBind: cf.gossip, Advertise: cf.advertise, MetricsAddr: cf.metrics,
-		SecretKey: key, TLS: wt, EtcdAuth: auth, Log: env.Log.With("role", "worker", "id", id)})
-	if err != nil {
+	if err := worker.Run(ctx, worker.Config{Node: node, ID: id}); err != nil {
 		return fail(env, err)
 	}
 	return 0
@@ -161,17 +158,11 @@ weights, until the coordinator says the run is done.`)
 // runParamServerNode is `tailor paramserver --etcd ...`: a server of a
 // cluster run.
 func runParamServerNode(ctx context.Context, env *Env, cf clusterFlags, index int, listen string) int {
-	key, err := cf.key()
+	node, err := cf.node(listen, env.Log.With("role", "paramserver", "index", index))
 	if err != nil {
 		return fail(env, err)
 	}
-	wt, auth, err := cf.security()
-	if err != nil {
-		return fail(env, err)
-	}
-	err = paramserver.RunNode(ctx, paramserver.NodeConfig{Run: cf.run, Index: index, Etcd: cf.endpoints(), Listen: listen,
-		MetricsAddr: cf.metrics, GossipBind: cf.gossip, Advertise: cf.advertise, SecretKey: key, TLS: wt, EtcdAuth: auth, Log: env.Log.With("role", "paramserver", "index", index)})
-	if err != nil {
+	if err := paramserver.RunNode(ctx, paramserver.NodeConfig{Node: node, Index: index}); err != nil {
 		return fail(env, err)
 	}
 	return 0
@@ -183,7 +174,7 @@ func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.IntVar(&s.Epochs, "epochs", s.Epochs, "epochs")
 	fs.IntVar(&s.Batch, "batch", s.Batch, "batch size per worker (global batch = batch × workers)")
 	fs.Uint64Var(&s.Seed, "seed", s.Seed, "run seed")
-	fs.StringVar(&s.Mode, "mode", s.Mode, "update rule: sync, async or ssp")
+	fs.Var(&s.Mode, "mode", "update rule: sync, async or ssp")
 	fs.IntVar(&s.Staleness, "staleness", s.Staleness, "ssp: steps a worker may run ahead of the slowest")
 	fs.IntVar(&s.Quorum, "quorum", s.Quorum, "sync: apply a step after the first N gradients (backup workers; 0: all)")
 	fs.DurationVar(&s.StepDeadline, "step-deadline", s.StepDeadline, "sync: longest wait for a step's gradients")

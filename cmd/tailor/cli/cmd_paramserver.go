@@ -22,10 +22,10 @@ func init() {
 func runParamServer(ctx context.Context, env *Env) int {
 	cfg := paramserver.DefaultConfig("", nil)
 	var (
-		workers, initFrom, metricsAddr, mode string
-		size, labels, epochs                 int
-		seed                                 uint64
-		showPlan                             bool
+		workers, initFrom, metricsAddr string
+		size, labels, epochs           int
+		seed                           uint64
+		showPlan                       bool
 	)
 	fs := newFlagSet(env, "paramserver", "--run ID --workers W1,W2,... --labels N", `
 Serves server --index of --servers parameter servers for SmallerVGGNet at
@@ -41,7 +41,7 @@ else (model, mode, workers, step decisions) from the run.`)
 	fs.IntVar(&cfg.Index, "index", cfg.Index, "this server's index")
 	fs.IntVar(&cfg.Servers, "servers", cfg.Servers, "number of parameter servers")
 	fs.StringVar(&cfg.ListenAddr, "listen", cfg.ListenAddr, "gRPC listen address")
-	fs.StringVar(&mode, "mode", string(cfg.Mode), "update rule: sync, async or ssp")
+	fs.Var(&cfg.Mode, "mode", "update rule: sync, async or ssp")
 	fs.IntVar(&cfg.Staleness, "staleness", cfg.Staleness, "ssp: steps a worker may run ahead of the slowest")
 	fs.DurationVar(&cfg.StepDeadline, "step-deadline", cfg.StepDeadline, "sync: apply a step this long after its first gradient even if some are missing")
 	fs.IntVar(&cfg.SyncQuorum, "quorum", 0, "sync: apply a step once this many gradients are in (0: all workers)")
@@ -91,7 +91,6 @@ else (model, mode, workers, step decisions) from the run.`)
 		fmt.Fprintln(env.Stderr, "tailor paramserver: --run and --workers are required")
 		return 2
 	}
-	cfg.Mode = paramserver.Mode(mode)
 	if epochs > 0 {
 		cfg.Adam.Decay = cfg.Adam.LR / float64(epochs)
 	}
