@@ -22,8 +22,30 @@ func (l *leader) asyncEpoch(ctx context.Context, a *attempt) (map[string]int64, 
 			b.mu.Unlock()
 			return steps, nil
 		}
+		req, requested := l.preempts.pending()
+		if (l.cfg.Draining() || requested) && !b.asched.Pausing() {
+			// a preemption notice, this leader's or a server's: no new
+			// batch; checkpoint once the batches out are back
+			b.asched.CutNow()
+		}
 		if b.asched.AtCut() {
 			b.mu.Unlock()
+			if l.cfg.Draining() {
+				return nil, l.preempt(ctx, a, l.asyncCut)
+			}
+			if requested {
+				err := l.servePreempt(ctx, a, req, l.asyncCut)
+				b.mu.Lock()
+				if b.asched != nil {
+					b.asched.Resume()
+				}
+				b.broadcastLocked()
+				b.mu.Unlock()
+				if err != nil {
+					return nil, err
+				}
+				continue
+			}
 			l.setPhase(phaseCheckpoint)
 			err := l.asyncCheckpoint(ctx, a)
 			l.setPhase(phaseTraining)
@@ -46,15 +68,8 @@ func (l *leader) asyncEpoch(ctx context.Context, a *attempt) (map[string]int64, 
 // scheduler's position, so a resume goes on mid-epoch. Then batches are
 // handed out again.
 func (l *leader) asyncCheckpoint(ctx context.Context, a *attempt) error {
+	err := l.asyncCut(ctx, a, "steps")
 	b := l.board
-	b.mu.Lock()
-	st, err := b.asched.Export()
-	rs := b.runStateLocked(&st)
-	rs.AsyncSteps = st.Steps
-	b.mu.Unlock()
-	if err == nil {
-		err = l.ck.saveOrWarn(ctx, a.ps, cut{version: -1, state: rs, epochs: rs.Epoch, reason: "steps"})
-	}
 	b.mu.Lock()
 	if b.asched != nil {
 		b.asched.Resume()
@@ -62,4 +77,19 @@ func (l *leader) asyncCheckpoint(ctx context.Context, a *attempt) error {
 	b.broadcastLocked()
 	b.mu.Unlock()
 	return err
+}
+
+// asyncCut checkpoints an async or SSP run at a cut, leaving the scheduler
+// paused.
+func (l *leader) asyncCut(ctx context.Context, a *attempt, reason string) error {
+	b := l.board
+	b.mu.Lock()
+	st, err := b.asched.Export()
+	rs := b.runStateLocked(&st)
+	rs.AsyncSteps = st.Steps
+	b.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return l.ck.saveOrWarn(ctx, a.ps, cut{version: -1, state: rs, epochs: rs.Epoch, reason: reason})
 }

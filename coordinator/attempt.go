@@ -196,6 +196,11 @@ func isInitialised(err error) bool {
 func (l *leader) train(ctx context.Context, a *attempt, m *runModel, rs *RunState) error {
 	step, asyncSteps := rs.Step, rs.AsyncSteps
 	for epoch := rs.Epoch; epoch < l.spec.Epochs; epoch++ {
+		if l.cfg.Draining() {
+			// a preemption notice: the epoch's end (or the resume) is
+			// the checkpoint to go on from
+			return errPreempted
+		}
 		var mid *RunState // resumed in the middle of this epoch
 		if epoch == rs.Epoch && rs.Sched != nil {
 			mid = rs
@@ -314,6 +319,10 @@ func (l *leader) await(ctx context.Context, a *attempt, wake <-chan struct{}) er
 	select {
 	case <-wake:
 		return nil
+	case <-l.drainWake():
+		// a preemption notice wakes the loop once; it sees Draining
+		l.drainSeen.Store(true)
+		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-l.lost:
@@ -321,6 +330,14 @@ func (l *leader) await(ctx context.Context, a *attempt, wake <-chan struct{}) er
 	case <-a.rollback:
 		return errRollback
 	}
+}
+
+// drainWake is the preemption notice until await has woken on it.
+func (l *leader) drainWake() <-chan struct{} {
+	if l.drainSeen.Load() {
+		return nil
+	}
+	return l.cfg.Drain
 }
 
 // ended returns why the attempt has ended (as await), if it has.

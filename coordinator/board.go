@@ -89,6 +89,17 @@ func (b *board) finish() {
 	b.broadcastLocked()
 }
 
+// syncDone reports whether the sync epoch's records are all consumed, and
+// the next step.
+func (b *board) syncDone() (int64, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sched == nil {
+		return 0, false
+	}
+	return b.sched.Step(), b.sched.Done()
+}
+
 // stop takes the schedulers away (a rollback): workers are told to wait.
 func (b *board) stop() {
 	b.mu.Lock()

@@ -50,9 +50,13 @@ type ckpt struct {
 	val    validatorState
 	flush  func() // the run's logs, before a cut is published
 
-	version int64  // of the etcd pointer key, for the next compare-and-swap
-	current string // the checkpoint the pointer names
+	version int64     // of the etcd pointer key, for the next compare-and-swap
+	current string    // the checkpoint the pointer names
+	saved   time.Time // when this leader last published one
 }
+
+// savedSince reports whether this leader published a checkpoint after t.
+func (c *ckpt) savedSince(t time.Time) bool { return c.saved.After(t) }
 
 // validatorState is the evaluator's state a checkpoint holds (the
 // validation history, the best score).
@@ -107,7 +111,7 @@ func (c *ckpt) save(ctx context.Context, ps partServers, k cut) error {
 	if err != nil {
 		return err
 	}
-	c.version, c.current = v, name
+	c.version, c.current, c.saved = v, name, time.Now()
 	removed, err := c.loc.Retain(ctx, c.spec.Run, c.spec.JobID, c.spec.KeepCheckpoints, name)
 	if err != nil {
 		c.log.Warn("checkpoint retention", "err", err)

@@ -42,6 +42,7 @@ import (
 //	syncbn.go      synchronised BatchNorm
 //	watchdog.go    the progress watchdog; stall.go what a stall waits for;
 //	               progress.go the progress record
+//	preempt.go     a preemption notice: a checkpoint, then the term resigned
 type leader struct {
 	cfg  Config
 	spec job.Spec
@@ -63,6 +64,9 @@ type leader struct {
 	eval *evaluator              // end-of-epoch validation and the test report
 	att  atomic.Pointer[attempt] // the current attempt (nil before the first)
 	gen  atomic.Uint64           // the generation replies carry: the current attempt's, once it has restored
+
+	drainSeen atomic.Bool  // await has woken on the preemption notice (cfg.Drain)
+	preempts  *preemptions // the members' preemption requests (preempt.go)
 
 	// the progress watchdog (watchdog.go), and what the leader is doing
 	// (a phase constant): the watchdog's clock runs in training only
@@ -108,6 +112,9 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	events, stop := l.mem.Subscribe()
 	defer stop()
 	go l.watch(events)
+	pctx, stopPreempts := context.WithCancel(ctx)
+	defer stopPreempts()
+	go l.watchPreempts(pctx)
 	return l.attempts(ctx, m)
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log := cfg.Logger()
+	// after a preemption notice, the leader has the grace to checkpoint
+	ctx, cancel := cfg.GraceContext(ctx)
+	defer cancel()
 	lis, err := net.Listen("tcp", cfg.ListenAddr())
 	if err != nil {
 		return fmt.Errorf("coordinator listener: %w", err)
@@ -83,6 +87,9 @@ type candidate struct {
 	lis   net.Listener // the gRPC address the membership record publishes
 	sess  *job.Session
 	elect *cluster.Election
+	// leading is set while a term is led: a preemption notice then waits
+	// for the term's checkpoint
+	leading atomic.Bool
 }
 
 // stand campaigns, and leads each term won, until the run is over.
@@ -97,8 +104,26 @@ func (c *candidate) stand(ctx context.Context) error {
 			stopCampaign()
 		}
 	}()
+	go func() {
+		// a standby told to stop stops campaigning; a leader checkpoints
+		// first (preempt.go), its campaign is over
+		select {
+		case <-c.cfg.Drain:
+			if !c.leading.Load() {
+				stopCampaign()
+			}
+		case <-cctx.Done():
+		}
+	}()
 	for {
 		term, err := c.elect.Campaign(cctx)
+		if c.cfg.Draining() && !c.leading.Load() {
+			if term != nil {
+				_ = term.Resign(context.WithoutCancel(ctx))
+			}
+			c.log.Info("preemption notice: leaving as a standby")
+			return job.ErrPreempted
+		}
 		if isClosed(finished) || (err == nil && c.runDone(ctx)) {
 			c.log.Info("the run is over")
 			if term != nil {
@@ -141,9 +166,19 @@ func (c *candidate) lead(ctx context.Context, term *cluster.Term) error {
 	c.sess.ServeMetrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	l := &leader{cfg: c.cfg, spec: c.sess.Spec, log: c.log, cli: c.sess.Client, mem: c.sess.Members, term: term, lost: term.Done(), reg: reg,
 		board: newBoard(), decided: make(chan int64, 16)}
+	l.preempts = &preemptions{changed: l.board.broadcast}
+	c.leading.Store(true)
 	err := l.run(ctx, c.lis)
+	c.leading.Store(false)
 	if err == nil {
 		return c.recordEnd(ctx, term)
+	}
+	if errors.Is(err, errPreempted) {
+		// the checkpoint is published: the standby goes on from it now,
+		// not after the election lease runs out
+		_ = term.Resign(context.WithoutCancel(ctx))
+		c.log.Info("preemption notice: checkpointed and resigned")
+		return job.ErrPreempted
 	}
 	if ctx.Err() != nil || !errors.Is(err, errLostLeadership) {
 		return err

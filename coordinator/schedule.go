@@ -204,8 +204,9 @@ type AsyncScheduler struct {
 	out    map[string]Batch // the batch each worker holds
 	steps  map[string]int64 // each worker's next step number
 	orders map[int][]int
-	every  int // new batches between cuts; 0: no cuts
-	handed int // new batches handed out since the last cut
+	every  int  // new batches between cuts; 0: no cuts
+	handed int  // new batches handed out since the last cut
+	now    bool // a cut asked for now (CutNow), until Resume
 }
 
 // NewAsyncScheduler starts epoch; steps carries the workers' step counters
@@ -226,7 +227,11 @@ func (s *AsyncScheduler) Steps() map[string]int64 { return s.steps }
 func (s *AsyncScheduler) CutEvery(k int) { s.every, s.handed = max(k, 0), 0 }
 
 // Pausing reports whether the scheduler hands out no new batch until Resume.
-func (s *AsyncScheduler) Pausing() bool { return s.every > 0 && s.handed >= s.every }
+func (s *AsyncScheduler) Pausing() bool { return s.now || s.every > 0 && s.handed >= s.every }
+
+// CutNow pauses the scheduler for a cut as soon as the batches out are
+// back, whatever the count since the last one (a preemption's checkpoint).
+func (s *AsyncScheduler) CutNow() { s.now = true }
 
 // AtCut reports whether the scheduler is paused with no batch out and
 // records left in the epoch: the moment to checkpoint mid-epoch. (At the
@@ -234,7 +239,7 @@ func (s *AsyncScheduler) Pausing() bool { return s.every > 0 && s.handed >= s.ev
 func (s *AsyncScheduler) AtCut() bool { return s.Pausing() && len(s.out) == 0 && !s.Done() }
 
 // Resume hands out batches again after a cut.
-func (s *AsyncScheduler) Resume() { s.handed = 0 }
+func (s *AsyncScheduler) Resume() { s.handed, s.now = 0, false }
 
 // Next records that worker finished the batch of step done (its push was
 // applied; -1 if none) and returns its next batch, or false when the epoch

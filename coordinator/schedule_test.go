@@ -472,3 +472,38 @@ func TestAsyncSchedulerNoCuts(t *testing.T) {
 		t.Error("exported with a batch out")
 	}
 }
+
+// CutNow (a preemption's checkpoint) pauses a scheduler without cuts as
+// soon as the batches out are back; Resume hands out batches again.
+func TestAsyncSchedulerCutNow(t *testing.T) {
+	us, _ := Units(testManifest(), "train", 100)
+	s := NewAsyncScheduler(us, 1, 0, 16, nil)
+	b0, ok, err := s.Next("w0", -1)
+	if !ok || err != nil {
+		t.Fatalf("next: %v, %v", ok, err)
+	}
+	s.CutNow()
+	if !s.Pausing() || s.AtCut() {
+		t.Fatalf("after CutNow with a batch out: pausing %v, at a cut %v; want pausing, not at a cut", s.Pausing(), s.AtCut())
+	}
+	if _, ok, _ := s.Next("w1", -1); ok {
+		t.Fatal("a new batch handed out after CutNow")
+	}
+	// w0 reports its batch: nothing is out, the cut is here
+	if _, ok, _ := s.Next("w0", b0.Step); ok {
+		t.Fatal("a new batch handed out with the report, after CutNow")
+	}
+	if !s.AtCut() {
+		t.Fatal("no cut once the batch out was reported")
+	}
+	if _, err := s.Export(); err != nil {
+		t.Fatalf("export at the cut: %v", err)
+	}
+	s.Resume()
+	if s.Pausing() {
+		t.Fatal("pausing after Resume")
+	}
+	if _, ok, _ := s.Next("w1", -1); !ok {
+		t.Fatal("no batch after Resume")
+	}
+}

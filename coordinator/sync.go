@@ -20,6 +20,23 @@ func (l *leader) syncEpoch(ctx context.Context, a *attempt) (int64, error) {
 		if err := l.ended(ctx, a); err != nil {
 			return 0, err
 		}
+		if l.cfg.Draining() {
+			// a preemption notice: checkpoint after the last decided step,
+			// then leave (at the epoch's end, its own checkpoint does)
+			if step, done := l.board.syncDone(); done {
+				return step, nil
+			}
+			return 0, l.preempt(ctx, a, l.stepCut)
+		}
+		if req, ok := l.preempts.pending(); ok {
+			// a server told to stop: checkpoint now, and let it go
+			if step, done := l.board.syncDone(); !done || step == 0 {
+				if err := l.servePreempt(ctx, a, req, l.stepCut); err != nil {
+					return 0, err
+				}
+				continue
+			}
+		}
 		s, err := l.beginStep()
 		switch {
 		case err != nil:
@@ -143,6 +160,12 @@ func (l *leader) commit(ctx context.Context, d wire.Decision) (wire.Decision, er
 
 // stepCheckpoint checkpoints a sync run between two steps.
 func (l *leader) stepCheckpoint(ctx context.Context, a *attempt) error {
+	return l.stepCut(ctx, a, "steps")
+}
+
+// stepCut checkpoints a sync run between two steps, for reason; a failure
+// is logged (saveOrWarn).
+func (l *leader) stepCut(ctx context.Context, a *attempt, reason string) error {
 	b := l.board
 	b.mu.Lock()
 	if b.sched.Done() {
@@ -156,5 +179,5 @@ func (l *leader) stepCheckpoint(ctx context.Context, a *attempt) error {
 	if err != nil {
 		return err
 	}
-	return l.ck.saveOrWarn(ctx, a.ps, cut{version: rs.Step, state: rs, epochs: rs.Epoch, reason: "steps"})
+	return l.ck.saveOrWarn(ctx, a.ps, cut{version: rs.Step, state: rs, epochs: rs.Epoch, reason: reason})
 }

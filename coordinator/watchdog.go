@@ -243,6 +243,7 @@ const (
 	phaseValidating = "validating"
 	phaseRollback   = "rolling back"
 	phaseTesting    = "testing"
+	phasePreempt    = "waiting for a preempted member to leave"
 )
 
 // setPhase records what the leader does; the watchdog runs in training

@@ -182,7 +182,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	etcdList := strings.Join(endpoints, ",")
 	fmt.Fprintf(cfg.Stdout, "run %s: etcd %s; watch it with: %s\n", s.Run, etcdList,
 		strings.Join(append(append([]string{"tailor", "status", "--etcd", etcdList, "--run", s.Run}, child.Args()...), "--watch", "2s"), " "))
-	g := supervise.New(cfg.Stderr, 5*time.Second)
+	// on Ctrl-C every role gets SIGTERM: workers finish their step, the
+	// leader checkpoints (the servers wait for it), then all leave; those
+	// still running when the grace is over are killed
+	g := supervise.New(cfg.Stderr, job.DefaultPreemptGrace+5*time.Second)
 	// every role is started again when it fails; an optional one may stay
 	// down past its limit, the run goes on without it
 	policy := supervise.DefaultRestartPolicy()

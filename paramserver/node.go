@@ -47,6 +47,10 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	}
 	log := cfg.Logger()
 	listen := cfg.ListenAddr()
+	// after a preemption notice, the server has the grace to see its
+	// state checkpointed
+	ctx, cancel := cfg.GraceContext(ctx)
+	defer cancel()
 	lis, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("paramserver listener: %w", err)
@@ -129,11 +133,36 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 			stop()
 		}
 	}()
+	preempted := make(chan struct{})
+	go func() {
+		// a preemption notice: the leader checkpoints (this server's part
+		// with the others'), then the server stops serving
+		select {
+		case <-cfg.Drain:
+		case <-sctx.Done():
+			return
+		}
+		id := mem.Self().ID
+		rev, err := job.AwaitPreemptCheckpoint(sctx, cli, keys, job.PreemptRequest{ID: id, Role: cluster.RoleParamServer, Index: cfg.Index, At: time.Now().UTC()}, cfg.Grace(), log)
+		if err != nil && sctx.Err() == nil {
+			log.Warn("preemption notice: no checkpoint", "err", err)
+		}
+		if rev > 0 {
+			log.Info("preemption notice: the run is checkpointed; leaving", "revision", rev)
+		}
+		close(preempted)
+		stop()
+	}()
 	err = srv.Serve(sctx, lis)
 	select {
 	case <-finished:
 		return nil
+	case <-preempted:
+		return job.ErrPreempted
 	default:
+		if cfg.Draining() {
+			return job.ErrPreempted // the grace ran out
+		}
 		return err
 	}
 }

@@ -62,6 +62,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log := cfg.Logger()
+	// after a preemption notice, the worker has the grace to finish its
+	// step and report it
+	ctx, cancel := cfg.GraceContext(ctx)
+	defer cancel()
 	sess, err := job.Join(ctx, cfg.Node, cluster.Member{ID: cfg.ID, Role: cluster.RoleWorker})
 	if err != nil {
 		return err
@@ -229,6 +233,9 @@ func (w *runner) loop(ctx context.Context) error {
 	pullFail := &retry.Streak{Log: w.log, What: "pulling the step's weights"}
 	var backoff retry.Backoff
 	for {
+		if w.cfg.Draining() {
+			return w.leave(ctx, done, loss)
+		}
 		wc, err := w.coordinator(ctx)
 		if err != nil {
 			return err
@@ -337,6 +344,26 @@ func (w *runner) loop(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// leave ends a worker told to stop (a preemption notice) between two
+// steps. It reports its finished step, so that the coordinator counts the
+// batch (async, SSP; in sync mode the step's decision did) and records its
+// loss, and takes no other batch; the
+// session's close then revokes its lease, and the leader stops giving it
+// work at once. A batch the report's reply hands out goes back to the
+// pool with the lease.
+func (w *runner) leave(ctx context.Context, done int64, loss float64) error {
+	if done >= 0 && w.work != nil {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := w.work.Next(rctx, &wire.WorkRequest{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Done: done, Version: w.comp.Version(), Loss: loss, Gen: w.gen})
+		cancel()
+		if err != nil {
+			w.log.Warn("preemption notice: reporting the last step failed", "step", done, "err", err)
+		}
+	}
+	w.log.Info("preemption notice: leaving the run", "last_step", done)
+	return job.ErrPreempted
 }
 
 // logDone logs the worker's totals at the end of the run.

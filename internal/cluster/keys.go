@@ -102,6 +102,14 @@ func (k Keys) Election() string { return k.prefix + "leader/" }
 // outlives the run with its last numbers.
 func (k Keys) TrainProgress() string { return k.prefix + "train-progress" }
 
+// Preempts is the prefix of preemption requests: a member told to stop
+// (a parameter server on a spot VM's notice) puts Preempt(id), under a
+// lease of its own, and the leader checkpoints at once.
+func (k Keys) Preempts() string { return k.prefix + "preempt/" }
+
+// Preempt is member id's preemption request.
+func (k Keys) Preempt(id string) string { return k.Preempts() + seg(id) }
+
 // Checkpoint is the pointer to the newest complete checkpoint
 // (checkpoint.Pointer). Only ever moved with a compare on its version.
 func (k Keys) Checkpoint() string { return k.prefix + "checkpoint" }

@@ -1,10 +1,12 @@
 package job
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/tailorml/tailor/internal/cluster"
 )
@@ -38,6 +40,66 @@ type Node struct {
 	// connections to the other roles (certs.Config); nil is plaintext.
 	TLS *tls.Config
 	Log *slog.Logger
+	// Drain, when closed, is a preemption notice (SIGTERM): the process
+	// leaves the run cleanly within PreemptGrace — a worker after its
+	// step, the leader after a checkpoint, a parameter server once the
+	// leader has checkpointed. Nil never closes.
+	Drain <-chan struct{}
+	// PreemptGrace bounds the clean leave after Drain; 0 is
+	// DefaultPreemptGrace.
+	PreemptGrace time.Duration
+}
+
+// DefaultPreemptGrace is how long a process takes to leave the run after a
+// preemption notice, at most: within the 30 s GCE gives a preemptible VM
+// (AWS gives 120 s).
+const DefaultPreemptGrace = 25 * time.Second
+
+// ErrPreempted ends a role that left the run on a preemption notice
+// (Node.Drain).
+var ErrPreempted = errors.New("left the run on a preemption notice")
+
+// Draining reports whether Drain is closed.
+func (n Node) Draining() bool {
+	select {
+	case <-n.Drain:
+		return true
+	default:
+		return false
+	}
+}
+
+// Grace is PreemptGrace, or DefaultPreemptGrace when it is 0.
+func (n Node) Grace() time.Duration {
+	if n.PreemptGrace <= 0 {
+		return DefaultPreemptGrace
+	}
+	return n.PreemptGrace
+}
+
+// GraceContext returns a context that ends with ctx, or Grace after Drain
+// closes: the bound of a clean leave. cancel releases it.
+func (n Node) GraceContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	gctx, cancel := context.WithCancel(ctx)
+	if n.Drain == nil {
+		return gctx, cancel
+	}
+	go func() {
+		select {
+		case <-n.Drain:
+		case <-gctx.Done():
+			return
+		}
+		t := time.NewTimer(n.Grace())
+		defer t.Stop()
+		select {
+		case <-t.C:
+			n.Logger().Warn("preemption grace over: stopping", "grace", n.Grace())
+			cancel()
+		case <-gctx.Done():
+		}
+	}()
+	return gctx, cancel
 }
 
 // Validate checks what every role needs: a run, etcd endpoints, and a

@@ -32,13 +32,27 @@ type Env struct {
 	// parse error) instead of applying settings, and the command return: it
 	// is how the config code learns every command's flags (config.go).
 	probe func(fs *flag.FlagSet, err error)
+	// drain is closed by the first SIGTERM or Ctrl-C for a command
+	// registered with registerDraining; the command's context then ends
+	// only with a second signal (the command bounds its own drain with
+	// --preempt-grace). Nil for other commands, whose context ends with
+	// the first signal.
+	drain <-chan struct{}
 }
+
+// Drain is closed when the process is asked to stop (SIGTERM, Ctrl-C) and
+// should leave cleanly: a preemption's notice. Nil (never) for commands
+// not registered with registerDraining.
+func (e *Env) Drain() <-chan struct{} { return e.drain }
 
 // command is one subcommand. Run returns the process exit code.
 type command struct {
 	name    string
 	summary string
 	run     func(ctx context.Context, env *Env) int
+	// drains: the first signal closes Env.Drain instead of ending the
+	// context (the cluster roles, which leave cleanly when preempted)
+	drains bool
 }
 
 var commands = map[string]command{}
@@ -50,15 +64,50 @@ func register(name, summary string, run func(ctx context.Context, env *Env) int)
 	commands[name] = command{name: name, summary: summary, run: run}
 }
 
+// registerDraining registers a command that leaves cleanly on SIGTERM or
+// Ctrl-C (Env.Drain); a second signal ends its context.
+func registerDraining(name, summary string, run func(ctx context.Context, env *Env) int) {
+	register(name, summary, run)
+	c := commands[name]
+	c.drains = true
+	commands[name] = c
+}
+
 // Run runs tailor with args (without the program name) and returns the exit code.
 func Run(args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return RunContext(ctx, args, os.Stdout, os.Stderr)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	drain := make(chan struct{})
+	drains := len(args) > 0 && commands[args[0]].drains
+	go func() {
+		select {
+		case <-sigs:
+		case <-ctx.Done():
+			return
+		}
+		if !drains {
+			cancel()
+			return
+		}
+		close(drain)
+		select {
+		case <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return runContext(ctx, args, os.Stdout, os.Stderr, drain)
 }
 
 // RunContext is Run with an explicit context and outputs, for tests.
 func RunContext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runContext(ctx, args, stdout, stderr, nil)
+}
+
+func runContext(ctx context.Context, args []string, stdout, stderr io.Writer, drain <-chan struct{}) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stdout)
 		if len(args) == 0 {
@@ -80,7 +129,11 @@ func RunContext(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	return cmd.run(ctx, &Env{Args: args[1:], Stdout: stdout, Stderr: stderr, Log: log})
+	env := &Env{Args: args[1:], Stdout: stdout, Stderr: stderr, Log: log}
+	if cmd.drains {
+		env.drain = drain
+	}
+	return cmd.run(ctx, env)
 }
 
 func usage(w io.Writer) {

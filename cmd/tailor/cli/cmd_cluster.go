@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -17,14 +18,15 @@ import (
 )
 
 func init() {
-	register("coordinator", "lead a cluster run (or stand by for the leader)", runCoordinator)
-	register("worker", "train in a cluster run", runWorker)
+	registerDraining("coordinator", "lead a cluster run (or stand by for the leader)", runCoordinator)
+	registerDraining("worker", "train in a cluster run", runWorker)
 	register("submit", "submit a cluster run (its spec goes to etcd)", runSubmit)
 }
 
 // clusterFlags are the flags every cluster role has.
 type clusterFlags struct {
 	etcd, run, gossip, metrics, secret, advertise string
+	grace                                         time.Duration
 	sec                                           securityFlags
 }
 
@@ -35,14 +37,15 @@ func (c *clusterFlags) add(fs *flag.FlagSet) {
 	fs.StringVar(&c.metrics, "metrics-listen", "", "Prometheus /metrics listen address (empty: none)")
 	fs.StringVar(&c.secret, "gossip-key-file", "", "file holding the hex gossip encryption key (16, 24 or 32 bytes)")
 	fs.StringVar(&c.advertise, "advertise", os.Getenv("TAILOR_ADVERTISE"), "host name or address peers dial this process at, with each listener's port (for listeners on 0.0.0.0; needs a fixed --gossip port; env TAILOR_ADVERTISE)")
+	fs.DurationVar(&c.grace, "preempt-grace", job.DefaultPreemptGrace, "on SIGTERM or Ctrl-C (a preemption notice), the longest this process takes to leave the run cleanly: a worker finishes its step, the leader and the parameter servers checkpoint first; a second signal stops at once")
 	c.sec.add(fs)
 }
 
 // node is how a role's process reaches the run: the flags every role
 // shares, with the gossip key, the roles' mutual TLS and the etcd client's
-// TLS and credentials loaded. listen is the role's gRPC address ("" for a
-// worker, which serves none).
-func (c *clusterFlags) node(listen string, log *slog.Logger) (job.Node, error) {
+// TLS and credentials loaded, and the preemption notice. listen is the
+// role's gRPC address ("" for a worker, which serves none).
+func (c *clusterFlags) node(env *Env, listen string, log *slog.Logger) (job.Node, error) {
 	key, err := c.key()
 	if err != nil {
 		return job.Node{}, err
@@ -56,7 +59,25 @@ func (c *clusterFlags) node(listen string, log *slog.Logger) (job.Node, error) {
 		return job.Node{}, err
 	}
 	return job.Node{Run: c.run, Etcd: c.endpoints(), EtcdAuth: auth, Listen: listen, MetricsAddr: c.metrics, GossipBind: c.gossip,
-		Advertise: c.advertise, SecretKey: key, TLS: wt, Log: log}, nil
+		Advertise: c.advertise, SecretKey: key, TLS: wt, Log: log, Drain: env.Drain(), PreemptGrace: c.grace}, nil
+}
+
+// ExitPreempted is a role's exit code after it left the run on a
+// preemption notice: 128 + SIGTERM, as a process the signal ended, so
+// that a supervisor (tailor local, systemd's Restart=on-failure) starts
+// it again where the machine itself is not going away.
+const ExitPreempted = 143
+
+// roleExit is a role's exit code for the error it ended with.
+func roleExit(env *Env, err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, job.ErrPreempted):
+		env.Log.Info("exiting", "why", err.Error())
+		return ExitPreempted
+	}
+	return fail(env, err)
 }
 
 func (c *clusterFlags) endpoints() []string {
@@ -112,17 +133,14 @@ and keeps the best model in the run's output folder. Start two for a standby.`)
 		host, _ := os.Hostname()
 		id = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	node, err := cf.node(listen, env.Log.With("role", "coordinator", "id", id))
+	node, err := cf.node(env, listen, env.Log.With("role", "coordinator", "id", id))
 	if err != nil {
 		return fail(env, err)
 	}
 	// TAILOR_PROGRESS_INTERVAL (a duration) tunes how often tailor status's
 	// numbers refresh; tests shorten it
 	every, _ := time.ParseDuration(os.Getenv("TAILOR_PROGRESS_INTERVAL"))
-	if err := coordinator.Run(ctx, coordinator.Config{Node: node, ID: id, ProgressInterval: every}); err != nil {
-		return fail(env, err)
-	}
-	return 0
+	return roleExit(env, coordinator.Run(ctx, coordinator.Config{Node: node, ID: id, ProgressInterval: every}))
 }
 
 func runWorker(ctx context.Context, env *Env) int {
@@ -145,27 +163,21 @@ weights, until the coordinator says the run is done.`)
 		fmt.Fprintln(env.Stderr, "tailor worker: --id is required (the host name is unknown)")
 		return 2
 	}
-	node, err := cf.node("", env.Log.With("role", "worker", "id", id))
+	node, err := cf.node(env, "", env.Log.With("role", "worker", "id", id))
 	if err != nil {
 		return fail(env, err)
 	}
-	if err := worker.Run(ctx, worker.Config{Node: node, ID: id}); err != nil {
-		return fail(env, err)
-	}
-	return 0
+	return roleExit(env, worker.Run(ctx, worker.Config{Node: node, ID: id}))
 }
 
 // runParamServerNode is `tailor paramserver --etcd ...`: a server of a
 // cluster run.
 func runParamServerNode(ctx context.Context, env *Env, cf clusterFlags, index int, listen string) int {
-	node, err := cf.node(listen, env.Log.With("role", "paramserver", "index", index))
+	node, err := cf.node(env, listen, env.Log.With("role", "paramserver", "index", index))
 	if err != nil {
 		return fail(env, err)
 	}
-	if err := paramserver.RunNode(ctx, paramserver.NodeConfig{Node: node, Index: index}); err != nil {
-		return fail(env, err)
-	}
-	return 0
+	return roleExit(env, paramserver.RunNode(ctx, paramserver.NodeConfig{Node: node, Index: index}))
 }
 
 // addSpecFlags binds the job spec's settings to flags.

@@ -16,7 +16,7 @@ import (
 )
 
 func init() {
-	register("paramserver", "serve one parameter server of a distributed training run", runParamServer)
+	registerDraining("paramserver", "serve one parameter server of a distributed training run", runParamServer)
 }
 
 func runParamServer(ctx context.Context, env *Env) int {
@@ -73,6 +73,17 @@ else (model, mode, workers, step decisions) from the run.`)
 		fmt.Fprintf(env.Stderr, "tailor paramserver: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
+	// standalone, a signal stops the server at once: it has no run to
+	// checkpoint for
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-env.Drain():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if labels < 1 {
 		fmt.Fprintln(env.Stderr, "tailor paramserver: --labels is required")
 		return 2
