@@ -3,8 +3,9 @@
 
     onnx_eval.py MODEL.onnx OUT.f32 (--pixels FILE N | --images IMAGE...)
 
-1. onnx.checker.check_model(model, full_check=True): the file is valid ONNX
-   and its shapes infer (Debian's python3-onnx).
+1. onnx.checker.check_model(model, full_check=True) and strict shape
+   inference: the file is valid ONNX, every node's shapes fit, and the
+   output is [batch, len(labels)] (Debian's python3-onnx).
 2. The input is prepared from the model's metadata_props only: input_size,
    input_channels, input_channel_order, input_layout, input_scale,
    input_mean, input_std. --pixels reads N images of raw uint8 HWC pixels
@@ -109,6 +110,10 @@ def main():
     path, out_path, mode = args[0], args[1], args[2]
     m = onnx.load(path)
     onnx.checker.check_model(m, full_check=True)
+    # strict shape inference: every node's input shapes must fit its op, and
+    # the output must come out [batch, labels] from the input's shape alone
+    inferred = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
+    out_dims = inferred.graph.output[0].type.tensor_type.shape.dim
     meta = {p.key: p.value for p in m.metadata_props}
     size, channels = int(meta["input_size"]), int(meta["input_channels"])
     if meta["input_layout"] != "NCHW" or meta["input_channel_order"] != "RGB" or channels != 3:
@@ -143,6 +148,9 @@ def main():
     got = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if got != want or not dims[0].dim_param:
         raise ValueError(f"input shape {got} (batch {dims[0].dim_param!r}), want [batch, {channels}, {size}, {size}]")
+    odims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in out_dims]
+    if odims != [dims[0].dim_param, len(labels)]:
+        raise ValueError(f"inferred output shape {odims}, want [{dims[0].dim_param!r}, {len(labels)}]")
     env = {t.name: torch.from_numpy(numpy_helper.to_array(t).astype(np.float64)) for t in g.initializer}
     env[g.input[0].name] = x
     ops = {}
