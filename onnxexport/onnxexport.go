@@ -192,6 +192,11 @@ func WriteFile(path string, b *model.Bundle, opt Options) (int, error) {
 		return 0, fmt.Errorf("write onnx model: %w", err)
 	}
 	defer os.Remove(tmp.Name())
+	// readable by all, as a file meant for other programs (CreateTemp's is 0600)
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return 0, fmt.Errorf("write onnx model %s: %w", path, err)
+	}
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return 0, fmt.Errorf("write onnx model %s: %w", path, err)
