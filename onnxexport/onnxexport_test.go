@@ -351,8 +351,10 @@ func TestWriteFile(t *testing.T) {
 	if n != len(data) || string(data) != string(want) {
 		t.Errorf("file of %d bytes (reported %d), want the %d bytes Marshal returns", len(data), n, len(want))
 	}
-	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o644 {
-		t.Errorf("file mode %v (%v), want -rw-r--r--", fi.Mode(), err)
+	if fi, err := os.Stat(path); err != nil {
+		t.Error(err)
+	} else if fi.Mode().Perm() != 0o644 {
+		t.Errorf("file mode %v, want -rw-r--r--", fi.Mode())
 	}
 	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 1 {
 		t.Errorf("folder holds %d entries, want only the model (no temporary file left)", len(entries))
