@@ -2,12 +2,14 @@ package cli_test
 
 import (
 	"encoding/binary"
+	"encoding/csv"
 	"encoding/json"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -100,6 +102,25 @@ func TestExportONNX(t *testing.T) {
 		t.Fatalf("predict --format json: %d predictions (%v)", len(preds), err)
 	}
 
+	// --top and --format csv / table on the same images agree with the JSON
+	csvOut, _ := run(t, 0, "predict", "--format", "csv", "--top", "3", modelPath, imgs[0], imgs[1])
+	rows, err := csv.NewReader(strings.NewReader(csvOut)).ReadAll()
+	if err != nil || len(rows) != 1+2*3 {
+		t.Fatalf("predict --format csv --top 3 on 2 images: %d rows (%v), want a header and 6:\n%s", len(rows), err, csvOut)
+	}
+	for r, row := range rows[1:] {
+		i, k := r/3, r%3
+		l := preds[i].Labels[k]
+		if want := []string{imgs[i], strconv.Itoa(k + 1), l.Label, strconv.FormatFloat(l.Probability, 'g', -1, 32),
+			strconv.FormatFloat(l.Threshold, 'g', -1, 32), strconv.FormatBool(l.Present), ""}; !slices.Equal(row, want) {
+			t.Errorf("csv row %d: %q, want %q", r+1, row, want)
+		}
+	}
+	table, _ := run(t, 0, "predict", "--top", "2", modelPath, imgs[0])
+	if lines := strings.Split(strings.TrimSpace(table), "\n"); len(lines) != 3 || lines[0] != imgs[0] || !strings.Contains(lines[1], preds[0].Labels[0].Label+":") {
+		t.Errorf("predict --top 2 printed:\n%s", table)
+	}
+
 	if skip := onnxToolsMissing(); skip != "" {
 		t.Skip(skip)
 	}
@@ -144,4 +165,26 @@ func onnxToolsMissing() string {
 		}
 	}
 	return ""
+}
+
+// TestExportPredictHelp: --help names the flags and what they print.
+func TestExportPredictHelp(t *testing.T) {
+	for _, tt := range []struct {
+		cmd  string
+		want []string
+	}{
+		{"export", []string{"Usage: tailor export [flags] MODEL OUT", "-format format", "output format: onnx", "metadata_props", "opset 13"}},
+		{"predict", []string{"Usage: tailor predict [flags] MODEL IMAGE...", "-format format", "table, json or csv", "-top K", "--top K keeps the K most probable"}},
+	} {
+		stdout, _ := run(t, 0, tt.cmd, "--help")
+		for _, w := range tt.want {
+			if !strings.Contains(stdout, w) {
+				t.Errorf("tailor %s --help lacks %q:\n%s", tt.cmd, w, stdout)
+			}
+		}
+	}
+	stdout, _ := run(t, 0, "--help")
+	if !strings.Contains(stdout, "export") || !strings.Contains(stdout, "ONNX") {
+		t.Errorf("tailor --help does not list export:\n%s", stdout)
+	}
 }
