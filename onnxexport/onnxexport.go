@@ -158,7 +158,6 @@ func Model(b *model.Bundle, opt Options) (*onnx.ModelProto, error) {
 		OpsetImport:     []*onnx.OperatorSetIdProto{{Domain: "", Version: Opset}},
 		ProducerName:    Producer,
 		ProducerVersion: opt.ProducerVersion,
-		ModelVersion:    1,
 		DocString: "A tailor multi-label image classifier. Input " + InputName + ": " + preprocessing(b) +
 			" Output " + OutputName + ": one independent probability per label, in the order of the labels metadata entry;" +
 			" a label is present when its probability is at least its threshold (thresholds entry).",
