@@ -36,9 +36,11 @@ var rules = []rule{
 	{"roles do not import the single-process trainer", []string{"coordinator", "worker", "paramserver", "checkpoint"}, []string{"train"}},
 	{"the store knows nothing of what it stores", []string{"store"},
 		[]string{"shard", "model", "checkpoint", "coordinator", "worker", "paramserver", "internal/cluster", "internal/wire"}},
+	{"the ONNX exporter reads a model file's net, nothing of training or the cluster", []string{"onnxexport"},
+		[]string{"coordinator", "worker", "paramserver", "checkpoint", "internal/cluster", "internal/wire", "internal/job", "store", "shard", "train", "eval"}},
 	{"nothing imports the CLI", []string{""}, []string{"cmd/tailor/cli"}},
 	{"the roles and the libraries under them know nothing of the tools built on them",
-		[]string{"coordinator", "worker", "paramserver", "checkpoint", "store", "shard", "model", "optim", "input", "eval", "train", "internal/wire", "internal/cluster", "internal/job"},
+		[]string{"coordinator", "worker", "paramserver", "checkpoint", "store", "shard", "model", "optim", "input", "eval", "train", "onnxexport", "internal/wire", "internal/cluster", "internal/job"},
 		[]string{"localcluster", "runstatus", "bench", "cmd/tailor"}},
 }
 

@@ -1,11 +1,18 @@
 package cli
 
 import (
+	"bufio"
 	"context"
+	"encoding/csv"
 	"encoding/json"
+	"flag"
 	"fmt"
+	"io"
 	"os"
+	"slices"
 	"sort"
+	"strconv"
+	"strings"
 
 	"github.com/tailorml/tailor/input"
 	"github.com/tailorml/tailor/model"
@@ -34,12 +41,38 @@ type LabelScore struct {
 func runPredict(ctx context.Context, env *Env) int {
 	fs := newFlagSet(env, "predict", "MODEL IMAGE...", `
 Prints every label's probability for each image (JPEG, PNG or GIF), highest
-first, marking with * the labels above the model's tuned threshold. Images are
-resized as ingest resized the training images.`)
-	asJSON := fs.Bool("json", false, "print JSON")
-	top := fs.Int("top", 0, "print only the top N labels per image (0: all)")
+first, marking the labels at or above the model's tuned threshold. Images
+are resized as ingest resized the training images.
+
+--format table (the default) prints each image's path, then one line per
+label, * marking the labels present; json prints a list of
+{image, labels: [{label, probability, threshold, present}], error}; csv
+prints a header and one row per image and label (image, rank, label,
+probability, threshold, present, error). --top K keeps the K most probable
+labels of each image. An image that cannot be read is reported in the
+output and makes the exit code 1.`)
+	format := fs.String("format", "table", "output `format`: table, json or csv")
+	asJSON := fs.Bool("json", false, "print JSON (the same as --format json)")
+	top := fs.Int("top", 0, "print only the `K` most probable labels per image (0: all)")
 	if code, done := parse(env, fs); done {
 		return code
+	}
+	if *asJSON {
+		set := false
+		fs.Visit(func(f *flag.Flag) { set = set || f.Name == "format" })
+		if set && *format != "json" {
+			fmt.Fprintf(env.Stderr, "tailor predict: --json and --format %s disagree\n", *format)
+			return 2
+		}
+		*format = "json"
+	}
+	if !slices.Contains(predictFormats, *format) {
+		fmt.Fprintf(env.Stderr, "tailor predict: --format %q: want %s\n", *format, strings.Join(predictFormats, ", "))
+		return 2
+	}
+	if *top < 0 {
+		fmt.Fprintf(env.Stderr, "tailor predict: --top %d: want 0 (all) or more\n", *top)
+		return 2
 	}
 	if fs.NArg() < 2 {
 		fmt.Fprintln(env.Stderr, "tailor predict: want MODEL and at least one IMAGE")
@@ -73,27 +106,80 @@ resized as ingest resized the training images.`)
 			p.Error = err.Error()
 			failed++
 		} else {
-			for i, l := range b.Labels {
-				p.Labels = append(p.Labels, LabelScore{Label: l, Probability: float64(probs[i]), Threshold: float64(b.Thresholds[i]), Present: probs[i] >= b.Thresholds[i]})
-			}
-			sort.SliceStable(p.Labels, func(i, j int) bool { return p.Labels[i].Probability > p.Labels[j].Probability })
-			if *top > 0 && len(p.Labels) > *top {
-				p.Labels = p.Labels[:*top]
-			}
+			p.Labels = rankLabels(b.Labels, probs, b.Thresholds, *top)
 		}
 		out = append(out, p)
 	}
-	if *asJSON {
-		enc := json.NewEncoder(env.Stdout)
+	if err := writePredictions(env.Stdout, *format, out); err != nil {
+		return fail(env, err)
+	}
+	if failed > 0 {
+		fmt.Fprintf(env.Stderr, "tailor predict: %d of %d images could not be read\n", failed, len(out))
+		return 1
+	}
+	return 0
+}
+
+// predictFormats are the values of predict's --format.
+var predictFormats = []string{"table", "json", "csv"}
+
+// rankLabels returns every label's score, most probable first (ties in
+// vocabulary order), the top k of them if k > 0.
+func rankLabels(labels []string, probs, thresholds []float32, k int) []LabelScore {
+	out := make([]LabelScore, len(labels))
+	for i, l := range labels {
+		out[i] = LabelScore{Label: l, Probability: float64(probs[i]), Threshold: float64(thresholds[i]), Present: probs[i] >= thresholds[i]}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Probability > out[j].Probability })
+	if k > 0 && len(out) > k {
+		out = out[:k]
+	}
+	return out
+}
+
+// writePredictions prints predictions in format (one of predictFormats).
+func writePredictions(w io.Writer, format string, preds []Prediction) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
-			return fail(env, err)
+		if preds == nil {
+			preds = []Prediction{}
 		}
-	} else {
-		for _, p := range out {
-			fmt.Fprintln(env.Stdout, p.Image)
+		if err := enc.Encode(preds); err != nil {
+			return fmt.Errorf("print predictions: %w", err)
+		}
+		return nil
+	case "csv":
+		cw := csv.NewWriter(w)
+		_ = cw.Write([]string{"image", "rank", "label", "probability", "threshold", "present", "error"})
+		for _, p := range preds {
 			if p.Error != "" {
-				fmt.Fprintf(env.Stdout, "  error: %s\n", p.Error)
+				_ = cw.Write([]string{p.Image, "", "", "", "", "", p.Error})
+				continue
+			}
+			for i, l := range p.Labels {
+				_ = cw.Write([]string{p.Image, strconv.Itoa(i + 1), l.Label, strconv.FormatFloat(l.Probability, 'g', -1, 32),
+					strconv.FormatFloat(l.Threshold, 'g', -1, 32), strconv.FormatBool(l.Present), ""})
+			}
+		}
+		cw.Flush()
+		if err := cw.Error(); err != nil {
+			return fmt.Errorf("print predictions: %w", err)
+		}
+		return nil
+	case "table":
+		width := 12
+		for _, p := range preds {
+			for _, l := range p.Labels {
+				width = max(width, len(l.Label)+1)
+			}
+		}
+		bw := bufio.NewWriter(w)
+		for _, p := range preds {
+			fmt.Fprintln(bw, p.Image)
+			if p.Error != "" {
+				fmt.Fprintf(bw, "  error: %s\n", p.Error)
 				continue
 			}
 			for _, l := range p.Labels {
@@ -101,13 +187,13 @@ resized as ingest resized the training images.`)
 				if l.Present {
 					mark = "*"
 				}
-				fmt.Fprintf(env.Stdout, "  %s %-12s %5.1f%%\n", mark, l.Label+":", 100*l.Probability)
+				fmt.Fprintf(bw, "  %s %-*s %5.1f%%\n", mark, width, l.Label+":", 100*l.Probability)
 			}
 		}
+		if err := bw.Flush(); err != nil {
+			return fmt.Errorf("print predictions: %w", err)
+		}
+		return nil
 	}
-	if failed > 0 {
-		fmt.Fprintf(env.Stderr, "tailor predict: %d of %d images could not be read\n", failed, len(out))
-		return 1
-	}
-	return 0
+	return fmt.Errorf("print predictions: format %q: want %s", format, strings.Join(predictFormats, ", "))
 }
