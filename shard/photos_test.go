@@ -63,8 +63,8 @@ func TestPhotoFormats(t *testing.T) {
 		want [4]rgb // at patchCentres
 		tol  int
 	}{
-		{"cmyk.jpg", quad, 12},  // Adobe CMYK, inverted as Photoshop writes it
-		{"ycck.jpg", quad, 12},  // Adobe YCCK (transform 2)
+		{"cmyk.jpg", quad, 12}, // Adobe CMYK, inverted as Photoshop writes it
+		{"ycck.jpg", quad, 12}, // Adobe YCCK (transform 2)
 		{"gray.jpg", [4]rgb{{40, 40, 40}, {200, 200, 200}, {120, 120, 120}, {255, 255, 255}}, 6},
 		{"alpha.png", alpha, 2}, // RGBA composited over white
 		{"alpha.webp", alpha, 2},
