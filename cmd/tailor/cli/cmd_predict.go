@@ -33,9 +33,10 @@ type LabelScore struct {
 
 func runPredict(ctx context.Context, env *Env) int {
 	fs := newFlagSet(env, "predict", "MODEL IMAGE...", `
-Prints every label's probability for each image (JPEG, PNG or GIF), highest
-first, marking with * the labels above the model's tuned threshold. Images are
-resized as ingest resized the training images.`)
+Prints every label's probability for each image (JPEG, PNG, GIF, WebP or
+BMP), highest first, marking with * the labels above the model's tuned
+threshold. Images are turned upright and resized as ingest prepared the
+training images (the interpolation and resize mode the model recorded).`)
 	asJSON := fs.Bool("json", false, "print JSON")
 	top := fs.Int("top", 0, "print only the top N labels per image (0: all)")
 	if code, done := parse(env, fs); done {
@@ -63,7 +64,7 @@ resized as ingest resized the training images.`)
 		data, err := os.ReadFile(path)
 		var pix []byte
 		if err == nil {
-			pix, err = shard.DecodeImage(data, cfg.Size, b.Meta["interpolation"])
+			pix, err = shard.DecodeImageOpts(data, shard.DecodeOptions{Size: cfg.Size, Interpolation: b.Meta["interpolation"], Resize: b.Meta["resize"]})
 		}
 		if err == nil {
 			input.Normalize(x, pix, cfg.Size, cfg.Size, cfg.Channels, b.Mean, b.Std)
