@@ -228,7 +228,11 @@ func shardCount(m *shard.Manifest) int {
 
 // writeShardSummary prints what a manifest holds.
 func writeShardSummary(w io.Writer, m *shard.Manifest) {
-	fmt.Fprintf(w, "images    %dx%dx%d, %s, %s interpolation, alpha over %s\n", m.Width, m.Height, m.Channels, m.Build.Resize, m.Build.Interpolation, m.Build.Alpha)
+	resize := m.Build.Resize
+	if resize == "" {
+		resize = shard.ResizeStretch // manifests from before --resize
+	}
+	fmt.Fprintf(w, "images    %dx%dx%d, %s, %s interpolation, alpha over %s\n", m.Width, m.Height, m.Channels, resize, m.Build.Interpolation, m.Build.Alpha)
 	fmt.Fprintf(w, "splits    by %s", m.Build.SplitBy)
 	if m.Build.SplitBy == "path-hash" {
 		fmt.Fprintf(w, " (val fraction %g)", m.Build.ValFraction)
