@@ -300,3 +300,43 @@ func bmpHeader(w, h int32) []byte {
 	b = binary.LittleEndian.AppendUint16(b, 24)
 	return append(b, make([]byte, 24)...)
 }
+
+// TestBuildPhotos ingests every photo fixture from a label folder with
+// --resize pad: all are records, none skipped, and the manifest records pad.
+func TestBuildPhotos(t *testing.T) {
+	entries, err := os.ReadDir(filepath.Join("testdata", "photos"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	n := 0
+	for _, e := range entries {
+		if !imageExts[strings.ToLower(filepath.Ext(e.Name()))] {
+			continue
+		}
+		writeFile(t, src, "red_photo/"+e.Name(), readPhoto(t, e.Name()))
+		n++
+	}
+	if n < 20 {
+		t.Fatalf("%d fixtures, want every format", n)
+	}
+	cfg := testConfig(t)
+	cfg.ValFraction = 0
+	cfg.Resize = ResizePad
+	st := newStore(t)
+	m := build(t, cfg, src, st)
+	if m.Build.Resize != ResizePad {
+		t.Errorf("manifest resize %q, want pad", m.Build.Resize)
+	}
+	if got := m.Splits[0].Records; got != int64(n) || len(m.Splits[0].Skipped) != 0 {
+		t.Errorf("%d records, skipped %v; want %d and none", got, m.Splits[0].Skipped, n)
+	}
+	recs := bySource(t, st, m, SplitTrain)
+	wide := recs["red_photo/wide.png"]
+	if len(wide.Pixels) != 8*8*3 {
+		t.Fatalf("wide.png: %d bytes", len(wide.Pixels))
+	}
+	if top, mid := at(wide.Pixels, 8, 4, 0), at(wide.Pixels, 8, 0, 4); top != pWhite || !nearRGB(mid, pGreen, 40) {
+		t.Errorf("wide.png padded: top %v (want white), left middle %v (want green)", top, mid)
+	}
+}
