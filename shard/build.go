@@ -35,7 +35,7 @@ type BuildConfig struct {
 	// Interpolation is the resampling kernel: InterpCatmullRom or InterpBilinear.
 	Interpolation string
 	// Resize is how an image that is not square reaches the square:
-	// ResizeStretch (the default), ResizePad or ResizeCrop.
+	// ResizeStretch (the default; "" means it too), ResizePad or ResizeCrop.
 	Resize string
 	// LabelSep separates the labels of a labels.csv field: LabelSepAuto
 	// ("", detected per file), LabelSepSpace, ";", "," or "|".
@@ -98,8 +98,10 @@ func (c *BuildConfig) Validate() error {
 	if _, err := interpolator(c.Interpolation); err != nil {
 		return err
 	}
-	if err := checkResize(c.Resize); err != nil {
-		return err
+	if c.Resize != "" { // "" is ResizeStretch
+		if err := checkResize(c.Resize); err != nil {
+			return err
+		}
 	}
 	if err := checkLabelSep(c.LabelSep); err != nil {
 		return err
@@ -129,6 +131,9 @@ func (c *BuildConfig) Validate() error {
 func Build(ctx context.Context, cfg BuildConfig, src string, dst store.Store, progress io.Writer, log *slog.Logger) (*Manifest, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("build: %w", err)
+	}
+	if cfg.Resize == "" {
+		cfg.Resize = ResizeStretch
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
