@@ -311,7 +311,7 @@ func TestBuildPhotos(t *testing.T) {
 	src := t.TempDir()
 	n := 0
 	for _, e := range entries {
-		if !imageExts[strings.ToLower(filepath.Ext(e.Name()))] {
+		if !imageExts[strings.ToLower(filepath.Ext(e.Name()))] || e.Name() == "anim.webp" {
 			continue
 		}
 		writeFile(t, src, "red_photo/"+e.Name(), readPhoto(t, e.Name()))
@@ -338,5 +338,13 @@ func TestBuildPhotos(t *testing.T) {
 	}
 	if top, mid := at(wide.Pixels, 8, 4, 0), at(wide.Pixels, 8, 0, 4); top != pWhite || !nearRGB(mid, pGreen, 40) {
 		t.Errorf("wide.png padded: top %v (want white), left middle %v (want green)", top, mid)
+	}
+}
+
+// Animated WebP is not decoded: it is skipped as corrupt, with a cause.
+func TestAnimatedWebPIsSkipped(t *testing.T) {
+	_, reason, err := decodeImage(readPhoto(t, "anim.webp"), photoLimits(t, 8, ResizeStretch))
+	if reason != SkipCorrupt || err == nil {
+		t.Errorf("reason %q (%v), want %q with a cause", reason, err, SkipCorrupt)
 	}
 }

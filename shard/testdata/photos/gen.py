@@ -89,6 +89,8 @@ def main():
     quad.save("lossless.webp", lossless=True)
     quad.save("lossy.webp", quality=95)
     alpha.save("alpha.webp", lossless=True)
+    # Animated WebP, which golang.org/x/image/webp does not decode.
+    first.save("anim.webp", save_all=True, append_images=[second], duration=100, loop=0)
     quad.save("rgb24.bmp")
     quad.convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save("palette.bmp")
 
