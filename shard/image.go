@@ -174,6 +174,21 @@ type DecodeOptions struct {
 	Resize string
 }
 
+// Keys of the build settings a trained model keeps in its metadata, so that
+// prediction prepares new images as ingest prepared the training images.
+const (
+	MetaInterpolation = "interpolation"
+	MetaResize        = "resize"
+)
+
+// DecodeOptionsFromMeta returns the options that prepare an image of size
+// pixels as the build a model recorded in meta (MetaInterpolation and
+// MetaResize from the manifest's BuildInfo); a model from before the resize
+// setting gets stretch.
+func DecodeOptionsFromMeta(size int, meta map[string]string) DecodeOptions {
+	return DecodeOptions{Size: size, Interpolation: meta[MetaInterpolation], Resize: meta[MetaResize]}
+}
+
 // DecodeImage prepares one image exactly as Build does for a shard record:
 // size×size×3 bytes of HWC RGB, with the default build limits, stretched to
 // the square. It is DecodeImageOpts with Resize "" (stretch); a caller that

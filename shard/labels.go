@@ -187,7 +187,7 @@ func checkSingletons(splits []*splitInputs) error {
 	for _, l := range singles[:3] {
 		ex = append(ex, fmt.Sprintf("%q", l))
 	}
-	return fmt.Errorf("%d of %d labels are on a single image of %d (e.g. %s): are the labels separated right? "+
+	return fmt.Errorf("%d of %d labels have a single image each, over %d images (e.g. %s): are the labels separated right? "+
 		"Set --label-sep, or pass --allow-odd-labels to build anyway: %w",
 		len(singles), len(count), images, strings.Join(ex, ", "), ErrOddLabels)
 }

@@ -212,7 +212,7 @@ func TestBuildRefusesSingletonVocabulary(t *testing.T) {
 			if !errors.Is(err, ErrOddLabels) {
 				t.Fatalf("Build: %v, want ErrOddLabels", err)
 			}
-			for _, s := range []string{"24 of 25 labels", `"photo_000"`, "--label-sep", "--allow-odd-labels"} {
+			for _, s := range []string{"24 of 25 labels have a single image", `"photo_000"`, "--label-sep", "--allow-odd-labels"} {
 				if !strings.Contains(err.Error(), s) {
 					t.Errorf("error %q lacks %q", err, s)
 				}

@@ -239,3 +239,19 @@ func TestManifestResize(t *testing.T) {
 		t.Error("DecodeImageOpts with resize squash succeeded")
 	}
 }
+
+func TestDecodeOptionsFromMeta(t *testing.T) {
+	tests := []struct {
+		meta map[string]string
+		want DecodeOptions
+	}{
+		{nil, DecodeOptions{Size: 8}}, // an old model: default kernel, stretch
+		{map[string]string{MetaInterpolation: InterpBilinear}, DecodeOptions{Size: 8, Interpolation: InterpBilinear}},
+		{map[string]string{MetaInterpolation: InterpCatmullRom, MetaResize: ResizeCrop, "epoch": "3"}, DecodeOptions{Size: 8, Interpolation: InterpCatmullRom, Resize: ResizeCrop}},
+	}
+	for _, tt := range tests {
+		if got := DecodeOptionsFromMeta(8, tt.meta); got != tt.want {
+			t.Errorf("DecodeOptionsFromMeta(8, %v) = %+v, want %+v", tt.meta, got, tt.want)
+		}
+	}
+}

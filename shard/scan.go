@@ -72,6 +72,7 @@ type scanner struct {
 }
 
 type logger interface {
+	Info(msg string, args ...any)
 	Warn(msg string, args ...any)
 	Debug(msg string, args ...any)
 }
@@ -501,7 +502,7 @@ func (sc *scanner) scanCSV(ctx context.Context, csvPath, root, relPrefix string)
 			fields[i] = r.label
 		}
 		sep = DetectLabelSep(fields)
-		sc.log.Debug("label separator", "file", csvPath, "sep", LabelSepName(sep))
+		sc.log.Info("labels.csv label separator", "file", csvPath, "sep", LabelSepName(sep))
 	}
 	if !sc.cfg.AllowOddLabels {
 		var odd []oddExample

@@ -64,7 +64,7 @@ training images (the interpolation and resize mode the model recorded).`)
 		data, err := os.ReadFile(path)
 		var pix []byte
 		if err == nil {
-			pix, err = shard.DecodeImageOpts(data, shard.DecodeOptions{Size: cfg.Size, Interpolation: b.Meta["interpolation"], Resize: b.Meta["resize"]})
+			pix, err = shard.DecodeImageOpts(data, shard.DecodeOptionsFromMeta(cfg.Size, b.Meta))
 		}
 		if err == nil {
 			input.Normalize(x, pix, cfg.Size, cfg.Size, cfg.Channels, b.Mean, b.Std)
