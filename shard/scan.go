@@ -521,6 +521,9 @@ func (sc *scanner) scanCSV(ctx context.Context, csvPath, root, relPrefix string)
 	}
 	seen := map[string]int{}
 	for _, r := range rows {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		line := r.line
 		raw := strings.TrimSpace(r.path)
 		p := path.Clean(raw)
