@@ -180,7 +180,7 @@ func TestBuildRefusesSingletonVocabulary(t *testing.T) {
 		}
 		return b.String()
 	}
-	caption := func(i int) string { return fmt.Sprintf("dress photo_%03d", i) } // an ID taken for a label
+	caption := func(i int) string { return fmt.Sprintf("dress p%03d", i) } // an ID taken for a label
 	tests := []struct {
 		name     string
 		csv      string
@@ -191,6 +191,7 @@ func TestBuildRefusesSingletonVocabulary(t *testing.T) {
 		{"allowed", rows(24, caption), true, false},
 		{"few images", rows(12, caption), false, false},
 		{"repeated labels", rows(24, func(i int) string { return []string{"red dress", "blue shirt", "red jeans"}[i%3] }), false, false},
+		{"ID folders", "", false, true}, // a label folder per image: dress_p000/x.png
 		{"a few rare labels", rows(30, func(i int) string {
 			if i < 4 {
 				return fmt.Sprintf("dress rare%d", i)
@@ -202,7 +203,16 @@ func TestBuildRefusesSingletonVocabulary(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := testConfig(t)
 			cfg.AllowOddLabels = tt.allowOdd
-			_, err := Build(context.Background(), cfg, csvSource(t, tt.csv), newStore(t), nil, nil)
+			var src string
+			if tt.csv == "" {
+				src = t.TempDir()
+				for i := range 24 {
+					writeFile(t, src, fmt.Sprintf("dress_p%03d/x.png", i), encodePNG(t, solid(8, 8, gray)))
+				}
+			} else {
+				src = csvSource(t, tt.csv)
+			}
+			_, err := Build(context.Background(), cfg, src, newStore(t), nil, nil)
 			if !tt.refused {
 				if err != nil {
 					t.Fatalf("Build: %v", err)
@@ -212,7 +222,7 @@ func TestBuildRefusesSingletonVocabulary(t *testing.T) {
 			if !errors.Is(err, ErrOddLabels) {
 				t.Fatalf("Build: %v, want ErrOddLabels", err)
 			}
-			for _, s := range []string{"24 of 25 labels have a single image", `"photo_000"`, "--label-sep", "--allow-odd-labels"} {
+			for _, s := range []string{"24 of 25 labels have a single image", `"p000"`, "--label-sep", "--allow-odd-labels"} {
 				if !strings.Contains(err.Error(), s) {
 					t.Errorf("error %q lacks %q", err, s)
 				}
