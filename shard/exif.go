@@ -71,6 +71,75 @@ func jpegOrientationErr(data []byte) (int, error) {
 	return 0, errNoOrientation
 }
 
+// exifOrientation returns the EXIF orientation (1 to 8) of an image in the
+// given format (image.DecodeConfig's name): a JPEG's APP1 segment, a PNG's
+// eXIf chunk or a WebP's EXIF chunk; 1 for other formats and when there is
+// none or it cannot be read.
+func exifOrientation(format string, data []byte) int {
+	var o int
+	var err error
+	switch format {
+	case "jpeg":
+		o, err = jpegOrientationErr(data)
+	case "png":
+		o, err = pngOrientation(data)
+	case "webp":
+		o, err = webpOrientation(data)
+	default:
+		return orientNormal
+	}
+	if err != nil {
+		return orientNormal
+	}
+	return o
+}
+
+// pngOrientation reads the orientation in a PNG's eXIf chunk (a TIFF
+// structure), walking the chunks by their lengths without checking CRCs.
+func pngOrientation(data []byte) (int, error) {
+	const sig = "\x89PNG\r\n\x1a\n"
+	if !bytes.HasPrefix(data, []byte(sig)) {
+		return 0, errors.New("not a PNG")
+	}
+	for i := uint64(len(sig)); i+8 <= uint64(len(data)); {
+		n := uint64(binary.BigEndian.Uint32(data[i:]))
+		typ := string(data[i+4 : i+8])
+		end := i + 8 + n
+		if end > uint64(len(data)) {
+			return 0, fmt.Errorf("chunk %q of %d bytes past the end", typ, n)
+		}
+		switch typ {
+		case "eXIf":
+			return tiffOrientation(data[i+8 : end])
+		case "IEND":
+			return 0, errNoOrientation
+		}
+		i = end + 4 // the CRC
+	}
+	return 0, errNoOrientation
+}
+
+// webpOrientation reads the orientation in a WebP's EXIF chunk (a TIFF
+// structure, which some writers prefix with "Exif\0\0").
+func webpOrientation(data []byte) (int, error) {
+	if len(data) < 12 || string(data[:4]) != "RIFF" || string(data[8:12]) != "WEBP" {
+		return 0, errors.New("not a WebP")
+	}
+	for i := uint64(12); i+8 <= uint64(len(data)); {
+		fcc := string(data[i : i+4])
+		n := uint64(binary.LittleEndian.Uint32(data[i+4:]))
+		end := i + 8 + n
+		if end > uint64(len(data)) {
+			return 0, fmt.Errorf("chunk %q of %d bytes past the end", fcc, n)
+		}
+		if fcc == "EXIF" {
+			return tiffOrientation(bytes.TrimPrefix(data[i+8:end], exifHeader))
+		}
+		i = end + n%2 // chunks are padded to an even size
+	}
+	return 0, errNoOrientation
+}
+
 // tiffOrientation reads the orientation tag of IFD0 in a TIFF structure (the
 // body of an EXIF segment).
 func tiffOrientation(b []byte) (int, error) {

@@ -104,6 +104,50 @@ func TestJPEGOrientation(t *testing.T) {
 	}
 }
 
+// pngWith is a PNG signature and the given chunks (CRCs not checked by the
+// reader, so zero).
+func pngWith(chunks ...[]byte) []byte {
+	b := []byte("\x89PNG\r\n\x1a\n")
+	for _, c := range chunks {
+		b = append(b, c...)
+	}
+	return b
+}
+
+func pngChunk(typ string, data []byte) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(data)))
+	b = append(append(b, typ...), data...)
+	return append(b, 0, 0, 0, 0)
+}
+
+func TestPNGAndWebPOrientation(t *testing.T) {
+	le, be := binary.LittleEndian, binary.BigEndian
+	ihdr := pngChunk("IHDR", make([]byte, 13))
+	tests := []struct {
+		name, format string
+		data         []byte
+		want         int
+	}{
+		{"png eXIf", "png", pngWith(ihdr, pngChunk("eXIf", tiffBytes(be, orientationEntry(6))), pngChunk("IEND", nil)), 6},
+		{"png eXIf after IDAT", "png", pngWith(ihdr, pngChunk("IDAT", []byte{1, 2, 3}), pngChunk("eXIf", tiffBytes(le, orientationEntry(3)))), 3},
+		{"png eXIf after IEND", "png", pngWith(ihdr, pngChunk("IEND", nil), pngChunk("eXIf", tiffBytes(le, orientationEntry(3)))), 1},
+		{"png no eXIf", "png", pngWith(ihdr, pngChunk("IEND", nil)), 1},
+		{"png chunk past the end", "png", pngWith([]byte{0x7F, 0xFF, 0xFF, 0xFF, 'e', 'X', 'I', 'f'}), 1},
+		{"webp EXIF", "webp", riffWebP(webpChunk("VP8L", []byte{0x2f, 0, 0, 0, 0}), webpChunk("EXIF", tiffBytes(le, orientationEntry(8)))), 8},
+		{"webp EXIF with Exif header", "webp", riffWebP(webpChunk("EXIF", append([]byte("Exif\x00\x00"), tiffBytes(be, orientationEntry(5))...))), 5},
+		{"webp odd chunk padded", "webp", riffWebP(webpChunk("ICCP", []byte{1, 2, 3}), webpChunk("EXIF", tiffBytes(le, orientationEntry(7)))), 7},
+		{"webp no EXIF", "webp", webpVP8L(8, 8), 1},
+		{"webp chunk past the end", "webp", append([]byte("RIFF\x00\x00\x00\x00WEBPEXIF"), 0xFF, 0xFF, 0xFF, 0x7F), 1},
+		{"gif", "gif", gifHeader(8, 8), 1},
+		{"png named jpeg", "jpeg", pngWith(pngChunk("eXIf", tiffBytes(be, orientationEntry(6)))), 1},
+	}
+	for _, tt := range tests {
+		if got := exifOrientation(tt.format, tt.data); got != tt.want {
+			t.Errorf("%s: orientation %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}
+
 func TestOrientSquare(t *testing.T) {
 	// A 2x2 RGBA square with pixels 1, 2 over 3, 4 (in R), turned upright.
 	src := []byte{1, 0, 0, 255, 2, 0, 0, 255, 3, 0, 0, 255, 4, 0, 0, 255}
@@ -126,19 +170,24 @@ func TestOrientSquare(t *testing.T) {
 	}
 }
 
-// FuzzJPEGOrientation checks that the EXIF reader never panics, always
-// answers 1 to 8, and reads a TIFF structure the same bare or in a JPEG.
-func FuzzJPEGOrientation(f *testing.F) {
+// FuzzEXIFOrientation checks that the EXIF readers never panic, always
+// answer 1 to 8, and read a TIFF structure the same bare or in a JPEG, a
+// PNG or a WebP.
+func FuzzEXIFOrientation(f *testing.F) {
 	for o := 1; o <= 8; o++ {
 		f.Add(readPhoto(f, fmt.Sprintf("orient-%d.jpg", o)))
 	}
+	f.Add(readPhoto(f, "orient-6.png"))
+	f.Add(readPhoto(f, "orient-8.webp"))
 	f.Add(tiffBytes(binary.BigEndian, ifdEntry{0x010F, 2, 4, 0}, orientationEntry(6)))
 	f.Add(tiffBytes(binary.LittleEndian, orientationEntry(3)))
 	f.Add(jpegWith(exifSegment(tiffBytes(binary.BigEndian, orientationEntry(8)))))
 	f.Add([]byte{0xFF, 0xD8, 0xFF, 0xE1, 0xFF, 0xFF})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if o := jpegOrientation(data); o < 1 || o > 8 {
-			t.Fatalf("jpegOrientation = %d", o)
+		for _, format := range []string{"jpeg", "png", "webp"} {
+			if o := exifOrientation(format, data); o < 1 || o > 8 {
+				t.Fatalf("exifOrientation(%s) = %d", format, o)
+			}
 		}
 		v, err := tiffOrientation(data)
 		if err != nil {
@@ -151,6 +200,12 @@ func FuzzJPEGOrientation(f *testing.F) {
 			if o := jpegOrientation(jpegWith(exifSegment(data))); o != v {
 				t.Fatalf("in a JPEG: %d, bare: %d", o, v)
 			}
+		}
+		if o := exifOrientation("png", pngWith(pngChunk("eXIf", data))); o != v {
+			t.Fatalf("in a PNG: %d, bare: %d", o, v)
+		}
+		if o := exifOrientation("webp", riffWebP(webpChunk("EXIF", data))); o != v {
+			t.Fatalf("in a WebP: %d, bare: %d", o, v)
 		}
 	})
 }

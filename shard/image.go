@@ -70,11 +70,11 @@ type imageLimits struct {
 }
 
 // decodeImage turns the bytes of a JPEG, PNG, GIF, WebP or BMP into
-// size*size*3 bytes of HWC RGB. A JPEG's EXIF orientation is applied;
-// transparent pixels are composited over Background; the first frame of an
-// animated GIF is used; colour profiles are ignored. lim.resize says how a
-// picture that is not square reaches the square. On failure it returns a
-// skip reason and the cause; it never panics.
+// size*size*3 bytes of HWC RGB. The EXIF orientation of a JPEG, PNG or WebP
+// is applied; transparent pixels are composited over Background; the first
+// frame of an animated GIF is used; colour profiles are ignored. lim.resize
+// says how a picture that is not square reaches the square. On failure it
+// returns a skip reason and the cause; it never panics.
 func decodeImage(data []byte, lim imageLimits) (pix []byte, reason string, err error) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -115,11 +115,7 @@ func decodeImage(data []byte, lim imageLimits) (pix []byte, reason string, err e
 		draw.Draw(dst, dst.Bounds(), image.NewUniform(Background), image.Point{}, draw.Src)
 	}
 	lim.interp.Scale(dst, to, img, from, draw.Src, nil)
-	orient := orientNormal
-	if format == "jpeg" {
-		orient = jpegOrientation(data)
-	}
-	return orientSquare(dst.Pix, lim.size, orient), "", nil
+	return orientSquare(dst.Pix, lim.size, exifOrientation(format, data)), "", nil
 }
 
 // resizeRects returns the part of the source (bounds b) that is scaled and

@@ -100,13 +100,22 @@ func TestPhotoFormats(t *testing.T) {
 }
 
 // TestEXIFOrientation decodes the same upright 24x16 picture (red, green
-// over blue, black quadrants) stored in each of the 8 EXIF orientations.
+// over blue, black quadrants) stored in each of the 8 EXIF orientations as
+// JPEGs, and as a PNG (eXIf chunk) and a WebP (EXIF chunk).
 func TestEXIFOrientation(t *testing.T) {
+	files := map[string]int{"orient-6.png": 6, "orient-8.webp": 8}
 	for o := 1; o <= 8; o++ {
-		t.Run(fmt.Sprint(o), func(t *testing.T) {
-			data := readPhoto(t, fmt.Sprintf("orient-%d.jpg", o))
-			if got := jpegOrientation(data); got != o {
-				t.Fatalf("jpegOrientation = %d, want %d", got, o)
+		files[fmt.Sprintf("orient-%d.jpg", o)] = o
+	}
+	for name, o := range files {
+		t.Run(name, func(t *testing.T) {
+			data := readPhoto(t, name)
+			format := strings.TrimPrefix(filepath.Ext(name), ".")
+			if format == "jpg" {
+				format = "jpeg"
+			}
+			if got := exifOrientation(format, data); got != o {
+				t.Fatalf("exifOrientation = %d, want %d", got, o)
 			}
 			pix, reason, err := decodeImage(data, photoLimits(t, 16, ResizeStretch))
 			if reason != "" {

@@ -55,7 +55,7 @@ func runShard(ctx context.Context, env *Env) int {
 func runShardBuild(ctx context.Context, env *Env) int {
 	cfg := shard.DefaultBuildConfig()
 	fs := newFlagSet(env, "shard build", "SRC DST", `
-Decode the JPEG, PNG, GIF, WebP and BMP images under SRC, turn JPEGs upright
+Decode the JPEG, PNG, GIF, WebP and BMP images under SRC, turn them upright
 by their EXIF orientation, bring each to a size x size RGB square (--resize:
 stretch, the default, does not keep the aspect ratio; pad keeps it and fills
 the bands with white; crop takes the centre square; transparent pixels go

@@ -42,6 +42,10 @@ def orientations():
         exif = Image.Exif()
         exif[0x0112] = o
         im.save(f"orient-{o}.jpg", quality=95, subsampling=0, exif=exif.tobytes())
+        if o == 6:
+            im.save("orient-6.png", exif=exif.tobytes())  # an eXIf chunk
+        if o == 8:
+            im.save("orient-8.webp", lossless=True, exif=exif.tobytes())  # an EXIF chunk
 
 
 def patches(mode, colours, size=16):
