@@ -171,6 +171,16 @@ func TestBuildCSVLabelSeparators(t *testing.T) {
 	}
 }
 
+// An unquoted comma-separated labels field makes a row with too many
+// fields: the error says to quote it.
+func TestBuildCSVUnquotedCommas(t *testing.T) {
+	src := csvSource(t, "path,labels\nimg/1.png,dress\nimg/2.png,dress,blue\n")
+	_, err := Build(context.Background(), testConfig(t), src, newStore(t), nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), `need quotes: "dress,blue"`) {
+		t.Errorf("Build: %v, want the line and a hint to quote", err)
+	}
+}
+
 func TestBuildRefusesSingletonVocabulary(t *testing.T) {
 	rows := func(n int, label func(i int) string) string {
 		var b strings.Builder

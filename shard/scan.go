@@ -489,6 +489,9 @@ func (sc *scanner) scanCSV(ctx context.Context, csvPath, root, relPrefix string)
 		if errors.Is(err, io.EOF) {
 			break
 		}
+		if errors.Is(err, csv.ErrFieldCount) {
+			return fmt.Errorf("%s: %w (labels separated by ',' need quotes: \"dress,blue\")", csvPath, err)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", csvPath, err) // *csv.ParseError names the line
 		}
