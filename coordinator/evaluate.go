@@ -51,7 +51,7 @@ func newEvaluator(ctx context.Context, spec job.Spec, st store.Store, man *shard
 	// the images one process training with that batch uses
 	val := &eval.Validator{Cfg: eval.ValidatorConfig{Out: spec.Out, BNEstimate: spec.BNEstimate, BNBatches: spec.BNBatches, Batch: spec.Batch * max(1, spec.Workers),
 		EvalBatch: 64, EvalRunning: spec.EvalRunning, BestBy: spec.BestBy, Seed: spec.Seed,
-		Meta: map[string]string{"run": spec.Run, "data": spec.Data, "mode": string(spec.Mode), "interpolation": man.Build.Interpolation}},
+		Meta: map[string]string{"run": spec.Run, "data": spec.Data, "mode": string(spec.Mode), shard.MetaInterpolation: man.Build.Interpolation, shard.MetaResize: man.Build.Resize}},
 		Labels: man.Labels, Mean: mean, Std: std, Train: trainSet, Val: valSet}
 	return &evaluator{val: val, net: net, st: st, man: man, out: spec.Out, epochs: spec.Epochs, log: log}, nil
 }

@@ -34,6 +34,16 @@ type BuildConfig struct {
 	ValFraction float64
 	// Interpolation is the resampling kernel: InterpCatmullRom or InterpBilinear.
 	Interpolation string
+	// Resize is how an image that is not square reaches the square:
+	// ResizeStretch (the default; "" means it too), ResizePad or ResizeCrop.
+	Resize string
+	// LabelSep separates the labels of a labels.csv field: LabelSepAuto
+	// ("", detected per file), LabelSepSpace, ";", "," or "|".
+	LabelSep string
+	// AllowOddLabels builds a vocabulary that looks like a wrong label
+	// separator (labels holding a separator character, or mostly labels
+	// of one image) instead of refusing it.
+	AllowOddLabels bool
 	// MinSide skips images whose source width or height is smaller.
 	MinSide int
 	// MaxSourcePixels skips images whose width*height is larger (decompression bombs).
@@ -64,6 +74,7 @@ func DefaultBuildConfig() BuildConfig {
 		MaxShardBytes:   64 << 20,
 		ValFraction:     0.2,
 		Interpolation:   InterpCatmullRom,
+		Resize:          ResizeStretch,
 		MinSide:         8,
 		MaxSourcePixels: 50_000_000,
 		MaxFileBytes:    256 << 20,
@@ -85,6 +96,14 @@ func (c *BuildConfig) Validate() error {
 		return fmt.Errorf("val fraction %v: want 0 <= f < 1", c.ValFraction)
 	}
 	if _, err := interpolator(c.Interpolation); err != nil {
+		return err
+	}
+	if c.Resize != "" { // "" is ResizeStretch
+		if err := checkResize(c.Resize); err != nil {
+			return err
+		}
+	}
+	if err := checkLabelSep(c.LabelSep); err != nil {
 		return err
 	}
 	if c.MinSide < 1 {
@@ -113,6 +132,9 @@ func Build(ctx context.Context, cfg BuildConfig, src string, dst store.Store, pr
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("build: %w", err)
 	}
+	if cfg.Resize == "" {
+		cfg.Resize = ResizeStretch
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -134,6 +156,11 @@ func Build(ctx context.Context, cfg BuildConfig, src string, dst store.Store, pr
 	if err != nil {
 		return nil, fmt.Errorf("build: %w", err)
 	}
+	if !cfg.AllowOddLabels {
+		if err := checkSingletons(splits); err != nil {
+			return nil, fmt.Errorf("build: %w", err)
+		}
+	}
 	vocab, err := vocabulary(splits)
 	if err != nil {
 		return nil, fmt.Errorf("build: %w", err)
@@ -151,7 +178,7 @@ func Build(ctx context.Context, cfg BuildConfig, src string, dst store.Store, pr
 		log:   log,
 		vocab: vocab,
 		index: make(map[string]uint16, len(vocab)),
-		lim:   imageLimits{size: cfg.Size, minSide: cfg.MinSide, maxPixels: cfg.MaxSourcePixels, interp: interp},
+		lim:   imageLimits{size: cfg.Size, minSide: cfg.MinSide, maxPixels: cfg.MaxSourcePixels, interp: interp, resize: cfg.Resize},
 	}
 	for i, l := range vocab {
 		b.index[l] = uint16(i)
@@ -164,9 +191,9 @@ func Build(ctx context.Context, cfg BuildConfig, src string, dst store.Store, pr
 		Height:   cfg.Size,
 		Channels: Channels,
 		Build: BuildInfo{
-			Resize:        "stretch",
+			Resize:        cfg.Resize,
 			Interpolation: cfg.Interpolation,
-			Alpha:         "white",
+			Alpha:         BackgroundName,
 			SplitBy:       splitBy,
 			MinSide:       cfg.MinSide,
 			Order:         "path",

@@ -704,6 +704,12 @@ func TestBuildConfigValidate(t *testing.T) {
 		{"lanczos", func(c *BuildConfig) { c.Interpolation = "lanczos" }, false},
 		{"min side 0", func(c *BuildConfig) { c.MinSide = 0 }, false},
 		{"workers -1", func(c *BuildConfig) { c.Workers = -1 }, false},
+		{"pad", func(c *BuildConfig) { c.Resize = ResizePad }, true},
+		{"crop", func(c *BuildConfig) { c.Resize = ResizeCrop }, true},
+		{"resize unset", func(c *BuildConfig) { c.Resize = "" }, true},
+		{"resize squash", func(c *BuildConfig) { c.Resize = "squash" }, false},
+		{"label sep pipe", func(c *BuildConfig) { c.LabelSep = "|" }, true},
+		{"label sep colon", func(c *BuildConfig) { c.LabelSep = ":" }, false},
 	}
 	for _, tt := range tests {
 		c := DefaultBuildConfig()

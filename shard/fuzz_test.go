@@ -115,7 +115,12 @@ func FuzzDecodeImage(f *testing.F) {
 	f.Add(pngHeader(1<<20, 1<<20))
 	f.Add([]byte("GIF89a"))
 	f.Add([]byte{0xff, 0xd8, 0xff})
-	lim := imageLimits{size: 4, minSide: 1, maxPixels: 1 << 16, interp: mustInterp(f)}
+	for _, name := range []string{"orient-6.jpg", "cmyk.jpg", "ycck.jpg", "alpha.webp", "lossy.webp", "palette.bmp", "rgb16.png"} {
+		f.Add(readPhoto(f, name))
+	}
+	f.Add(webpVP8X(16384, 16384))
+	f.Add(bmpHeader(300, -300))
+	lim := imageLimits{size: 4, minSide: 1, maxPixels: 1 << 16, interp: mustInterp(f), resize: ResizePad}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		pix, reason, err := decodeImage(data, lim)
 		if reason == "" && len(pix) != 4*4*3 {

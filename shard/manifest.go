@@ -64,11 +64,15 @@ type Manifest struct {
 
 // BuildInfo records the preparation choices, for people and for checks.
 type BuildInfo struct {
-	// Resize is how images reach Width x Height: "stretch" (aspect ratio not kept).
+	// Resize is how images reach Width x Height: "stretch" (aspect ratio
+	// not kept), "pad" (aspect kept, centred on Alpha's colour) or "crop"
+	// (the centred square). Empty, in manifests written before pad and
+	// crop existed, means "stretch".
 	Resize string `json:"resize"`
 	// Interpolation is the resampling kernel: "catmullrom" or "bilinear".
 	Interpolation string `json:"interpolation"`
-	// Alpha is what transparent pixels are composited over: "white".
+	// Alpha is what transparent pixels are composited over and pad bands
+	// are filled with: "white".
 	Alpha string `json:"alpha"`
 	// SplitBy is "directories" (train/val/test folders) or "path-hash".
 	SplitBy string `json:"split_by"`
@@ -196,6 +200,11 @@ func (m *Manifest) Validate() error {
 	}
 	if m.Width < 1 || m.Width > MaxSide || m.Height < 1 || m.Height > MaxSide {
 		return bad("geometry %dx%d outside 1..%d", m.Width, m.Height, MaxSide)
+	}
+	if m.Build.Resize != "" {
+		if err := checkResize(m.Build.Resize); err != nil {
+			return bad("build: %v", err)
+		}
 	}
 	if len(m.Labels) > MaxLabels {
 		return bad("%d labels, limit %d", len(m.Labels), MaxLabels)
@@ -356,6 +365,12 @@ func LoadManifest(ctx context.Context, st store.Store) (*Manifest, error) {
 		return nil, fmt.Errorf("load manifest: %w", err)
 	}
 	return m, nil
+}
+
+// DecodeOptions returns how to prepare a new image as this dataset's images
+// were prepared, for DecodeImageOpts.
+func (m *Manifest) DecodeOptions() DecodeOptions {
+	return DecodeOptions{Size: m.Width, Interpolation: m.Build.Interpolation, Resize: m.Build.Resize}
 }
 
 // Normalization returns the per-channel mean and std as the net's input

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"slices"
@@ -70,6 +71,7 @@ func TestManifestValidate(t *testing.T) {
 		{"split bytes", func(m *Manifest) { m.Splits[0].Bytes++ }, ErrCorrupt},
 		{"sha upper case", func(m *Manifest) { m.Splits[0].Shards[0].SHA256 = strings.Repeat("AB", 32) }, ErrCorrupt},
 		{"sha short", func(m *Manifest) { m.Splits[0].Shards[0].SHA256 = "abcd" }, ErrCorrupt},
+		{"unknown resize", func(m *Manifest) { m.Build.Resize = "squash" }, ErrCorrupt},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -193,6 +195,63 @@ func TestLabelRules(t *testing.T) {
 		}
 		if err != nil || !slices.Equal(got, tt.want) {
 			t.Errorf("ParseCSVLabels(%q) = %q, %v; want %q", tt.field, got, err, tt.want)
+		}
+	}
+}
+
+// TestManifestResize: a manifest from before --resize (no resize field)
+// still loads and means stretch; pad and crop load as recorded.
+func TestManifestResize(t *testing.T) {
+	for _, tt := range []struct{ resize, want string }{{"", ResizeStretch}, {ResizeStretch, ResizeStretch}, {ResizePad, ResizePad}, {ResizeCrop, ResizeCrop}} {
+		m := validManifest()
+		m.Build.Resize = tt.resize
+		data, err := m.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tt.resize == "" {
+			data = bytes.Replace(data, []byte(`"resize": "",`), nil, 1)
+			if bytes.Contains(data, []byte(`"resize"`)) {
+				t.Fatalf("resize field not removed:\n%s", data)
+			}
+		}
+		m2, err := DecodeManifest(data)
+		if err != nil {
+			t.Fatalf("resize %q: %v", tt.resize, err)
+		}
+		opts := m2.DecodeOptions()
+		if opts.Size != m.Width || opts.Interpolation != m.Build.Interpolation || opts.Resize != tt.resize {
+			t.Errorf("resize %q: DecodeOptions() = %+v", tt.resize, opts)
+		}
+		// DecodeImageOpts with the manifest's options prepares a wide
+		// picture as Build would with that mode.
+		pic := readPhoto(t, "wide.png")
+		got, err := DecodeImageOpts(pic, DecodeOptions{Size: 8, Resize: opts.Resize})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _, err := decodeImage(pic, imageLimits{size: 8, minSide: 1, maxPixels: 1 << 20, interp: mustInterp(t), resize: tt.want})
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("resize %q: DecodeImageOpts differs from a %s build (%v)", tt.resize, tt.want, err)
+		}
+	}
+	if _, err := DecodeImageOpts(readPhoto(t, "wide.png"), DecodeOptions{Size: 8, Resize: "squash"}); err == nil {
+		t.Error("DecodeImageOpts with resize squash succeeded")
+	}
+}
+
+func TestDecodeOptionsFromMeta(t *testing.T) {
+	tests := []struct {
+		meta map[string]string
+		want DecodeOptions
+	}{
+		{nil, DecodeOptions{Size: 8}}, // an old model: default kernel, stretch
+		{map[string]string{MetaInterpolation: InterpBilinear}, DecodeOptions{Size: 8, Interpolation: InterpBilinear}},
+		{map[string]string{MetaInterpolation: InterpCatmullRom, MetaResize: ResizeCrop, "epoch": "3"}, DecodeOptions{Size: 8, Interpolation: InterpCatmullRom, Resize: ResizeCrop}},
+	}
+	for _, tt := range tests {
+		if got := DecodeOptionsFromMeta(8, tt.meta); got != tt.want {
+			t.Errorf("DecodeOptionsFromMeta(8, %v) = %+v, want %+v", tt.meta, got, tt.want)
 		}
 	}
 }

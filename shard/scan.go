@@ -24,7 +24,7 @@ import (
 // Manifest.Skipped.
 const (
 	SkipHidden       = "hidden"          // name starts with '.', e.g. .DS_Store (never an error, even with Strict)
-	SkipNotImage     = "not_image"       // extension or content is not JPEG, PNG or GIF
+	SkipNotImage     = "not_image"       // extension or content is not JPEG, PNG, GIF, WebP or BMP
 	SkipEmptyFile    = "empty_file"      // zero bytes
 	SkipCorrupt      = "corrupt_image"   // the decoder failed
 	SkipTooSmall     = "too_small"       // width or height below MinSide
@@ -43,7 +43,7 @@ const (
 // CSVName is the file that switches a split (or the whole SRC) to CSV input.
 const CSVName = "labels.csv"
 
-var imageExts = map[string]bool{".jpg": true, ".jpeg": true, ".png": true, ".gif": true}
+var imageExts = map[string]bool{".jpg": true, ".jpeg": true, ".png": true, ".gif": true, ".webp": true, ".bmp": true}
 
 // input is one image to ingest.
 type input struct {
@@ -72,6 +72,7 @@ type scanner struct {
 }
 
 type logger interface {
+	Info(msg string, args ...any)
 	Warn(msg string, args ...any)
 	Debug(msg string, args ...any)
 }
@@ -99,16 +100,9 @@ func ParseFolderLabels(name string) ([]string, error) {
 
 // ParseCSVLabels returns the labels of a CSV labels field: whitespace-separated,
 // each a valid label, sorted and with repeats dropped. An empty field is an
-// empty label set.
+// empty label set. It is ParseLabelList with LabelSepSpace.
 func ParseCSVLabels(field string) ([]string, error) {
-	labels := strings.Fields(field)
-	for _, l := range labels {
-		if err := ValidLabel(l); err != nil {
-			return nil, err
-		}
-	}
-	slices.Sort(labels)
-	return slices.Compact(labels), nil
+	return ParseLabelList(field, LabelSepSpace)
 }
 
 // splitByHash reports whether rel goes to val for the given fraction: the
@@ -480,20 +474,61 @@ func (sc *scanner) scanCSV(ctx context.Context, csvPath, root, relPrefix string)
 	if pathCol < 0 || labelsCol < 0 {
 		return fmt.Errorf("%s: header %q lacks a path or labels column", csvPath, header)
 	}
-	seen := map[string]int{}
+	// Read every row first: the label separator is detected over the
+	// whole file.
+	type row struct {
+		line        int
+		path, label string
+	}
+	var rows []row
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		row, err := cr.Read()
+		r, err := cr.Read()
 		if errors.Is(err, io.EOF) {
 			break
+		}
+		if errors.Is(err, csv.ErrFieldCount) {
+			return fmt.Errorf("%s: %w (labels separated by ',' need quotes: \"dress,blue\")", csvPath, err)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", csvPath, err) // *csv.ParseError names the line
 		}
 		line, _ := cr.FieldPos(0)
-		raw := strings.TrimSpace(row[pathCol])
+		rows = append(rows, row{line: line, path: r[pathCol], label: r[labelsCol]})
+	}
+	sep := sc.cfg.LabelSep
+	if sep == LabelSepAuto {
+		fields := make([]string, len(rows))
+		for i, r := range rows {
+			fields[i] = r.label
+		}
+		sep = DetectLabelSep(fields)
+		sc.log.Info("labels.csv label separator", "file", csvPath, "sep", LabelSepName(sep))
+	}
+	if !sc.cfg.AllowOddLabels {
+		var odd []oddExample
+		for _, r := range rows {
+			for _, l := range splitLabels(r.label, sep) {
+				if sepInLabel(l, sep) != 0 {
+					odd = append(odd, oddExample{where: fmt.Sprintf("line %d", r.line), label: l})
+				}
+			}
+		}
+		if len(odd) > 0 {
+			return fmt.Errorf("%s: labels separated by %s, but %d labels hold another separator character, e.g. %s: "+
+				"set --label-sep, or pass --allow-odd-labels to keep them: %w",
+				csvPath, describeSep(sep), len(odd), oddExamples(odd), ErrOddLabels)
+		}
+	}
+	seen := map[string]int{}
+	for _, r := range rows {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		line := r.line
+		raw := strings.TrimSpace(r.path)
 		p := path.Clean(raw)
 		rel := relPrefix + p
 		if raw == "" || strings.Contains(raw, `\`) || !fs.ValidPath(p) || p == "." {
@@ -509,7 +544,7 @@ func (sc *scanner) scanCSV(ctx context.Context, csvPath, root, relPrefix string)
 			continue
 		}
 		seen[p] = line
-		labels, err := ParseCSVLabels(row[labelsCol])
+		labels, err := ParseLabelList(r.label, sep)
 		if err != nil {
 			if err := sc.skip(rel, SkipBadLabel, fmt.Errorf("line %d: %w", line, err)); err != nil {
 				return err
@@ -530,4 +565,11 @@ func (sc *scanner) scanCSV(ctx context.Context, csvPath, root, relPrefix string)
 		sc.add(input{rel: rel, abs: filepath.Join(root, filepath.FromSlash(p)), labels: labels})
 	}
 	return nil
+}
+
+func describeSep(sep string) string {
+	if sep == LabelSepSpace {
+		return "whitespace"
+	}
+	return fmt.Sprintf("%q", sep)
 }

@@ -156,7 +156,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 	tr := &trainer{cfg: cfg, net: net, opt: opt, pdata: pdata, train: trainSet, val: valSet, man: man, mean: mean, std: std, log: log}
 	v := &eval.Validator{Cfg: eval.ValidatorConfig{Out: cfg.Out, BNEstimate: cfg.BNEstimate, BNBatches: cfg.BNBatches, Batch: cfg.Batch,
 		EvalBatch: cfg.EvalBatch, EvalRunning: cfg.EvalRunning, BestBy: cfg.BestBy, Seed: cfg.Seed,
-		Meta: map[string]string{"data": cfg.Data, "interpolation": man.Build.Interpolation}},
+		Meta: map[string]string{"data": cfg.Data, shard.MetaInterpolation: man.Build.Interpolation, shard.MetaResize: man.Build.Resize}},
 		Labels: man.Labels, Mean: mean, Std: std, Train: trainSet, Val: valSet}
 	res := &Result{Best: -1, ModelPath: v.ModelPath()}
 	for epoch := 0; epoch < cfg.Epochs; epoch++ {

@@ -40,9 +40,10 @@ type LabelScore struct {
 
 func runPredict(ctx context.Context, env *Env) int {
 	fs := newFlagSet(env, "predict", "MODEL IMAGE...", `
-Prints every label's probability for each image (JPEG, PNG or GIF), highest
-first, marking the labels at or above the model's tuned threshold. Images
-are resized as ingest resized the training images.
+Prints every label's probability for each image (JPEG, PNG, GIF, WebP or
+BMP), highest first, marking the labels at or above the model's tuned
+threshold. Images are turned upright and resized as ingest prepared the
+training images (the interpolation and resize mode the model recorded).
 
 --format table (the default) prints each image's path, then one line per
 label, * marking the labels present; json prints a list of
@@ -96,7 +97,7 @@ output and makes the exit code 1.`)
 		data, err := os.ReadFile(path)
 		var pix []byte
 		if err == nil {
-			pix, err = shard.DecodeImage(data, cfg.Size, b.Meta["interpolation"])
+			pix, err = shard.DecodeImageOpts(data, shard.DecodeOptionsFromMeta(cfg.Size, b.Meta))
 		}
 		if err == nil {
 			input.Normalize(x, pix, cfg.Size, cfg.Size, cfg.Channels, b.Mean, b.Std)

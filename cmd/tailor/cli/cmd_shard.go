@@ -55,18 +55,29 @@ func runShard(ctx context.Context, env *Env) int {
 func runShardBuild(ctx context.Context, env *Env) int {
 	cfg := shard.DefaultBuildConfig()
 	fs := newFlagSet(env, "shard build", "SRC DST", `
-Decode the JPEG, PNG and GIF images under SRC, stretch each to a size x size
-RGB square (the aspect ratio is not kept) and pack them into shard files of at
-most --max-shard-bytes in DST, with DST/manifest.json describing them.
+Decode the JPEG, PNG, GIF, WebP and BMP images under SRC, turn them upright
+by their EXIF orientation, bring each to a size x size RGB square (--resize:
+stretch, the default, does not keep the aspect ratio; pad keeps it and fills
+the bands with white; crop takes the centre square; transparent pixels go
+over white) and pack them into shard files of at most --max-shard-bytes in
+DST, with DST/manifest.json describing them. Prediction resizes new images
+the same way.
 
 SRC is a folder of label folders (female_blue_dress/x.jpg has the labels
-blue, dress and female) or holds labels.csv (columns path and labels, labels
-separated by spaces); SRC may also be the CSV file itself. If SRC holds train/
-(and optionally val/ and test/) folders, each is a split built the same way;
+blue, dress and female) or holds labels.csv (columns path and labels); SRC
+may also be the CSV file itself. In labels.csv the labels of a field are
+separated by whitespace, ';', '|' or ',' (in a quoted field): by default, of
+';', '|' and ',' the one found in the most labels fields of the file, else
+whitespace; --label-sep sets it. A vocabulary that looks split wrongly is
+refused, naming examples: labels holding another separator character, or,
+from 20 images on, more than half of the labels (and at least 5) on a single
+image each; --allow-odd-labels builds it anyway. If SRC holds train/ (and
+optionally val/ and test/) folders, each is a split built the same way;
 otherwise a hash of each path sends --val-fraction of the images to val.
 
 Inputs that cannot be used (corrupt, empty, not an image, bad label folder,
-...) are skipped and counted in the manifest; --strict makes them errors.
+a decompression bomb, ...) are skipped and counted in the manifest; --strict
+makes them errors.
 DST is a directory, file:///path or s3://bucket/prefix (settings in the URL's
 query or the --s3-* flags, credentials from AWS_ACCESS_KEY_ID and
 AWS_SECRET_ACCESS_KEY or a credentials file; see store/S3.md).
@@ -76,6 +87,9 @@ See shard/FORMAT.md for every rule.`)
 	fs.Var(&size, "max-shard-bytes", "largest shard file (e.g. 64MiB, 500KB, 1048576)")
 	fs.Float64Var(&cfg.ValFraction, "val-fraction", cfg.ValFraction, "share of images sent to val when SRC has no split folders (0 for none)")
 	fs.StringVar(&cfg.Interpolation, "interpolation", cfg.Interpolation, "resampling kernel: catmullrom or bilinear")
+	fs.StringVar(&cfg.Resize, "resize", cfg.Resize, "how a picture that is not square becomes one: stretch, pad (keep the aspect, white bands) or crop (centre square)")
+	labelSep := fs.String("label-sep", "auto", "labels.csv label separator: auto, space, ';', ',' or '|'")
+	fs.BoolVar(&cfg.AllowOddLabels, "allow-odd-labels", false, "build a vocabulary that looks split wrongly (labels holding a separator, mostly labels of one image)")
 	fs.IntVar(&cfg.MinSide, "min-side", cfg.MinSide, "skip images whose width or height is below this many `pixels`")
 	fs.Int64Var(&cfg.MaxSourcePixels, "max-pixels", cfg.MaxSourcePixels, "skip images with more source pixels than this")
 	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "parallel decoders (0: one per CPU)")
@@ -89,6 +103,12 @@ See shard/FORMAT.md for every rule.`)
 		return code
 	}
 	cfg.MaxShardBytes = int64(size)
+	sep, err := shard.ParseLabelSep(*labelSep)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "tailor shard build: %v\n", err)
+		return 2
+	}
+	cfg.LabelSep = sep
 	args := fs.Args()
 	if len(args) != 2 {
 		fmt.Fprintf(env.Stderr, "tailor shard build: want SRC and DST, got %d arguments\n", len(args))
@@ -208,7 +228,11 @@ func shardCount(m *shard.Manifest) int {
 
 // writeShardSummary prints what a manifest holds.
 func writeShardSummary(w io.Writer, m *shard.Manifest) {
-	fmt.Fprintf(w, "images    %dx%dx%d, %s, %s interpolation, alpha over %s\n", m.Width, m.Height, m.Channels, m.Build.Resize, m.Build.Interpolation, m.Build.Alpha)
+	resize := m.Build.Resize
+	if resize == "" {
+		resize = shard.ResizeStretch // manifests from before --resize
+	}
+	fmt.Fprintf(w, "images    %dx%dx%d, %s, %s interpolation, alpha over %s\n", m.Width, m.Height, m.Channels, resize, m.Build.Interpolation, m.Build.Alpha)
 	fmt.Fprintf(w, "splits    by %s", m.Build.SplitBy)
 	if m.Build.SplitBy == "path-hash" {
 		fmt.Fprintf(w, " (val fraction %g)", m.Build.ValFraction)

@@ -90,6 +90,55 @@ func TestShardBuildInspectVerify(t *testing.T) {
 	}
 }
 
+// TestShardBuildResizeAndLabels builds a labels.csv of ';'-separated labels
+// with --resize pad, and refuses a whitespace separator that leaves ';' in
+// the labels unless --allow-odd-labels.
+func TestShardBuildResizeAndLabels(t *testing.T) {
+	src := t.TempDir()
+	img := image.NewNRGBA(image.Rect(0, 0, 20, 10))
+	for p := range img.Pix {
+		img.Pix[p] = 200
+	}
+	var b bytes.Buffer
+	if err := png.Encode(&b, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(src, "img"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"img/1.png", "img/2.png"} {
+		if err := os.WriteFile(filepath.Join(src, filepath.FromSlash(f)), b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(src, "labels.csv"), []byte("path,labels\nimg/1.png,dress;blue\nimg/2.png,red\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "ds")
+	code, out, errs := runShardCLI(t, "build", "--size", "8", "--val-fraction", "0", "--resize", "pad", "--quiet", src, dst)
+	if code != 0 {
+		t.Fatalf("build exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	for _, want := range []string{"images    8x8x3, pad", "labels (3):", "blue", "dress", "red"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("build summary lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "dress;blue") {
+		t.Errorf("label %q in the vocabulary:\n%s", "dress;blue", out)
+	}
+
+	dst2 := filepath.Join(t.TempDir(), "ds")
+	code, out, errs = runShardCLI(t, "build", "--size", "8", "--label-sep", "space", "--quiet", src, dst2)
+	if code != 1 || !strings.Contains(errs, `"dress;blue" (line 2)`) || !strings.Contains(errs, "--allow-odd-labels") {
+		t.Errorf("--label-sep space: exit %d, want 1 and the label named\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	code, out, errs = runShardCLI(t, "build", "--size", "8", "--label-sep", "space", "--allow-odd-labels", "--quiet", src, dst2)
+	if code != 0 || !strings.Contains(out, "dress;blue") {
+		t.Errorf("--allow-odd-labels: exit %d, want 0 and the label kept\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+}
+
 func TestShardUsageErrors(t *testing.T) {
 	tests := []struct {
 		args []string
@@ -106,6 +155,9 @@ func TestShardUsageErrors(t *testing.T) {
 		{[]string{"build", "a", "b", "--sise", "8"}, 2, "flag provided but not defined: -sise"},
 		{[]string{"build", "--size", "0", "a", "b"}, 2, "size 0"},
 		{[]string{"build", "--max-shard-bytes", "12XB", "a", "b"}, 2, "unknown unit"},
+		{[]string{"build", "--resize", "squash", "a", "b"}, 2, `resize "squash"`},
+		{[]string{"build", "--label-sep", "tab", "a", "b"}, 2, `label separator "tab"`},
+		{[]string{"build", "--help"}, 0, "--allow-odd-labels"},
 		{[]string{"build", "/nonexistent/src", "s3://Bad_Bucket/x"}, 1, "bucket name"},
 		{[]string{"build", "--s3-endpoint", "ftp://h", "/nonexistent/src", "s3://bucket/x"}, 1, `scheme "ftp"`},
 		{[]string{"inspect"}, 2, "want DST"},

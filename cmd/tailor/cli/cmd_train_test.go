@@ -11,6 +11,7 @@ import (
 
 	"github.com/tailorml/tailor/cmd/tailor/cli"
 	"github.com/tailorml/tailor/metrics"
+	tmodel "github.com/tailorml/tailor/model"
 )
 
 func run(t *testing.T, wantCode int, args ...string) (string, string) {
@@ -30,7 +31,7 @@ func TestPipeline(t *testing.T) {
 	dir := t.TempDir()
 	images, shards, out := filepath.Join(dir, "images"), filepath.Join(dir, "shards"), filepath.Join(dir, "run")
 	run(t, 0, "data", "fashion", "--source", fashionTestdata, "--size", "24", "--train", "96", "--val", "32", "--test", "32", images)
-	run(t, 0, "shard", "build", images, shards, "--size", "24") // flags may follow the arguments
+	run(t, 0, "shard", "build", images, shards, "--size", "24", "--resize", "pad") // flags may follow the arguments
 	stdout, _ := run(t, 0, "train", "--data", shards, "--out", out, "--epochs", "2", "--batch", "16", "--bn-batches", "2", "--eval-running-bn")
 	for _, want := range []string{"kept the model of epoch", "test split", "mAP", "subset accuracy"} {
 		if !strings.Contains(stdout, want) {
@@ -51,6 +52,13 @@ func TestPipeline(t *testing.T) {
 	}
 
 	model := filepath.Join(out, "model.tailor")
+	// The model keeps the build's resize mode, so that predict prepares
+	// images as the training images were.
+	if b, err := tmodel.Load(model); err != nil {
+		t.Errorf("load the model: %v", err)
+	} else if b.Meta["resize"] != "pad" || b.Meta["interpolation"] != "catmullrom" {
+		t.Errorf("model meta %v, want resize pad and interpolation catmullrom", b.Meta)
+	}
 	js, _ := run(t, 0, "eval", "--model", model, "--data", shards, "--json")
 	var rep metrics.Report
 	if err := json.Unmarshal([]byte(js), &rep); err != nil {
