@@ -53,9 +53,10 @@ const (
 // Keys of the model's metadata_props. Lists are JSON arrays; numbers are
 // decimal strings. The network's input is, per channel c,
 // (pixel·input_scale − input_mean[c]) / input_std[c], with pixels in
-// input_channel_order, the image first stretched to input_size ×
-// input_size with resize_interpolation and transparent pixels composited
-// over white (tailor predict's preparation).
+// input_channel_order, the image first turned upright (EXIF orientation)
+// and brought to input_size × input_size by resize (stretch, pad or crop)
+// with resize_interpolation, transparent pixels composited over white
+// (tailor predict's preparation).
 const (
 	KeyLabels        = "labels"               // vocabulary, in output order
 	KeyThresholds    = "thresholds"           // per-label decision thresholds, in output order
@@ -67,6 +68,7 @@ const (
 	KeyChannelOrder  = "input_channel_order"  // RGB
 	KeyLayout        = "input_layout"         // NCHW
 	KeyInterpolation = "resize_interpolation" // catmullrom or bilinear
+	KeyResize        = "resize"               // stretch, pad (white bands) or crop (the centre square)
 	KeyPreprocessing = "preprocessing"        // the above in one sentence
 	// MetaPrefix prefixes the model file's provenance entries (run, epoch,
 	// val_map, …): "tailor.epoch".
@@ -310,6 +312,15 @@ func interpolation(b *model.Bundle) string {
 	return defaultInterpolation
 }
 
+// resizeMode is how the model's images were brought to the square: the
+// model file's "resize" (stretch when it names none, as ingest's default).
+func resizeMode(b *model.Bundle) string {
+	if s := b.Meta["resize"]; s != "" {
+		return s
+	}
+	return "stretch"
+}
+
 func channelOrder(c int) string {
 	if c == 3 {
 		return "RGB"
@@ -319,8 +330,12 @@ func channelOrder(c int) string {
 
 func preprocessing(b *model.Bundle) string {
 	cfg := b.Net.Config()
-	return fmt.Sprintf("stretch the image to %d×%d (%s; transparent pixels over white), %s, NCHW float32, each channel c as (pixel/255 − input_mean[c]) / input_std[c].",
-		cfg.Size, cfg.Size, interpolation(b), channelOrder(cfg.Channels))
+	how := map[string]string{"pad": "pad (white bands, aspect kept)", "crop": "crop the centre square and resize"}[resizeMode(b)]
+	if how == "" {
+		how = "stretch"
+	}
+	return fmt.Sprintf("turn the image upright (EXIF orientation), %s it to %d×%d (%s; transparent pixels over white), %s, NCHW float32, each channel c as (pixel/255 − input_mean[c]) / input_std[c].",
+		how, cfg.Size, cfg.Size, interpolation(b), channelOrder(cfg.Channels))
 }
 
 // metadata is the model's metadata_props: what a caller needs to prepare
@@ -345,6 +360,7 @@ func metadata(b *model.Bundle) ([]*onnx.StringStringEntryProto, error) {
 	add(KeyChannelOrder, channelOrder(cfg.Channels))
 	add(KeyLayout, "NCHW")
 	add(KeyInterpolation, interpolation(b))
+	add(KeyResize, resizeMode(b))
 	add(KeyPreprocessing, preprocessing(b))
 	keys := make([]string, 0, len(b.Meta))
 	for k := range b.Meta {

@@ -256,10 +256,12 @@ func TestMetadata(t *testing.T) {
 		size   int
 		meta   map[string]string
 		interp string
+		resize string
 	}{
-		{"bilinear model", 32, map[string]string{"interpolation": "bilinear", "run": "r1"}, "bilinear"},
-		{"no interpolation recorded: tailor's default", 24, map[string]string{"epoch": "2"}, "catmullrom"},
-		{"no provenance at all", 48, nil, "catmullrom"},
+		{"bilinear model", 32, map[string]string{"interpolation": "bilinear", "run": "r1"}, "bilinear", "stretch"},
+		{"no interpolation recorded: tailor's default", 24, map[string]string{"epoch": "2"}, "catmullrom", "stretch"},
+		{"no provenance at all", 48, nil, "catmullrom", "stretch"},
+		{"a padded model", 32, map[string]string{"resize": "pad"}, "catmullrom", "pad"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -282,7 +284,7 @@ func TestMetadata(t *testing.T) {
 			}
 			want := map[string]string{
 				onnxexport.KeySize: strconv.Itoa(tt.size), onnxexport.KeyChannels: "3", onnxexport.KeyChannelOrder: "RGB",
-				onnxexport.KeyLayout: "NCHW", onnxexport.KeyInterpolation: tt.interp,
+				onnxexport.KeyLayout: "NCHW", onnxexport.KeyInterpolation: tt.interp, onnxexport.KeyResize: tt.resize,
 			}
 			for k, v := range tt.meta {
 				want["tailor."+k] = v
