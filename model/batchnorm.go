@@ -37,6 +37,9 @@ type runMode struct {
 	// ready, if set, is told each parameter's index once its gradient is
 	// final (StepOptions.GradReady)
 	ready func(param int)
+	// posWeight, if set, weighs each label's positive targets in the loss
+	// (StepOptions.PosWeight)
+	posWeight []float32
 }
 
 // bnState is one BatchNorm layer's running statistics, shared by all graphs

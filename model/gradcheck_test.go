@@ -334,61 +334,66 @@ func TestGradCheck(t *testing.T) {
 	})
 }
 
-// The loss op is checked on its own: its output is already a scalar.
+// The loss op is checked on its own: its output is already a scalar; with
+// and without positive weights.
 func TestGradCheckBCE(t *testing.T) {
-	rng := rand.New(rand.NewPCG(3, 4))
-	n, l := 4, 5
-	z := randData(rng, n*l, 3)
-	y := make([]float32, n*l)
-	for i := range y {
-		if rng.IntN(2) == 1 {
-			y[i] = 1
+	for _, w := range [][]float32{nil, {1, 3, 0.5, 10, 1.7}} {
+		rng := rand.New(rand.NewPCG(3, 4))
+		n, l := 4, 5
+		z := randData(rng, n*l, 3)
+		y := make([]float32, n*l)
+		for i := range y {
+			if rng.IntN(2) == 1 {
+				y[i] = 1
+			}
 		}
-	}
-	g := G.NewGraph()
-	zt := tensor.New(tensor.WithShape(n, l), tensor.WithBacking(z))
-	yt := tensor.New(tensor.WithShape(n, l), tensor.WithBacking(y))
-	zn := G.NewTensor(g, tensor.Float32, 2, G.WithShape(n, l), G.WithName("z"), G.WithValue(zt))
-	yn := G.NewTensor(g, tensor.Float32, 2, G.WithShape(n, l), G.WithName("y"), G.WithValue(yt))
-	op := newBCELoss(n, l)
-	loss, err := G.ApplyOp(op, zn, yn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	grads, err := G.Grad(loss, zn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vm := G.NewTapeMachine(g)
-	defer vm.Close()
-	run := func() float64 {
-		if err := vm.RunAll(); err != nil {
+		g := G.NewGraph()
+		zt := tensor.New(tensor.WithShape(n, l), tensor.WithBacking(z))
+		yt := tensor.New(tensor.WithShape(n, l), tensor.WithBacking(y))
+		zn := G.NewTensor(g, tensor.Float32, 2, G.WithShape(n, l), G.WithName("z"), G.WithValue(zt))
+		yn := G.NewTensor(g, tensor.Float32, 2, G.WithShape(n, l), G.WithName("y"), G.WithValue(yt))
+		op := newBCELoss(n, l, &runMode{posWeight: w})
+		loss, err := G.ApplyOp(op, zn, yn)
+		if err != nil {
 			t.Fatal(err)
 		}
-		vm.Reset()
-		return op.loss
-	}
-	run()
-	a, _ := f32(grads[0].Value(), n*l, "grad")
-	a = append([]float32(nil), a...)
-	const eps = 1e-3
-	for i := range z {
-		orig := z[i]
-		z[i] = orig + eps
-		up := run()
-		z[i] = orig - eps
-		down := run()
-		z[i] = orig
-		num := (up - down) / (2 * eps)
-		if d := math.Abs(num - float64(a[i])); d > 1e-4 {
-			t.Errorf("dz[%d]: numeric %g, analytic %g", i, num, a[i])
+		grads, err := G.Grad(loss, zn)
+		if err != nil {
+			t.Fatal(err)
 		}
+		vm := G.NewTapeMachine(g)
+		run := func() float64 {
+			if err := vm.RunAll(); err != nil {
+				t.Fatal(err)
+			}
+			vm.Reset()
+			return op.loss
+		}
+		run()
+		a, _ := f32(grads[0].Value(), n*l, "grad")
+		a = append([]float32(nil), a...)
+		const eps = 1e-3
+		for i := range z {
+			orig := z[i]
+			z[i] = orig + eps
+			up := run()
+			z[i] = orig - eps
+			down := run()
+			z[i] = orig
+			num := (up - down) / (2 * eps)
+			if d := math.Abs(num - float64(a[i])); d > 1e-4 {
+				t.Errorf("pos weights %v: dz[%d]: numeric %g, analytic %g", w, i, num, a[i])
+			}
+		}
+		vm.Close()
 	}
 	// Numerically safe at extreme logits: no Inf or NaN, the right limits.
 	for _, tc := range []struct {
 		z, y, want float64
-	}{{100, 1, 0}, {-100, 0, 0}, {100, 0, 100}, {-100, 1, 100}, {0, 1, math.Ln2}} {
-		op := newBCELoss(1, 1)
+		p          []float32
+	}{{100, 1, 0, nil}, {-100, 0, 0, nil}, {100, 0, 100, nil}, {-100, 1, 100, nil}, {0, 1, math.Ln2, nil},
+		{-100, 1, 300, []float32{3}}, {100, 0, 100, []float32{3}}, {0, 1, 3 * math.Ln2, []float32{3}}, {0, 0, math.Ln2, []float32{3}}} {
+		op := newBCELoss(1, 1, &runMode{posWeight: tc.p})
 		v, err := op.Do(tensor.New(tensor.WithShape(1, 1), tensor.WithBacking([]float32{float32(tc.z)})), tensor.New(tensor.WithShape(1, 1), tensor.WithBacking([]float32{float32(tc.y)})))
 		if err != nil {
 			t.Fatal(err)

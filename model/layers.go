@@ -510,14 +510,27 @@ func (op *denseGrad) Do(vals ...G.Value) (G.Value, error) {
 // computed from the logits as max(z,0) − z·y + log(1+e^−|z|): it never takes
 // log(0), however confident the net is. It is the same function as Keras'
 // sigmoid output followed by binary_crossentropy, without the clipping.
+// With positive weights p (runMode.posWeight, one per label) it is
+// PyTorch's BCEWithLogitsLoss(pos_weight=p):
+// −[p·y·log σ(z) + (1−y)·log(1−σ(z))] = (1−y)·z + (1+(p−1)·y)·softplus(−z),
+// softplus(−z) = max(−z,0) + log(1+e^−|z|).
 type bceLoss struct {
 	opBase
 	n, l int
+	mode *runMode
 	loss float64 // the last value, kept for the caller
 }
 
-func newBCELoss(n, l int) *bceLoss {
-	return &bceLoss{opBase: newOpBase("sigmoid_bce", tensor.ScalarShape(), 2, 2), n: n, l: l}
+func newBCELoss(n, l int, mode *runMode) *bceLoss {
+	return &bceLoss{opBase: newOpBase("sigmoid_bce", tensor.ScalarShape(), 2, 2), n: n, l: l, mode: mode}
+}
+
+// posWeight is label j's positive weight: 1 without weights.
+func posWeight(w []float32, j int) float64 {
+	if w == nil {
+		return 1
+	}
+	return float64(w[j])
 }
 
 func (op *bceLoss) Do(vals ...G.Value) (G.Value, error) {
@@ -530,9 +543,16 @@ func (op *bceLoss) Do(vals ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	var sum float64
-	for i, zi := range z {
-		v := float64(zi)
-		sum += max(v, 0) - v*float64(y[i]) + math.Log1p(math.Exp(-math.Abs(v)))
+	if w := op.mode.posWeight; w != nil {
+		for i, zi := range z {
+			v, t := float64(zi), float64(y[i])
+			sum += (1-t)*v + (1+(posWeight(w, i%op.l)-1)*t)*(max(-v, 0)+math.Log1p(math.Exp(-math.Abs(v))))
+		}
+	} else {
+		for i, zi := range z {
+			v := float64(zi)
+			sum += max(v, 0) - v*float64(y[i]) + math.Log1p(math.Exp(-math.Abs(v)))
+		}
 	}
 	op.loss = sum / float64(len(z))
 	return G.NewF32(float32(op.loss)), nil
@@ -541,16 +561,18 @@ func (op *bceLoss) Do(vals ...G.Value) (G.Value, error) {
 func (op *bceLoss) DiffWRT(int) []bool { return []bool{true, false} }
 
 func (op *bceLoss) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) {
-	g := &bceGrad{opBase: newOpBase("sigmoid_bce_grad", inputs[0].Shape(), 2, 2, 0), n: op.n, l: op.l}
+	g := &bceGrad{opBase: newOpBase("sigmoid_bce_grad", inputs[0].Shape(), 2, 2, 0), n: op.n, l: op.l, mode: op.mode}
 	g.outT, g.out = newBuf(inputs[0].Shape())
 	dz, err := G.ApplyOp(g, inputs[0], inputs[1], grad)
 	return G.Nodes{dz, nil}, err
 }
 
-// bceGrad: d(loss)/dz = g·(sigmoid(z) − y)/(n·l).
+// bceGrad: d(loss)/dz = g·(sigmoid(z) − y)/(n·l); with positive weights p,
+// g·((1−y)·σ(z) − p·y·(1−σ(z)))/(n·l).
 type bceGrad struct {
 	opBase
 	n, l int
+	mode *runMode
 	outT *tensor.Dense
 	out  []float32
 }
@@ -569,6 +591,13 @@ func (op *bceGrad) Do(vals ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	scale := float64(g) / float64(len(z))
+	if w := op.mode.posWeight; w != nil {
+		for i, zi := range z {
+			s, t := sigmoid(float64(zi)), float64(y[i])
+			op.out[i] = float32(scale * ((1-t)*s - posWeight(w, i%op.l)*t*(1-s)))
+		}
+		return op.outT, nil
+	}
 	for i, zi := range z {
 		op.out[i] = float32(scale * (sigmoid(float64(zi)) - float64(y[i])))
 	}

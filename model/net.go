@@ -244,6 +244,12 @@ type StepOptions struct {
 	// gradients are those of one process training on it (PyTorch's
 	// SyncBatchNorm). An error fails the step.
 	BNSync func(slot int, vals []float64) error
+	// PosWeight, if set (one weight per label), weighs the positive targets
+	// of label j by PosWeight[j] in the loss, as PyTorch's
+	// BCEWithLogitsLoss(pos_weight): for imbalanced labels, neg/pos of the
+	// training counts makes a rare label's positives count as much as its
+	// negatives. Nil is weight 1 everywhere.
+	PosWeight []float32
 	// GradReady, if set, is called during the backward pass with each
 	// parameter's index (in Params order) and gradient as soon as that
 	// gradient is final, in the order backprop produces them (last layer
@@ -271,7 +277,11 @@ func (n *Net) TrainStep(x, y []float32, batch int, opt StepOptions) (float64, []
 	if opt.DropoutOffset < 0 {
 		return 0, nil, fmt.Errorf("train step: dropout offset %d", opt.DropoutOffset)
 	}
-	g.mode = runMode{bn: opt.BN, dropout: opt.Dropout, seed: opt.Seed, step: opt.Step, offset: opt.DropoutOffset, sync: opt.BNSync}
+	if opt.PosWeight != nil && len(opt.PosWeight) != n.cfg.Labels {
+		return 0, nil, fmt.Errorf("train step: %d positive weights for %d labels", len(opt.PosWeight), n.cfg.Labels)
+	}
+	g.mode = runMode{bn: opt.BN, dropout: opt.Dropout, seed: opt.Seed, step: opt.Step, offset: opt.DropoutOffset, sync: opt.BNSync,
+		posWeight: opt.PosWeight}
 	if opt.GradReady != nil {
 		g.mode.ready = func(p int) { opt.GradReady(p, g.grads[p]) }
 	}
@@ -512,7 +522,7 @@ func (n *Net) build(batch int, train bool) (*graph, error) {
 	var yT *tensor.Dense
 	yT, gr.y = newBuf(tensor.Shape{batch, cfg.Labels})
 	y := G.NewTensor(eg, tensor.Float32, 2, G.WithShape(yT.Shape()...), G.WithName("y"), G.WithValue(yT))
-	gr.loss = newBCELoss(batch, cfg.Labels)
+	gr.loss = newBCELoss(batch, cfg.Labels, &gr.mode)
 	loss, err := G.ApplyOp(gr.loss, logits, y)
 	if err != nil {
 		return nil, err

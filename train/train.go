@@ -34,6 +34,9 @@ type Config struct {
 	Batch   int
 	Seed    uint64
 	Augment input.Augment
+	// PosWeight weighs each label's positive targets in the loss (none,
+	// auto: neg/pos of the training counts, or a file).
+	PosWeight input.PosWeight
 	// Settings is the optimizer, as a cluster run's spec has it: Adam,
 	// with its decay LR/Epochs if DecayAuto.
 	optim.Settings
@@ -90,6 +93,9 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("threads and record caps must not be negative"))
 	}
 	if err := c.Augment.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.PosWeight.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.For(c.Epochs).Validate(); err != nil {
@@ -153,7 +159,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 	if err != nil {
 		return nil, err
 	}
-	tr := &trainer{cfg: cfg, net: net, opt: opt, pdata: pdata, train: trainSet, val: valSet, man: man, mean: mean, std: std, log: log}
+	posW, err := PosWeights(cfg.PosWeight, man)
+	if err != nil {
+		return nil, err
+	}
+	if posW != nil {
+		log.Info("positive weights", "mode", cfg.PosWeight.String(), "weights", posW)
+	}
+	tr := &trainer{cfg: cfg, net: net, opt: opt, pdata: pdata, train: trainSet, val: valSet, man: man, mean: mean, std: std, log: log, posW: posW}
 	v := &eval.Validator{Cfg: eval.ValidatorConfig{Out: cfg.Out, BNEstimate: cfg.BNEstimate, BNBatches: cfg.BNBatches, Batch: cfg.Batch,
 		EvalBatch: cfg.EvalBatch, EvalRunning: cfg.EvalRunning, BestBy: cfg.BestBy, Seed: cfg.Seed,
 		Meta: map[string]string{"data": cfg.Data, shard.MetaInterpolation: man.Build.Interpolation, shard.MetaResize: man.Build.Resize}},
@@ -190,6 +203,20 @@ func Optimizer(cfg optim.AdamConfig, net *model.Net) (*optim.Adam, [][]float32, 
 	return opt, data, err
 }
 
+// PosWeights are the loss's positive weights of a run on man's data, in
+// the model's label order (nil for none), from the training split's label
+// counts: the same as a cluster worker's (worker/run.go).
+func PosWeights(p input.PosWeight, man *shard.Manifest) ([]float32, error) {
+	if p.Mode == "" || p.Mode == input.PosWeightNone {
+		return nil, nil
+	}
+	sp, err := man.Split(shard.SplitTrain)
+	if err != nil {
+		return nil, err
+	}
+	return p.For(man.Labels, sp.LabelCounts, sp.Records)
+}
+
 func round(v float64) float64 { return math.Round(v*1e4) / 1e4 }
 
 type trainer struct {
@@ -203,6 +230,7 @@ type trainer struct {
 	log        *slog.Logger
 	x, y       []float32
 	recs       []*shard.Record
+	posW       []float32 // the loss's positive weights (nil: none)
 }
 
 func (t *trainer) epoch(ctx context.Context, epoch int, progressOut io.Writer) (eval.Epoch, error) {
@@ -237,7 +265,7 @@ func (t *trainer) epoch(ctx context.Context, epoch int, progressOut io.Writer) (
 		input.FillBatch(t.x, t.y, recs, d.Labels, d.H, d.W, d.C, cfg.Augment, t.mean, t.std, cfg.Seed, epoch)
 		t0 := time.Now()
 		loss, grads, err := t.net.TrainStep(t.x[:k*n], t.y[:k*d.Labels], k, model.StepOptions{
-			Dropout: true, Seed: model.DropoutSeed(cfg.Seed, 0), Step: uint64(t.opt.Step()), BN: model.BNTrain,
+			Dropout: true, Seed: model.DropoutSeed(cfg.Seed, 0), Step: uint64(t.opt.Step()), BN: model.BNTrain, PosWeight: t.posW,
 		})
 		if err != nil {
 			return eval.Epoch{}, err

@@ -27,6 +27,9 @@ type ComputeConfig struct {
 	// Overlap sends each tensor of the push as soon as the step has it
 	// (wire.Client.PushGated): the push runs during backprop.
 	Overlap bool
+	// PosWeight weighs each label's positive targets in the loss (nil:
+	// none); the run's input.PosWeight over the training counts.
+	PosWeight []float32
 }
 
 // Compute is one worker's step machinery: the net, its input buffers and the
@@ -110,7 +113,8 @@ func (c *Compute) Step(ctx context.Context, step int64, epoch, offset int, recs 
 	k := len(recs)
 	input.FillBatch(c.x, c.y, recs, cfg.Labels, cfg.Size, cfg.Size, cfg.Channels, c.cfg.Augment, c.cfg.Mean, c.cfg.Std, c.cfg.Seed, epoch)
 	c.InputTime += time.Since(t0)
-	opt := model.StepOptions{Dropout: true, Seed: model.DropoutSeed(c.cfg.Seed, c.cfg.Rank), Step: uint64(step), DropoutOffset: offset, BN: model.BNTrain}
+	opt := model.StepOptions{Dropout: true, Seed: model.DropoutSeed(c.cfg.Seed, c.cfg.Rank), Step: uint64(step), DropoutOffset: offset, BN: model.BNTrain,
+		PosWeight: c.cfg.PosWeight}
 	if c.bnSync != nil {
 		opt.BNSync = func(slot int, vals []float64) error {
 			t := time.Now()

@@ -24,7 +24,8 @@ import (
 // BatchNorm statistics are equal bit for bit, whether it pushes after its
 // step or while backprop runs, and with L2 or AdamW weight decay on the
 // kernels (which the servers know from the tensor spec, the trainer from
-// the net; dense1/w is split across the two servers).
+// the net; dense1/w is split across the two servers), and with the loss's
+// positive weights (--pos-weight auto, from the training counts).
 func TestWorkerMatchesSingleProcess(t *testing.T) {
 	l2, adamw := optim.DefaultAdam(3), optim.DefaultAdam(3)
 	l2.L2, adamw.WeightDecay = 0.05, 2 // strong, so that 4 steps show it
@@ -32,18 +33,28 @@ func TestWorkerMatchesSingleProcess(t *testing.T) {
 		name    string
 		overlap bool
 		adam    optim.AdamConfig
+		posW    string
 	}{
-		{"push after step", false, optim.DefaultAdam(3)},
-		{"overlapped", true, optim.DefaultAdam(3)},
-		{"l2", true, l2},
-		{"adamw", false, adamw},
+		{"push after step", false, optim.DefaultAdam(3), "none"},
+		{"overlapped", true, optim.DefaultAdam(3), "none"},
+		{"l2", true, l2, "none"},
+		{"adamw", false, adamw, "none"},
+		{"pos-weight auto", true, optim.DefaultAdam(3), "auto"},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testWorkerMatches(t, tc.overlap, tc.adam) })
+		t.Run(tc.name, func(t *testing.T) { testWorkerMatches(t, tc.overlap, tc.adam, tc.posW) })
 	}
 }
 
-func testWorkerMatches(t *testing.T, overlap bool, adam optim.AdamConfig) {
+func testWorkerMatches(t *testing.T, overlap bool, adam optim.AdamConfig, posWeight string) {
 	st, m := testData(t)
+	var pw input.PosWeight
+	if err := pw.Set(posWeight); err != nil {
+		t.Fatal(err)
+	}
+	posW, err := train.PosWeights(pw, m)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	recsAll, err := shard.ReadSplit(ctx, st, m, shard.SplitTrain)
@@ -63,7 +74,7 @@ func testWorkerMatches(t *testing.T, overlap bool, adam optim.AdamConfig) {
 	spec, initTensors := netspec.Tensors(initNet)
 	client := startServers(t, ctx, "run1", spec, adam, initTensors)
 	wnet, _ := model.New(cfg, 999) // different weights: the pull must replace them
-	w := NewCompute(ComputeConfig{Seed: seed, Augment: aug, Mean: mean, Std: std, Sync: true, Overlap: overlap}, wnet, client)
+	w := NewCompute(ComputeConfig{Seed: seed, Augment: aug, Mean: mean, Std: std, Sync: true, Overlap: overlap, PosWeight: posW}, wnet, client)
 	if err := w.Pull(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +100,7 @@ func testWorkerMatches(t *testing.T, overlap bool, adam optim.AdamConfig) {
 			t.Fatal(err)
 		}
 		input.FillBatch(x, y, recs, cfg.Labels, cfg.Size, cfg.Size, 3, aug, mean, std, seed, 0)
-		rl, grads, err := ref.TrainStep(x, y, batch, model.StepOptions{Dropout: true, Seed: model.DropoutSeed(seed, 0), Step: uint64(step)})
+		rl, grads, err := ref.TrainStep(x, y, batch, model.StepOptions{Dropout: true, Seed: model.DropoutSeed(seed, 0), Step: uint64(step), PosWeight: posW})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,8 +135,8 @@ func testWorkerMatches(t *testing.T, overlap bool, adam optim.AdamConfig) {
 		same := slices.Equal(p.Data, pdata[i])
 		changed = changed || (p.Kernel && !same)
 	}
-	if reg := adam.L2 != 0 || adam.WeightDecay != 0; changed != reg {
-		t.Errorf("kernels differ from unregularised training: %v, want %v", changed, reg)
+	if want := adam.L2 != 0 || adam.WeightDecay != 0 || posW != nil; changed != want {
+		t.Errorf("kernels differ from unregularised, unweighted training: %v, want %v", changed, want)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/tailorml/tailor/input"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/fault"
 	"github.com/tailorml/tailor/internal/job"
@@ -117,8 +118,20 @@ func Run(ctx context.Context, cfg Config) error {
 	if spec.Mode == job.ModeSync {
 		rank = 0
 	}
+	// the loss's positive weights, from the training split's counts as
+	// one process computes them
+	var posW []float32
+	if spec.PosWeight.Mode != "" && spec.PosWeight.Mode != input.PosWeightNone {
+		sp, err := man.Split(shard.SplitTrain)
+		if err != nil {
+			return err
+		}
+		if posW, err = spec.PosWeight.For(man.Labels, sp.LabelCounts, sp.Records); err != nil {
+			return err
+		}
+	}
 	comp := NewCompute(ComputeConfig{Rank: rank, Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std, Overlap: spec.Overlap,
-		Sync: spec.Mode == job.ModeSync, Delay: fault.Duration("worker." + cfg.ID + ".delay")}, net, client)
+		Sync: spec.Mode == job.ModeSync, Delay: fault.Duration("worker." + cfg.ID + ".delay"), PosWeight: posW}, net, client)
 	csize := max(cfg.ShardCache, 2)
 	if spec.GlobalShuffle() {
 		// every batch draws from the whole training split

@@ -69,6 +69,9 @@ type Spec struct {
 	// (0, 1]; 0 means wire.DefaultTopK.
 	TopK    float64       `json:"topk,omitempty"`
 	Augment input.Augment `json:"augment"`
+	// PosWeight weighs each label's positive targets in the loss (none,
+	// auto, or a file's weights, read at submit and carried here).
+	PosWeight input.PosWeight `json:"pos_weight,omitzero"`
 	// Settings is the optimizer (the keys "adam" and "decay_auto"); the
 	// parameter servers apply AdamConfig().
 	optim.Settings
@@ -261,6 +264,9 @@ func (s Spec) Validate() error {
 		errs = append(errs, fmt.Errorf("topk %v: want a fraction in (0, 1] (0: %v)", s.TopK, wire.DefaultTopK))
 	}
 	if err := s.Augment.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.PosWeight.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := s.AdamConfig().Validate(); err != nil {

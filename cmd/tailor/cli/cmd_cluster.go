@@ -180,6 +180,9 @@ func runParamServerNode(ctx context.Context, env *Env, cf clusterFlags, index in
 	return roleExit(env, paramserver.RunNode(ctx, paramserver.NodeConfig{Node: node, Index: index}))
 }
 
+// posWeightHelp is --pos-weight's help, in tailor train and a cluster run.
+const posWeightHelp = "weigh each label's positive targets in the loss (PyTorch's BCEWithLogitsLoss pos_weight): none, auto (neg/pos of the training split's counts, for rare labels) or a CSV `file` of label,weight lines"
+
 // addSpecFlags binds the job spec's settings to flags.
 func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.StringVar(&s.Data, "data", s.Data, "shard set (path or store URL as every process sees it)")
@@ -199,6 +202,7 @@ func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.BoolVar(&s.Overlap, "overlap", s.Overlap, "workers push each gradient tensor as soon as backprop has it, overlapping communication with compute")
 	fs.Float64Var(&s.TopK, "topk", s.TopK, "--compression topk: fraction of the gradient's floats sent per step (0: 0.2)")
 	fs.BoolVar(&s.Augment.Enabled, "augment", s.Augment.Enabled, "augment training images")
+	fs.Var(&s.PosWeight, "pos-weight", posWeightHelp)
 	fs.BoolVar(&s.BNEstimate, "bn-estimate", s.BNEstimate, "re-estimate BatchNorm statistics before validating and saving")
 	fs.BoolVar(&s.SyncBN, "sync-bn", s.SyncBN, "sync: synchronise BatchNorm statistics across the workers of a step (global-batch statistics, as one process; off with --quorum)")
 	fs.BoolVar(&s.EvalRunning, "eval-running-bn", s.EvalRunning, "also validate with the running BatchNorm statistics")
