@@ -82,7 +82,7 @@ func readValues(t *testing.T, file string) map[string]any {
 
 func render(t *testing.T, c *chart.Chart, vals map[string]any) *Objects {
 	t.Helper()
-	out, err := Release(c, release, namespace, vals)
+	out, err := Release(t.Context(), c, release, namespace, vals)
 	if err != nil {
 		t.Fatalf("render: %v", err)
 	}
@@ -837,7 +837,7 @@ func TestRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = Release(c, release, namespace, vals)
+			_, err = Release(t.Context(), c, release, namespace, vals)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("render: %v; want an error with %q", err, tc.want)
 			}

@@ -6,6 +6,7 @@
 package charttest
 
 import (
+	"context"
 	"fmt"
 	"path"
 	"sort"
@@ -46,12 +47,12 @@ type Objects struct {
 // Release renders chrt for release name in namespace with vals (the
 // user's values, merged over the chart's), in strict mode: a reference to
 // a value that does not exist is an error.
-func Release(chrt *chart.Chart, name, namespace string, vals map[string]any) (map[string]string, error) {
+func Release(ctx context.Context, chrt *chart.Chart, name, namespace string, vals map[string]any) (map[string]string, error) {
 	top, err := util.ToRenderValues(chrt, vals, common.ReleaseOptions{Name: name, Namespace: namespace, IsInstall: true, Revision: 1}, nil)
 	if err != nil {
 		return nil, err
 	}
-	return engine.Engine{Strict: true}.Render(chrt, top)
+	return engine.Engine{Strict: true}.RenderWithContext(ctx, chrt, top)
 }
 
 // Decode splits rendered templates into objects and decodes each into its

@@ -18,7 +18,7 @@ func TestDump(t *testing.T) {
 	}
 	c := loadChart(t)
 	for _, tc := range cases {
-		out, err := Release(c, release, namespace, readValues(t, tc.file))
+		out, err := Release(t.Context(), c, release, namespace, readValues(t, tc.file))
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
