@@ -828,9 +828,14 @@ func TestRefused(t *testing.T) {
 		{"TLS without a certificate", "tls: {enabled: true}", "give tls.existingSecret"},
 		{"no S3 credentials", "s3: {credentials: {existingSecret: ''}}", "s3.credentials"},
 		{"half the S3 credentials", "s3: {credentials: {existingSecret: '', accessKeyId: x}}", "s3.credentials"},
-		{"two etcd members", "etcd: {replicas: 2}", "etcd.replicas"},
-		{"no parameter server", "paramserver: {replicas: 0}", "paramserver.replicas"},
-		{"no run id", "run: {id: ''}", "run.id"},
+		// values.schema.json
+		{"two etcd members", "etcd: {replicas: 2}", "/etcd/replicas"},
+		{"no parameter server", "paramserver: {replicas: 0}", "/paramserver/replicas"},
+		{"no run id", "run: {id: ''}", "/run/id"},
+		{"an unknown mode", "run: {mode: lockstep}", "/run/mode"},
+		{"a misspelt section", "paramservers: {replicas: 4}", "paramservers"},
+		{"a misspelt key", "worker: {replica: 4}", "replica"},
+		{"a number as a string", "worker: {replicas: '4'}", "/worker/replicas"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vals, err := common.ReadValues([]byte(tc.vals))
@@ -838,6 +843,7 @@ func TestRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err = Release(t.Context(), c, release, namespace, vals)
+			t.Logf("refused: %v", err)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("render: %v; want an error with %q", err, tc.want)
 			}
