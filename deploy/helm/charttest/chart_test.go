@@ -111,6 +111,7 @@ func TestRender(t *testing.T) {
 			checkNetworkPolicy(t, objs, tc)
 			checkSecurity(t, objs)
 			checkEtcd(t, objs, tc)
+			checkSpread(t, objs)
 			if !strings.Contains(objs.Notes, "tailor run") || strings.Contains(objs.Notes, "<no value>") {
 				t.Errorf("NOTES.txt: %q", objs.Notes)
 			}
@@ -848,5 +849,48 @@ func TestRefused(t *testing.T) {
 				t.Errorf("render: %v; want an error with %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// Coordinators, parameter servers and etcd members prefer separate nodes:
+// each StatefulSet's anti-affinity selects its own pods, and only them.
+func checkSpread(t *testing.T, objs *Objects) {
+	for _, sts := range objs.StatefulSets {
+		a := sts.Spec.Template.Spec.Affinity
+		if a == nil || a.PodAntiAffinity == nil || len(a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution) != 1 {
+			t.Errorf("StatefulSet %s: affinity %+v, want a preferred pod anti-affinity", sts.Name, a)
+			continue
+		}
+		term := a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution[0].PodAffinityTerm
+		if term.TopologyKey != "kubernetes.io/hostname" {
+			t.Errorf("StatefulSet %s: anti-affinity over %q, want nodes", sts.Name, term.TopologyKey)
+		}
+		for _, w := range objs.Workloads() {
+			if got, want := selects(t, term.LabelSelector, w.Template.Labels), w.Name == sts.Name; got != want {
+				t.Errorf("StatefulSet %s: anti-affinity selects %s %s's pods: %v, want %v", sts.Name, w.Kind, w.Name, got, want)
+			}
+		}
+	}
+}
+
+// An affinity in the values replaces the default spreading.
+func TestAffinityFromValues(t *testing.T) {
+	vals, err := common.ReadValues([]byte(`coordinator:
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms:
+          - matchExpressions: [{key: pool, operator: In, values: [cpu]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := render(t, loadChart(t), vals)
+	a := statefulSet(t, objs, fullname+"-coordinator").Spec.Template.Spec.Affinity
+	if a == nil || a.NodeAffinity == nil || a.PodAntiAffinity != nil {
+		t.Errorf("coordinator affinity %+v, want the values' node affinity only", a)
+	}
+	if a := statefulSet(t, objs, fullname+"-paramserver").Spec.Template.Spec.Affinity; a == nil || a.PodAntiAffinity == nil {
+		t.Errorf("paramserver affinity %+v, want the default spreading", a)
 	}
 }

@@ -350,3 +350,24 @@ securityContext:
 - --gossip=0.0.0.0:{{ .ctx.Values.ports.gossip }}
 - --metrics-listen=0.0.0.0:{{ .ctx.Values.ports.metrics }}
 {{- end }}
+
+{{/*
+A pod's affinity: the values' (.affinity), or else a preference for
+spreading the component's pods over nodes (one node's loss then takes one
+coordinator, one etcd member, one parameter server). Call with
+(dict "ctx" $ "component" "coordinator" "affinity" .Values.coordinator.affinity).
+*/}}
+{{- define "tailor.affinity" -}}
+{{- if .affinity }}
+{{- toYaml .affinity }}
+{{- else }}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "tailor.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 12 }}
+{{- end }}
+{{- end }}
