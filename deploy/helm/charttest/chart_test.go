@@ -213,6 +213,44 @@ func checkNames(t *testing.T, objs *Objects) {
 		if msgs := validation.IsDNS1035Label(s.Name); len(msgs) > 0 {
 			t.Errorf("Service %s: %v", s.Name, msgs)
 		}
+		for _, p := range s.Spec.Ports {
+			if msgs := validation.IsValidPortName(p.Name); len(msgs) > 0 {
+				t.Errorf("Service %s: port name %q: %v", s.Name, p.Name, msgs)
+			}
+		}
+	}
+	// what the API server validates beyond the types: names, label
+	// values, port and variable names, Secret keys
+	for _, w := range objs.Workloads() {
+		if msgs := validation.IsDNS1123Subdomain(w.Name); len(msgs) > 0 {
+			t.Errorf("%s %s: %v", w.Kind, w.Name, msgs)
+		}
+		for k, v := range w.Template.Labels {
+			if msgs := append(validation.IsQualifiedName(k), validation.IsValidLabelValue(v)...); len(msgs) > 0 {
+				t.Errorf("%s %s: label %s=%s: %v", w.Kind, w.Name, k, v, msgs)
+			}
+		}
+		for _, c := range w.Template.Spec.Containers {
+			seen := map[string]bool{}
+			for _, p := range c.Ports {
+				if msgs := validation.IsValidPortName(p.Name); len(msgs) > 0 || seen[p.Name] {
+					t.Errorf("%s %s: container %s: port name %q: %v (or repeated)", w.Kind, w.Name, c.Name, p.Name, msgs)
+				}
+				seen[p.Name] = true
+			}
+			for _, e := range c.Env {
+				if msgs := validation.IsEnvVarName(e.Name); len(msgs) > 0 {
+					t.Errorf("%s %s: container %s: env %q: %v", w.Kind, w.Name, c.Name, e.Name, msgs)
+				}
+			}
+		}
+	}
+	for _, s := range objs.Secrets {
+		for k := range s.Data {
+			if msgs := validation.IsConfigMapKey(k); len(msgs) > 0 {
+				t.Errorf("Secret %s: key %q: %v", s.Name, k, msgs)
+			}
+		}
 	}
 }
 
