@@ -8,6 +8,11 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/cluster/clustertest"
+	"github.com/tailorml/tailor/internal/job"
 )
 
 func TestHostOrdinal(t *testing.T) {
@@ -107,5 +112,55 @@ func TestParamServerIndexFromHostnameRefused(t *testing.T) {
 		if !strings.Contains(stderr.String(), "--index-from-hostname") {
 			t.Errorf("%q: stderr %q does not name the flag", args, stderr.String())
 		}
+	}
+}
+
+// A parameter server started with --index-from-hostname on the host
+// "fashion-tailor-paramserver-1" (a StatefulSet's pod 1) joins the run as
+// server 1: its membership record is ps1 with rank 1.
+func TestParamServerIndexFromHostnameJoins(t *testing.T) {
+	e := clustertest.Etcd(t)
+	cli := clustertest.Client(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	spec := job.DefaultSpec("k8s", t.TempDir())
+	spec.ParamServers = 2
+	if err := job.Submit(ctx, cli, spec); err != nil {
+		t.Fatal(err)
+	}
+	saved := hostname
+	defer func() { hostname = saved }()
+	hostname = func() (string, error) { return "fashion-tailor-paramserver-1", nil }
+	var stderr bytes.Buffer
+	env := &Env{Args: []string{"--etcd", strings.Join(e, ","), "--run", "k8s", "--index-from-hostname",
+		"--listen", "127.0.0.1:0", "--gossip", "127.0.0.1:0"},
+		Stdout: io.Discard, Stderr: &stderr, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		getenv: func(string) string { return "" }}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan int, 1)
+	go func() { done <- runParamServer(rctx, env) }()
+	key := cluster.RunKeys("k8s").Member(cluster.RoleParamServer, "ps1")
+	var m cluster.Member
+	for {
+		_, err := cluster.GetJSON(ctx, cli, key, &m)
+		if err == nil {
+			break
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("paramserver exited %d before joining: %s", code, stderr.String())
+		case <-ctx.Done():
+			t.Fatalf("no member record %s: %v", key, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if m.Rank != 1 || m.Role != cluster.RoleParamServer {
+		t.Errorf("member record %+v: want paramserver rank 1", m)
+	}
+	stop()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("paramserver did not stop")
 	}
 }
