@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,5 +182,130 @@ func TestTailorAcceptsArgs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// probeStatus polls GET url until it answers want or the deadline passes,
+// and returns the last status (0: no answer).
+func probeStatus(url string, want int, deadline time.Time) int {
+	c := http.Client{Timeout: 2 * time.Second}
+	got := 0
+	for time.Now().Before(deadline) {
+		got = 0
+		if resp, err := c.Get(url); err == nil {
+			got = resp.StatusCode
+			resp.Body.Close()
+		}
+		if got == want {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return got
+}
+
+// The worker and coordinator containers' probes, run against the real
+// tailor started with the container's arguments and environment (its
+// listeners moved to free loopback ports, the key files to a temporary
+// folder): while the process cannot reach etcd, and so has no spec, the
+// liveness probe's path answers 200 — the kubelet does not restart a role
+// that waits for the submit Job — and the readiness probe's 503.
+func TestProbesAgainstTailor(t *testing.T) {
+	bin := tailor(t)
+	objs := render(t, loadChart(t), readValues(t, ""))
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "gossip", "gossip.key")
+	if err := os.MkdirAll(filepath.Dir(keyFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tested := 0
+	for _, w := range objs.Workloads() {
+		ct := &w.Template.Spec.Containers[0]
+		if len(ct.Args) == 0 || ct.Args[0] != "worker" && ct.Args[0] != "coordinator" {
+			continue
+		}
+		tested++
+		t.Run(ct.Args[0], func(t *testing.T) {
+			args, err := expand(ct, ct.Args, map[string]string{"POD_NAME": w.Name + "-0", "POD_NAMESPACE": namespace, "POD_IP": "127.0.0.1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			metrics := freeAddr(t)
+			for i, a := range args {
+				switch {
+				case strings.HasPrefix(a, "--metrics-listen="):
+					args[i] = "--metrics-listen=" + metrics
+				case strings.HasPrefix(a, "--gossip="):
+					args[i] = "--gossip=" + freeAddr(t)
+				case strings.HasPrefix(a, "--listen="):
+					args[i] = "--listen=127.0.0.1:0"
+				case strings.HasPrefix(a, "--advertise="):
+					args[i] = "--advertise=127.0.0.1"
+				}
+			}
+			env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}
+			for _, e := range ct.Env {
+				v := e.Value
+				if e.ValueFrom != nil {
+					v = "from-" + e.Name
+				}
+				env = append(env, e.Name+"="+strings.Replace(v, "/etc/tailor/", dir+"/", 1))
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, args...)
+			cmd.Env = env
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			defer func() {
+				cancel()
+				<-exited
+			}()
+			port := func(p *corev1.Probe) string {
+				if p.HTTPGet.Port.String() != "metrics" {
+					t.Fatalf("probe on port %s, want the metrics port", p.HTTPGet.Port.String())
+				}
+				return "http://" + metrics + p.HTTPGet.Path
+			}
+			deadline := time.Now().Add(20 * time.Second)
+			if got := probeStatus(port(ct.LivenessProbe), http.StatusOK, deadline); got != http.StatusOK {
+				select {
+				case err := <-exited:
+					exited <- err
+					t.Fatalf("tailor %s exited (%v) before its liveness probe answered:\n%s", args[0], err, out.String())
+				default:
+				}
+				t.Fatalf("liveness probe %s: %d, want 200", ct.LivenessProbe.HTTPGet.Path, got)
+			}
+			if got := probeStatus(port(ct.ReadinessProbe), http.StatusServiceUnavailable, deadline); got != http.StatusServiceUnavailable {
+				t.Errorf("readiness probe %s without etcd: %d, want 503", ct.ReadinessProbe.HTTPGet.Path, got)
+			}
+			// still live a while later: waiting for etcd is no failure
+			time.Sleep(time.Second)
+			if got := probeStatus(port(ct.LivenessProbe), http.StatusOK, time.Now().Add(5*time.Second)); got != http.StatusOK {
+				t.Errorf("liveness probe after a second: %d, want 200\n%s", got, out.String())
+			}
+		})
+	}
+	if tested != 2 {
+		t.Errorf("tested %d roles, want the worker and the coordinator", tested)
 	}
 }
