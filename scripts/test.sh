@@ -2,7 +2,8 @@
 # Runs every test tier that CI runs: go.mod tidiness, staticcheck, vet, the unit and integration tests with
 # OpenBLAS (the build tailor ships), the net's tests again on the pure-Go BLAS,
 # each fuzz target's seed corpus (part of go test), the chaos suite, the
-# soak suite, the static checks of the deployment files, and the compose cluster test on this
+# soak suite, the static checks of the deployment files, the Helm chart's render checks
+# (deploy/helm/charttest), and the compose cluster test on this
 # machine's Docker engine (FROM-scratch images built here; TAILOR_SKIP_DOCKER=1
 # leaves it out on a machine without Docker, and says so).
 set -euo pipefail
@@ -24,6 +25,18 @@ go test -tags 'openblas chaos' -count=1 -timeout 15m -run TestChaos -v ./interna
 go vet -tags 'openblas soak' ./internal/e2e/
 go test -tags 'openblas soak' -count=1 -timeout 20m -run TestSoak -v ./internal/e2e/
 bash deploy/check.sh
+# the Helm chart: rendered for several values files with Helm's Go library
+# (no helm binary, no cluster), every object decoded strictly into the
+# Kubernetes API types and checked, and helm lint's rules. A module of its
+# own, so the main module does not depend on Helm and Kubernetes; go test
+# ./... above does not descend into it.
+(
+  cd deploy/helm/charttest
+  go mod tidy -diff
+  "$(go env GOPATH)/bin/staticcheck" ./...
+  go vet ./...
+  go test -count=1 ./...
+)
 if [ -n "${TAILOR_SKIP_DOCKER:-}" ]; then
   echo "test.sh: TAILOR_SKIP_DOCKER is set: the compose cluster test (deploy/test-compose.sh) did NOT run"
 else

@@ -3,6 +3,7 @@ package job
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -39,12 +40,62 @@ type Session struct {
 
 	mu      sync.Mutex
 	metrics http.Handler
+	ready   bool // joined the run's membership and not left it: /readyz
 	srv     *http.Server
 }
 
-// Join connects to etcd, waits for the run's spec, opens the /metrics
-// listener (its address goes into the member record) and joins the
-// membership, its record saying which tailor it runs (version.Member:
+// Health endpoints on the /metrics listener, for probes (a Kubernetes
+// pod's, a load balancer's): /healthz answers 200 as soon as the listener
+// is open, also while the process waits for the run's spec; /readyz
+// answers 200 once the process has joined the run's membership and 503
+// before and after (Close).
+const (
+	PathLive  = "/healthz"
+	PathReady = "/readyz"
+)
+
+func (s *Session) setReady(ready bool) {
+	s.mu.Lock()
+	s.ready = ready
+	s.mu.Unlock()
+}
+
+// healthMux serves /metrics (once ServeMetrics has set it), /healthz and
+// /readyz.
+func (s *Session) healthMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		h := s.metrics
+		s.mu.Unlock()
+		if h == nil {
+			http.Error(w, "metrics not ready", http.StatusServiceUnavailable)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+	mux.HandleFunc(PathLive, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc(PathReady, func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		ready := s.ready
+		s.mu.Unlock()
+		if !ready {
+			http.Error(w, "not a member of the run", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	return mux
+}
+
+// Join connects to etcd, opens the /metrics listener (its address goes
+// into the member record; it serves PathLive from then on), waits for the
+// run's spec and joins the membership (PathReady answers 200 from then
+// on), its record saying which tailor it runs (version.Member:
 // the version and the wire protocol, in Extra). self is the member's
 // Role, ID, Rank and any addresses already bound. Close undoes it all.
 func Join(ctx context.Context, cfg Node, self cluster.Member) (*Session, error) {
@@ -57,7 +108,23 @@ func Join(ctx context.Context, cfg Node, self cluster.Member) (*Session, error) 
 		return nil, err
 	}
 	s := &Session{Keys: cluster.RunKeys(cfg.Run), Client: cli}
+	// the /metrics listener opens first: its /healthz answers while the
+	// process waits for the run's spec
+	var metricsAddr string
+	if cfg.MetricsAddr != "" {
+		lis, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			cli.Close()
+			return nil, fmt.Errorf("metrics listener: %w", err)
+		}
+		s.srv = &http.Server{Handler: s.healthMux(), ReadHeaderTimeout: 5 * time.Second}
+		go s.srv.Serve(lis)
+		metricsAddr = lis.Addr().String()
+	}
 	if s.Spec, err = Wait(ctx, cli, cfg.Run); err != nil {
+		if s.srv != nil {
+			s.srv.Close()
+		}
 		cli.Close()
 		return nil, err
 	}
@@ -76,26 +143,8 @@ func Join(ctx context.Context, cfg Node, self cluster.Member) (*Session, error) 
 	for k, v := range version.Member() {
 		self.Extra[k] = v
 	}
-	if cfg.MetricsAddr != "" {
-		lis, err := net.Listen("tcp", cfg.MetricsAddr)
-		if err != nil {
-			cli.Close()
-			return nil, fmt.Errorf("metrics listener: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
-			s.mu.Lock()
-			h := s.metrics
-			s.mu.Unlock()
-			if h == nil {
-				http.Error(w, "metrics not ready", http.StatusServiceUnavailable)
-				return
-			}
-			h.ServeHTTP(w, r)
-		})
-		s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go s.srv.Serve(lis)
-		self.Addrs[AddrMetrics] = lis.Addr().String()
+	if metricsAddr != "" {
+		self.Addrs[AddrMetrics] = metricsAddr
 	}
 	gossipAdvertise := ""
 	if cfg.Advertise != "" {
@@ -130,6 +179,7 @@ func Join(ctx context.Context, cfg Node, self cluster.Member) (*Session, error) 
 		cli.Close()
 		return nil, fmt.Errorf("join run %s: %w", cfg.Run, err)
 	}
+	s.setReady(true)
 	go watchWire(s.Members, log)
 	return s, nil
 }
@@ -180,6 +230,7 @@ func (s *Session) ServeMetrics(h http.Handler) {
 func (s *Session) Close(ctx context.Context) {
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
+	s.setReady(false)
 	_ = s.Members.Leave(lctx)
 	if s.srv != nil {
 		s.srv.Close()

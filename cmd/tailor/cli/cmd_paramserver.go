@@ -3,9 +3,12 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,7 +28,7 @@ func runParamServer(ctx context.Context, env *Env) int {
 		workers, initFrom, metricsAddr string
 		size, labels, epochs           int
 		seed                           uint64
-		showPlan                       bool
+		showPlan, indexFromHost        bool
 	)
 	fs := newFlagSet(env, "paramserver", "--run ID --workers W1,W2,... --labels N", `
 Serves server --index of --servers parameter servers for SmallerVGGNet at
@@ -39,6 +42,7 @@ from an Init call (--init rpc). Prometheus metrics are served at
 With --etcd, it is server --index of a cluster run instead, and takes everything
 else (model, mode, workers, step decisions) from the run.`)
 	fs.IntVar(&cfg.Index, "index", cfg.Index, "this server's index")
+	fs.BoolVar(&indexFromHost, "index-from-hostname", false, "take --index from the number at the end of the host name, after its last dash (a StatefulSet pod's name: tailor-ps-3 is server 3)")
 	fs.IntVar(&cfg.Servers, "servers", cfg.Servers, "number of parameter servers")
 	fs.StringVar(&cfg.ListenAddr, "listen", cfg.ListenAddr, "gRPC listen address")
 	fs.Var(&cfg.Mode, "mode", "update rule: sync, async or ssp")
@@ -57,6 +61,14 @@ else (model, mode, workers, step decisions) from the run.`)
 	cf.add(fs)
 	if code, done := parse(env, fs); done {
 		return code
+	}
+	if indexFromHost {
+		index, err := indexFromHostname(fs, hostname)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "tailor paramserver: %v\n", err)
+			return 2
+		}
+		cfg.Index = index
 	}
 	if len(cf.endpoints()) > 0 && !showPlan {
 		// cluster mode: everything else comes from the run in etcd
@@ -174,4 +186,37 @@ func printPlan(env *Env, spec wire.Spec, servers int) int {
 		}
 	}
 	return 0
+}
+
+// hostname is os.Hostname; tests replace it.
+var hostname = os.Hostname
+
+// indexFromHostname is --index-from-hostname: the ordinal at the end of
+// the host name (a StatefulSet pod's host name is its name, NAME-ORDINAL).
+// --index set too (by flag, environment or config file) is an error: the
+// two would disagree.
+func indexFromHostname(fs *flag.FlagSet, hostname func() (string, error)) (int, error) {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "index" })
+	if set {
+		return 0, errors.New("--index and --index-from-hostname: give one")
+	}
+	host, err := hostname()
+	if err != nil {
+		return 0, fmt.Errorf("--index-from-hostname: %w", err)
+	}
+	return hostOrdinal(host)
+}
+
+// hostOrdinal is the decimal number after the last dash of a host name's
+// first label: 3 for "tailor-ps-3" and "tailor-ps-3.tailor-ps.ns.svc".
+func hostOrdinal(host string) (int, error) {
+	label, _, _ := strings.Cut(host, ".")
+	i := strings.LastIndexByte(label, '-')
+	digits := label[i+1:]
+	if i < 0 || digits == "" || len(digits) > 9 || strings.TrimLeft(digits, "0123456789") != "" ||
+		len(digits) > 1 && digits[0] == '0' {
+		return 0, fmt.Errorf("--index-from-hostname: host name %q does not end in -N (a StatefulSet pod's name)", host)
+	}
+	return strconv.Atoi(digits)
 }
