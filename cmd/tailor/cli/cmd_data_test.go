@@ -12,7 +12,7 @@ import (
 )
 
 // fashionTestdata is the Fashion-MNIST subset committed with the fashion package.
-const fashionTestdata = "../../fashion/testdata"
+const fashionTestdata = "../../../fashion/testdata"
 
 func TestDataFashion(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "fash")

@@ -186,8 +186,8 @@ train:
 		stderr    []string
 		notStderr []string
 	}{
-		{name: "the deploy example", args: []string{"../../deploy/tailor.yaml"}, code: 0,
-			stdout: []string{"../../deploy/tailor.yaml: ok (", "sections submit, coordinator, paramserver, worker"}},
+		{name: "the deploy example", args: []string{"../../../deploy/tailor.yaml"}, code: 0,
+			stdout: []string{"../../../deploy/tailor.yaml: ok (", "sections submit, coordinator, paramserver, worker"}},
 		{name: "every problem", args: []string{bad}, code: 1, stderr: []string{
 			"tailor.yaml:2: bach: no command has a flag --bach; did you mean batch?\n",
 			`tailor.yaml:3: workers: "lots" is not an integer (for tailor data fashion, tailor local, tailor shard build)` + "\n",
@@ -199,11 +199,11 @@ train:
 		}},
 		{name: "syntax", args: []string{writeConfig(t, "worker:\n\tid: w\n")}, code: 1,
 			stderr: []string{"tailor.yaml:2: YAML syntax: found character that cannot start any token (YAML indents with spaces, not tabs)", "1 problem\n"}},
-		{name: "a good and a bad file", args: []string{"../../deploy/tailor.yaml", bad}, code: 1,
+		{name: "a good and a bad file", args: []string{"../../../deploy/tailor.yaml", bad}, code: 1,
 			stdout: []string{"deploy/tailor.yaml: ok"}, stderr: []string{"6 problems"}},
 		{name: "missing file", args: []string{filepath.Join(t.TempDir(), "nope.yaml")}, code: 1, stderr: []string{"no such file"}},
 		{name: "no file", args: nil, code: 2, stderr: []string{"name a file"}},
-		{name: "file by --config", args: []string{"--config", "../../deploy/tailor.yaml"}, code: 0, stdout: []string{"ok"}},
+		{name: "file by --config", args: []string{"--config", "../../../deploy/tailor.yaml"}, code: 0, stdout: []string{"ok"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
