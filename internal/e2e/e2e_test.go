@@ -107,6 +107,7 @@ func runLocal(t *testing.T, bin, data, mode string, workers int, shuffle, unitSi
 		}
 	}
 	wantEpochs(t, out, 2)
+	wantTensorBoard(t, out, 2)
 	if _, err := model.Load(filepath.Join(out, "run", "model.tailor")); err != nil {
 		t.Errorf("model: %v", err)
 	}

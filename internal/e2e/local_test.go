@@ -1,14 +1,19 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tailorml/tailor/eval/tensorboard"
 )
 
 // localRun is a `tailor local` cluster a test started, with its combined
@@ -86,5 +91,66 @@ func wantEpochs(t *testing.T, out string, epochs int) {
 	}
 	if n := len(strings.Split(strings.TrimSpace(string(hist)), "\n")) - 1; n != epochs {
 		t.Errorf("history has %d epochs, want %d:\n%s", n, epochs, hist)
+	}
+}
+
+// wantTensorBoard checks the leader's TensorBoard event files: in
+// OUT/run/tensorboard, every file reads (CRCs and events), they hold
+// train/loss, val/loss and val/mAP for each of the epochs with
+// history.csv's values, and each has an identical copy beside the
+// checkpoints in the store (under OUT, as the embedded S3 server or the
+// file store keeps it).
+func wantTensorBoard(t *testing.T, out string, epochs int) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(out, "run", "tensorboard", tensorboard.Prefix+"*"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no event files in %s: %v", filepath.Join(out, "run", "tensorboard"), err)
+	}
+	got := map[int64]map[string]float64{}
+	for _, f := range files {
+		evs, err := tensorboard.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range evs {
+			for _, s := range ev.Scalars {
+				if got[ev.Step] == nil {
+					got[ev.Step] = map[string]float64{}
+				}
+				got[ev.Step][s.Tag] = s.Value
+			}
+		}
+		// the copy in the store
+		var copies []string
+		_ = filepath.WalkDir(out, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && d.Name() == filepath.Base(f) && p != f && filepath.Base(filepath.Dir(p)) == "tensorboard" {
+				copies = append(copies, p)
+			}
+			return nil
+		})
+		want, _ := os.ReadFile(f)
+		if len(copies) != 1 {
+			t.Errorf("%s: copies in the store %v, want one", filepath.Base(f), copies)
+		} else if b, err := os.ReadFile(copies[0]); err != nil || !bytes.Equal(b, want) {
+			t.Errorf("%s: the store's copy %s differs (%v)", f, copies[0], err)
+		}
+	}
+	hist, err := os.ReadFile(filepath.Join(out, "run", "history.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := strings.Split(strings.TrimSpace(string(hist)), "\n")[1:]
+	if len(rows) != epochs || len(got) != epochs {
+		t.Fatalf("history has %d epochs, the event files %d, want %d", len(rows), len(got), epochs)
+	}
+	for _, row := range rows {
+		f := strings.Split(row, ",")
+		ep, _ := strconv.ParseInt(f[0], 10, 64)
+		for tag, col := range map[string]int{"train/loss": 1, "val/loss": 2, "val/mAP": 3, "train/lr": 8} {
+			want, _ := strconv.ParseFloat(f[col], 64)
+			if g, ok := got[ep][tag]; !ok || math.Abs(g-want) > 1e-5*math.Max(1, math.Abs(want)) {
+				t.Errorf("epoch %d: %s = %v (present %v), history.csv has %v", ep, tag, g, ok, want)
+			}
+		}
 	}
 }
