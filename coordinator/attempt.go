@@ -183,6 +183,7 @@ func (l *leader) restore(ctx context.Context, a *attempt, tensors [][]float32) (
 		l.log.Warn("tensorboard event file", "err", err)
 	}
 	l.eval.uploadEvents(ctx)
+	l.eval.restored()
 	// steps of the old timeline are forgotten; replies carry a new
 	// generation, so workers' reports of undone steps are ignored
 	l.steps.Reset()
@@ -266,7 +267,11 @@ func (l *leader) startEpoch(epoch int, units func(int) ([]Unit, error), step int
 			step0 += s
 		}
 	}
-	b.stats = epochStats{t0: time.Now(), step0: step0}
+	total := 0
+	for _, u := range us {
+		total += u.Len
+	}
+	b.stats = epochStats{t0: time.Now(), step0: step0, total: total}
 	if mid != nil {
 		// workers of the checkpoint that are not back give up their units
 		l.dropAbsentLocked(mid.Sched)
@@ -274,7 +279,7 @@ func (l *leader) startEpoch(epoch int, units func(int) ([]Unit, error), step int
 			step0 = mid.EpochStep
 		}
 		b.stats = epochStats{lossSum: mid.LossSum, lossN: mid.LossN, images: mid.Images,
-			t0: time.Now().Add(-time.Duration(mid.Seconds * float64(time.Second))), step0: step0}
+			t0: time.Now().Add(-time.Duration(mid.Seconds * float64(time.Second))), step0: step0, total: total}
 	}
 	b.broadcastLocked()
 	l.epochGauge.Set(float64(epoch + 1))

@@ -41,6 +41,7 @@ type epochStats struct {
 	// started (sync: its first step; async: the workers' steps summed),
 	// which gives the epoch's learning rate
 	step0 int64
+	total int // the epoch's records
 }
 
 func newBoard() *board { return &board{wake: make(chan struct{})} }

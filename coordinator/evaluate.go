@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/tailorml/tailor/checkpoint"
 	"github.com/tailorml/tailor/eval"
@@ -32,12 +33,15 @@ type evaluator struct {
 	events       *tensorboard.Writer
 	eventsStore  store.Store
 	eventsObject string
-	net          *model.Net
-	st           store.Store
-	man          *shard.Manifest
-	out          string
-	epochs       int
-	log          *slog.Logger
+	// lastEpoch is the newest epoch of the history, for the progress
+	// record (read by its publisher while the epoch loop writes it)
+	lastEpoch atomic.Pointer[eval.Epoch]
+	net       *model.Net
+	st        store.Store
+	man       *shard.Manifest
+	out       string
+	epochs    int
+	log       *slog.Logger
 }
 
 // newEvaluator loads the train split (for BatchNorm re-estimation) and the
@@ -72,6 +76,7 @@ func (e *evaluator) endEpoch(ctx context.Context, ep eval.Epoch, workers int) (b
 	if err != nil {
 		return false, err
 	}
+	e.lastEpoch.Store(&ep)
 	e.log.Info("epoch", "epoch", ep.Epoch, "of", e.epochs, "train_loss", round4(ep.TrainLoss), "val_loss", round4(ep.Val.Loss),
 		"val_map", round4(ep.Val.MAP), "img_per_s", math.Round(ep.ImgPerSec), "workers", workers, "saved", improved)
 	e.uploadEvents(ctx)
@@ -118,6 +123,22 @@ func (e *evaluator) closeEvents() {
 	}
 	if err := e.events.Close(); err != nil {
 		e.log.Warn("tensorboard event file", "err", err)
+	}
+}
+
+// last is the newest validated epoch, nil before any (nil-safe).
+func (e *evaluator) last() *eval.Epoch {
+	if e == nil {
+		return nil
+	}
+	return e.lastEpoch.Load()
+}
+
+// restored notes the history a checkpoint brought back (a resume).
+func (e *evaluator) restored() {
+	if h := e.val.History; len(h) > 0 {
+		ep := h[len(h)-1]
+		e.lastEpoch.Store(&ep)
 	}
 }
 

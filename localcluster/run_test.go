@@ -69,11 +69,12 @@ func testShards(t *testing.T) string {
 
 // testConfig is a cluster of 2 parameter servers and 2 workers of the
 // fake tailor, on the data set in a folder, in files; its output
-// collected.
+// collected, the processes' lines streamed to stderr (Verbose).
 func testConfig(t *testing.T, data string) (Config, *bytes.Buffer, *bytes.Buffer, string) {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Out, cfg.Workers, cfg.Store, cfg.Spec.Data, cfg.Spec.ParamServers, cfg.RestartLimit = t.TempDir(), 2, StoreFile, data, 2, 0
+	cfg.Verbose = true
 	bin, log := fakeTailor(t, 5)
 	var stdout, stderr bytes.Buffer
 	cfg.Executable, cfg.Stdout, cfg.Stderr = bin, &stdout, &stderr
@@ -193,6 +194,52 @@ func TestRunProcesses(t *testing.T) {
 	_, err = again()
 	if !errors.Is(err, supervise.ErrChildFailed) || !regexp.MustCompile(`: ps[01]: `).MatchString(err.Error()) {
 		t.Errorf("a run whose parameter server fails: %v, want supervise.ErrChildFailed naming it", err)
+	}
+}
+
+// Without Verbose each process's lines go to its file in Out/logs only;
+// stdout gets a few plain status lines (not a terminal) and the
+// supervisor's lines about a process that fails; stderr none of the
+// processes' lines.
+func TestRunQuiet(t *testing.T) {
+	t.Setenv("FAKE_TAILOR_FAIL", "")
+	cfg, stdout, stderr, _ := testConfig(t, testShards(t))
+	cfg.Verbose = false
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	if _, err := Run(ctx, cfg); err != nil {
+		t.Fatalf("Run: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
+	}
+	took := time.Since(start)
+	for file, role := range map[string]string{"coordinator-coord-a.log": "coordinator", "paramserver-ps0.log": "paramserver",
+		"paramserver-ps1.log": "paramserver", "worker-w0.log": "worker", "worker-w1.log": "worker"} {
+		b, err := os.ReadFile(filepath.Join(cfg.Out, LogsDir, file))
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		if string(b) != "started "+role+"\n" {
+			t.Errorf("%s: %q, want the process's line", file, b)
+		}
+	}
+	if strings.Contains(stderr.String(), "started ") {
+		t.Errorf("stderr has the processes' lines:\n%s", stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if !strings.HasPrefix(lines[0], "run local: etcd ") {
+		t.Errorf("stdout's first line %q, want the etcd line", lines[0])
+	}
+	status := 0
+	for _, l := range lines[1:] {
+		if !strings.HasPrefix(l, "status ") {
+			t.Errorf("stdout line %q: want only status lines after the first", l)
+		}
+		status++
+	}
+	// a line when the state changes, every 10 s, and the last one
+	if most := 3 + int(took/plainEvery) + 1; status < 1 || status > most {
+		t.Errorf("%d status lines in %v, want 1 to %d:\n%s", status, took, most, stdout)
 	}
 }
 

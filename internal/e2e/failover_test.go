@@ -203,7 +203,7 @@ func runFaulty(t *testing.T, faults string, args ...string) (output []byte, out,
 	out = t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, append([]string{"local", "--out", out, "--data", data, "--ps", "2",
+	cmd := exec.CommandContext(ctx, bin, append([]string{"local", "--verbose", "--out", out, "--data", data, "--ps", "2",
 		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--audit"}, args...)...)
 	cmd.Env = append(os.Environ(), fault.Env+"="+faults)
 	output, err := cmd.CombinedOutput()

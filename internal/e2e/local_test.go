@@ -3,11 +3,14 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,11 +28,11 @@ type localRun struct {
 	log syncBuffer
 }
 
-// startLocal starts `tailor local` with args; env is added to the
-// environment.
+// startLocal starts `tailor local --verbose` with args (the processes'
+// lines in its output, for waitFor); env is added to the environment.
 func startLocal(t *testing.T, ctx context.Context, bin string, env []string, args ...string) *localRun {
 	t.Helper()
-	r := &localRun{t: t, bin: bin, cmd: exec.CommandContext(ctx, bin, append([]string{"local"}, args...)...)}
+	r := &localRun{t: t, bin: bin, cmd: exec.CommandContext(ctx, bin, append([]string{"local", "--verbose"}, args...)...)}
 	r.cmd.Env = append(os.Environ(), env...)
 	r.cmd.Stdout, r.cmd.Stderr = &r.log, &r.log
 	if err := r.cmd.Start(); err != nil {
@@ -153,4 +156,47 @@ func wantTensorBoard(t *testing.T, out string, epochs int) {
 			}
 		}
 	}
+}
+
+// wantCalmOutput checks what `tailor local` without --verbose wrote (its
+// output not a terminal): no process's log line, and status lines at a
+// modest rate (one when the state, the epoch or the validated epoch
+// changes, one every 10 s, the last one); and that OUT/logs has a file per
+// process with its lines. It returns the log files' contents by name.
+func wantCalmOutput(t *testing.T, out, output string, workers int, took time.Duration) map[string]string {
+	t.Helper()
+	logs := map[string]string{}
+	files, _ := filepath.Glob(filepath.Join(out, "logs", "*.log"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs[filepath.Base(f)] = string(b)
+	}
+	want := map[string]string{"coordinator-coord-a.log": `msg="leading the run"`, "coordinator-coord-b.log": `msg="standing for election"`,
+		"paramserver-ps0.log": "msg=", "paramserver-ps1.log": "msg="}
+	for i := range workers {
+		want[fmt.Sprintf("worker-w%d.log", i)] = "msg="
+	}
+	for name, line := range want {
+		if !strings.Contains(logs[name], line) {
+			t.Errorf("OUT/logs/%s lacks %q: %.500s", name, line, logs[name])
+		}
+	}
+	if len(logs) != len(want) {
+		t.Errorf("log files %v, want %d", slices.Sorted(maps.Keys(logs)), len(want))
+	}
+	if strings.Contains(output, `msg="leading the run"`) || strings.Contains(output, `msg="run done"`) || strings.Contains(output, "| ") {
+		t.Errorf("the output has the processes' lines without --verbose:\n%s", output)
+	}
+	status := strings.Count(output, "\nstatus ")
+	// every 10 s, and for each of: waiting, running, each epoch begun and
+	// validated (2 per epoch), done, the last line
+	epochs := 2
+	if most := int(took/(10*time.Second)) + 1 + 2*epochs + 4; status < 2 || status > most {
+		t.Errorf("%d status lines in %v, want 2 to %d:\n%s", status, took.Round(time.Second), most, output)
+	}
+	t.Logf("%d status lines in %v", status, took.Round(time.Second))
+	return logs
 }

@@ -18,7 +18,7 @@ import (
 // localArgs are the flags of the resume tests' runs: 2 workers, 2 parameter
 // servers, sync, a checkpoint every 4 steps.
 func localArgs(out, data string, extra ...string) []string {
-	return append([]string{"local", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
+	return append([]string{"local", "--verbose", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
 		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--checkpoint-every", "4"}, extra...)
 }
 
