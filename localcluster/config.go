@@ -79,8 +79,8 @@ type Config struct {
 	Executable string
 	// Stdout gets the line that names the run's etcd and how to watch it
 	// and, without Verbose, the run's status while it trains (on a
-	// terminal one block redrawn in place; elsewhere a line when the epoch
-	// or the state changes and every 10 s) and the supervisor's lines
+	// terminal one block redrawn in place; elsewhere a line when the state
+	// or the epoch changes and every 10 s) and the supervisor's lines
 	// about the processes (exits, restarts) (nil: discarded).
 	Stdout io.Writer
 	// Stderr gets, with Verbose, the processes' output, each line prefixed

@@ -20,8 +20,9 @@ import (
 
 // What `tailor local` shows of a run while it trains, without --verbose:
 // on a terminal one block redrawn in place (statusBlock), elsewhere a plain
-// line (statusLine) when the state, the epoch or the validated epoch
-// changes, and every plainEvery otherwise. The numbers come from etcd (the
+// line (statusLine) when the state or the epoch changes (a new epoch starts
+// once the one before is validated: its line has that validation), and
+// every plainEvery otherwise. The numbers come from etcd (the
 // run's state, leader, members and the leader's progress record, as
 // `tailor status` reads them); the events are the supervisor's lines
 // about the processes (exits, restarts), shown as they come.
@@ -212,7 +213,7 @@ func lineKey(s snapshot) string {
 	}
 	k := s.View.State
 	if p := s.View.Progress; p != nil {
-		k += fmt.Sprintf("/%d/%d/%v", p.Epoch, p.ValEpoch, p.Done)
+		k += fmt.Sprintf("/%d/%v", p.Epoch, p.Done)
 	}
 	return k
 }

@@ -38,8 +38,8 @@ terminal, tailor local shows one status block redrawn in place: the state
 and leader, the epoch's bar and ETA, loss, img/s, the last validation mAP,
 the live members and the last event (a process that exited or was started
 again; those lines are printed above the block too). When its output is not
-a terminal, it prints a plain status line when the state, the epoch or the
-validated epoch changes and every 10 s, and the same event lines.
+a terminal, it prints a plain status line when the state or the epoch
+changes and every 10 s, and the same event lines.
 --verbose streams every process's lines to stderr instead, each prefixed
 with the process's name, as well as to the log files.
 With --etcd the processes use that etcd instead of an embedded one.
