@@ -200,5 +200,17 @@ func wantCalmOutput(t *testing.T, out, output string, workers int, took time.Dur
 		t.Errorf("%d status lines in %v, want 2 to %d:\n%s", status, took.Round(time.Second), most, output)
 	}
 	t.Logf("%d status lines in %v", status, took.Round(time.Second))
+	// the last one: the run's end, with the leader's last numbers
+	var last string
+	for l := range strings.SplitSeq(output, "\n") {
+		if strings.HasPrefix(l, "status ") {
+			last = l
+		}
+	}
+	want1 := fmt.Sprintf("run local done; epoch %d/%d, all trained", epochs, epochs)
+	want2 := regexp.MustCompile(fmt.Sprintf(`val mAP 0\.\d{4} \(epoch %d\)`, epochs))
+	if !strings.Contains(last, want1) || !want2.MatchString(last) {
+		t.Errorf("last status line %q: want %q and %s", last, want1, want2)
+	}
 	return logs
 }
