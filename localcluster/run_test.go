@@ -203,7 +203,7 @@ func TestRunProcesses(t *testing.T) {
 // processes' lines.
 func TestRunQuiet(t *testing.T) {
 	t.Setenv("FAKE_TAILOR_FAIL", "")
-	cfg, stdout, stderr, _ := testConfig(t, testShards(t))
+	cfg, stdout, stderr, procs := testConfig(t, testShards(t))
 	cfg.Verbose = false
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -240,6 +240,24 @@ func TestRunQuiet(t *testing.T) {
 	// a line when the state changes, every 10 s, and the last one
 	if most := 3 + int(took/plainEvery) + 1; status < 1 || status > most {
 		t.Errorf("%d status lines in %v, want 1 to %d:\n%s", status, took, most, stdout)
+	}
+
+	// a resumed run appends to the logs; a new run empties them
+	for _, c := range []struct {
+		resume bool
+		lines  int
+	}{{true, 2}, {false, 1}} {
+		if err := os.Remove(procs); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Resume = c.resume
+		if _, err := Run(ctx, cfg); err != nil {
+			t.Fatalf("Run (resume %v): %v", c.resume, err)
+		}
+		b, err := os.ReadFile(filepath.Join(cfg.Out, LogsDir, "worker-w1.log"))
+		if err != nil || strings.Count(string(b), "started worker\n") != c.lines {
+			t.Errorf("after a run with resume %v, worker-w1.log is %q (%v), want %d lines", c.resume, b, err, c.lines)
+		}
 	}
 }
 
