@@ -259,6 +259,31 @@ func TestRunQuiet(t *testing.T) {
 			t.Errorf("after a run with resume %v, worker-w1.log is %q (%v), want %d lines", c.resume, b, err, c.lines)
 		}
 	}
+
+	// a process that fails: the supervisor's lines about it on stdout and
+	// in its log, its own lines in its log only
+	t.Setenv("FAKE_TAILOR_FAIL", "paramserver")
+	cfg.Resume, cfg.RestartLimit = false, 1
+	stdout.Reset()
+	if _, err := Run(ctx, cfg); !errors.Is(err, supervise.ErrChildFailed) {
+		t.Fatalf("Run with a failing parameter server: %v, want supervise.ErrChildFailed", err)
+	}
+	if !regexp.MustCompile(`(?m)^ps[01] +\| exited: exit status 1; restarting in `).MatchString(stdout.String()) || strings.Contains(stdout.String(), "started paramserver") {
+		t.Errorf("stdout: want the supervisor's restart line and no process line:\n%s", stdout)
+	}
+	// (the one that reached its limit first ended the run: the other may
+	// have been stopped before it failed)
+	found := false
+	for _, f := range []string{"paramserver-ps0.log", "paramserver-ps1.log"} {
+		b, err := os.ReadFile(filepath.Join(cfg.Out, LogsDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		found = found || strings.Contains(string(b), "started paramserver\n") && strings.Contains(string(b), " tailor local: exited: exit status 1")
+	}
+	if !found {
+		t.Error("no parameter server's log has its line and the supervisor's")
+	}
 }
 
 // A secure run: certificates, a gossip key and etcd's passwords made in
