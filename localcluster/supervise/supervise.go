@@ -201,6 +201,8 @@ func (g *Group) spawn(s Spec, first bool) (*incarnation, error) {
 	}
 	if first {
 		g.wg.Add(1) // Done when the child is down for good
+	} else {
+		g.restarts[s.Name]++ // counted as the new incarnation shows (Pid)
 	}
 	g.procs[s.Name] = cmd
 	g.specs[s.Name] = s
@@ -296,9 +298,6 @@ func (g *Group) supervise(s Spec, inc *incarnation) {
 			err, ran = serr, 0
 			continue
 		}
-		g.mu.Lock()
-		g.restarts[s.Name]++
-		g.mu.Unlock()
 		err = g.await(s.Name, next)
 		ran = time.Since(next.started)
 	}
