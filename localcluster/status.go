@@ -219,8 +219,8 @@ func lineKey(s snapshot) string {
 }
 
 // reporter draws the status of a run while it trains, and passes the
-// supervisor's lines on (Write). Its poll loop runs from start until the
-// stop start returned.
+// supervisor's lines on (Write). Its poll loop is a goroutine that start
+// begins and the stop func start returns ends (and waits for).
 type reporter struct {
 	w       io.Writer
 	tty     bool
