@@ -196,6 +196,11 @@ func TestLocationListReadRetain(t *testing.T) {
 	if err := st.Put(ctx, l.Dir("r", "j", Name(60, 5))+PartObject(0), bytes.NewReader([]byte("x")), 1); err != nil {
 		t.Fatal(err)
 	}
+	// the leader's TensorBoard event files beside the checkpoints are none
+	tb := l.RunDir("r", "j") + "tensorboard/events.out.tfevents.1.host"
+	if err := st.Put(ctx, tb, bytes.NewReader([]byte("x")), 1); err != nil {
+		t.Fatal(err)
+	}
 	names, err := l.List(ctx, "r", "j")
 	if err != nil || len(names) != 5 || names[4] != Name(50, 4) {
 		t.Fatalf("List: %v %v", names, err)
@@ -239,6 +244,9 @@ func TestLocationListReadRetain(t *testing.T) {
 	}
 	if _, err := l.ReadMeta(ctx, "r", "other-job", names[0]); err == nil {
 		t.Error("read another job's checkpoint")
+	}
+	if _, err := st.Stat(ctx, tb); err != nil {
+		t.Errorf("retention removed the TensorBoard file beside the checkpoints: %v", err)
 	}
 }
 

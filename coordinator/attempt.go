@@ -174,6 +174,16 @@ func (l *leader) restore(ctx context.Context, a *attempt, tensors [][]float32) (
 	} else {
 		l.board.steplog.mark(l.ck.current + " (" + meta.Reason + ")")
 	}
+	// TensorBoard: the epochs from here on are (re)written by this attempt
+	msg := "start"
+	if meta != nil {
+		msg = "resumed from checkpoint " + l.ck.current
+	}
+	if err := l.eval.val.StartSession(msg); err != nil {
+		l.log.Warn("tensorboard event file", "err", err)
+	}
+	l.eval.uploadEvents(ctx)
+	l.eval.restored()
 	// steps of the old timeline are forgotten; replies carry a new
 	// generation, so workers' reports of undone steps are ignored
 	l.steps.Reset()
@@ -255,12 +265,26 @@ func (l *leader) startEpoch(epoch int, units func(int) ([]Unit, error), step int
 	if b.asched != nil {
 		b.asched.CutEvery(spec.CheckpointEvery) // async: a checkpoint every K batches
 	}
-	b.stats = epochStats{t0: time.Now()}
+	step0 := step
+	if spec.Mode != job.ModeSync {
+		step0 = 0
+		for _, s := range asyncSteps {
+			step0 += s
+		}
+	}
+	total := 0
+	for _, u := range us {
+		total += u.Len
+	}
+	b.stats = epochStats{t0: time.Now(), step0: step0, total: total}
 	if mid != nil {
 		// workers of the checkpoint that are not back give up their units
 		l.dropAbsentLocked(mid.Sched)
+		if mid.EpochStep > 0 || mid.Epoch == 0 { // older checkpoints lack it: the step resumed at
+			step0 = mid.EpochStep
+		}
 		b.stats = epochStats{lossSum: mid.LossSum, lossN: mid.LossN, images: mid.Images,
-			t0: time.Now().Add(-time.Duration(mid.Seconds * float64(time.Second)))}
+			t0: time.Now().Add(-time.Duration(mid.Seconds * float64(time.Second))), step0: step0, total: total}
 	}
 	b.broadcastLocked()
 	l.epochGauge.Set(float64(epoch + 1))
@@ -275,8 +299,9 @@ func (l *leader) endEpoch(ctx context.Context, a *attempt, tensors [][]float32, 
 	}
 	v := l.board.view()
 	secs := time.Since(v.stats.t0).Seconds()
-	ep := eval.Epoch{Epoch: epoch + 1, TrainLoss: v.stats.lossSum / math.Max(float64(v.stats.lossN), 1), LR: 0, Seconds: secs,
-		ImgPerSec: float64(v.stats.images) / secs}
+	adam := l.spec.For(l.spec.Epochs)
+	ep := eval.Epoch{Epoch: epoch + 1, TrainLoss: v.stats.lossSum / math.Max(float64(v.stats.lossN), 1),
+		LR: adam.LR / (1 + adam.Decay*float64(v.stats.step0)), Seconds: secs, ImgPerSec: float64(v.stats.images) / secs}
 	improved, err := l.eval.endEpoch(ctx, ep, len(l.mem.Members(cluster.RoleWorker)))
 	if err != nil {
 		return err

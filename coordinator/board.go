@@ -37,6 +37,11 @@ type epochStats struct {
 	lossN   int
 	images  int // applied
 	t0      time.Time
+	// step0 is the parameter servers' update count when the epoch
+	// started (sync: its first step; async: the workers' steps summed),
+	// which gives the epoch's learning rate
+	step0 int64
+	total int // the epoch's records
 }
 
 func newBoard() *board { return &board{wake: make(chan struct{})} }
@@ -198,7 +203,7 @@ func (l *leader) asyncOfferLocked(worker string, done int64) (offer, error) {
 // epoch, the scheduler's state being st.
 func (b *board) runStateLocked(st *SchedState) RunState {
 	return RunState{Epoch: b.epoch, Sched: st, LossSum: b.stats.lossSum, LossN: b.stats.lossN, Images: b.stats.images,
-		AuditSeq: b.seq, Seconds: time.Since(b.stats.t0).Seconds()}
+		AuditSeq: b.seq, Seconds: time.Since(b.stats.t0).Seconds(), EpochStep: b.stats.step0}
 }
 
 // closeLogs flushes and closes the logs.

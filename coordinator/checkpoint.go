@@ -35,6 +35,9 @@ type RunState struct {
 	Images     int              `json:"images"`
 	Seconds    float64          `json:"seconds"`   // of the epoch so far
 	AuditSeq   int64            `json:"audit_seq"` // batches consumed before this checkpoint
+	// EpochStep is the servers' update count when the epoch in progress
+	// started (mid-epoch checkpoints; it gives the epoch's learning rate)
+	EpochStep int64 `json:"epoch_step,omitempty"`
 }
 
 // ckpt takes the run's checkpoints and resumes from them (docs/cluster.md,

@@ -1,14 +1,18 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
+	"github.com/tailorml/tailor/checkpoint"
 	"github.com/tailorml/tailor/eval"
+	"github.com/tailorml/tailor/eval/tensorboard"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/metrics"
 	"github.com/tailorml/tailor/model"
@@ -23,13 +27,21 @@ import (
 // copy of the net, whose tensors the leader pulls from the parameter
 // servers before calling endEpoch.
 type evaluator struct {
-	val    *eval.Validator
-	net    *model.Net
-	st     store.Store
-	man    *shard.Manifest
-	out    string
-	epochs int
-	log    *slog.Logger
+	val *eval.Validator
+	// events is the term's TensorBoard event file (out/tensorboard), a
+	// copy of which goes to the store at eventsObject after every epoch
+	events       *tensorboard.Writer
+	eventsStore  store.Store
+	eventsObject string
+	// lastEpoch is the newest epoch of the history, for the progress
+	// record (read by its publisher while the epoch loop writes it)
+	lastEpoch atomic.Pointer[eval.Epoch]
+	net       *model.Net
+	st        store.Store
+	man       *shard.Manifest
+	out       string
+	epochs    int
+	log       *slog.Logger
 }
 
 // newEvaluator loads the train split (for BatchNorm re-estimation) and the
@@ -64,9 +76,70 @@ func (e *evaluator) endEpoch(ctx context.Context, ep eval.Epoch, workers int) (b
 	if err != nil {
 		return false, err
 	}
+	e.lastEpoch.Store(&ep)
 	e.log.Info("epoch", "epoch", ep.Epoch, "of", e.epochs, "train_loss", round4(ep.TrainLoss), "val_loss", round4(ep.Val.Loss),
 		"val_map", round4(ep.Val.MAP), "img_per_s", math.Round(ep.ImgPerSec), "workers", workers, "saved", improved)
+	e.uploadEvents(ctx)
 	return improved, nil
+}
+
+// openEvents starts the term's TensorBoard event file in out/tensorboard
+// (a new file beside any earlier term's) and names its copy in the store:
+// the tensorboard/ folder beside the job's checkpoints.
+func (e *evaluator) openEvents(loc checkpoint.Location, spec job.Spec) error {
+	w, err := tensorboard.Create(filepath.Join(e.out, TensorBoardDir))
+	if err != nil {
+		return err
+	}
+	e.events, e.val.Events = w, w
+	e.eventsStore, e.eventsObject = loc.Store, loc.RunDir(spec.Run, spec.JobID)+TensorBoardDir+"/"+w.Name()
+	e.log.Info("tensorboard scalars", "file", w.Path(), "store_object", e.eventsObject)
+	return nil
+}
+
+// TensorBoardDir is the folder of the TensorBoard event files, in the
+// leader's output folder and beside the job's checkpoints in the store.
+const TensorBoardDir = "tensorboard"
+
+// uploadEvents copies the event file to the store; a failure is a
+// warning (the next epoch's upload copies the whole file again).
+func (e *evaluator) uploadEvents(ctx context.Context) {
+	if e.events == nil || e.eventsStore == nil {
+		return
+	}
+	b, err := os.ReadFile(e.events.Path())
+	if err == nil {
+		err = e.eventsStore.Put(ctx, e.eventsObject, bytes.NewReader(b), int64(len(b)))
+	}
+	if err != nil {
+		e.log.Warn("tensorboard event file not copied to the store", "object", e.eventsObject, "err", err)
+	}
+}
+
+// closeEvents closes the event file.
+func (e *evaluator) closeEvents() {
+	if e == nil {
+		return
+	}
+	if err := e.events.Close(); err != nil {
+		e.log.Warn("tensorboard event file", "err", err)
+	}
+}
+
+// last is the newest validated epoch, nil before any (nil-safe).
+func (e *evaluator) last() *eval.Epoch {
+	if e == nil {
+		return nil
+	}
+	return e.lastEpoch.Load()
+}
+
+// restored notes the history a checkpoint brought back (a resume).
+func (e *evaluator) restored() {
+	if h := e.val.History; len(h) > 0 {
+		ep := h[len(h)-1]
+		e.lastEpoch.Store(&ep)
+	}
 }
 
 // testReport scores the kept model on the test split, if there is one,

@@ -95,6 +95,7 @@ type runModel struct {
 // run leads the run to its end, or until the term is lost.
 func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	m, err := l.open(ctx)
+	defer l.eval.closeEvents()
 	if err != nil {
 		return err
 	}
@@ -143,6 +144,9 @@ func (l *leader) open(ctx context.Context) (*runModel, error) {
 		return nil, err
 	}
 	l.ck = &ckpt{spec: spec, cli: l.cli, guard: l.term.Guard, log: l.log, loc: loc, labels: man.Labels, val: l.eval.val, flush: l.board.flushLogs}
+	if err := l.eval.openEvents(loc, spec); err != nil {
+		return nil, err
+	}
 	units, err := planUnits(spec, man)
 	if err != nil {
 		return nil, err

@@ -33,7 +33,13 @@ type Progress struct {
 	EpochLoss float64 `json:"epoch_loss"`
 	// Images is how many images of this epoch have been applied; ImgPerSec
 	// the rate over the last interval, EpochImgPerSec over the epoch.
-	Images         int     `json:"images"`
+	Images      int `json:"images"`
+	EpochImages int `json:"epoch_images,omitempty"` // the epoch's training images
+	// ValEpoch is the last validated epoch (0: none yet), ValLoss and
+	// ValMAP its validation loss and mAP.
+	ValEpoch       int     `json:"val_epoch,omitempty"`
+	ValLoss        float64 `json:"val_loss,omitempty"`
+	ValMAP         float64 `json:"val_map,omitempty"`
 	ImgPerSec      float64 `json:"img_per_s"`
 	EpochImgPerSec float64 `json:"epoch_img_per_s"`
 	Workers        int     `json:"workers"` // live workers
@@ -150,7 +156,10 @@ func (l *leader) progress(last *progressSample) Progress {
 	}
 	v := l.board.view()
 	images, lossSum, lossN, t0, done := v.stats.images, v.stats.lossSum, v.stats.lossN, v.stats.t0, v.over
-	p.Images, p.Done = images, done
+	p.Images, p.Done, p.EpochImages = images, done, v.stats.total
+	if e := l.eval.last(); e != nil {
+		p.ValEpoch, p.ValLoss, p.ValMAP = e.Epoch, e.Val.Loss, e.Val.MAP
+	}
 	if lossN > 0 {
 		p.EpochLoss = lossSum / float64(lossN)
 	}

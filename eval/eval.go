@@ -102,5 +102,12 @@ func BCE(probs []float32, truth []bool) float64 {
 // threshold-free).
 func Score(labels []string, probs []float32, truth []bool) Scores {
 	rep := metrics.Evaluate(labels, probs, truth, nil)
-	return Scores{Loss: BCE(probs, truth), MAP: rep.MAP, MacroF1: rep.MacroF1, SubsetAcc: rep.SubsetAccuracy}
+	ap := make([]float64, len(rep.Labels))
+	for i, l := range rep.Labels {
+		ap[i] = l.AP
+		if l.Support == 0 {
+			ap[i] = math.NaN()
+		}
+	}
+	return Scores{Loss: BCE(probs, truth), MAP: rep.MAP, MacroF1: rep.MacroF1, SubsetAcc: rep.SubsetAccuracy, AP: ap}
 }

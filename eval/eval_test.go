@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tailorml/tailor/eval/tensorboard"
 	"github.com/tailorml/tailor/fashion"
 	"github.com/tailorml/tailor/model"
 	"github.com/tailorml/tailor/shard"
@@ -80,20 +81,25 @@ func TestValidatorEndEpoch(t *testing.T) {
 	before := snapshotBN(net)
 	mean, std := man.Normalization()
 	out := t.TempDir()
+	events, err := tensorboard.Create(filepath.Join(out, "tensorboard"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
 	v := &Validator{Cfg: ValidatorConfig{Out: out, BNEstimate: true, BNBatches: 2, Batch: 8, EvalBatch: 7, EvalRunning: true, BestBy: "loss", Seed: 3,
-		Meta: map[string]string{"data": "test"}}, Labels: man.Labels, Mean: mean, Std: std, Train: train, Val: val}
+		Meta: map[string]string{"data": "test"}}, Labels: man.Labels, Mean: mean, Std: std, Train: train, Val: val, Events: events}
 
 	ep, improved, err := v.EndEpoch(ctx, net, Epoch{Epoch: 1, TrainLoss: 0.9})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !improved || v.Best != 1 || len(v.History) != 1 || v.History[0] != ep {
+	if !improved || v.Best != 1 || len(v.History) != 1 || !v.History[0].Val.Equal(ep.Val) || !v.History[0].Running.Equal(*ep.Running) {
 		t.Errorf("first epoch: improved %v, best %d, history %+v; want saved as the best, one row", improved, v.Best, v.History)
 	}
 	if ep.Running == nil {
 		t.Fatal("no running-statistics scores although EvalRunning is set")
 	}
-	if *ep.Running == ep.Val {
+	if ep.Running.Equal(ep.Val) {
 		t.Errorf("running and re-estimated statistics score the same (%+v): was BatchNorm re-estimated?", ep.Val)
 	}
 	if !reflect.DeepEqual(snapshotBN(net), before) {
@@ -124,6 +130,33 @@ func TestValidatorEndEpoch(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(out, "history.png")); err != nil {
 		t.Error(err)
+	}
+
+	// the event file has the epoch's scalars, as Epoch.Scalars names them
+	evs, err := tensorboard.ReadFile(events.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 || evs[1].Step != 1 {
+		t.Fatalf("events %+v: want the file version and epoch 1's scalars", evs)
+	}
+	got := map[string]float64{}
+	for _, s := range evs[1].Scalars {
+		got[s.Tag] = s.Value
+	}
+	want := map[string]float64{"train/loss": 0.9, "val/loss": ep.Val.Loss, "val/mAP": ep.Val.MAP, "val_running_bn/mAP": ep.Running.MAP}
+	for i, l := range man.Labels {
+		if !math.IsNaN(ep.Val.AP[i]) {
+			want["val/AP/"+l] = ep.Val.AP[i]
+		}
+	}
+	for tag, w := range want {
+		if g, ok := got[tag]; !ok || g != float64(float32(w)) {
+			t.Errorf("scalar %s = %v (present %v), want %v", tag, g, ok, float32(w))
+		}
+	}
+	if _, ok := got["train/lr"]; ok {
+		t.Error("train/lr written for an epoch without a learning rate")
 	}
 
 	// a resumed validator continues with the same history and best score

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/tailorml/tailor/eval/plot"
+	"github.com/tailorml/tailor/eval/tensorboard"
 )
 
 // Epoch is one row of the history.
@@ -24,6 +25,25 @@ type Epoch struct {
 // Scores summarise an evaluation.
 type Scores struct {
 	Loss, MAP, MacroF1, SubsetAcc float64
+	// AP is each label's average precision, NaN for a label without
+	// positives (it goes to the TensorBoard event file, not into
+	// history.csv or checkpoints).
+	AP []float64 `json:"-"`
+}
+
+// Equal reports whether two evaluations scored the same, bit for bit (a
+// NaN equals a NaN).
+func (s Scores) Equal(o Scores) bool {
+	same := func(a, b float64) bool { return math.Float64bits(a) == math.Float64bits(b) }
+	if !same(s.Loss, o.Loss) || !same(s.MAP, o.MAP) || !same(s.MacroF1, o.MacroF1) || !same(s.SubsetAcc, o.SubsetAcc) || len(s.AP) != len(o.AP) {
+		return false
+	}
+	for i := range s.AP {
+		if !same(s.AP[i], o.AP[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // WriteHistory writes dir/history.csv and dir/history.png (loss per epoch,
@@ -78,4 +98,34 @@ func writeAtomic(path string, data []byte) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// Scalars are the epoch's numbers as TensorBoard scalars (step: the
+// epoch): train/loss, val/loss, val/mAP, val/macro_F1,
+// val/subset_accuracy, val/AP/<label> for each label with positives,
+// train/img_per_s, train/lr (when known), train/epoch_seconds, and with
+// running BatchNorm statistics val_running_bn/loss and val_running_bn/mAP.
+// `tailor train` and the cluster's leader write the same ones.
+func (e Epoch) Scalars(labels []string) []tensorboard.Scalar {
+	s := []tensorboard.Scalar{
+		{Tag: "train/loss", Value: e.TrainLoss},
+		{Tag: "val/loss", Value: e.Val.Loss},
+		{Tag: "val/mAP", Value: e.Val.MAP},
+		{Tag: "val/macro_F1", Value: e.Val.MacroF1},
+		{Tag: "val/subset_accuracy", Value: e.Val.SubsetAcc},
+	}
+	for i, ap := range e.Val.AP {
+		if i < len(labels) && !math.IsNaN(ap) {
+			s = append(s, tensorboard.Scalar{Tag: "val/AP/" + labels[i], Value: ap})
+		}
+	}
+	if e.Running != nil {
+		s = append(s, tensorboard.Scalar{Tag: "val_running_bn/loss", Value: e.Running.Loss},
+			tensorboard.Scalar{Tag: "val_running_bn/mAP", Value: e.Running.MAP})
+	}
+	s = append(s, tensorboard.Scalar{Tag: "train/img_per_s", Value: e.ImgPerSec})
+	if e.LR > 0 {
+		s = append(s, tensorboard.Scalar{Tag: "train/lr", Value: e.LR})
+	}
+	return append(s, tensorboard.Scalar{Tag: "train/epoch_seconds", Value: e.Seconds})
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/tailorml/tailor/eval/tensorboard"
 	"github.com/tailorml/tailor/input"
 	"github.com/tailorml/tailor/metrics"
 	"github.com/tailorml/tailor/model"
@@ -37,11 +38,14 @@ type Validator struct {
 	Train, Val *Dataset
 	History    []Epoch
 	Best       int // epoch of the saved model; 0 before any
-	bestScore  float64
-	haveBest   bool
-	truth      []bool
-	x          []float32
-	recs       []*shard.Record
+	// Events, if set, gets every epoch's scores as TensorBoard scalars
+	// (Epoch.Scalars), step the epoch.
+	Events    *tensorboard.Writer
+	bestScore float64
+	haveBest  bool
+	truth     []bool
+	x         []float32
+	recs      []*shard.Record
 }
 
 // ValidatorState is what a checkpoint keeps of a Validator: the history
@@ -123,7 +127,30 @@ func (v *Validator) EndEpoch(ctx context.Context, net *model.Net, ep Epoch) (Epo
 			return ep, false, err
 		}
 	}
-	return ep, improved, WriteHistory(v.Cfg.Out, v.History)
+	if err := WriteHistory(v.Cfg.Out, v.History); err != nil {
+		return ep, improved, err
+	}
+	if v.Events != nil {
+		if err := v.Events.Scalars(int64(ep.Epoch), ep.Scalars(v.Labels)); err != nil {
+			return ep, improved, fmt.Errorf("epoch %d: %w", ep.Epoch, err)
+		}
+	}
+	return ep, improved, nil
+}
+
+// StartSession marks in the event file (Events, if set) that training goes
+// on from the epoch after the history's last: TensorBoard drops scalars
+// that earlier files, or this one before a rollback, hold for that epoch
+// and later ones.
+func (v *Validator) StartSession(msg string) error {
+	if v.Events == nil {
+		return nil
+	}
+	next := 1
+	if n := len(v.History); n > 0 {
+		next = v.History[n-1].Epoch + 1
+	}
+	return v.Events.SessionStart(int64(next), msg)
 }
 
 // estimateBN recomputes the BatchNorm statistics over BNBatches batches of

@@ -26,8 +26,9 @@ type Config struct {
 	// Out is the cluster's folder: etcd's data (Out/etcd), the embedded S3
 	// server's (Out/s3), with StoreFile the shards and checkpoints
 	// (Out/shards, Out/checkpoints), a composed set's images
-	// (Out/images), Secure's certificates and keys (Out/certs), and by
-	// default the run's model and history (Out/run).
+	// (Out/images), Secure's certificates and keys (Out/certs), each
+	// process's log (Out/logs), and by default the run's model and history
+	// (Out/run).
 	Out string
 	// Spec is the run's spec. Its Workers is set to Workers (the first
 	// step waits for all of them: reproducible sync runs). Empty Out is
@@ -77,12 +78,18 @@ type Config struct {
 	// process's).
 	Executable string
 	// Stdout gets the line that names the run's etcd and how to watch it
-	// (nil: discarded).
+	// and, without Verbose, the run's status while it trains (on a
+	// terminal one block redrawn in place; elsewhere a line when the state
+	// or the epoch changes and every 10 s) and the supervisor's lines
+	// about the processes (exits, restarts) (nil: discarded).
 	Stdout io.Writer
-	// Stderr gets the processes' output, each line prefixed with the
-	// process's name, and the progress of ingesting a composed set (nil:
-	// discarded).
+	// Stderr gets, with Verbose, the processes' output, each line prefixed
+	// with the process's name, and the progress of ingesting a composed
+	// set (nil: discarded).
 	Stderr io.Writer
+	// Verbose streams the processes' output to Stderr as well as to their
+	// log files (Out/logs/ROLE-ID.log), instead of the status on Stdout.
+	Verbose bool
 	// Log gets the cluster's progress: the store, etcd, the certificates
 	// (nil: discarded).
 	Log *slog.Logger

@@ -17,6 +17,7 @@ import (
 	"github.com/tailorml/tailor/internal/certs"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
+	"github.com/tailorml/tailor/internal/progress"
 	"github.com/tailorml/tailor/localcluster/supervise"
 	"github.com/tailorml/tailor/store"
 	"github.com/tailorml/tailor/store/s3local"
@@ -182,18 +183,37 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	etcdList := strings.Join(endpoints, ",")
 	fmt.Fprintf(cfg.Stdout, "run %s: etcd %s; watch it with: %s\n", s.Run, etcdList,
 		strings.Join(append(append([]string{"tailor", "status", "--etcd", etcdList, "--run", s.Run}, child.Args()...), "--watch", "2s"), " "))
+	procs := processes(s, cfg.Workers, cfg.Standby, commonArgs(s.Run, endpoints, child, gossipKey))
+	logDir := filepath.Join(cfg.Out, LogsDir)
+	logs, err := openLogs(logDir, procs, cfg.Resume)
+	if err != nil {
+		return Result{}, err
+	}
+	defer logs.close()
 	// on Ctrl-C every role gets SIGTERM: workers finish their step, the
 	// leader checkpoints (the servers wait for it), then all leave; those
 	// still running when the grace is over are killed
-	g := supervise.New(cfg.Stderr, job.DefaultPreemptGrace+5*time.Second)
+	stopGrace := job.DefaultPreemptGrace + 5*time.Second
+	// with Verbose the processes' lines stream to Stderr, each prefixed
+	// with its name; otherwise only their log files get them, and Stdout
+	// gets the run's status and the supervisor's lines (exits, restarts)
+	var g *supervise.Group
+	if cfg.Verbose {
+		g = supervise.New(cfg.Stderr, stopGrace)
+	} else {
+		g = supervise.New(nil, stopGrace)
+		rep := newReporter(cfg.Stdout, progress.IsTerminal(cfg.Stdout), cli, s.Run, logDir)
+		g.SetNotices(rep)
+		defer rep.start(ctx)()
+	}
 	// every role is started again when it fails; an optional one may stay
 	// down past its limit, the run goes on without it
 	policy := supervise.DefaultRestartPolicy()
 	policy.Limit, policy.Window = cfg.RestartLimit, cfg.RestartWindow
 	env := append(childEnv(embedded, child), st.env...)
-	for _, p := range processes(s, cfg.Workers, cfg.Standby, commonArgs(s.Run, endpoints, child, gossipKey)) {
+	for _, p := range procs {
 		err := g.Start(supervise.Spec{Name: p.name, Path: self, Args: p.args, Env: env, Dir: wd,
-			Optional: p.optional, Restart: cfg.RestartLimit > 0, Policy: policy})
+			Optional: p.optional, Restart: cfg.RestartLimit > 0, Policy: policy, Log: logs.files[p.name]})
 		if err != nil {
 			g.Stop()
 			return Result{}, err
@@ -292,12 +312,50 @@ func openStores(ctx context.Context, cfg Config, s *job.Spec) (stores, error) {
 }
 
 // process is one process of the cluster: its name (the prefix of its
-// output lines), its command line after the binary, and whether the run
-// may go on without it.
+// output lines), its log file's name in Out/logs (role-id.log), its
+// command line after the binary, and whether the run may go on without it.
 type process struct {
 	name     string
+	log      string
 	args     []string
 	optional bool
+}
+
+// LogsDir is the folder under Config.Out of the processes' logs, one file
+// per process: coordinator-coord-a.log, paramserver-ps0.log,
+// worker-w0.log, ...
+const LogsDir = "logs"
+
+// logFiles are the processes' log files, by process name.
+type logFiles struct{ files map[string]*os.File }
+
+// openLogs opens dir/<p.log> for each process: emptied for a new run,
+// appended to when it resumes (a restarted process appends in any case).
+func openLogs(dir string, procs []process, resume bool) (*logFiles, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("logs folder: %w", err)
+	}
+	flags := os.O_CREATE | os.O_WRONLY | os.O_APPEND
+	if !resume {
+		flags |= os.O_TRUNC
+	}
+	l := &logFiles{files: map[string]*os.File{}}
+	for _, p := range procs {
+		f, err := os.OpenFile(filepath.Join(dir, p.log), flags, 0o644)
+		if err != nil {
+			l.close()
+			return nil, fmt.Errorf("log of %s: %w", p.name, err)
+		}
+		l.files[p.name] = f
+	}
+	return l, nil
+}
+
+// close closes the files; the group writing them has stopped.
+func (l *logFiles) close() {
+	for _, f := range l.files {
+		f.Close()
+	}
 }
 
 // commonArgs are the flags of every process: the run's etcd and id, a
@@ -321,21 +379,21 @@ func processes(s job.Spec, workers int, standby bool, common []string) []process
 	}
 	// with a standby, either coordinator may fail for good: the other
 	// takes over from the last checkpoint
-	ps := []process{{name: "coordinator", args: role("coordinator", "--id", "coord-a"), optional: standby}}
+	ps := []process{{name: "coordinator", log: "coordinator-coord-a.log", args: role("coordinator", "--id", "coord-a"), optional: standby}}
 	if standby {
-		ps = append(ps, process{name: "standby", args: role("coordinator", "--id", "coord-b"), optional: true})
+		ps = append(ps, process{name: "standby", log: "coordinator-coord-b.log", args: role("coordinator", "--id", "coord-b"), optional: true})
 	}
 	for i := 0; i < s.ParamServers; i++ {
 		// a parameter server that comes back is rolled back, with the
 		// others, to the last checkpoint by the leader; the run needs
 		// every one of them
-		ps = append(ps, process{name: fmt.Sprintf("ps%d", i), args: role("paramserver", "--index", strconv.Itoa(i))})
+		ps = append(ps, process{name: fmt.Sprintf("ps%d", i), log: fmt.Sprintf("paramserver-ps%d.log", i), args: role("paramserver", "--index", strconv.Itoa(i))})
 	}
 	for i := 0; i < workers; i++ {
 		// a worker that comes back asks for work again; one left down
 		// leaves its units to the others
 		id := fmt.Sprintf("w%d", i)
-		ps = append(ps, process{name: id, args: append([]string{"worker", "--id", id}, common...), optional: true})
+		ps = append(ps, process{name: id, log: "worker-" + id + ".log", args: append([]string{"worker", "--id", id}, common...), optional: true})
 	}
 	return ps
 }

@@ -69,11 +69,12 @@ func testShards(t *testing.T) string {
 
 // testConfig is a cluster of 2 parameter servers and 2 workers of the
 // fake tailor, on the data set in a folder, in files; its output
-// collected.
+// collected, the processes' lines streamed to stderr (Verbose).
 func testConfig(t *testing.T, data string) (Config, *bytes.Buffer, *bytes.Buffer, string) {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Out, cfg.Workers, cfg.Store, cfg.Spec.Data, cfg.Spec.ParamServers, cfg.RestartLimit = t.TempDir(), 2, StoreFile, data, 2, 0
+	cfg.Verbose = true
 	bin, log := fakeTailor(t, 5)
 	var stdout, stderr bytes.Buffer
 	cfg.Executable, cfg.Stdout, cfg.Stderr = bin, &stdout, &stderr
@@ -193,6 +194,95 @@ func TestRunProcesses(t *testing.T) {
 	_, err = again()
 	if !errors.Is(err, supervise.ErrChildFailed) || !regexp.MustCompile(`: ps[01]: `).MatchString(err.Error()) {
 		t.Errorf("a run whose parameter server fails: %v, want supervise.ErrChildFailed naming it", err)
+	}
+}
+
+// Without Verbose each process's lines go to its file in Out/logs only;
+// stdout gets a few plain status lines (not a terminal) and the
+// supervisor's lines about a process that fails; stderr none of the
+// processes' lines.
+func TestRunQuiet(t *testing.T) {
+	t.Setenv("FAKE_TAILOR_FAIL", "")
+	cfg, stdout, stderr, procs := testConfig(t, testShards(t))
+	cfg.Verbose = false
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	if _, err := Run(ctx, cfg); err != nil {
+		t.Fatalf("Run: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
+	}
+	took := time.Since(start)
+	for file, role := range map[string]string{"coordinator-coord-a.log": "coordinator", "paramserver-ps0.log": "paramserver",
+		"paramserver-ps1.log": "paramserver", "worker-w0.log": "worker", "worker-w1.log": "worker"} {
+		b, err := os.ReadFile(filepath.Join(cfg.Out, LogsDir, file))
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		if string(b) != "started "+role+"\n" {
+			t.Errorf("%s: %q, want the process's line", file, b)
+		}
+	}
+	if strings.Contains(stderr.String(), "started ") {
+		t.Errorf("stderr has the processes' lines:\n%s", stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if !strings.HasPrefix(lines[0], "run local: etcd ") {
+		t.Errorf("stdout's first line %q, want the etcd line", lines[0])
+	}
+	status := 0
+	for _, l := range lines[1:] {
+		if !strings.HasPrefix(l, "status ") {
+			t.Errorf("stdout line %q: want only status lines after the first", l)
+		}
+		status++
+	}
+	// a line when the state changes, every 10 s, and the last one
+	if most := 3 + int(took/plainEvery) + 1; status < 1 || status > most {
+		t.Errorf("%d status lines in %v, want 1 to %d:\n%s", status, took, most, stdout)
+	}
+
+	// a resumed run appends to the logs; a new run empties them
+	for _, c := range []struct {
+		resume bool
+		lines  int
+	}{{true, 2}, {false, 1}} {
+		if err := os.Remove(procs); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Resume = c.resume
+		if _, err := Run(ctx, cfg); err != nil {
+			t.Fatalf("Run (resume %v): %v", c.resume, err)
+		}
+		b, err := os.ReadFile(filepath.Join(cfg.Out, LogsDir, "worker-w1.log"))
+		if err != nil || strings.Count(string(b), "started worker\n") != c.lines {
+			t.Errorf("after a run with resume %v, worker-w1.log is %q (%v), want %d lines", c.resume, b, err, c.lines)
+		}
+	}
+
+	// a process that fails: the supervisor's lines about it on stdout and
+	// in its log, its own lines in its log only
+	t.Setenv("FAKE_TAILOR_FAIL", "paramserver")
+	cfg.Resume, cfg.RestartLimit = false, 1
+	stdout.Reset()
+	if _, err := Run(ctx, cfg); !errors.Is(err, supervise.ErrChildFailed) {
+		t.Fatalf("Run with a failing parameter server: %v, want supervise.ErrChildFailed", err)
+	}
+	if !regexp.MustCompile(`(?m)^ps[01] +\| exited: exit status 1; restarting in `).MatchString(stdout.String()) || strings.Contains(stdout.String(), "started paramserver") {
+		t.Errorf("stdout: want the supervisor's restart line and no process line:\n%s", stdout)
+	}
+	// (the one that reached its limit first ended the run: the other may
+	// have been stopped before it failed)
+	found := false
+	for _, f := range []string{"paramserver-ps0.log", "paramserver-ps1.log"} {
+		b, err := os.ReadFile(filepath.Join(cfg.Out, LogsDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		found = found || strings.Contains(string(b), "started paramserver\n") && strings.Contains(string(b), " tailor local: exited: exit status 1")
+	}
+	if !found {
+		t.Error("no parameter server's log has its line and the supervisor's")
 	}
 }
 

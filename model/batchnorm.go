@@ -40,6 +40,18 @@ type runMode struct {
 	// posWeight, if set, weighs each label's positive targets in the loss
 	// (StepOptions.PosWeight)
 	posWeight []float32
+	// syncErr is the first error sync returned in the run: the step's
+	// error as it is, not inside the VM's trace of the op that called it
+	syncErr error
+}
+
+// synchronise calls sync for slot and keeps its first error.
+func (m *runMode) synchronise(slot int, vals []float64) error {
+	err := m.sync(slot, vals)
+	if err != nil && m.syncErr == nil {
+		m.syncErr = fmt.Errorf("synchronised batchnorm slot %d: %w", slot, err)
+	}
+	return err
 }
 
 // bnState is one BatchNorm layer's running statistics, shared by all graphs
@@ -212,7 +224,7 @@ func (op *batchNorm) prepare(x []float32) error {
 	if op.synced {
 		// synchronised BatchNorm: the statistics of every worker's
 		// batch together
-		if err := op.mode.sync(2*op.layer, sums); err != nil {
+		if err := op.mode.synchronise(2*op.layer, sums); err != nil {
 			return fmt.Errorf("batchnorm %d: %w", op.layer, err)
 		}
 		m = sums[0]
@@ -380,7 +392,7 @@ func (op *bnGrad) Do(vals ...G.Value) (G.Value, error) {
 		// takes Σ dy and Σ dy·x̂ over all of them (each worker's dy is of
 		// its own loss), over the count they cover
 		red := f.red[:2*c]
-		if err := f.mode.sync(2*f.layer+1, red); err != nil {
+		if err := f.mode.synchronise(2*f.layer+1, red); err != nil {
 			return nil, fmt.Errorf("batchnorm %d backward: %w", f.layer, err)
 		}
 		if op.gsumDy == nil {

@@ -242,7 +242,8 @@ type StepOptions struct {
 	// over every worker's batch of the step. Every worker then normalises
 	// with the statistics of the whole global batch, and the averaged
 	// gradients are those of one process training on it (PyTorch's
-	// SyncBatchNorm). An error fails the step.
+	// SyncBatchNorm). An error fails the step: TrainStep returns it,
+	// wrapped, without the VM's trace of the op that called BNSync.
 	BNSync func(slot int, vals []float64) error
 	// PosWeight, if set (one weight per label), weighs the positive targets
 	// of label j by PosWeight[j] in the loss, as PyTorch's
@@ -286,6 +287,12 @@ func (n *Net) TrainStep(x, y []float32, batch int, opt StepOptions) (float64, []
 		g.mode.ready = func(p int) { opt.GradReady(p, g.grads[p]) }
 	}
 	if err := g.run(); err != nil {
+		if g.mode.syncErr != nil {
+			// the exchange failed (the step was cancelled, the
+			// coordinator went away): that is the step's error, not the
+			// VM's trace of the op that waited for it
+			return 0, nil, fmt.Errorf("train step: %w", g.mode.syncErr)
+		}
 		return 0, nil, fmt.Errorf("train step: %w", err)
 	}
 	return g.loss.loss, g.grads, nil

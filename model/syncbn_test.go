@@ -1,9 +1,13 @@
 package model
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -242,5 +246,45 @@ func TestGradReady(t *testing.T) {
 		if !slices.Equal(copies[p], g) {
 			t.Errorf("parameter %d (%s): gradient changed after it was reported", p, net.Params()[p].Name)
 		}
+	}
+}
+
+// A BNSync that fails (the step was cancelled, the coordinator went away)
+// fails the step with its own error, which errors.Is finds, and without
+// the VM's trace of the op that called it; the next step runs.
+func TestSyncBNErrorIsTheStepError(t *testing.T) {
+	cfg := DefaultConfig(24, 5)
+	cfg.Dense = 64
+	net, err := New(cfg, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := make([]float32, 4*cfg.InputLen())
+	y := make([]float32, 4*5)
+	for i := range x {
+		x[i] = float32(i%7) / 7
+	}
+	for _, slot := range []int{0, 3} { // a forward and a backward slot
+		calls := 0
+		opt := StepOptions{BN: BNTrain, BNSync: func(s int, vals []float64) error {
+			calls++
+			if s == slot {
+				return fmt.Errorf("exchange: %w", context.Canceled)
+			}
+			return nil // one worker: its own sums are the totals
+		}}
+		_, _, err := net.TrainStep(x, y, 4, opt)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("slot %d fails: TrainStep error %v, want context.Canceled in it", slot, err)
+		}
+		if msg := err.Error(); strings.Contains(msg, "Failed to execute instruction") || strings.Contains(msg, "PC ") {
+			t.Errorf("slot %d fails: error %q carries the VM's trace", slot, msg)
+		}
+		if want := fmt.Sprintf("train step: synchronised batchnorm slot %d: exchange: context canceled", slot); err.Error() != want {
+			t.Errorf("slot %d fails: error %q, want %q", slot, err, want)
+		}
+	}
+	if _, _, err := net.TrainStep(x, y, 4, StepOptions{BN: BNTrain, BNSync: func(int, []float64) error { return nil }}); err != nil {
+		t.Errorf("the step after a failed one: %v", err)
 	}
 }

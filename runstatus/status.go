@@ -132,6 +132,9 @@ type Options struct {
 	TLS *tls.Config
 	// HTTP scrapes the workers' /metrics; nil: http.DefaultClient.
 	HTTP *http.Client
+	// EtcdOnly reads etcd only: no member is asked for its live numbers
+	// (a View with no PS or Worker parts), for a frequent poll.
+	EtcdOnly bool
 }
 
 // memberRecord is the value of a members/<role>/<id> key (cluster.Join
@@ -221,6 +224,10 @@ func Collect(ctx context.Context, cli *clientv3.Client, run string, opts Options
 		v.Problems = append(v.Problems, p)
 	}
 
+	if opts.EtcdOnly {
+		slices.Sort(v.Problems)
+		return v, nil
+	}
 	// live numbers of the members, in parallel, each bounded by ctx
 	hc := opts.HTTP
 	if hc == nil {

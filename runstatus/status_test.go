@@ -133,13 +133,14 @@ func TestStatusFromEtcd(t *testing.T) {
 	r.put(r.keys.Member(cluster.RoleCoordinator, "coord-a"), memberRecord{Member: coord, Node: "coordinator/coord-a/x"})
 	r.lead(coord)
 	r.put(r.keys.TrainProgress(), coordinator.Progress{Leader: "coord-a", Mode: "sync", Epoch: 2, Epochs: 3, Step: 41, Loss: 0.51, EpochLoss: 0.55,
-		Images: 320, ImgPerSec: 81.5, EpochImgPerSec: 77.25, Workers: 1, Updated: time.Now().UTC()})
+		Images: 320, ImgPerSec: 81.5, EpochImgPerSec: 77.25, Workers: 1, ValEpoch: 1, ValLoss: 0.4567, ValMAP: 0.3456, Updated: time.Now().UTC()})
 
 	v, out, js := r.status()
 	for _, want := range []string{
 		"run r1: running, leader coord-a",
 		"sync, 3 epochs, batch 8 per worker, 2 parameter servers",
 		"epoch 2/3, step 41, loss 0.5100 (epoch mean 0.5500), 81.5 img/s",
+		"val       epoch 1: loss 0.4567, mAP 0.3456",
 		"coord-a (leader)", "127.0.0.1:7101", workerAddr,
 		"paramserver ps0:", // not answering: named under "not shown"
 		"0.5321",

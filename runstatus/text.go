@@ -62,6 +62,9 @@ func (v View) WriteText(w io.Writer) {
 		age := time.Duration(v.ProgressAge * float64(time.Second))
 		line += fmt.Sprintf(" (%s ago, by %s)", age.Round(time.Second), p.Leader)
 		fmt.Fprintf(w, "  progress  %s\n", line)
+		if p.ValEpoch > 0 {
+			fmt.Fprintf(w, "  val       epoch %d: loss %.4f, mAP %.4f\n", p.ValEpoch, p.ValLoss, p.ValMAP)
+		}
 	} else {
 		fmt.Fprintf(w, "  progress  none yet\n")
 	}

@@ -9,7 +9,8 @@
 # Everything goes to ${OUT:-out/local}; WORKERS, PS, EPOCHS, MODE, SIZE
 # change the run, STORE=file keeps shards and checkpoints as files instead
 # of in the S3 server; RESUME=1 continues an interrupted run from its newest
-# checkpoint (with the same settings).
+# checkpoint (with the same settings). The terminal shows the run's status;
+# each process's log is in $OUT/logs (VERBOSE=1 streams them instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -20,9 +21,11 @@ go build -tags openblas -ldflags "$(bash scripts/ldflags.sh)" -o bin/tailor ./cm
 args=(local --out "$OUT" --workers "${WORKERS:-3}" --ps "${PS:-2}" --epochs "${EPOCHS:-10}"
 	--mode "${MODE:-sync}" --size "${SIZE:-64}" --store "${STORE:-s3}" --standby --checkpoint-every 100)
 if [ -n "${RESUME:-}" ]; then args+=(--resume); fi
+if [ -n "${VERBOSE:-}" ]; then args+=(--verbose); fi
 echo "== bin/tailor ${args[*]}"
 bin/tailor "${args[@]}"
 echo "== predicting three test images"
 mapfile -t imgs < <(find "$OUT/images/test" -name '*.png' | sort | head -3)
 bin/tailor predict "$OUT/run/model.tailor" "${imgs[@]}"
-echo "== done: model $OUT/run/model.tailor, plot $OUT/run/history.png, history $OUT/run/history.csv"
+echo "== done: model $OUT/run/model.tailor, plot $OUT/run/history.png, history $OUT/run/history.csv,"
+echo "   TensorBoard: tensorboard --logdir $OUT/run/tensorboard; the processes' logs: $OUT/logs"

@@ -112,7 +112,8 @@ func Transient(err error) bool {
 // Retry runs op until it succeeds, fails permanently, ctx ends or the
 // budget is spent; then it returns an *UnreachableError naming location
 // (the store, for the message) and the last error. what names the
-// operation in the WARN line logged before every retry.
+// operation in the lines logged: a WARN line at the first failed try, an
+// INFO line with the count of failed tries when one succeeds after them.
 func Retry(ctx context.Context, p RetryPolicy, location, what string, op func(ctx context.Context) error) error {
 	return p.retry(ctx, location, what, op, nil)
 }
@@ -124,6 +125,9 @@ func (p RetryPolicy) retry(ctx context.Context, location, what string, op func(c
 	deadline := start.Add(p.Budget)
 	waits := p.backoff()
 	var last error // the last error of a try the budget did not cut
+	// one WARN line when the tries start failing, one INFO line with their
+	// count when one succeeds again (a give-up is the error returned)
+	fails := retry.Streak{Log: p.Log, What: "object store"}
 	for attempt := 1; ; attempt++ {
 		// the budget cancels a try still running when it ends; a timer
 		// rather than a deadline, so that a kept context outlives it
@@ -133,10 +137,12 @@ func (p RetryPolicy) retry(ctx context.Context, location, what string, op func(c
 		cut := !timer.Stop()
 		if err == nil && keep != nil && !cut {
 			*keep = cancel
+			fails.OK("store", location, "op", what)
 			return nil
 		}
 		cancel()
 		if err == nil {
+			fails.OK("store", location, "op", what)
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -153,10 +159,7 @@ func (p RetryPolicy) retry(ctx context.Context, location, what string, op func(c
 			return &UnreachableError{Location: location, For: time.Since(start), Attempts: attempt, Err: last}
 		}
 		wait := min(fullJitter(waits.Next()), left)
-		if p.Log != nil {
-			p.Log.Warn("object store failed; retrying", "store", location, "op", what, "attempt", attempt,
-				"retry_in", wait.Round(time.Millisecond), "left", left.Round(time.Second), "err", err)
-		}
+		fails.Fail(err, "store", location, "op", what, "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "left", left.Round(time.Second))
 		if !retry.Sleep(ctx, wait) {
 			return err
 		}

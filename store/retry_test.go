@@ -137,17 +137,28 @@ func TestRetry(t *testing.T) {
 					t.Errorf("gave up after %v, want the budget %v", elapsed, budget)
 				}
 			}
-			// a WARN line for every retry
-			if want := max(calls-1, 0); c.wantErr != nil && !c.wantGaveUp {
-				want = calls - 1
-				if log.count() != want {
-					t.Errorf("%d WARN lines, want %d", log.count(), want)
+			// one WARN line when the tries start failing (however many
+			// follow), one INFO line with their count when one succeeds
+			retried := calls > 1
+			want := 0
+			if retried {
+				want = 1
+				if err == nil {
+					want = 2
 				}
-			} else if log.count() != want {
-				t.Errorf("%d WARN lines, want %d:\n%s", log.count(), want, strings.Join(log.lines, ""))
 			}
-			if n := log.count(); n > 0 && !strings.Contains(log.lines[0], "level=WARN") || n > 0 && !strings.Contains(log.lines[0], "attempt=1") {
-				t.Errorf("retry line %q: want level=WARN with attempt=1", log.lines[0])
+			if log.count() != want {
+				t.Errorf("%d log lines, want %d:\n%s", log.count(), want, strings.Join(log.lines, ""))
+			}
+			if retried && (!strings.Contains(log.lines[0], "level=WARN") || !strings.Contains(log.lines[0], "object store failed; retrying") ||
+				!strings.Contains(log.lines[0], "attempt=1")) {
+				t.Errorf("first line %q: want level=WARN, object store failed; retrying, attempt=1", log.lines[0])
+			}
+			if retried && err == nil {
+				if l := log.lines[1]; !strings.Contains(l, "level=INFO") || !strings.Contains(l, "object store recovered") ||
+					!strings.Contains(l, fmt.Sprintf("failures=%d", calls-1)) {
+					t.Errorf("last line %q: want level=INFO, object store recovered, failures=%d", l, calls-1)
+				}
 			}
 		})
 	}
@@ -347,8 +358,10 @@ func TestWithRetry(t *testing.T) {
 			t.Errorf("%s: %d calls, want %d", op, f.calls[op], want)
 		}
 	}
-	if n := log.count(); n != 2+1+2+1+1+2 {
-		t.Errorf("%d WARN lines, want 9 (7 retries, 2 broken reads)", n)
+	// each of the 5 operations that failed at first: a WARN line and an
+	// INFO line when it succeeds (not a line per retry); each broken read
+	if n := log.count(); n != 5*2+2 {
+		t.Errorf("%d log lines, want 12 (a failure and a recovery for each of 5 operations, 2 broken reads):\n%s", n, strings.Join(log.lines, ""))
 	}
 
 	// a stream cannot be rewound: a Put that read from it is not retried

@@ -13,10 +13,12 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"time"
 
 	"github.com/tailorml/tailor/eval"
+	"github.com/tailorml/tailor/eval/tensorboard"
 	"github.com/tailorml/tailor/input"
 	"github.com/tailorml/tailor/internal/progress"
 	"github.com/tailorml/tailor/metrics"
@@ -110,9 +112,16 @@ type Result struct {
 	Best      int // epoch of the kept model
 	ModelPath string
 	Test      *metrics.Report // on the test split with the kept model, if there is one
+	EventFile string          // the TensorBoard event file of the run's scalars
 }
 
+// TensorBoardDir is the folder under Config.Out of the TensorBoard event
+// files (tensorboard --logdir OUT/tensorboard).
+const TensorBoardDir = "tensorboard"
+
 // Run trains a model as cfg says. Progress bars go to progress (nil: none).
+// Each epoch's scores also go to a TensorBoard event file in
+// Out/tensorboard (a new file per run; earlier ones stay).
 func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Writer) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("train config: %w", err)
@@ -171,7 +180,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progressOut io.Write
 		EvalBatch: cfg.EvalBatch, EvalRunning: cfg.EvalRunning, BestBy: cfg.BestBy, Seed: cfg.Seed,
 		Meta: map[string]string{"data": cfg.Data, shard.MetaInterpolation: man.Build.Interpolation, shard.MetaResize: man.Build.Resize}},
 		Labels: man.Labels, Mean: mean, Std: std, Train: trainSet, Val: valSet}
-	res := &Result{Best: -1, ModelPath: v.ModelPath()}
+	if v.Events, err = tensorboard.Create(filepath.Join(cfg.Out, TensorBoardDir)); err != nil {
+		return nil, err
+	}
+	defer v.Events.Close()
+	res := &Result{Best: -1, ModelPath: v.ModelPath(), EventFile: v.Events.Path()}
 	for epoch := 0; epoch < cfg.Epochs; epoch++ {
 		ep, err := tr.epoch(ctx, epoch, progressOut)
 		if err != nil {

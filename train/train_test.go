@@ -61,7 +61,7 @@ func TestRunIsDeterministic(t *testing.T) {
 	}
 	for e := range hist[0] {
 		a, b := hist[0][e], hist[1][e]
-		if a.TrainLoss != b.TrainLoss || a.Val != b.Val {
+		if a.TrainLoss != b.TrainLoss || !a.Val.Equal(b.Val) {
 			t.Errorf("epoch %d: run 1 %+v, run 2 %+v", e+1, a, b)
 		}
 	}

@@ -12,6 +12,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tailorml/tailor/input"
 	"github.com/tailorml/tailor/internal/cluster"
@@ -179,10 +181,11 @@ type runner struct {
 	m     *metrics
 	hold  string // fault injection: a file that, while it exists, holds the worker between steps
 
-	conn      *grpc.ClientConn
-	coordAddr string
-	work      *wire.WorkClient
-	gen       uint64 // the coordinator generation of the last reply
+	conn       *grpc.ClientConn
+	coordAddr  string
+	loggedAddr string // the last coordinator address logged
+	work       *wire.WorkClient
+	gen        uint64 // the coordinator generation of the last reply
 }
 
 // reduceBN exchanges a BatchNorm slot's sums with the other workers of the
@@ -196,13 +199,38 @@ func (w *runner) reduceBN(ctx context.Context, step int64, slot int, vals []floa
 	defer cancel()
 	rep, err := w.work.ReduceBN(rctx, &wire.BNRequest{RunID: w.cfg.Run, WorkerID: w.cfg.ID, Gen: w.gen, Step: step, Slot: slot, Values: vals})
 	if err != nil {
-		return fmt.Errorf("synchronised batchnorm: %w", err)
+		return fmt.Errorf("%w: %w", errBNExchange, err)
 	}
 	copy(vals, rep.Values)
 	return nil
 }
 
-// coordinator (re)connects to the current leader.
+// errBNExchange marks a step's failure in its synchronised-BatchNorm
+// exchange with the coordinator.
+var errBNExchange = errors.New("batchnorm exchange with the coordinator")
+
+// bnEnded reports whether a step failed because the coordinator ended its
+// BatchNorm exchange (a rollback, a new leader's generation, the step
+// decided without this worker, the leader stopping) or it was cancelled:
+// expected, the worker asks for work again. A coordinator that cannot be
+// reached is not (a failure of its own).
+func bnEnded(err error) bool {
+	if !errors.Is(err, errBNExchange) {
+		return false
+	}
+	if errors.Is(err, context.Canceled) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Canceled, codes.FailedPrecondition:
+		return true
+	}
+	return false
+}
+
+// coordinator (re)connects to the current leader. It logs a leader's
+// address once, not at each reconnection to it (during a failover the
+// dead leader's record stays until its lease expires).
 func (w *runner) coordinator(ctx context.Context) (*wire.WorkClient, error) {
 	for {
 		l, err := w.elect.Leader(ctx)
@@ -219,7 +247,10 @@ func (w *runner) coordinator(ctx context.Context) (*wire.WorkClient, error) {
 				return nil, err
 			}
 			w.conn, w.coordAddr, w.work = conn, addr, wire.NewWorkClient(conn)
-			w.log.Info("coordinator", "addr", addr, "id", l.Member.ID)
+			if addr != w.loggedAddr {
+				w.loggedAddr = addr
+				w.log.Info("coordinator", "addr", addr, "id", l.Member.ID)
+			}
 			return w.work, nil
 		}
 		select {
@@ -244,6 +275,11 @@ func (w *runner) loop(ctx context.Context) error {
 	idle := false // told the parameter servers (SSP) since the last step
 	askFail := &retry.Streak{Log: w.log, What: "asking for work"}
 	pullFail := &retry.Streak{Log: w.log, What: "pulling the step's weights"}
+	// failed steps (a parameter server restarting, the coordinator gone)
+	// and refused pushes (late, or the step moved on) are logged when they
+	// start and when a step succeeds again, with their count
+	stepFail := &retry.Streak{Log: w.log, What: "running a step"}
+	pushFail := &retry.Streak{Log: w.log, What: "pushing gradients"}
 	var backoff retry.Backoff
 	for {
 		if w.cfg.Draining() {
@@ -340,10 +376,13 @@ func (w *runner) loop(ctx context.Context) error {
 				return fmt.Errorf("parameter servers %v: %w", w.ps.Addrs(), err)
 			}
 			var rej *wire.RejectedError
-			if errors.As(err, &rej) {
-				w.log.Warn("push refused", "step", rep.Step, "reason", rej.Reason)
-			} else {
-				w.log.Warn("step failed; retrying", "step", rep.Step, "err", err)
+			switch {
+			case bnEnded(err):
+				w.log.Info("step abandoned: the coordinator ended its batchnorm exchange", "step", rep.Step, "why", err)
+			case errors.As(err, &rej):
+				pushFail.Fail(err, "step", rep.Step, "reason", rej.Reason)
+			default:
+				stepFail.Fail(err, "step", rep.Step)
 			}
 			if perr := w.pullRetry(ctx); perr != nil {
 				return perr
@@ -351,6 +390,8 @@ func (w *runner) loop(ctx context.Context) error {
 			continue
 		}
 		done = rep.Step
+		stepFail.OK("step", rep.Step)
+		pushFail.OK("step", rep.Step)
 		w.m.step(len(recs), loss, time.Since(t0), w.comp)
 		w.m.stall.Set(w.cache.Stall().Seconds())
 		if err := w.holdFault(ctx); err != nil {

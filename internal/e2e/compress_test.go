@@ -28,7 +28,7 @@ func TestLocalClusterCompressed(t *testing.T) {
 			out := t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
+			cmd := exec.CommandContext(ctx, bin, "local", "--verbose", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
 				"--epochs", "2", "--batch", "8", "--mode", "sync", "--compression", comp, "--topk", "0.1")
 			var stdout, stderr strings.Builder
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -98,22 +98,28 @@ func runLocal(t *testing.T, bin, data, mode string, workers int, shuffle, unitSi
 		"--epochs", "2", "--batch", "8", "--shuffle", shuffle, "--unit-size", unitSize, "--mode", mode, "--staleness", "0")
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("tailor local: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
+	took := time.Since(start)
 	for _, want := range []string{"run local finished", "test split", "mAP"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout.String())
 		}
 	}
 	wantEpochs(t, out, 2)
+	wantTensorBoard(t, out, 2)
 	if _, err := model.Load(filepath.Join(out, "run", "model.tailor")); err != nil {
 		t.Errorf("model: %v", err)
 	}
+	// without --verbose: the processes' lines are in their log files, not
+	// in the output; the output has a few status lines
+	logs := wantCalmOutput(t, out, stdout.String()+stderr.String(), workers, took)
 	// both workers trained, and nothing is left running
 	for i := range workers {
-		if w := fmt.Sprintf("w%d ", i); !strings.Contains(stderr.String(), w) || !strings.Contains(stderr.String(), "run done") {
-			t.Errorf("worker %q did not report: %s", w, stderr.String())
+		if w := fmt.Sprintf("worker-w%d.log", i); !strings.Contains(logs[w], "run done") {
+			t.Errorf("worker %s did not report: %s", w, logs[w])
 		}
 	}
 	if out, _ := exec.Command("pgrep", "-f", bin).Output(); len(out) > 0 {
@@ -122,7 +128,10 @@ func runLocal(t *testing.T, bin, data, mode string, workers int, shuffle, unitSi
 	// sync runs synchronise BatchNorm through the coordinator; the others
 	// have no common step to do it in
 	re := regexp.MustCompile(`msg="run done".* bn_sync_s=([0-9.e+-]+)`)
-	ms := re.FindAllStringSubmatch(stderr.String(), -1)
+	var ms [][]string
+	for i := range workers {
+		ms = append(ms, re.FindAllStringSubmatch(logs[fmt.Sprintf("worker-w%d.log", i)], -1)...)
+	}
 	if len(ms) != workers {
 		t.Errorf("%d workers' \"run done\" lines with bn_sync_s, want %d", len(ms), workers)
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tailorml/tailor/eval/tensorboard"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/fault"
 	"github.com/tailorml/tailor/shard"
@@ -134,6 +135,20 @@ func TestCoordinatorFailover(t *testing.T) {
 	if n := checkAudit(t, filepath.Join(out, "run"), data, 3); n != 1 {
 		t.Errorf("%d rollbacks in the audit log, want 1", n)
 	}
+	// each leader wrote a TensorBoard file of its own; the second one goes
+	// on from epoch 2 (the checkpoint was in it)
+	wantTensorBoard(t, out, 3)
+	files, _ := filepath.Glob(filepath.Join(out, "run", "tensorboard", tensorboard.Prefix+"*"))
+	if len(files) != 2 {
+		t.Fatalf("event files %v, want one per leader", files)
+	}
+	evs, err := tensorboard.ReadFile(files[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) < 2 || evs[1].SessionLog != tensorboard.SessionStart || evs[1].Step != 2 {
+		t.Errorf("the new leader's events %+v: want a session start at epoch 2 after the file version", evs)
+	}
 }
 
 // A worker hung with SIGSTOP in the middle of a sync run is declared lost
@@ -203,7 +218,7 @@ func runFaulty(t *testing.T, faults string, args ...string) (output []byte, out,
 	out = t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, append([]string{"local", "--out", out, "--data", data, "--ps", "2",
+	cmd := exec.CommandContext(ctx, bin, append([]string{"local", "--verbose", "--out", out, "--data", data, "--ps", "2",
 		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--audit"}, args...)...)
 	cmd.Env = append(os.Environ(), fault.Env+"="+faults)
 	output, err := cmd.CombinedOutput()

@@ -11,12 +11,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tailorml/tailor/eval/tensorboard"
 )
 
 // localArgs are the flags of the resume tests' runs: 2 workers, 2 parameter
 // servers, sync, a checkpoint every 4 steps.
 func localArgs(out, data string, extra ...string) []string {
-	return append([]string{"local", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
+	return append([]string{"local", "--verbose", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
 		"--epochs", "2", "--batch", "8", "--unit-size", "32", "--checkpoint-every", "4"}, extra...)
 }
 
@@ -104,6 +106,20 @@ func TestResumeExact(t *testing.T) {
 	}
 	t.Logf("resumed from %s: %d step losses after it; %d of %d equal bit for bit", resumed, after, same, len(want))
 	wantEpochs(t, stopped, 2)
+	wantTensorBoard(t, stopped, 2)
+	// the resumed run wrote an event file of its own, which starts by
+	// saying it goes on from epoch 1 (the checkpoint was mid-epoch 1)
+	files, _ := filepath.Glob(filepath.Join(stopped, "run", "tensorboard", tensorboard.Prefix+"*"))
+	if len(files) != 2 {
+		t.Fatalf("event files %v, want the first run's and the resumed run's", files)
+	}
+	evs, err := tensorboard.ReadFile(files[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) < 2 || evs[1].SessionLog != tensorboard.SessionStart || evs[1].Step != 1 {
+		t.Errorf("the resumed run's events %+v: want a session start at epoch 1 after the file version", evs)
+	}
 }
 
 // Resume with fewer workers, from a damaged checkpoint: a sync run of 3

@@ -71,7 +71,7 @@ func TestLocalClusterS3(t *testing.T) {
 
 	t.Run("train", func(t *testing.T) {
 		out := t.TempDir()
-		cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", url, "--workers", "2", "--ps", "2",
+		cmd := exec.CommandContext(ctx, bin, "local", "--verbose", "--out", out, "--data", url, "--workers", "2", "--ps", "2",
 			"--epochs", "1", "--batch", "8", "--unit-size", "32")
 		cmd.Dir = out // not the gateway's root
 		var stdout, stderr strings.Builder
@@ -109,7 +109,7 @@ func TestLocalClusterS3(t *testing.T) {
 	t.Run("wrong-credentials", func(t *testing.T) {
 		out := t.TempDir()
 		wrong := "wrong-" + srv.SecretKey[:8]
-		cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", url, "--workers", "2", "--ps", "2",
+		cmd := exec.CommandContext(ctx, bin, "local", "--verbose", "--out", out, "--data", url, "--workers", "2", "--ps", "2",
 			"--epochs", "1", "--batch", "8", "--unit-size", "32")
 		cmd.Dir = out
 		cmd.Env = append(os.Environ(), "AWS_SECRET_ACCESS_KEY="+wrong) // the last value wins

@@ -114,7 +114,7 @@ func TestStatusOfLocalRun(t *testing.T) {
 	defer cancel()
 	// progress every 100 ms over a run of several seconds: status sees it
 	// running however fast the machine is
-	cmd := exec.CommandContext(ctx, bin, "local", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
+	cmd := exec.CommandContext(ctx, bin, "local", "--verbose", "--out", out, "--data", data, "--workers", "2", "--ps", "2",
 		"--epochs", "12", "--batch", "8", "--unit-size", "32")
 	cmd.Env = append(os.Environ(), "TAILOR_PROGRESS_INTERVAL=100ms")
 	var stdout, stderr syncBuffer

@@ -56,6 +56,10 @@ func newBar(w io.Writer, total int64, label string, tty bool, now func() time.Ti
 	return &Bar{w: w, total: total, label: label, tty: tty, now: now, start: t, lastDraw: t}
 }
 
+// IsTerminal reports whether w is a character device other than a dumb
+// terminal: whether output to it may redraw in place.
+func IsTerminal(w io.Writer) bool { return isTerminal(w) }
+
 // isTerminal reports whether w is a character device other than a dumb terminal.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)

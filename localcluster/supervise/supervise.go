@@ -40,6 +40,11 @@ type Spec struct {
 	// Policy is when and how often Restart starts it again; its zero
 	// fields take DefaultRestartPolicy's values.
 	Policy RestartPolicy
+	// Log, if set, gets every output line of every incarnation as it is
+	// (no prefix), and the group's own lines about the child (its exits
+	// and restarts) with the time and "tailor local:" before them: the
+	// child's log file. The group writes it under its lock.
+	Log io.Writer
 }
 
 // RestartPolicy is how a child with Spec.Restart is started again, after
@@ -107,8 +112,9 @@ var (
 
 // Group is a set of running children.
 type Group struct {
-	out   io.Writer
-	grace time.Duration
+	out     io.Writer // the children's lines, prefixed; nil: none
+	notices io.Writer // the group's own lines, prefixed (default out)
+	grace   time.Duration
 	// life ends when Stop begins: pending restarts are cancelled.
 	life     context.Context
 	endLife  context.CancelFunc
@@ -121,12 +127,23 @@ type Group struct {
 	wg       sync.WaitGroup // one per child, until its last incarnation is gone
 }
 
-// New makes a group writing the children's output to out; children get grace
-// to stop after SIGTERM before SIGKILL.
+// New makes a group writing the children's output, and its own lines
+// about them (exits, restarts), to out, each line prefixed with the
+// child's name; a nil out gets nothing (each Spec.Log still gets its
+// child's). Children get grace to stop after SIGTERM before SIGKILL.
 func New(out io.Writer, grace time.Duration) *Group {
 	life, end := context.WithCancel(context.Background())
-	return &Group{out: out, grace: grace, life: life, endLife: end, procs: map[string]*exec.Cmd{}, specs: map[string]Spec{},
+	return &Group{out: out, notices: out, grace: grace, life: life, endLife: end, procs: map[string]*exec.Cmd{}, specs: map[string]Spec{},
 		restarts: map[string]int{}, exits: make(chan Exit, 64)}
+}
+
+// SetNotices sends the group's own lines about its children (exits and
+// restarts, prefixed with the child's name) to w instead of New's out
+// (nil: nowhere but the children's Spec.Log). Call it before Start.
+func (g *Group) SetNotices(w io.Writer) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.notices = w
 }
 
 // incarnation is one run of a child: its process and the reader of its
@@ -184,23 +201,31 @@ func (g *Group) spawn(s Spec, first bool) (*incarnation, error) {
 	}
 	if first {
 		g.wg.Add(1) // Done when the child is down for good
+	} else {
+		g.restarts[s.Name]++ // counted as the new incarnation shows (Pid)
 	}
 	g.procs[s.Name] = cmd
 	g.specs[s.Name] = s
 	g.mu.Unlock()
 	inc := &incarnation{cmd: cmd, r: r, started: time.Now(), done: make(chan struct{})}
-	go g.copyOutput(s.Name, inc)
+	go g.copyOutput(s, inc)
 	return inc, nil
 }
 
-// copyOutput writes the incarnation's output lines, prefixed with name.
-func (g *Group) copyOutput(name string, inc *incarnation) {
+// copyOutput writes the incarnation's output lines to the group's out,
+// prefixed with the child's name, and to its Spec.Log.
+func (g *Group) copyOutput(s Spec, inc *incarnation) {
 	defer close(inc.done)
 	sc := bufio.NewScanner(inc.r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		g.mu.Lock()
-		fmt.Fprintf(g.out, "%-12s| %s\n", name, sc.Text())
+		if g.out != nil {
+			fmt.Fprintf(g.out, "%-12s| %s\n", s.Name, sc.Text())
+		}
+		if s.Log != nil {
+			fmt.Fprintf(s.Log, "%s\n", sc.Text())
+		}
 		g.mu.Unlock()
 	}
 	// a line too long to show: drop the rest rather than block the child
@@ -273,20 +298,23 @@ func (g *Group) supervise(s Spec, inc *incarnation) {
 			err, ran = serr, 0
 			continue
 		}
-		g.mu.Lock()
-		g.restarts[s.Name]++
-		g.mu.Unlock()
 		err = g.await(s.Name, next)
 		ran = time.Since(next.started)
 	}
 }
 
-// logf writes a line of the group's own about a child, prefixed with its
-// name as its output is.
+// logf writes a line of the group's own about a child to the notices,
+// prefixed with its name as its output is, and to its Spec.Log.
 func (g *Group) logf(name, format string, args ...any) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	fmt.Fprintf(g.out, "%-12s| %s\n", name, fmt.Sprintf(format, args...))
+	msg := fmt.Sprintf(format, args...)
+	if g.notices != nil {
+		fmt.Fprintf(g.notices, "%-12s| %s\n", name, msg)
+	}
+	if l := g.specs[name].Log; l != nil {
+		fmt.Fprintf(l, "%s tailor local: %s\n", time.Now().Format(time.RFC3339Nano), msg)
+	}
 }
 
 // Exits delivers each child's end: an exit after which it is not started

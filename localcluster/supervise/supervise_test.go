@@ -482,3 +482,36 @@ func TestExitKillsLeftovers(t *testing.T) {
 	}
 	gone(t, pid)
 }
+
+// Each child's lines go to its own Log, unprefixed, with the group's lines
+// about it; with no out the terminal gets only the notices (exits and
+// restarts), prefixed with the child's name.
+func TestLogsAndNotices(t *testing.T) {
+	var notices, aLog, bLog syncBuf
+	g := New(nil, time.Second)
+	g.SetNotices(&notices)
+	if err := g.Start(Spec{Name: "a", Path: "/bin/sh", Args: []string{"-c", "echo a-line; exit 3"}, Log: &aLog, Restart: true,
+		Policy: RestartPolicy{Limit: 1, Delay: 10 * time.Millisecond}, Optional: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(Spec{Name: "b", Path: "/bin/sh", Args: []string{"-c", "echo b-line; sleep 0.5"}, Log: &bLog}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Wait(context.Background(), map[string]bool{"b": true}, nil); err != nil {
+		t.Fatalf("wait: %v\nnotices:\n%s", err, notices.String())
+	}
+	if got := strings.Count(aLog.String(), "a-line\n"); got != 2 {
+		t.Errorf("a's log has its line %d times, want 2 (a restart):\n%s", got, aLog.String())
+	}
+	if !strings.Contains(aLog.String(), "tailor local: exited: exit status 3; restarting in") || strings.Contains(aLog.String(), "b-line") {
+		t.Errorf("a's log lacks its restart or has b's lines:\n%s", aLog.String())
+	}
+	if bLog.String() != "b-line\n" {
+		t.Errorf("b's log %q, want its one line", bLog.String())
+	}
+	n := notices.String()
+	if strings.Contains(n, "a-line") || strings.Contains(n, "b-line") || !strings.Contains(n, "a           | exited: exit status 3; restarting in ") ||
+		!strings.Contains(n, "not restarting") {
+		t.Errorf("notices: want a's exits and restart only:\n%s", n)
+	}
+}

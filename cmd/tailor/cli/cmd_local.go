@@ -28,7 +28,20 @@ Starts a real cluster on this machine and trains on it: an embedded etcd, a
 coordinator (and with --standby a second one), --ps parameter servers and
 --workers workers, each a separate tailor process on 127.0.0.1. Every role
 serves Prometheus /metrics on a free port; 'tailor status' shows the run.
-Ctrl-C stops every process. The model, history and plot end up in OUT/run.
+Ctrl-C stops every process. The model, history, plot and TensorBoard event
+files end up in OUT/run.
+
+The output. Each process's output goes to its log file,
+OUT/logs/ROLE-ID.log (coordinator-coord-a.log, paramserver-ps0.log,
+worker-w0.log, ...; emptied by a new run, appended to by --resume). On a
+terminal, tailor local shows one status block redrawn in place: the state
+and leader, the epoch's bar and ETA, loss, img/s, the last validation mAP,
+the live members and the last event (a process that exited or was started
+again; those lines are printed above the block too). When its output is not
+a terminal, it prints a plain status line when the state or the epoch
+changes and every 10 s, and the same event lines.
+--verbose streams every process's lines to stderr instead, each prefixed
+with the process's name, as well as to the log files.
 With --etcd the processes use that etcd instead of an embedded one.
 
 The object store. With --store s3 (the default) the shards and checkpoints
@@ -91,6 +104,7 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 	fs.IntVar(&cfg.RestartLimit, "restart-limit", cfg.RestartLimit, "restarts of each process within --restart-window before it is given up (0: never restart; then a parameter server's or the only coordinator's failure ends the run)")
 	fs.DurationVar(&cfg.RestartWindow, "restart-window", cfg.RestartWindow, "the window --restart-limit counts restarts in")
 	fs.StringVar(&cfg.Store, "store", cfg.Store, "where the shards and checkpoints live: s3 (an S3 server embedded in this process, its data in OUT/s3) or file (OUT/shards, OUT/checkpoints, or the --data folder); a --data URL is used as it is")
+	fs.BoolVar(&cfg.Verbose, "verbose", cfg.Verbose, "stream every process's output to stderr (each line prefixed with its name) instead of the status; the log files in OUT/logs get it in any case")
 	fs.BoolVar(&cfg.Resume, "resume", cfg.Resume, "resume the run in OUT from its newest checkpoint (keeps OUT's etcd data) instead of starting afresh; give it the flags of the run it resumes")
 	addSpecFlags(fs, &cfg.Spec)
 	if code, done := parse(env, fs); done {
@@ -105,7 +119,8 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 	if err != nil {
 		return fail(env, err)
 	}
-	fmt.Fprintf(env.Stdout, "\nrun %s finished: model %s, history %s\n", res.Run, res.Model, res.History)
+	fmt.Fprintf(env.Stdout, "\nrun %s finished: model %s, history %s\ntensorboard: tensorboard --logdir %s\nlogs: %s\n", res.Run, res.Model, res.History,
+		filepath.Join(res.Out, "tensorboard"), filepath.Join(cfg.Out, localcluster.LogsDir))
 	if f, err := os.Open(res.TestMetrics); err == nil {
 		fmt.Fprintln(env.Stdout, "\ntest split:")
 		_, _ = io.Copy(env.Stdout, f)

@@ -25,8 +25,9 @@ func runTrain(ctx context.Context, env *Env) int {
 	fs := newFlagSet(env, "train", "--data SHARDS", `
 Trains SmallerVGGNet (sigmoid outputs, binary cross-entropy, Adam) on the train
 split of a shard set made by 'tailor shard build', validates every epoch on the
-val split, and keeps the best model. Writes OUT/model.tailor, OUT/history.csv
-and OUT/history.png; with a test split, scores the kept model on it and writes
+val split, and keeps the best model. Writes OUT/model.tailor, OUT/history.csv,
+OUT/history.png and each epoch's scalars as a TensorBoard event file in
+OUT/tensorboard (tensorboard --logdir OUT/tensorboard); with a test split, scores the kept model on it and writes
 OUT/test_metrics.json.`)
 	fs.StringVar(&cfg.Data, "data", "", "shard set (a folder or store URL)")
 	fs.StringVar(&cfg.Out, "out", cfg.Out, "output folder")
@@ -54,8 +55,8 @@ OUT/test_metrics.json.`)
 	if err != nil {
 		return fail(env, err)
 	}
-	fmt.Fprintf(env.Stdout, "kept the model of epoch %d: %s\nhistory: %s, %s\n", res.Best, res.ModelPath,
-		filepath.Join(cfg.Out, "history.csv"), filepath.Join(cfg.Out, "history.png"))
+	fmt.Fprintf(env.Stdout, "kept the model of epoch %d: %s\nhistory: %s, %s\ntensorboard: tensorboard --logdir %s\n", res.Best, res.ModelPath,
+		filepath.Join(cfg.Out, "history.csv"), filepath.Join(cfg.Out, "history.png"), filepath.Dir(res.EventFile))
 	rep, err := evaluate(ctx, res.ModelPath, cfg.Data, shard.SplitTest, 0)
 	if err != nil {
 		env.Log.Info("no test evaluation", "reason", err)

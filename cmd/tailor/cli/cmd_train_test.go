@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/tailorml/tailor/cmd/tailor/cli"
+	"github.com/tailorml/tailor/eval/tensorboard"
+	"github.com/tailorml/tailor/eval/tensorboard/tbtest"
 	"github.com/tailorml/tailor/metrics"
 	tmodel "github.com/tailorml/tailor/model"
 )
@@ -50,6 +55,7 @@ func TestPipeline(t *testing.T) {
 	if lines := strings.Split(strings.TrimSpace(string(hist)), "\n"); len(lines) != 3 {
 		t.Errorf("history has %d lines, want a header and 2 epochs:\n%s", len(lines), hist)
 	}
+	checkEventFile(t, filepath.Join(out, "tensorboard"), string(hist))
 
 	model := filepath.Join(out, "model.tailor")
 	// The model keeps the build's resize mode, so that predict prepares
@@ -134,4 +140,55 @@ func TestHelp(t *testing.T) {
 			t.Errorf("tailor --help does not list %s", c)
 		}
 	}
+}
+
+// checkEventFile reads the one event file train wrote in dir, with the Go
+// reader and (subtest "python", skipped without protoc and python3-protobuf)
+// with TensorBoard's own protos, and compares its scalars with history.csv.
+func checkEventFile(t *testing.T, dir, history string) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, tensorboard.Prefix+"*"))
+	if err != nil || len(files) != 1 {
+		t.Fatalf("event files in %s: %v (%v), want one", dir, files, err)
+	}
+	rows := strings.Split(strings.TrimSpace(history), "\n")[1:]
+	check := func(t *testing.T, evs []tensorboard.Event) {
+		t.Helper()
+		if len(evs) != 1+len(rows) || evs[0].FileVersion != tensorboard.FileVersion {
+			t.Fatalf("%d events (first %+v), want the file version and one per epoch", len(evs), evs[0])
+		}
+		for i, row := range rows {
+			// epoch,train_loss,val_loss,val_map,...,lr,seconds,img_per_s
+			f := strings.Split(row, ",")
+			ev := evs[1+i]
+			got := map[string]float64{}
+			for _, s := range ev.Scalars {
+				got[s.Tag] = s.Value
+			}
+			if fmt.Sprint(ev.Step) != f[0] {
+				t.Errorf("event %d: step %d, want epoch %s", 1+i, ev.Step, f[0])
+			}
+			for tag, col := range map[string]int{"train/loss": 1, "val/loss": 2, "val/mAP": 3, "train/lr": 8} {
+				want, _ := strconv.ParseFloat(f[col], 64)
+				if g, ok := got[tag]; !ok || math.Abs(g-want) > 1e-5*math.Max(1, math.Abs(want)) {
+					t.Errorf("epoch %s: %s = %v (present %v), history.csv has %v", f[0], tag, g, ok, want)
+				}
+			}
+			aps := 0
+			for tag := range got {
+				if strings.HasPrefix(tag, "val/AP/") {
+					aps++
+				}
+			}
+			if aps == 0 {
+				t.Errorf("epoch %s: no per-label AP among %v", f[0], ev.Scalars)
+			}
+		}
+	}
+	evs, err := tensorboard.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, evs)
+	t.Run("python", func(t *testing.T) { check(t, tbtest.ReadWithPython(t, files[0])) })
 }
