@@ -50,8 +50,14 @@ type follower struct {
 }
 
 type fileStamp struct {
-	size int64
-	mod  time.Time
+	info os.FileInfo
+}
+
+// same reports whether two stats are of the same unchanged file: a file
+// replaced by a rename is another file even with the same size and time.
+func (a fileStamp) same(b fileStamp) bool {
+	return a.info != nil && b.info != nil && os.SameFile(a.info, b.info) &&
+		a.info.Size() == b.info.Size() && a.info.ModTime().Equal(b.info.ModTime())
 }
 
 // Follow loads the model once, then again whenever it changes, until ctx
@@ -144,8 +150,8 @@ func (f *follower) check(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	stamp := fileStamp{size: st.Size(), mod: st.ModTime()}
-	if stamp == f.seen && f.s.cur.Load() != nil {
+	stamp := fileStamp{info: st}
+	if stamp.same(f.seen) && f.s.cur.Load() != nil {
 		return nil
 	}
 	data, err := os.ReadFile(f.path)
