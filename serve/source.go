@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -169,4 +170,35 @@ func (f *follower) check(ctx context.Context) error {
 	}
 	m.Source = f.path
 	return f.s.SetModel(m)
+}
+
+// Run serves on ln the source's model, and follows it, until ctx ends (then
+// as Serve). A model file given alone must load; a run's model may come
+// later (until it does, the server is live but not ready).
+func (s *Server) Run(ctx context.Context, ln net.Listener, src Source) error {
+	if err := src.Validate(); err != nil {
+		return err
+	}
+	if src.Etcd == nil {
+		m, err := LoadModelFile(src.Path)
+		if err != nil {
+			return err
+		}
+		if err := s.SetModel(m); err != nil {
+			return err
+		}
+	}
+	fctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.Follow(fctx, src); err != nil {
+			s.log.Error("following the model", "err", err)
+		}
+	}()
+	err := s.Serve(ctx, ln)
+	stop()
+	wg.Wait()
+	return err
 }
