@@ -101,4 +101,3 @@ TLS (the run's certificates). Ctrl-C finishes the requests in flight.`)
 	fmt.Fprintln(env.Stdout, "tailor serve: stopped")
 	return 0
 }
-
