@@ -52,11 +52,11 @@ func DefaultConfig() Config {
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
-	if len(c.Sizes) == 0 || c.Batch < 2 || c.Classes < 1 || c.Iters < 1 || c.Warmup < 0 || c.Pairs < 1 || c.Threads < 1 {
-		return errors.New("bench: sizes, batch ≥ 2, classes, iters, pairs and threads must be set")
+	if len(c.Sizes) == 0 || c.Batch < 1 || (c.Batch < 2 && c.Mode == "train") || c.Classes < 1 || c.Iters < 1 || c.Warmup < 0 || c.Pairs < 1 || c.Threads < 1 {
+		return errors.New("bench: sizes, batch (≥ 2 to train), classes, iters, pairs and threads must be set")
 	}
-	if c.Mode != "train" && c.Mode != "infer" {
-		return fmt.Errorf("bench: mode %q: want train or infer", c.Mode)
+	if c.Mode != "train" && c.Mode != "infer" && c.Mode != "serve" {
+		return fmt.Errorf("bench: mode %q: want train, infer or serve", c.Mode)
 	}
 	return nil
 }
@@ -230,8 +230,7 @@ func summarise(ms []Measurement) (Measurement, []float64) {
 }
 
 func runLine(ctx context.Context, log io.Writer, name string, args ...string) (Measurement, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), "OMP_WAIT_POLICY=PASSIVE")
+	cmd := execCommand(ctx, name, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -250,6 +249,14 @@ func runLine(ctx context.Context, log io.Writer, name string, args ...string) (M
 		return ParseLine(line)
 	}
 	return Measurement{}, fmt.Errorf("%s printed no BASELINE line: %s", name, out)
+}
+
+// execCommand is a measuring child process (OpenMP threads that sleep when
+// idle, as PyTorch's baseline wants).
+func execCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), "OMP_WAIT_POLICY=PASSIVE")
+	return cmd
 }
 
 // ParseLine reads a "BASELINE k=v ..." line.

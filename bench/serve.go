@@ -1,0 +1,381 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tailorml/tailor/model"
+	"github.com/tailorml/tailor/serve"
+)
+
+// ServeConfig is a serving benchmark: `tailor serve`'s server in this
+// process on a loopback port, driven by clients at each concurrency.
+type ServeConfig struct {
+	Size, Classes, Threads int
+	Concurrency            []int
+	Warmup, Duration       time.Duration // per concurrency
+	MaxBatch               int
+	MaxDelay               time.Duration
+	Images                 int // distinct photos the clients send, Size×Size PNGs
+}
+
+// DefaultServe measures 64 px at concurrency 1, 8 and 32, 1 s of warm-up
+// and 5 s measured each, with the server's default batching.
+func DefaultServe() ServeConfig {
+	d := serve.DefaultConfig()
+	return ServeConfig{Size: 64, Classes: 15, Threads: 2, Concurrency: []int{1, 8, 32}, Warmup: time.Second, Duration: 5 * time.Second,
+		MaxBatch: d.MaxBatch, MaxDelay: d.MaxDelay, Images: 64}
+}
+
+// ServeResult is one concurrency's measurement.
+type ServeResult struct {
+	Concurrency int
+	Requests    int
+	ImgPerSec   float64
+	P50, P99    time.Duration
+	MeanBatch   float64 // images per batch the net ran
+	Errors      int
+}
+
+// Line formats a result as one parseable line.
+func (r ServeResult) Line(size int) string {
+	return fmt.Sprintf("SERVE size=%d concurrency=%d requests=%d errors=%d img_per_s=%.2f p50_ms=%.3f p99_ms=%.3f mean_batch=%.2f",
+		size, r.Concurrency, r.Requests, r.Errors, r.ImgPerSec, ms(r.P50), ms(r.P99), r.MeanBatch)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+// ParseServeLine reads a SERVE line.
+func ParseServeLine(line string) (ServeResult, error) {
+	var r ServeResult
+	for _, f := range strings.Fields(strings.TrimPrefix(line, "SERVE ")) {
+		k, v, _ := strings.Cut(f, "=")
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return r, fmt.Errorf("bad %s in %q: %w", k, line, err)
+		}
+		switch k {
+		case "concurrency":
+			r.Concurrency = int(x)
+		case "requests":
+			r.Requests = int(x)
+		case "errors":
+			r.Errors = int(x)
+		case "img_per_s":
+			r.ImgPerSec = x
+		case "p50_ms":
+			r.P50 = time.Duration(x * 1e6)
+		case "p99_ms":
+			r.P99 = time.Duration(x * 1e6)
+		case "mean_batch":
+			r.MeanBatch = x
+		}
+	}
+	if r.Concurrency < 1 || r.Requests < 1 {
+		return r, fmt.Errorf("incomplete line %q", line)
+	}
+	return r, nil
+}
+
+// ServeSingle runs the server with a net of random weights and drives it
+// at each concurrency with one photo per request (POST /v1/predict).
+func ServeSingle(ctx context.Context, c ServeConfig) ([]ServeResult, error) {
+	if len(c.Concurrency) == 0 || c.Images < 1 || c.Duration <= 0 || c.Threads < 1 {
+		return nil, errors.New("bench: serve needs concurrencies, images, a duration and threads")
+	}
+	runtime.GOMAXPROCS(c.Threads)
+	net1, err := model.New(model.DefaultConfig(c.Size, c.Classes), 1)
+	if err != nil {
+		return nil, err
+	}
+	b := &model.Bundle{Net: net1, Mean: []float32{0.5, 0.5, 0.5}, Std: []float32{0.25, 0.25, 0.25}}
+	for i := range c.Classes {
+		b.Labels = append(b.Labels, "label"+strconv.Itoa(i))
+		b.Thresholds = append(b.Thresholds, 0.5)
+	}
+	m, err := serve.NewModel(b, "bench")
+	if err != nil {
+		return nil, err
+	}
+	cfg := serve.DefaultConfig()
+	cfg.MaxBatch, cfg.MaxDelay = c.MaxBatch, c.MaxDelay
+	cfg.QueueDepth = max(cfg.QueueDepth, 2*slices.Max(c.Concurrency))
+	s, err := serve.New(cfg, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.SetModel(m); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	sctx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(sctx, ln) }()
+	defer func() {
+		stop()
+		<-served
+	}()
+	base := "http://" + ln.Addr().String()
+	photos := benchPhotos(c.Size, c.Images)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * slices.Max(c.Concurrency)}}
+	var out []ServeResult
+	for _, conc := range c.Concurrency {
+		if _, err := drive(ctx, client, base, photos, conc, c.Warmup); err != nil {
+			return nil, err
+		}
+		before, err := batchCounts(client, base)
+		if err != nil {
+			return nil, err
+		}
+		r, err := drive(ctx, client, base, photos, conc, c.Duration)
+		if err != nil {
+			return nil, err
+		}
+		after, err := batchCounts(client, base)
+		if err != nil {
+			return nil, err
+		}
+		if n := after[0] - before[0]; n > 0 {
+			r.MeanBatch = (after[1] - before[1]) / n
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// drive runs conc clients for d and measures what they got.
+func drive(ctx context.Context, client *http.Client, base string, photos [][]byte, conc int, d time.Duration) (ServeResult, error) {
+	var mu sync.Mutex
+	var lat []time.Duration
+	errs := 0
+	var firstErr error
+	dctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for k := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := k; dctx.Err() == nil; i += conc {
+				start := time.Now()
+				err := predictOnce(client, base, photos[i%len(photos)])
+				el := time.Since(start)
+				if dctx.Err() != nil && err != nil {
+					return // cut off by the end of the window
+				}
+				mu.Lock()
+				if err != nil {
+					errs++
+					if firstErr == nil {
+						firstErr = err
+					}
+				} else {
+					lat = append(lat, el)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(t0)
+	if len(lat) == 0 {
+		return ServeResult{}, fmt.Errorf("bench: no request answered at concurrency %d: %v", conc, firstErr)
+	}
+	slices.Sort(lat)
+	return ServeResult{Concurrency: conc, Requests: len(lat), Errors: errs, ImgPerSec: float64(len(lat)) / el.Seconds(),
+		P50: lat[len(lat)/2], P99: lat[min(len(lat)-1, len(lat)*99/100)]}, nil
+}
+
+func predictOnce(client *http.Client, base string, photo []byte) error {
+	resp, err := client.Post(base+"/v1/predict", "image/png", bytes.NewReader(photo))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// batchCounts reads the server's batch count and images from /metrics.
+func batchCounts(client *http.Client, base string) ([2]float64, error) {
+	var out [2]float64
+	resp, err := client.Get(base + "/metrics")
+	if err != nil {
+		return out, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 2 {
+			continue
+		}
+		switch f[0] {
+		case "tailor_serve_batch_size_count":
+			out[0], _ = strconv.ParseFloat(f[1], 64)
+		case "tailor_serve_batch_size_sum":
+			out[1], _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return out, sc.Err()
+}
+
+// benchPhotos are n size×size PNGs of smooth random colour fields.
+func benchPhotos(size, n int) [][]byte {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var out [][]byte
+	for range n {
+		img := image.NewRGBA(image.Rect(0, 0, size, size))
+		r0, g0, b0 := rng.IntN(200), rng.IntN(200), rng.IntN(200)
+		for y := range size {
+			for x := range size {
+				img.Set(x, y, color.RGBA{uint8(r0 + x/2), uint8(g0 + y/2), uint8(b0 + rng.IntN(40)), 255})
+			}
+		}
+		var buf bytes.Buffer
+		_ = png.Encode(&buf, img)
+		out = append(out, buf.Bytes())
+	}
+	return out
+}
+
+// ServeRow is one concurrency's medians over the pairs, beside inference
+// measured in the same run.
+type ServeRow struct {
+	Size        int
+	Serve       ServeResult // medians
+	Runs        []float64   // img/s of each pair
+	InferBatch  Measurement // `bench --mode infer` at the comparison batch
+	InferSingle Measurement // one image at a time
+}
+
+// CompareServe runs, Pairs times, fresh processes of `self bench --single`:
+// inference at c.Batch, inference of one image, and the server at every
+// concurrency; it returns the medians per concurrency.
+func CompareServe(ctx context.Context, c Config, sc ServeConfig, self string, log io.Writer) ([]ServeRow, error) {
+	var rows []ServeRow
+	for _, size := range c.Sizes {
+		var inferB, infer1 []Measurement
+		byConc := map[int][]ServeResult{}
+		for p := 0; p < c.Pairs; p++ {
+			for _, batch := range []int{c.Batch, 1} {
+				args := []string{"bench", "--single", "--mode", "infer", "--sizes", strconv.Itoa(size), "--batch", strconv.Itoa(batch),
+					"--classes", strconv.Itoa(c.Classes), "--iters", strconv.Itoa(c.Iters), "--warmup", strconv.Itoa(c.Warmup), "--threads", strconv.Itoa(c.Threads)}
+				m, err := runLine(ctx, log, self, args...)
+				if err != nil {
+					return nil, err
+				}
+				if batch == 1 {
+					infer1 = append(infer1, m)
+				} else {
+					inferB = append(inferB, m)
+				}
+			}
+			var conc []string
+			for _, k := range sc.Concurrency {
+				conc = append(conc, strconv.Itoa(k))
+			}
+			args := []string{"bench", "--single", "--mode", "serve", "--sizes", strconv.Itoa(size), "--classes", strconv.Itoa(c.Classes),
+				"--threads", strconv.Itoa(c.Threads), "--concurrency", strings.Join(conc, ","), "--duration", sc.Duration.String(),
+				"--max-batch", strconv.Itoa(sc.MaxBatch), "--max-delay", sc.MaxDelay.String()}
+			rs, err := runServeLines(ctx, log, self, args...)
+			if err != nil {
+				return nil, err
+			}
+			for _, r := range rs {
+				byConc[r.Concurrency] = append(byConc[r.Concurrency], r)
+			}
+		}
+		mb, _ := summarise(inferB)
+		m1, _ := summarise(infer1)
+		for _, k := range sc.Concurrency {
+			rs := byConc[k]
+			row := ServeRow{Size: size, InferBatch: mb, InferSingle: m1, Serve: ServeResult{Concurrency: k}}
+			var ips, p50, p99, mbatch []float64
+			for _, r := range rs {
+				ips = append(ips, r.ImgPerSec)
+				p50 = append(p50, float64(r.P50))
+				p99 = append(p99, float64(r.P99))
+				mbatch = append(mbatch, r.MeanBatch)
+				row.Serve.Requests += r.Requests
+				row.Serve.Errors += r.Errors
+			}
+			row.Runs = ips
+			row.Serve.ImgPerSec, row.Serve.P50, row.Serve.P99, row.Serve.MeanBatch = median(ips), time.Duration(median(p50)), time.Duration(median(p99)), median(mbatch)
+			rows = append(rows, row)
+		}
+	}
+	return rows, nil
+}
+
+func runServeLines(ctx context.Context, log io.Writer, name string, args ...string) ([]ServeResult, error) {
+	cmd := execCommand(ctx, name, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	var rs []ServeResult
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if line := sc.Text(); strings.HasPrefix(line, "SERVE ") {
+			if log != nil {
+				fmt.Fprintln(log, line)
+			}
+			r, err := ParseServeLine(line)
+			if err != nil {
+				return nil, err
+			}
+			rs = append(rs, r)
+		}
+	}
+	if len(rs) == 0 {
+		return nil, fmt.Errorf("%s printed no SERVE line: %s", name, out)
+	}
+	return rs, nil
+}
+
+// WriteServeTable prints the rows as a Markdown table with the targets'
+// ratios: throughput against inference at the comparison batch, p99
+// against one image's inference time.
+func WriteServeTable(w io.Writer, c Config, rows []ServeRow) {
+	fmt.Fprintf(w, "| size | concurrency | serve img/s (range) | p50 ms | p99 ms | mean batch | infer img/s, batch %d | serve / infer | infer ms, 1 image | p99 / 1 image |\n|---|---|---|---|---|---|---|---|---|---|\n", c.Batch)
+	for _, r := range rows {
+		one := r.InferSingle.StepSec * 1e3
+		fmt.Fprintf(w, "| %d | %d | %.1f%s | %.2f | %.2f | %.1f | %.1f | %.2fx | %.2f | %.2fx |\n", r.Size, r.Serve.Concurrency, r.Serve.ImgPerSec, spread(" (", r.Runs)+closeParen(r.Runs),
+			ms(r.Serve.P50), ms(r.Serve.P99), r.Serve.MeanBatch, r.InferBatch.ImgPerSec, r.Serve.ImgPerSec/r.InferBatch.ImgPerSec, one, ms(r.Serve.P99)/one)
+	}
+}
+
+func closeParen(v []float64) string {
+	if len(v) < 2 {
+		return ""
+	}
+	return ")"
+}
