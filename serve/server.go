@@ -90,7 +90,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.b.wait()
 	}()
 	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-		TLSConfig: s.cfg.TLS, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	if s.cfg.TLS != nil {
+		srv.TLSConfig = s.cfg.TLS.Clone() // the server adds its protocols to it
+	}
 	errc := make(chan error, 1)
 	go func() {
 		var err error
