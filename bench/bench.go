@@ -67,6 +67,7 @@ type Measurement struct {
 	Layout    string
 	ImgPerSec float64
 	StepSec   float64
+	P99Sec    float64 // 99th percentile step (tailor's lines only; 0 if not given)
 	PeakRSSMB float64
 }
 
@@ -126,13 +127,20 @@ func Single(size int, c Config) (Measurement, error) {
 		times[i] = time.Since(t0).Seconds()
 	}
 	med := median(times)
-	return Measurement{Framework: "tailor", Layout: "nchw", ImgPerSec: float64(c.Batch) / med, StepSec: med, PeakRSSMB: peakRSSMB()}, nil
+	sorted := append([]float64(nil), times...)
+	sort.Float64s(sorted)
+	p99 := sorted[min(len(sorted)-1, len(sorted)*99/100)]
+	return Measurement{Framework: "tailor", Layout: "nchw", ImgPerSec: float64(c.Batch) / med, StepSec: med, P99Sec: p99, PeakRSSMB: peakRSSMB()}, nil
 }
 
 // Line formats a measurement like the baseline's output line.
 func (m Measurement) Line(mode string, size, batch, threads int) string {
-	return fmt.Sprintf("BASELINE framework=%s mode=%s size=%d batch=%d threads=%d layout=%s img_per_s=%.2f median_step_s=%.4f peak_rss_mb=%.0f",
+	line := fmt.Sprintf("BASELINE framework=%s mode=%s size=%d batch=%d threads=%d layout=%s img_per_s=%.2f median_step_s=%.4f peak_rss_mb=%.0f",
 		m.Framework, mode, size, batch, threads, m.Layout, m.ImgPerSec, m.StepSec, m.PeakRSSMB)
+	if m.P99Sec > 0 {
+		line += fmt.Sprintf(" p99_step_s=%.6f", m.P99Sec)
+	}
+	return line
 }
 
 func peakRSSMB() float64 {
@@ -218,14 +226,15 @@ func Compare(ctx context.Context, c Config, self string, log io.Writer) ([]Row, 
 }
 
 func summarise(ms []Measurement) (Measurement, []float64) {
-	var ips, step, rss []float64
+	var ips, step, p99, rss []float64
 	for _, m := range ms {
 		ips = append(ips, m.ImgPerSec)
 		step = append(step, m.StepSec)
+		p99 = append(p99, m.P99Sec)
 		rss = append(rss, m.PeakRSSMB)
 	}
 	out := ms[0]
-	out.ImgPerSec, out.StepSec, out.PeakRSSMB = median(ips), median(step), median(rss)
+	out.ImgPerSec, out.StepSec, out.P99Sec, out.PeakRSSMB = median(ips), median(step), median(p99), median(rss)
 	return out, ips
 }
 
@@ -277,6 +286,8 @@ func ParseLine(line string) (Measurement, error) {
 			m.ImgPerSec, err = strconv.ParseFloat(v, 64)
 		case "median_step_s":
 			m.StepSec, err = strconv.ParseFloat(v, 64)
+		case "p99_step_s":
+			m.P99Sec, err = strconv.ParseFloat(v, 64)
 		case "peak_rss_mb":
 			m.PeakRSSMB, err = strconv.ParseFloat(v, 64)
 		}
