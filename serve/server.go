@@ -89,7 +89,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		stopBatches()
 		s.b.wait()
 	}()
-	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	// a request's body must arrive within its time limit (at least the
+	// headers' 10 s): a slow sender does not hold a place in the queue
+	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: max(s.cfg.RequestTimeout, 10*time.Second), IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	if s.cfg.TLS != nil {
 		srv.TLSConfig = s.cfg.TLS.Clone() // the server adds its protocols to it
