@@ -13,11 +13,15 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/tailorml/tailor/model"
@@ -33,6 +37,10 @@ type ServeConfig struct {
 	MaxBatch               int
 	MaxDelay               time.Duration
 	Images                 int // distinct photos the clients send, Size×Size PNGs
+	// Server, if set, is the tailor binary: the server runs as `tailor
+	// serve` in a process of its own, as clients meet it. Otherwise it
+	// runs in this process, beside the clients.
+	Server string
 }
 
 // DefaultServe measures 64 px at concurrency 1, 8 and 32, 1 s of warm-up
@@ -109,32 +117,23 @@ func ServeSingle(ctx context.Context, c ServeConfig) ([]ServeResult, error) {
 		b.Labels = append(b.Labels, "label"+strconv.Itoa(i))
 		b.Thresholds = append(b.Thresholds, 0.5)
 	}
-	m, err := serve.NewModel(b, "bench")
-	if err != nil {
-		return nil, err
+	queue := max(serve.DefaultConfig().QueueDepth, 2*slices.Max(c.Concurrency))
+	var base string
+	if c.Server != "" {
+		addr, stop, err := startServer(ctx, c, b, queue)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+		base = addr
+	} else {
+		addr, stop, err := serveHere(ctx, c, b, queue)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+		base = addr
 	}
-	cfg := serve.DefaultConfig()
-	cfg.MaxBatch, cfg.MaxDelay = c.MaxBatch, c.MaxDelay
-	cfg.QueueDepth = max(cfg.QueueDepth, 2*slices.Max(c.Concurrency))
-	s, err := serve.New(cfg, nil)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.SetModel(m); err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	sctx, stop := context.WithCancel(ctx)
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(sctx, ln) }()
-	defer func() {
-		stop()
-		<-served
-	}()
-	base := "http://" + ln.Addr().String()
 	photos := benchPhotos(c.Size, c.Images)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * slices.Max(c.Concurrency)}}
 	var out []ServeResult
@@ -160,6 +159,95 @@ func ServeSingle(ctx context.Context, c ServeConfig) ([]ServeResult, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// serveHere runs the server in this process; stop stops it.
+func serveHere(ctx context.Context, c ServeConfig, b *model.Bundle, queue int) (string, func(), error) {
+	m, err := serve.NewModel(b, "bench")
+	if err != nil {
+		return "", nil, err
+	}
+	cfg := serve.DefaultConfig()
+	cfg.MaxBatch, cfg.MaxDelay, cfg.QueueDepth = c.MaxBatch, c.MaxDelay, queue
+	s, err := serve.New(cfg, nil)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := s.SetModel(m); err != nil {
+		return "", nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(sctx, ln) }()
+	return "http://" + ln.Addr().String(), func() {
+		cancel()
+		<-served
+	}, nil
+}
+
+// startServer runs `tailor serve` on the bundle, saved to a temporary
+// file, on a free loopback port, and waits until it is ready; stop sends
+// it SIGTERM and waits for it.
+func startServer(ctx context.Context, c ServeConfig, b *model.Bundle, queue int) (string, func(), error) {
+	dir, err := os.MkdirTemp("", "tailor-bench-serve-")
+	if err != nil {
+		return "", nil, err
+	}
+	path := filepath.Join(dir, "model.tailor")
+	if err := b.Save(path); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	cmd := exec.CommandContext(ctx, c.Server, "serve", "--model", path, "--listen", "127.0.0.1:0", "--max-batch", strconv.Itoa(c.MaxBatch),
+		"--max-delay", c.MaxDelay.String(), "--queue", strconv.Itoa(queue), "--recheck", "0")
+	cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(c.Threads))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		os.RemoveAll(dir)
+	}
+	sc := bufio.NewScanner(out)
+	var base string
+	if sc.Scan() {
+		if _, url, ok := strings.Cut(sc.Text(), " on "); ok {
+			base = strings.TrimSuffix(url, "/")
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	if base == "" {
+		stop()
+		return "", nil, fmt.Errorf("bench: tailor serve did not say where it listens: %s", stderr.String())
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(base + "/v2/health/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return base, stop, nil
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			stop()
+			return "", nil, fmt.Errorf("bench: tailor serve not ready: %v: %s", err, stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // drive runs conc clients for d and measures what they got.

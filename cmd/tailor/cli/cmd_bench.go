@@ -121,6 +121,11 @@ func benchServe(ctx context.Context, env *Env, c bench.Config, sc bench.ServeCon
 			return fail(env, fmt.Errorf("--single takes one size"))
 		}
 		sc.Size = c.Sizes[0]
+		self, err := os.Executable()
+		if err != nil {
+			return fail(env, err)
+		}
+		sc.Server = self // the server in a process of its own, as clients meet it
 		rs, err := bench.ServeSingle(ctx, sc)
 		if err != nil {
 			return fail(env, err)
