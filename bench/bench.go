@@ -68,6 +68,11 @@ type Measurement struct {
 	ImgPerSec float64
 	StepSec   float64
 	P99Sec    float64 // 99th percentile step (tailor's lines only; 0 if not given)
+	// CPUPerImg is the process's CPU time (user + system, every thread)
+	// per image over the timed steps, seconds (tailor's lines only): on a
+	// shared machine it says what the work costs, whatever share of the
+	// cores the process got.
+	CPUPerImg float64
 	PeakRSSMB float64
 }
 
@@ -119,6 +124,7 @@ func Single(size int, c Config) (Measurement, error) {
 		}
 	}
 	times := make([]float64, c.Iters)
+	cpu0 := cpuTime()
 	for i := range times {
 		t0 := time.Now()
 		if err := step(c.Warmup + i); err != nil {
@@ -126,11 +132,12 @@ func Single(size int, c Config) (Measurement, error) {
 		}
 		times[i] = time.Since(t0).Seconds()
 	}
+	cpu := (cpuTime() - cpu0).Seconds() / float64(c.Iters*c.Batch)
 	med := median(times)
 	sorted := append([]float64(nil), times...)
 	sort.Float64s(sorted)
 	p99 := sorted[min(len(sorted)-1, len(sorted)*99/100)]
-	return Measurement{Framework: "tailor", Layout: "nchw", ImgPerSec: float64(c.Batch) / med, StepSec: med, P99Sec: p99, PeakRSSMB: peakRSSMB()}, nil
+	return Measurement{Framework: "tailor", Layout: "nchw", ImgPerSec: float64(c.Batch) / med, StepSec: med, P99Sec: p99, CPUPerImg: cpu, PeakRSSMB: peakRSSMB()}, nil
 }
 
 // Line formats a measurement like the baseline's output line.
@@ -139,6 +146,9 @@ func (m Measurement) Line(mode string, size, batch, threads int) string {
 		m.Framework, mode, size, batch, threads, m.Layout, m.ImgPerSec, m.StepSec, m.PeakRSSMB)
 	if m.P99Sec > 0 {
 		line += fmt.Sprintf(" p99_step_s=%.6f", m.P99Sec)
+	}
+	if m.CPUPerImg > 0 {
+		line += fmt.Sprintf(" cpu_s_per_img=%.6f", m.CPUPerImg)
 	}
 	return line
 }
@@ -226,15 +236,16 @@ func Compare(ctx context.Context, c Config, self string, log io.Writer) ([]Row, 
 }
 
 func summarise(ms []Measurement) (Measurement, []float64) {
-	var ips, step, p99, rss []float64
+	var ips, step, p99, cpu, rss []float64
 	for _, m := range ms {
 		ips = append(ips, m.ImgPerSec)
 		step = append(step, m.StepSec)
 		p99 = append(p99, m.P99Sec)
+		cpu = append(cpu, m.CPUPerImg)
 		rss = append(rss, m.PeakRSSMB)
 	}
 	out := ms[0]
-	out.ImgPerSec, out.StepSec, out.P99Sec, out.PeakRSSMB = median(ips), median(step), median(p99), median(rss)
+	out.ImgPerSec, out.StepSec, out.P99Sec, out.CPUPerImg, out.PeakRSSMB = median(ips), median(step), median(p99), median(cpu), median(rss)
 	return out, ips
 }
 
@@ -288,6 +299,8 @@ func ParseLine(line string) (Measurement, error) {
 			m.StepSec, err = strconv.ParseFloat(v, 64)
 		case "p99_step_s":
 			m.P99Sec, err = strconv.ParseFloat(v, 64)
+		case "cpu_s_per_img":
+			m.CPUPerImg, err = strconv.ParseFloat(v, 64)
 		case "peak_rss_mb":
 			m.PeakRSSMB, err = strconv.ParseFloat(v, 64)
 		}

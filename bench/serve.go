@@ -59,12 +59,15 @@ type ServeResult struct {
 	P50, P99    time.Duration
 	MeanBatch   float64 // images per batch the net ran
 	Errors      int
+	// CPUPerImg is the CPU time per answered image of the server and the
+	// clients together (both processes), seconds.
+	CPUPerImg float64
 }
 
 // Line formats a result as one parseable line.
 func (r ServeResult) Line(size int) string {
-	return fmt.Sprintf("SERVE size=%d concurrency=%d requests=%d errors=%d img_per_s=%.2f p50_ms=%.3f p99_ms=%.3f mean_batch=%.2f",
-		size, r.Concurrency, r.Requests, r.Errors, r.ImgPerSec, ms(r.P50), ms(r.P99), r.MeanBatch)
+	return fmt.Sprintf("SERVE size=%d concurrency=%d requests=%d errors=%d img_per_s=%.2f p50_ms=%.3f p99_ms=%.3f mean_batch=%.2f cpu_s_per_img=%.6f",
+		size, r.Concurrency, r.Requests, r.Errors, r.ImgPerSec, ms(r.P50), ms(r.P99), r.MeanBatch, r.CPUPerImg)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
@@ -93,6 +96,8 @@ func ParseServeLine(line string) (ServeResult, error) {
 			r.P99 = time.Duration(x * 1e6)
 		case "mean_batch":
 			r.MeanBatch = x
+		case "cpu_s_per_img":
+			r.CPUPerImg = x
 		}
 	}
 	if r.Concurrency < 1 || r.Requests < 1 {
@@ -119,13 +124,15 @@ func ServeSingle(ctx context.Context, c ServeConfig) ([]ServeResult, error) {
 	}
 	queue := max(serve.DefaultConfig().QueueDepth, 2*slices.Max(c.Concurrency))
 	var base string
+	serverCPU := func() time.Duration { return 0 } // in this process: counted in cpuTime
 	if c.Server != "" {
-		addr, stop, err := startServer(ctx, c, b, queue)
+		addr, pid, stop, err := startServer(ctx, c, b, queue)
 		if err != nil {
 			return nil, err
 		}
 		defer stop()
 		base = addr
+		serverCPU = func() time.Duration { return processCPU(pid) }
 	} else {
 		addr, stop, err := serveHere(ctx, c, b, queue)
 		if err != nil {
@@ -145,10 +152,12 @@ func ServeSingle(ctx context.Context, c ServeConfig) ([]ServeResult, error) {
 		if err != nil {
 			return nil, err
 		}
+		cpu0 := cpuTime() + serverCPU()
 		r, err := drive(ctx, client, base, photos, conc, c.Duration)
 		if err != nil {
 			return nil, err
 		}
+		r.CPUPerImg = (cpuTime() + serverCPU() - cpu0).Seconds() / float64(r.Requests)
 		after, err := batchCounts(client, base)
 		if err != nil {
 			return nil, err
@@ -192,15 +201,15 @@ func serveHere(ctx context.Context, c ServeConfig, b *model.Bundle, queue int) (
 // startServer runs `tailor serve` on the bundle, saved to a temporary
 // file, on a free loopback port, and waits until it is ready; stop sends
 // it SIGTERM and waits for it.
-func startServer(ctx context.Context, c ServeConfig, b *model.Bundle, queue int) (string, func(), error) {
+func startServer(ctx context.Context, c ServeConfig, b *model.Bundle, queue int) (string, int, func(), error) {
 	dir, err := os.MkdirTemp("", "tailor-bench-serve-")
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	path := filepath.Join(dir, "model.tailor")
 	if err := b.Save(path); err != nil {
 		os.RemoveAll(dir)
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	cmd := exec.CommandContext(ctx, c.Server, "serve", "--model", path, "--listen", "127.0.0.1:0", "--max-batch", strconv.Itoa(c.MaxBatch),
 		"--max-delay", c.MaxDelay.String(), "--queue", strconv.Itoa(queue), "--recheck", "0")
@@ -210,11 +219,11 @@ func startServer(ctx context.Context, c ServeConfig, b *model.Bundle, queue int)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		os.RemoveAll(dir)
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(dir)
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	stop := func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -231,7 +240,7 @@ func startServer(ctx context.Context, c ServeConfig, b *model.Bundle, queue int)
 	go func() { _, _ = io.Copy(io.Discard, out) }()
 	if base == "" {
 		stop()
-		return "", nil, fmt.Errorf("bench: tailor serve did not say where it listens: %s", stderr.String())
+		return "", 0, nil, fmt.Errorf("bench: tailor serve did not say where it listens: %s", stderr.String())
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -239,15 +248,35 @@ func startServer(ctx context.Context, c ServeConfig, b *model.Bundle, queue int)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return base, stop, nil
+				return base, cmd.Process.Pid, stop, nil
 			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			stop()
-			return "", nil, fmt.Errorf("bench: tailor serve not ready: %v: %s", err, stderr.String())
+			return "", 0, nil, fmt.Errorf("bench: tailor serve not ready: %v: %s", err, stderr.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// processCPU is a process's CPU time so far (Linux /proc), 0 if unknown.
+func processCPU(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// fields after the command name (which may hold spaces) in parentheses
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64) // utime, clock ticks (100 a second)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 // drive runs conc clients for d and measures what they got.
@@ -408,8 +437,9 @@ func CompareServe(ctx context.Context, c Config, sc ServeConfig, self string, lo
 		for _, k := range sc.Concurrency {
 			rs := byConc[k]
 			row := ServeRow{Size: size, InferBatch: mb, InferSingle: m1, Serve: ServeResult{Concurrency: k}}
-			var ips, p50, p99, mbatch []float64
+			var ips, p50, p99, mbatch, cpu []float64
 			for _, r := range rs {
+				cpu = append(cpu, r.CPUPerImg)
 				ips = append(ips, r.ImgPerSec)
 				p50 = append(p50, float64(r.P50))
 				p99 = append(p99, float64(r.P99))
@@ -419,6 +449,7 @@ func CompareServe(ctx context.Context, c Config, sc ServeConfig, self string, lo
 			}
 			row.Runs = ips
 			row.Serve.ImgPerSec, row.Serve.P50, row.Serve.P99, row.Serve.MeanBatch = median(ips), time.Duration(median(p50)), time.Duration(median(p99)), median(mbatch)
+			row.Serve.CPUPerImg = median(cpu)
 			rows = append(rows, row)
 		}
 	}
@@ -457,11 +488,16 @@ func runServeLines(ctx context.Context, log io.Writer, name string, args ...stri
 // ratios: throughput against inference at the comparison batch, p99
 // against one image's inference time.
 func WriteServeTable(w io.Writer, c Config, rows []ServeRow) {
-	fmt.Fprintf(w, "| size | concurrency | serve img/s (range) | p50 ms | p99 ms | mean batch | infer img/s, batch %d | serve / infer | infer ms, 1 image (p99) | serve p99 / 1 image |\n|---|---|---|---|---|---|---|---|---|---|\n", c.Batch)
+	fmt.Fprintf(w, "| size | concurrency | serve img/s (range) | p50 ms | p99 ms | mean batch | infer img/s, batch %d | serve / infer | infer ms, 1 image (p99) | serve p99 / 1 image | CPU ms per image: serve, infer batch %d | CPU: infer / serve |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n", c.Batch, c.Batch)
 	for _, r := range rows {
 		one := r.InferSingle.StepSec * 1e3
-		fmt.Fprintf(w, "| %d | %d | %.1f%s | %.2f | %.2f | %.1f | %.1f | %.2fx | %.2f (%.2f) | %.2fx |\n", r.Size, r.Serve.Concurrency, r.Serve.ImgPerSec, spread(" (", r.Runs)+closeParen(r.Runs),
-			ms(r.Serve.P50), ms(r.Serve.P99), r.Serve.MeanBatch, r.InferBatch.ImgPerSec, r.Serve.ImgPerSec/r.InferBatch.ImgPerSec, one, r.InferSingle.P99Sec*1e3, ms(r.Serve.P99)/one)
+		cpuRatio := "-"
+		if r.Serve.CPUPerImg > 0 && r.InferBatch.CPUPerImg > 0 {
+			cpuRatio = fmt.Sprintf("%.2fx", r.InferBatch.CPUPerImg/r.Serve.CPUPerImg)
+		}
+		fmt.Fprintf(w, "| %d | %d | %.1f%s | %.2f | %.2f | %.1f | %.1f | %.2fx | %.2f (%.2f) | %.2fx | %.2f, %.2f | %s |\n", r.Size, r.Serve.Concurrency, r.Serve.ImgPerSec, spread(" (", r.Runs)+closeParen(r.Runs),
+			ms(r.Serve.P50), ms(r.Serve.P99), r.Serve.MeanBatch, r.InferBatch.ImgPerSec, r.Serve.ImgPerSec/r.InferBatch.ImgPerSec, one, r.InferSingle.P99Sec*1e3, ms(r.Serve.P99)/one,
+			r.Serve.CPUPerImg*1e3, r.InferBatch.CPUPerImg*1e3, cpuRatio)
 	}
 }
 
