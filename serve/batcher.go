@@ -102,18 +102,15 @@ func (b *batcher) loop(ctx context.Context) {
 				if b.decoding.Load() == 0 || wait <= 0 {
 					break gather
 				}
+				// (Go ≥ 1.23 timers: Stop and Reset leave no stale tick)
 				timer.Reset(wait)
 				select {
 				case j = <-b.queue:
-					if !timer.Stop() {
-						<-timer.C
-					}
+					timer.Stop()
 				case <-timer.C:
 					continue // look at the queue once more, then stop
 				case <-ctx.Done():
-					if !timer.Stop() {
-						<-timer.C
-					}
+					timer.Stop()
 					break gather
 				}
 			}
