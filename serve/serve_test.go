@@ -9,6 +9,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -376,5 +377,63 @@ func TestOverloadAndTimeout(t *testing.T) {
 	r2 := startServer(t, cfg, testModel(t, 1))
 	if code, h := do(t, "POST", r2.url+"/v1/predict", "image/png", testPNG(t, 20, 20, 1), &e); code != 503 || h.Get("Retry-After") == "" {
 		t.Errorf("timed out: %d %v", code, e)
+	}
+}
+
+// A flood beyond the queue gets 429 with Retry-After for the excess and
+// 200 for the rest, never anything else; no more requests than the bound
+// wait for a batch, and none is left admitted afterwards.
+func TestFloodGets429(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.QueueDepth = 3
+	cfg.MaxDelay = 200 * time.Millisecond
+	r := startServer(t, cfg, testModel(t, 1))
+	r.s.b.decoding.Add(1) // batches wait: requests pile up
+	img := testPNG(t, 20, 20, 1)
+	const n = 12
+	type answer struct {
+		code  int
+		retry string
+	}
+	answers := make(chan answer, n)
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if v := int64(len(r.s.b.queue)); v > peak.Load() {
+				peak.Store(v)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	for range n {
+		go func() {
+			code, h := do(t, "POST", r.url+"/v1/predict", "image/png", img, nil)
+			answers <- answer{code, h.Get("Retry-After")}
+		}()
+	}
+	counts := map[int]int{}
+	for range n {
+		a := <-answers
+		counts[a.code]++
+		if a.code == 429 && a.retry == "" {
+			t.Error("429 without Retry-After")
+		}
+	}
+	close(stop)
+	r.s.b.decoding.Add(-1)
+	if counts[200]+counts[429] != n || counts[200] < 3 || counts[429] < 1 {
+		t.Errorf("answers by code %v, want only 200 and 429, at least 3 and 1", counts)
+	}
+	if p := peak.Load(); p > 3 {
+		t.Errorf("%d requests waiting for a batch at once, bound 3", p)
+	}
+	if v := r.s.admit.Load(); v != 0 {
+		t.Errorf("%d requests still admitted", v)
 	}
 }
