@@ -60,14 +60,15 @@ type ServeResult struct {
 	MeanBatch   float64 // images per batch the net ran
 	Errors      int
 	// CPUPerImg is the CPU time per answered image of the server and the
-	// clients together (both processes), seconds.
-	CPUPerImg float64
+	// clients together (both processes), seconds; ServerCPUPerImg the
+	// server's alone (0 when it runs in the clients' process).
+	CPUPerImg, ServerCPUPerImg float64
 }
 
 // Line formats a result as one parseable line.
 func (r ServeResult) Line(size int) string {
-	return fmt.Sprintf("SERVE size=%d concurrency=%d requests=%d errors=%d img_per_s=%.2f p50_ms=%.3f p99_ms=%.3f mean_batch=%.2f cpu_s_per_img=%.6f",
-		size, r.Concurrency, r.Requests, r.Errors, r.ImgPerSec, ms(r.P50), ms(r.P99), r.MeanBatch, r.CPUPerImg)
+	return fmt.Sprintf("SERVE size=%d concurrency=%d requests=%d errors=%d img_per_s=%.2f p50_ms=%.3f p99_ms=%.3f mean_batch=%.2f cpu_s_per_img=%.6f server_cpu_s_per_img=%.6f",
+		size, r.Concurrency, r.Requests, r.Errors, r.ImgPerSec, ms(r.P50), ms(r.P99), r.MeanBatch, r.CPUPerImg, r.ServerCPUPerImg)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
@@ -98,6 +99,8 @@ func ParseServeLine(line string) (ServeResult, error) {
 			r.MeanBatch = x
 		case "cpu_s_per_img":
 			r.CPUPerImg = x
+		case "server_cpu_s_per_img":
+			r.ServerCPUPerImg = x
 		}
 	}
 	if r.Concurrency < 1 || r.Requests < 1 {
@@ -152,12 +155,14 @@ func ServeSingle(ctx context.Context, c ServeConfig) ([]ServeResult, error) {
 		if err != nil {
 			return nil, err
 		}
-		cpu0 := cpuTime() + serverCPU()
+		own0, srv0 := cpuTime(), serverCPU()
 		r, err := drive(ctx, client, base, photos, conc, c.Duration)
 		if err != nil {
 			return nil, err
 		}
-		r.CPUPerImg = (cpuTime() + serverCPU() - cpu0).Seconds() / float64(r.Requests)
+		own, srv := cpuTime()-own0, serverCPU()-srv0
+		r.CPUPerImg = (own + srv).Seconds() / float64(r.Requests)
+		r.ServerCPUPerImg = srv.Seconds() / float64(r.Requests)
 		after, err := batchCounts(client, base)
 		if err != nil {
 			return nil, err
@@ -437,9 +442,10 @@ func CompareServe(ctx context.Context, c Config, sc ServeConfig, self string, lo
 		for _, k := range sc.Concurrency {
 			rs := byConc[k]
 			row := ServeRow{Size: size, InferBatch: mb, InferSingle: m1, Serve: ServeResult{Concurrency: k}}
-			var ips, p50, p99, mbatch, cpu []float64
+			var ips, p50, p99, mbatch, cpu, scpu []float64
 			for _, r := range rs {
 				cpu = append(cpu, r.CPUPerImg)
+				scpu = append(scpu, r.ServerCPUPerImg)
 				ips = append(ips, r.ImgPerSec)
 				p50 = append(p50, float64(r.P50))
 				p99 = append(p99, float64(r.P99))
@@ -449,7 +455,7 @@ func CompareServe(ctx context.Context, c Config, sc ServeConfig, self string, lo
 			}
 			row.Runs = ips
 			row.Serve.ImgPerSec, row.Serve.P50, row.Serve.P99, row.Serve.MeanBatch = median(ips), time.Duration(median(p50)), time.Duration(median(p99)), median(mbatch)
-			row.Serve.CPUPerImg = median(cpu)
+			row.Serve.CPUPerImg, row.Serve.ServerCPUPerImg = median(cpu), median(scpu)
 			rows = append(rows, row)
 		}
 	}
@@ -488,16 +494,16 @@ func runServeLines(ctx context.Context, log io.Writer, name string, args ...stri
 // ratios: throughput against inference at the comparison batch, p99
 // against one image's inference time.
 func WriteServeTable(w io.Writer, c Config, rows []ServeRow) {
-	fmt.Fprintf(w, "| size | concurrency | serve img/s (range) | p50 ms | p99 ms | mean batch | infer img/s, batch %d | serve / infer | infer ms, 1 image (p99) | serve p99 / 1 image | CPU ms per image: serve, infer batch %d | CPU: infer / serve |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n", c.Batch, c.Batch)
+	fmt.Fprintf(w, "| size | concurrency | serve img/s (range) | p50 ms | p99 ms | mean batch | infer img/s, batch %d | serve / infer | infer ms, 1 image (p99) | serve p99 / 1 image | CPU ms per image: server + clients, server, infer batch %d | CPU: infer / server |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n", c.Batch, c.Batch)
 	for _, r := range rows {
 		one := r.InferSingle.StepSec * 1e3
 		cpuRatio := "-"
-		if r.Serve.CPUPerImg > 0 && r.InferBatch.CPUPerImg > 0 {
-			cpuRatio = fmt.Sprintf("%.2fx", r.InferBatch.CPUPerImg/r.Serve.CPUPerImg)
+		if r.Serve.ServerCPUPerImg > 0 && r.InferBatch.CPUPerImg > 0 {
+			cpuRatio = fmt.Sprintf("%.2fx", r.InferBatch.CPUPerImg/r.Serve.ServerCPUPerImg)
 		}
-		fmt.Fprintf(w, "| %d | %d | %.1f%s | %.2f | %.2f | %.1f | %.1f | %.2fx | %.2f (%.2f) | %.2fx | %.2f, %.2f | %s |\n", r.Size, r.Serve.Concurrency, r.Serve.ImgPerSec, spread(" (", r.Runs)+closeParen(r.Runs),
+		fmt.Fprintf(w, "| %d | %d | %.1f%s | %.2f | %.2f | %.1f | %.1f | %.2fx | %.2f (%.2f) | %.2fx | %.2f, %.2f, %.2f | %s |\n", r.Size, r.Serve.Concurrency, r.Serve.ImgPerSec, spread(" (", r.Runs)+closeParen(r.Runs),
 			ms(r.Serve.P50), ms(r.Serve.P99), r.Serve.MeanBatch, r.InferBatch.ImgPerSec, r.Serve.ImgPerSec/r.InferBatch.ImgPerSec, one, r.InferSingle.P99Sec*1e3, ms(r.Serve.P99)/one,
-			r.Serve.CPUPerImg*1e3, r.InferBatch.CPUPerImg*1e3, cpuRatio)
+			r.Serve.CPUPerImg*1e3, r.Serve.ServerCPUPerImg*1e3, r.InferBatch.CPUPerImg*1e3, cpuRatio)
 	}
 }
 

@@ -32,9 +32,9 @@ func TestServeSingleRoundTrip(t *testing.T) {
 		t.Errorf("one client: mean batch %g, want 1", rs[0].MeanBatch)
 	}
 	var buf bytes.Buffer
-	WriteServeTable(&buf, DefaultConfig(), []ServeRow{{Size: 64, Serve: ServeResult{Concurrency: 32, ImgPerSec: 80, P50: 10 * time.Millisecond, P99: 20 * time.Millisecond, MeanBatch: 16, CPUPerImg: 0.004},
+	WriteServeTable(&buf, DefaultConfig(), []ServeRow{{Size: 64, Serve: ServeResult{Concurrency: 32, ImgPerSec: 80, P50: 10 * time.Millisecond, P99: 20 * time.Millisecond, MeanBatch: 16, CPUPerImg: 0.004, ServerCPUPerImg: 0.0025},
 		Runs: []float64{70, 80, 90}, InferBatch: Measurement{ImgPerSec: 100, CPUPerImg: 0.003}, InferSingle: Measurement{StepSec: 0.005, P99Sec: 0.009}}})
-	for _, want := range []string{"| 64 | 32 | 80.0 (70–90) | 10.00 | 20.00 | 16.0 | 100.0 | 0.80x | 5.00 (9.00) | 4.00x | 4.00, 3.00 | 0.75x |"} {
+	for _, want := range []string{"| 64 | 32 | 80.0 (70–90) | 10.00 | 20.00 | 16.0 | 100.0 | 0.80x | 5.00 (9.00) | 4.00x | 4.00, 2.50, 3.00 | 1.20x |"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("table lacks %q: %s", want, buf.String())
 		}
