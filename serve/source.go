@@ -173,13 +173,14 @@ func (f *follower) check(ctx context.Context) error {
 }
 
 // Run serves on ln the source's model, and follows it, until ctx ends (then
-// as Serve). A model file given alone must load; a run's model may come
-// later (until it does, the server is live but not ready).
+// as Serve). A model file given alone must load (unless the server has a
+// model already); a run's model may come later (until it does, the server
+// is live but not ready).
 func (s *Server) Run(ctx context.Context, ln net.Listener, src Source) error {
 	if err := src.Validate(); err != nil {
 		return err
 	}
-	if src.Etcd == nil {
+	if src.Etcd == nil && s.Model() == nil {
 		m, err := LoadModelFile(src.Path)
 		if err != nil {
 			return err

@@ -82,6 +82,15 @@ TLS (the run's certificates). Ctrl-C finishes the requests in flight.`)
 	if err != nil {
 		return fail(env, err)
 	}
+	if run == "" { // a model file alone must load before the server listens
+		m, err := serve.LoadModelFile(modelPath)
+		if err != nil {
+			return fail(env, err)
+		}
+		if err := s.SetModel(m); err != nil {
+			return fail(env, err)
+		}
+	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fail(env, err)
