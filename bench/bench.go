@@ -52,11 +52,11 @@ func DefaultConfig() Config {
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
-	if len(c.Sizes) == 0 || c.Batch < 2 || c.Classes < 1 || c.Iters < 1 || c.Warmup < 0 || c.Pairs < 1 || c.Threads < 1 {
-		return errors.New("bench: sizes, batch ≥ 2, classes, iters, pairs and threads must be set")
+	if len(c.Sizes) == 0 || c.Batch < 1 || (c.Batch < 2 && c.Mode == "train") || c.Classes < 1 || c.Iters < 1 || c.Warmup < 0 || c.Pairs < 1 || c.Threads < 1 {
+		return errors.New("bench: sizes, batch (≥ 2 to train), classes, iters, pairs and threads must be set")
 	}
-	if c.Mode != "train" && c.Mode != "infer" {
-		return fmt.Errorf("bench: mode %q: want train or infer", c.Mode)
+	if c.Mode != "train" && c.Mode != "infer" && c.Mode != "serve" {
+		return fmt.Errorf("bench: mode %q: want train, infer or serve", c.Mode)
 	}
 	return nil
 }
@@ -67,6 +67,12 @@ type Measurement struct {
 	Layout    string
 	ImgPerSec float64
 	StepSec   float64
+	P99Sec    float64 // 99th percentile step (tailor's lines only; 0 if not given)
+	// CPUPerImg is the process's CPU time (user + system, every thread)
+	// per image over the timed steps, seconds (tailor's lines only): on a
+	// shared machine it says what the work costs, whatever share of the
+	// cores the process got.
+	CPUPerImg float64
 	PeakRSSMB float64
 }
 
@@ -118,6 +124,7 @@ func Single(size int, c Config) (Measurement, error) {
 		}
 	}
 	times := make([]float64, c.Iters)
+	cpu0 := cpuTime()
 	for i := range times {
 		t0 := time.Now()
 		if err := step(c.Warmup + i); err != nil {
@@ -125,14 +132,25 @@ func Single(size int, c Config) (Measurement, error) {
 		}
 		times[i] = time.Since(t0).Seconds()
 	}
+	cpu := (cpuTime() - cpu0).Seconds() / float64(c.Iters*c.Batch)
 	med := median(times)
-	return Measurement{Framework: "tailor", Layout: "nchw", ImgPerSec: float64(c.Batch) / med, StepSec: med, PeakRSSMB: peakRSSMB()}, nil
+	sorted := append([]float64(nil), times...)
+	sort.Float64s(sorted)
+	p99 := sorted[min(len(sorted)-1, len(sorted)*99/100)]
+	return Measurement{Framework: "tailor", Layout: "nchw", ImgPerSec: float64(c.Batch) / med, StepSec: med, P99Sec: p99, CPUPerImg: cpu, PeakRSSMB: peakRSSMB()}, nil
 }
 
 // Line formats a measurement like the baseline's output line.
 func (m Measurement) Line(mode string, size, batch, threads int) string {
-	return fmt.Sprintf("BASELINE framework=%s mode=%s size=%d batch=%d threads=%d layout=%s img_per_s=%.2f median_step_s=%.4f peak_rss_mb=%.0f",
+	line := fmt.Sprintf("BASELINE framework=%s mode=%s size=%d batch=%d threads=%d layout=%s img_per_s=%.2f median_step_s=%.4f peak_rss_mb=%.0f",
 		m.Framework, mode, size, batch, threads, m.Layout, m.ImgPerSec, m.StepSec, m.PeakRSSMB)
+	if m.P99Sec > 0 {
+		line += fmt.Sprintf(" p99_step_s=%.6f", m.P99Sec)
+	}
+	if m.CPUPerImg > 0 {
+		line += fmt.Sprintf(" cpu_s_per_img=%.6f", m.CPUPerImg)
+	}
+	return line
 }
 
 func peakRSSMB() float64 {
@@ -218,20 +236,21 @@ func Compare(ctx context.Context, c Config, self string, log io.Writer) ([]Row, 
 }
 
 func summarise(ms []Measurement) (Measurement, []float64) {
-	var ips, step, rss []float64
+	var ips, step, p99, cpu, rss []float64
 	for _, m := range ms {
 		ips = append(ips, m.ImgPerSec)
 		step = append(step, m.StepSec)
+		p99 = append(p99, m.P99Sec)
+		cpu = append(cpu, m.CPUPerImg)
 		rss = append(rss, m.PeakRSSMB)
 	}
 	out := ms[0]
-	out.ImgPerSec, out.StepSec, out.PeakRSSMB = median(ips), median(step), median(rss)
+	out.ImgPerSec, out.StepSec, out.P99Sec, out.CPUPerImg, out.PeakRSSMB = median(ips), median(step), median(p99), median(cpu), median(rss)
 	return out, ips
 }
 
 func runLine(ctx context.Context, log io.Writer, name string, args ...string) (Measurement, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), "OMP_WAIT_POLICY=PASSIVE")
+	cmd := execCommand(ctx, name, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -252,6 +271,14 @@ func runLine(ctx context.Context, log io.Writer, name string, args ...string) (M
 	return Measurement{}, fmt.Errorf("%s printed no BASELINE line: %s", name, out)
 }
 
+// execCommand is a measuring child process (OpenMP threads that sleep when
+// idle, as PyTorch's baseline wants).
+func execCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), "OMP_WAIT_POLICY=PASSIVE")
+	return cmd
+}
+
 // ParseLine reads a "BASELINE k=v ..." line.
 func ParseLine(line string) (Measurement, error) {
 	var m Measurement
@@ -270,6 +297,10 @@ func ParseLine(line string) (Measurement, error) {
 			m.ImgPerSec, err = strconv.ParseFloat(v, 64)
 		case "median_step_s":
 			m.StepSec, err = strconv.ParseFloat(v, 64)
+		case "p99_step_s":
+			m.P99Sec, err = strconv.ParseFloat(v, 64)
+		case "cpu_s_per_img":
+			m.CPUPerImg, err = strconv.ParseFloat(v, 64)
 		case "peak_rss_mb":
 			m.PeakRSSMB, err = strconv.ParseFloat(v, 64)
 		}

@@ -35,7 +35,7 @@ func TestSingleRoundTrip(t *testing.T) {
 			t.Fatalf("%s: measurement %+v", mode, m)
 		}
 		back, err := ParseLine(m.Line(mode, 32, c.Batch, c.Threads))
-		if err != nil || back.Framework != "tailor" {
+		if err != nil || back.Framework != "tailor" || back.P99Sec <= 0 {
 			t.Fatalf("%s: line does not parse back: %v %+v", mode, err, back)
 		}
 	}

@@ -27,7 +27,12 @@ size, in both of its layouts, and the ratio is against the faster one's median.`
 	sizes := fs.String("sizes", "32,64,96", "image sizes, comma-separated")
 	fs.IntVar(&c.Batch, "batch", c.Batch, "batch size")
 	fs.IntVar(&c.Classes, "classes", c.Classes, "labels")
-	fs.StringVar(&c.Mode, "mode", c.Mode, "train, infer, or exchange (push + pull of the whole model to --servers parameter servers on loopback)")
+	fs.StringVar(&c.Mode, "mode", c.Mode, "train, infer, exchange (push + pull of the whole model to --servers parameter servers on loopback), or serve (tailor serve on loopback at --concurrency, beside inference at --batch and at 1)")
+	sc := bench.DefaultServe()
+	concurrency := fs.String("concurrency", "1,8,32", "serve: concurrent clients, comma-separated")
+	fs.DurationVar(&sc.Duration, "duration", sc.Duration, "serve: measured time per concurrency")
+	fs.IntVar(&sc.MaxBatch, "max-batch", sc.MaxBatch, "serve: the server's largest batch")
+	fs.DurationVar(&sc.MaxDelay, "max-delay", sc.MaxDelay, "serve: the server's longest wait for a batch")
 	servers := fs.Int("servers", 1, "exchange: parameter servers")
 	compression := fs.String("compression", "none", "exchange: push encoding (none, fp16, topk)")
 	fs.IntVar(&c.Iters, "iters", c.Iters, "timed steps per measurement")
@@ -50,6 +55,18 @@ size, in both of its layouts, and the ratio is against the faster one's median.`
 	}
 	if c.Mode == "exchange" {
 		return benchExchange(ctx, env, c, *servers, *compression)
+	}
+	if c.Mode == "serve" {
+		sc.Concurrency = nil
+		for _, s := range strings.Split(*concurrency, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil || n < 1 {
+				return fail(env, fmt.Errorf("bad concurrency %q", s))
+			}
+			sc.Concurrency = append(sc.Concurrency, n)
+		}
+		sc.Classes, sc.Threads = c.Classes, c.Threads
+		return benchServe(ctx, env, c, sc, *single)
 	}
 	if *single {
 		if len(c.Sizes) != 1 {
@@ -93,5 +110,41 @@ func benchExchange(ctx context.Context, env *Env, c bench.Config, servers int, c
 		rs = append(rs, r)
 	}
 	bench.WriteExchange(env.Stdout, rs)
+	return 0
+}
+
+// benchServe measures tailor serve on loopback beside inference (or, with
+// single, only the server, in this process).
+func benchServe(ctx context.Context, env *Env, c bench.Config, sc bench.ServeConfig, single bool) int {
+	if single {
+		if len(c.Sizes) != 1 {
+			return fail(env, fmt.Errorf("--single takes one size"))
+		}
+		sc.Size = c.Sizes[0]
+		self, err := os.Executable()
+		if err != nil {
+			return fail(env, err)
+		}
+		sc.Server = self // the server in a process of its own, as clients meet it
+		rs, err := bench.ServeSingle(ctx, sc)
+		if err != nil {
+			return fail(env, err)
+		}
+		for _, r := range rs {
+			fmt.Fprintln(env.Stdout, r.Line(sc.Size))
+		}
+		return 0
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fail(env, err)
+	}
+	fmt.Fprintf(env.Stdout, "tailor bench: blas=%s core=%s mode=serve batch=%d threads=%d pairs=%d duration=%s max_batch=%d max_delay=%s\n",
+		model.BLAS, model.BLASCore(), c.Batch, c.Threads, c.Pairs, sc.Duration, sc.MaxBatch, sc.MaxDelay)
+	rows, err := bench.CompareServe(ctx, c, sc, self, env.Stdout)
+	if err != nil {
+		return fail(env, err)
+	}
+	bench.WriteServeTable(env.Stdout, c, rows)
 	return 0
 }
