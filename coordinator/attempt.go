@@ -299,9 +299,8 @@ func (l *leader) endEpoch(ctx context.Context, a *attempt, tensors [][]float32, 
 	}
 	v := l.board.view()
 	secs := time.Since(v.stats.t0).Seconds()
-	adam := l.spec.For(l.spec.Epochs)
 	ep := eval.Epoch{Epoch: epoch + 1, TrainLoss: v.stats.lossSum / math.Max(float64(v.stats.lossN), 1),
-		LR: adam.LR / (1 + adam.Decay*float64(v.stats.step0)), Seconds: secs, ImgPerSec: float64(v.stats.images) / secs}
+		LR: l.spec.AdamConfig().LRAt(v.stats.step0), Seconds: secs, ImgPerSec: float64(v.stats.images) / secs}
 	improved, err := l.eval.endEpoch(ctx, ep, len(l.mem.Members(cluster.RoleWorker)))
 	if err != nil {
 		return err

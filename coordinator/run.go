@@ -160,7 +160,7 @@ func (c *candidate) runDone(ctx context.Context) bool {
 // end and resigns), or until the term is lost (errLostLeadership, with the
 // listener open again for the next term).
 func (c *candidate) lead(ctx context.Context, term *cluster.Term) error {
-	c.log.Info("leading the run", "run", c.cfg.Run)
+	c.log.Info("leading the run", "run", c.cfg.Run, "lr", c.sess.Spec.LRSummary())
 	// each term has its own metrics registry (its gauges start afresh)
 	reg := prometheus.NewRegistry()
 	c.sess.ServeMetrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

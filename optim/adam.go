@@ -55,6 +55,26 @@ type AdamConfig struct {
 	// the gradient step has, and it never touches the moments. LR·
 	// WeightDecay must be below 1. 0: off.
 	WeightDecay float64 `json:"weight_decay,omitempty"`
+	// Warmup is the number of updates over which the learning rate ramps
+	// linearly from WarmupStart·LR up to LR (Goyal et al. 2017's gradual
+	// warm-up, for a learning rate scaled up with the batch): update t
+	// uses (WarmupStart + (1−WarmupStart)·t/Warmup)·LR, before decay.
+	// 0: none.
+	Warmup int `json:"warmup,omitempty"`
+	// WarmupStart is the fraction of LR the first update uses, in (0, 1]
+	// (with Warmup > 0).
+	WarmupStart float64 `json:"warmup_start,omitempty"`
+}
+
+// LRAt is the learning rate of update t (counted from 0): LR after the
+// warm-up's ramp and Keras 2's time-based decay, LR/(1+Decay·t), before
+// Adam's bias correction.
+func (c AdamConfig) LRAt(t int64) float64 {
+	lr := c.LR / (1 + c.Decay*float64(t))
+	if c.Warmup > 0 && t < int64(c.Warmup) {
+		lr *= c.WarmupStart + (1-c.WarmupStart)*float64(t)/float64(c.Warmup)
+	}
+	return lr
 }
 
 // DefaultAdam is the tutorial's setting for a run of epochs epochs.
@@ -68,7 +88,9 @@ func DefaultAdam(epochs int) AdamConfig {
 
 // AddFlags binds the hyperparameters to flags of fs, with c's values as
 // the defaults. All but Decay, which a run derives from its length
-// (Settings) or a standalone parameter server from --decay-epochs.
+// (Settings) or a standalone parameter server from --decay-epochs, and the
+// warm-up, which a cluster run derives from its learning-rate scaling
+// (job.Spec.AdamConfig).
 func (c *AdamConfig) AddFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.LR, "lr", c.LR, "Adam learning rate")
 	fs.Float64Var(&c.Beta1, "beta1", c.Beta1, "Adam's decay rate of the gradient's moving average (β1)")
@@ -137,6 +159,11 @@ func (c AdamConfig) Validate() error {
 	} else if c.LR*c.WeightDecay >= 1 {
 		errs = append(errs, fmt.Errorf("weight decay %g with learning rate %g: want lr·wd below 1", c.WeightDecay, c.LR))
 	}
+	if c.Warmup < 0 {
+		errs = append(errs, fmt.Errorf("warm-up %d updates: want ≥ 0", c.Warmup))
+	} else if c.Warmup > 0 && !(c.WarmupStart > 0 && c.WarmupStart <= 1) {
+		errs = append(errs, fmt.Errorf("warm-up start %g: want (0, 1]", c.WarmupStart))
+	}
 	return errors.Join(errs...)
 }
 
@@ -198,7 +225,7 @@ func (a *Adam) Step() int64 { return a.step }
 
 // LR is the learning rate of the next update (after decay, before bias
 // correction).
-func (a *Adam) LR() float64 { return a.cfg.LR / (1 + a.cfg.Decay*float64(a.step)) }
+func (a *Adam) LR() float64 { return a.cfg.LRAt(a.step) }
 
 // Update applies one step: params[i] -= lr_t · m̂/(√v̂ + ε), with on kernels
 // the L2 term in the gradient and the decoupled weight decay (see

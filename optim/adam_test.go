@@ -205,6 +205,11 @@ func TestAdamFlags(t *testing.T) {
 			if fl == nil || fl.DefValue != "true" {
 				t.Errorf("--decay: got %+v, want the DecayAuto switch, default true", fl)
 			}
+		case key == "warmup" || key == "warmup_start":
+			// derived by a cluster run from its learning-rate scaling
+			if fl != nil {
+				t.Errorf("--%s: a flag of its own, want none (job.Spec's --warmup-steps sets it)", name)
+			}
 		case fl == nil:
 			t.Errorf("AdamConfig.%s (json %q) has no flag --%s", rt.Field(i).Name, key, name)
 		default:
@@ -418,5 +423,55 @@ func TestAdamRegularisationErrors(t *testing.T) {
 	cfg.L2 = 1e-4
 	if _, err := NewAdam(cfg, []int{3}); err == nil {
 		t.Error("NewAdam with l2 (no tensor a kernel) accepted")
+	}
+}
+
+// The warm-up ramps the rate linearly from WarmupStart·LR to LR over
+// Warmup updates, on top of the time-based decay, and each update uses the
+// rate LRAt gives for its index: an update's step on a parameter whose
+// gradient has a constant sign is lr_t (Adam's m̂/√v̂ is then 1, up to ε).
+func TestAdamWarmup(t *testing.T) {
+	cfg := AdamConfig{LR: 0.01, Beta1: 0.9, Beta2: 0.999, Epsilon: 1e-12, Decay: 0.01, Warmup: 4, WarmupStart: 0.25}
+	for _, tc := range []struct {
+		t    int64
+		want float64
+	}{
+		{0, 0.01 * 0.25},
+		{1, 0.01 / 1.01 * (0.25 + 0.75*1/4)},
+		{2, 0.01 / 1.02 * (0.25 + 0.75*2/4)},
+		{4, 0.01 / 1.04},
+		{100, 0.01 / 2},
+	} {
+		if got := cfg.LRAt(tc.t); math.Abs(got-tc.want) > 1e-15 {
+			t.Errorf("LRAt(%d) = %g, want %g", tc.t, got, tc.want)
+		}
+	}
+	a, err := NewAdam(cfg, []int{1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := []float32{0}
+	prev := 0.0
+	for step := int64(0); step < 6; step++ {
+		if a.LR() != cfg.LRAt(step) {
+			t.Fatalf("update %d: LR() %g, want %g", step, a.LR(), cfg.LRAt(step))
+		}
+		if err := a.Update([][]float32{p}, [][]float32{{1}}); err != nil {
+			t.Fatal(err)
+		}
+		moved := prev - float64(p[0])
+		prev = float64(p[0])
+		if math.Abs(moved-cfg.LRAt(step))/cfg.LRAt(step) > 1e-4 {
+			t.Errorf("update %d moved the weight by %g, want lr %g", step, moved, cfg.LRAt(step))
+		}
+	}
+	for _, bad := range []AdamConfig{
+		{LR: 1, Beta1: 0.9, Beta2: 0.9, Epsilon: 1e-7, Warmup: -1},
+		{LR: 1, Beta1: 0.9, Beta2: 0.9, Epsilon: 1e-7, Warmup: 3},
+		{LR: 1, Beta1: 0.9, Beta2: 0.9, Epsilon: 1e-7, Warmup: 3, WarmupStart: 1.5},
+	} {
+		if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "warm-up") {
+			t.Errorf("%+v: %v, want a warm-up error", bad, err)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -75,6 +76,15 @@ type Spec struct {
 	// Settings is the optimizer (the keys "adam" and "decay_auto"); the
 	// parameter servers apply AdamConfig().
 	optim.Settings
+	// LRScale is how a sync run's learning rate follows its global batch,
+	// Batch × Workers, from the rate given for one process at Batch:
+	// LRScaleSqrt multiplies it by √Workers, LRScaleLinear by Workers
+	// (Goyal et al. 2017), LRScaleNone (or empty: a spec written before
+	// the field) leaves it. See LRFactor and AdamConfig.
+	LRScale string `json:"lr_scale,omitempty"`
+	// WarmupSteps is the number of sync steps over which a scaled learning
+	// rate ramps linearly up from the unscaled one (0: none).
+	WarmupSteps int `json:"warmup_steps,omitempty"`
 	BNEstimate bool `json:"bn_estimate"`
 	// SyncBN synchronises BatchNorm across the workers of a sync step
 	// (every layer normalises with the statistics of the whole global
@@ -180,6 +190,7 @@ func DefaultSpec(run, data string) Spec {
 		Augment: input.DefaultAugment(), Settings: optim.DefaultSettings(),
 		BNEstimate: true, BNBatches: 50, BestBy: "loss", Out: "out/" + run,
 		CheckpointEvery: 500, KeepCheckpoints: 3, SyncBN: true, Overlap: true,
+		LRScale: DefaultLRScale,
 	}
 }
 
@@ -209,9 +220,77 @@ func (s Spec) WireCompression() wire.Compression {
 	return c
 }
 
+// The learning-rate scaling rules (Spec.LRScale).
+const (
+	LRScaleNone   = "none"
+	LRScaleSqrt   = "sqrt"
+	LRScaleLinear = "linear"
+)
+
+// DefaultLRScale is LRScale's default for new runs: see BENCHMARKS.md,
+// "Learning rate for N workers", for the measurement that chose it.
+const DefaultLRScale = LRScaleSqrt
+
+// LRFactor is what the run multiplies the given learning rate by: √Workers
+// or Workers in a sync run of a fixed worker set (Workers > 1) as LRScale
+// says, 1 otherwise (async and SSP apply every worker's batch as an update
+// of its own; a run that starts with whoever is there has no global batch
+// to scale for).
+func (s Spec) LRFactor() float64 {
+	if s.Mode != ModeSync || s.Workers <= 1 {
+		return 1
+	}
+	switch s.LRScale {
+	case LRScaleSqrt:
+		return math.Sqrt(float64(s.Workers))
+	case LRScaleLinear:
+		return float64(s.Workers)
+	}
+	return 1
+}
+
 // AdamConfig is the optimizer with the decay resolved: what every
-// parameter server of the run applies.
-func (s Spec) AdamConfig() optim.AdamConfig { return s.For(s.Epochs) }
+// parameter server of the run applies. With a learning-rate factor k ≠ 1
+// (LRFactor), the rate is k times the given one, ramped up from the given
+// one over WarmupSteps, and the time-based decay per step is Workers times
+// one process's: a sync step consumes Workers batches, so at every epoch
+// the decay has divided the rate by what it has in one process at Batch.
+func (s Spec) AdamConfig() optim.AdamConfig {
+	a := s.For(s.Epochs)
+	if k := s.LRFactor(); k != 1 {
+		a.LR *= k
+		a.Decay *= float64(s.Workers)
+		if s.WarmupSteps > 0 {
+			a.Warmup, a.WarmupStart = s.WarmupSteps, 1/k
+		}
+	}
+	return a
+}
+
+// LRSummary says in words which learning rate the run uses and why, for
+// the logs and the terminal at its start.
+func (s Spec) LRSummary() string {
+	a := s.AdamConfig()
+	k := s.LRFactor()
+	if k == 1 {
+		why := "--lr-scale " + s.LRScale
+		switch {
+		case s.Mode != ModeSync:
+			why = s.Mode.String() + " mode: every batch is an update"
+		case s.Workers <= 1:
+			why = "one worker, or no fixed worker count"
+		case s.LRScale == "":
+			why = "--lr-scale none"
+		}
+		return fmt.Sprintf("learning rate %g (%s)", a.LR, why)
+	}
+	out := fmt.Sprintf("learning rate %g: --lr %g × %.3g for the global batch %d × %d (--lr-scale %s)",
+		a.LR, s.Adam.LR, k, s.Workers, s.Batch, s.LRScale)
+	if a.Warmup > 0 {
+		out += fmt.Sprintf(", ramped up from %g over %d steps", s.Adam.LR, a.Warmup)
+	}
+	return out
+}
 
 // Validate checks the spec.
 func (s Spec) Validate() error {
@@ -268,6 +347,14 @@ func (s Spec) Validate() error {
 	}
 	if err := s.PosWeight.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	switch s.LRScale {
+	case "", LRScaleNone, LRScaleSqrt, LRScaleLinear:
+	default:
+		errs = append(errs, fmt.Errorf("lr scale %q: want none, sqrt or linear", s.LRScale))
+	}
+	if s.WarmupSteps < 0 {
+		errs = append(errs, fmt.Errorf("warm-up %d steps: want ≥ 0", s.WarmupSteps))
 	}
 	if err := s.AdamConfig().Validate(); err != nil {
 		errs = append(errs, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net"
@@ -299,5 +300,79 @@ func TestModeFlag(t *testing.T) {
 	}
 	if err := m.Set("bulk"); err == nil || m != ModeSSP {
 		t.Errorf("Set(bulk): %v, mode %q: want an error and the mode unchanged", err, m)
+	}
+}
+
+// A sync run of a fixed worker set scales the learning rate for its global
+// batch as LRScale says (with the decay per epoch and the warm-up); other
+// runs keep the given rate, and a spec written before the field (no
+// lr_scale) keeps it too.
+func TestSpecLRScale(t *testing.T) {
+	base := DefaultSpec("r", "/data")
+	base.Epochs, base.Batch = 10, 32
+	for _, tc := range []struct {
+		name          string
+		mode          Mode
+		workers       int
+		scale         string
+		warmup        int
+		wantK         float64
+		wantWarmupLen int
+	}{
+		{"sqrt, 4 workers", ModeSync, 4, LRScaleSqrt, 0, 2, 0},
+		{"linear, 3 workers, warm-up", ModeSync, 3, LRScaleLinear, 50, 3, 50},
+		{"none", ModeSync, 3, LRScaleNone, 50, 1, 0},
+		{"spec without the field", ModeSync, 3, "", 0, 1, 0},
+		{"one worker", ModeSync, 1, LRScaleSqrt, 0, 1, 0},
+		{"no fixed worker set", ModeSync, 0, LRScaleSqrt, 0, 1, 0},
+		{"async", ModeAsync, 3, LRScaleSqrt, 0, 1, 0},
+		{"ssp", ModeSSP, 3, LRScaleLinear, 0, 1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := base
+			s.Mode, s.Workers, s.LRScale, s.WarmupSteps = tc.mode, tc.workers, tc.scale, tc.warmup
+			if err := s.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			if k := s.LRFactor(); math.Abs(k-tc.wantK) > 1e-12 {
+				t.Fatalf("LRFactor %g, want %g", k, tc.wantK)
+			}
+			a, one := s.AdamConfig(), s.For(s.Epochs)
+			if math.Abs(a.LR-tc.wantK*one.LR) > 1e-15 || a.Warmup != tc.wantWarmupLen {
+				t.Fatalf("AdamConfig %+v, want lr %g × %g, warm-up %d", a, tc.wantK, one.LR, tc.wantWarmupLen)
+			}
+			if tc.wantK == 1 {
+				if a != one {
+					t.Fatalf("AdamConfig %+v, want the unscaled %+v", a, one)
+				}
+				return
+			}
+			// after e epochs (S one-process steps each, S/workers sync steps)
+			// the decay has divided the rate as in one process
+			const S = 120
+			for _, e := range []int64{1, 5, 10} {
+				got := a.LRAt(e*S/int64(tc.workers)) / tc.wantK
+				want := one.LRAt(e * S)
+				if e*S/int64(tc.workers) < int64(a.Warmup) {
+					continue
+				}
+				if math.Abs(got-want) > 1e-12 {
+					t.Errorf("epoch %d: rate/k %g, one process's %g", e, got, want)
+				}
+			}
+			if a.Warmup > 0 {
+				if got := a.LRAt(0); math.Abs(got-one.LR) > 1e-15 {
+					t.Errorf("first warm-up step: rate %g, want the unscaled %g", got, one.LR)
+				}
+			}
+			if !strings.Contains(s.LRSummary(), fmt.Sprintf("%g", a.LR)) {
+				t.Errorf("LRSummary %q does not say the rate %g", s.LRSummary(), a.LR)
+			}
+		})
+	}
+	bad := base
+	bad.LRScale = "quadratic"
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "lr scale") {
+		t.Errorf("lr scale quadratic: %v, want an error", err)
 	}
 }

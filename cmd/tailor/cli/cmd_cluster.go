@@ -198,6 +198,8 @@ func addSpecFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.StringVar(&s.Shuffle, "shuffle", s.Shuffle, "how records are dealt: global (one permutation of the split, as one process; workers cache the split) or units (shard ranges of --unit-size records)")
 	fs.IntVar(&s.UnitSize, "unit-size", s.UnitSize, "records per work unit (--shuffle units)")
 	s.Settings.AddFlags(fs)
+	fs.StringVar(&s.LRScale, "lr-scale", s.LRScale, "sync, a fixed worker set: multiply --lr by √workers (sqrt), by workers (linear) or not (none), for the global batch of batch × workers")
+	fs.IntVar(&s.WarmupSteps, "warmup-steps", s.WarmupSteps, "sync steps over which a scaled learning rate ramps up from --lr (0: none)")
 	fs.StringVar(&s.Compression, "compression", s.Compression, "how workers encode pushed gradients: none, fp16, or topk (the largest --topk of every chunk; the rest carried into the next step)")
 	fs.BoolVar(&s.Overlap, "overlap", s.Overlap, "workers push each gradient tensor as soon as backprop has it, overlapping communication with compute")
 	fs.Float64Var(&s.TopK, "topk", s.TopK, "--compression topk: fraction of the gradient's floats sent per step (0: 0.2)")
@@ -244,6 +246,6 @@ different spec for an existing run is an error.`)
 	if err := job.Submit(sctx, cli, s); err != nil {
 		return fail(env, err)
 	}
-	fmt.Fprintf(env.Stdout, "submitted run %s\n", s.Run)
+	fmt.Fprintf(env.Stdout, "submitted run %s: %s\n", s.Run, s.LRSummary())
 	return 0
 }
