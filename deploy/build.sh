@@ -41,8 +41,17 @@ CGO_ENABLED=0 go build -tags deploy -ldflags '-s -w' -o "$ctx/bin/etcd" ./deploy
 
 # versitygw's main cannot be built inside this module (its dependencies are
 # not all in go.sum); go install builds it in module mode at its own version
+# (the module proxy and its checksum database are on the network: a failed
+# lookup is tried again, three times in all)
 step "versitygw v1.8.0"
-GOBIN="$PWD/$ctx/bin" CGO_ENABLED=0 go install -ldflags '-s -w' github.com/versity/versitygw/cmd/versitygw@v1.8.0
+for try in 1 2 3; do
+  if GOBIN="$PWD/$ctx/bin" CGO_ENABLED=0 go install -ldflags '-s -w' github.com/versity/versitygw/cmd/versitygw@v1.8.0; then
+    break
+  fi
+  [ "$try" = 3 ] && exit 1
+  step "versitygw: go install failed (try $try of 3); again in $((try * 10)) s"
+  sleep $((try * 10))
+done
 
 cp fashion/testdata/*.gz fashion/testdata/LICENSE-fashion-mnist.txt "$ctx/fashion-mnist/"
 printf 'hosts: files dns\n' >"$ctx/etc/nsswitch.conf"
