@@ -77,6 +77,13 @@ func (b *batcher) wait() { b.wg.Wait() }
 
 func (b *batcher) loop(ctx context.Context) {
 	var carry *job // the first job of the next batch (prepared for another model)
+	// expect is how many images the previous batch found in flight: its
+	// own, those queued behind it and those being decoded when it closed.
+	// Clients that send their next request when answered (most do) come
+	// back, so a batch waits (at most maxDelay) until it has that many;
+	// without it, 32 such clients settle into two alternating halves of
+	// 16, one decoded while the other runs. One client alone: 1, no wait.
+	expect := 0
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
@@ -99,7 +106,7 @@ func (b *batcher) loop(ctx context.Context) {
 			case j = <-b.queue:
 			default:
 				wait := time.Until(deadline)
-				if b.decoding.Load() == 0 || wait <= 0 {
+				if (b.decoding.Load() == 0 && n >= expect) || wait <= 0 {
 					break gather
 				}
 				// (Go ≥ 1.23 timers: Stop and Reset leave no stale tick)
@@ -121,6 +128,7 @@ func (b *batcher) loop(ctx context.Context) {
 			batch = append(batch, j)
 			n += j.n
 		}
+		expect = min(b.maxBatch, n+int(b.decoding.Load())+len(b.queue))
 		b.runBatch(batch)
 	}
 }

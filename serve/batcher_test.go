@@ -160,3 +160,73 @@ func TestBatcherSkipsAndStops(t *testing.T) {
 		t.Errorf("after stop: %v, want errStopped", r.err)
 	}
 }
+
+// Clients that send again when answered come back: a batch waits (up to
+// the delay) for as many images as the previous batch found in flight, so
+// a steady load stays in full batches instead of alternating halves; once
+// the load is gone, a lone request waits the delay once, then runs at once.
+func TestBatcherExpectsReturningClients(t *testing.T) {
+	m := testModel(t, 1)
+	if err := m.prepare(8); err != nil {
+		t.Fatal(err)
+	}
+	sizes := make(chan int, 16)
+	const delay = 300 * time.Millisecond
+	bt := newBatcher(8, delay, 16, func(n int, _ time.Duration) { sizes <- n })
+	ctx, stop := context.WithCancel(context.Background())
+	defer func() { stop(); bt.wait() }()
+	one := func() *job {
+		return &job{ctx: ctx, model: m, x: make([]float32, m.inputLen()), n: 1, done: make(chan result, 1)}
+	}
+	first := make([]*job, 8)
+	for i := range first {
+		first[i] = one()
+		bt.queue <- first[i]
+	}
+	bt.start(ctx)
+	for _, j := range first {
+		if r := <-j.done; r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	if n := <-sizes; n != 8 {
+		t.Fatalf("first batch of %d, want 8", n)
+	}
+	// half come back at once, half 50 ms later: one batch of 8
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i >= 4 {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if _, err := bt.submit(ctx, one()); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := <-sizes; n != 8 {
+		t.Errorf("second batch of %d, want the 8 returning requests together", n)
+	}
+	// the load is gone: the first lone request waits for the 8 that do not come
+	t0 := time.Now()
+	if _, err := bt.submit(ctx, one()); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d < delay {
+		t.Errorf("first lone request after a batch of 8 answered in %s, want the delay %s", d, delay)
+	}
+	if n := <-sizes; n != 1 {
+		t.Errorf("lone batch of %d", n)
+	}
+	t0 = time.Now()
+	if _, err := bt.submit(ctx, one()); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d >= delay {
+		t.Errorf("second lone request took %s, want no wait", d)
+	}
+	<-sizes
+}

@@ -114,8 +114,20 @@ func decodeImage(data []byte, lim imageLimits) (pix []byte, reason string, err e
 	if to != dst.Bounds() {
 		draw.Draw(dst, dst.Bounds(), image.NewUniform(Background), image.Point{}, draw.Src)
 	}
-	lim.interp.Scale(dst, to, img, from, draw.Src, nil)
+	scale(lim.interp, dst, to, img, from)
 	return orientSquare(dst.Pix, lim.size, exifOrientation(format, data)), "", nil
+}
+
+// scale draws the part from of src into the part to of dst. At one to one
+// (an image already at the model's size) it copies: the same bytes as the
+// kernel's resampling at scale 1 (TestScaleOneToOneCopies), without its
+// passes, which tailor serve would pay on every request.
+func scale(interp draw.Interpolator, dst *image.RGBA, to image.Rectangle, src image.Image, from image.Rectangle) {
+	if from.Size() == to.Size() {
+		draw.Draw(dst, to, src, from.Min, draw.Src)
+		return
+	}
+	interp.Scale(dst, to, src, from, draw.Src, nil)
 }
 
 // resizeRects returns the part of the source (bounds b) that is scaled and
