@@ -131,18 +131,19 @@ func (c chart) Points() int {
 	return n
 }
 
+// tickLabel writes an axis value with the digits that tell the ticks of
+// an axis spanning span apart.
 func tickLabel(v, span float64) string {
-	switch {
-	case span == 0:
+	if span <= 0 || math.IsNaN(span) {
 		return strconv.FormatFloat(v, 'g', 3, 64)
-	case span < 1e-3 || math.Abs(v) >= 1e4:
-		return strconv.FormatFloat(v, 'e', 1, 64)
-	case span < 0.1:
-		return strconv.FormatFloat(v, 'f', 3, 64)
-	case span < 10:
-		return strconv.FormatFloat(v, 'f', 2, 64)
 	}
-	return strconv.FormatFloat(v, 'f', 0, 64)
+	mag := math.Abs(v)
+	if mag != 0 && (mag >= 1e5 || mag < 1e-2) {
+		digits := int(math.Ceil(math.Log10(mag/span))) + 1
+		return strconv.FormatFloat(v, 'e', min(max(digits, 1), 6), 64)
+	}
+	decimals := int(math.Ceil(-math.Log10(span))) + 1
+	return strconv.FormatFloat(v, 'f', min(max(decimals, 0), 6), 64)
 }
 
 // comparison is two runs' curves side by side.
