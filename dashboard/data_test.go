@@ -51,7 +51,7 @@ func TestMembersTable(t *testing.T) {
 			[]coordinator.Event{ev(1, -1, coordinator.EventLeft, "w0", "")},
 			[]row{{"w0", "left", ""}}},
 		{"an old death is not shown", []runstatus.Member{worker("w0")},
-			[]coordinator.Event{ev(1, -int(LostShown/time.Second) - 1, coordinator.EventLost, "w1", coordinator.ByLease)},
+			[]coordinator.Event{ev(1, -int(LostShown/time.Second)-1, coordinator.EventLost, "w1", coordinator.ByLease)},
 			[]row{{"w0", "live", ""}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
