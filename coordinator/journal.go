@@ -399,18 +399,10 @@ func (j *journal) flush(ctx context.Context) {
 	}
 }
 
-// start records the term's start (an election, or a failover when another
-// coordinator led before and the run was not over) and writes the journal
+// start records the term's start (termStarted) and writes the journal
 // until the returned stop is called; stop writes it a last time.
 func (j *journal) start(ctx context.Context, previous string) (stop func()) {
-	switch {
-	case previous == "":
-		j.add(Event{Kind: EventElected, Role: string(cluster.RoleCoordinator), Member: j.self, Detail: "leads the run"})
-	case previous == j.self:
-		j.add(Event{Kind: EventElected, Role: string(cluster.RoleCoordinator), Member: j.self, Detail: "leads again (its earlier term ended)"})
-	default:
-		j.add(Event{Kind: EventFailover, Role: string(cluster.RoleCoordinator), Member: j.self, Detail: "leads after " + previous})
-	}
+	j.termStarted(previous)
 	jctx, cancel := context.WithCancel(ctx)
 	ended := make(chan struct{})
 	go func() {
@@ -423,5 +415,19 @@ func (j *journal) start(ctx context.Context, previous string) (stop func()) {
 		fctx, c := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 		defer c()
 		j.flush(fctx)
+	}
+}
+
+// termStarted records how this coordinator came to lead: elected, or a
+// failover when previous (the coordinator that led before, if the run was
+// not over) is another one.
+func (j *journal) termStarted(previous string) {
+	switch {
+	case previous == "":
+		j.add(Event{Kind: EventElected, Role: string(cluster.RoleCoordinator), Member: j.self, Detail: "leads the run"})
+	case previous == j.self:
+		j.add(Event{Kind: EventElected, Role: string(cluster.RoleCoordinator), Member: j.self, Detail: "leads again (its earlier term ended)"})
+	default:
+		j.add(Event{Kind: EventFailover, Role: string(cluster.RoleCoordinator), Member: j.self, Detail: "leads after " + previous})
 	}
 }
