@@ -139,7 +139,7 @@ func tickLabel(v, span float64) string {
 	}
 	mag := math.Abs(v)
 	if mag != 0 && (mag >= 1e5 || mag < 1e-2) {
-		digits := int(math.Ceil(math.Log10(mag/span))) + 1
+		digits := int(math.Ceil(math.Log10(mag / span)))
 		return strconv.FormatFloat(v, 'e', min(max(digits, 1), 6), 64)
 	}
 	decimals := int(math.Ceil(-math.Log10(span))) + 1

@@ -185,7 +185,7 @@ func TestChartSVG(t *testing.T) {
 		v, span float64
 		want    string
 	}{
-		{0.5, 0.4, "0.50"}, {0.123, 0.02, "0.123"}, {250, 300, "250"}, {1e-3, 1e-4, "1.00e-03"}, {9.5e-4, 1e-4, "9.50e-04"},
+		{0.5, 0.4, "0.50"}, {0.123, 0.02, "0.123"}, {250, 300, "250"}, {1e-3, 1e-4, "1.0e-03"}, {9.5e-4, 1e-4, "9.5e-04"}, {1.0002e-3, 4e-5, "1.00e-03"}, {9.921e-4, 4e-5, "9.92e-04"},
 	} {
 		if got := tickLabel(c.v, c.span); got != c.want {
 			t.Errorf("tickLabel(%v, %v) = %q, want %q", c.v, c.span, got, c.want)
