@@ -44,6 +44,9 @@ const (
 const (
 	ByGossip = "gossip" // memberlist declared it dead: about 1.5 s after a crash
 	ByLease  = "lease"  // its etcd lease expired (or was revoked) first
+	// ByReplaced: a new process of the same id (a restart) registered
+	// before either noticed
+	ByReplaced = "restart"
 )
 
 // MaxEvents is how many events the log keeps (the oldest go first).
@@ -206,6 +209,9 @@ func (j *journal) member(ev cluster.Event, self cluster.Member) {
 	case cluster.EventGone:
 		e.Kind, e.By = EventLost, ByLease
 		e.Detail = "its etcd lease expired or was revoked"
+		if ev.Replaced {
+			e.By, e.Detail = ByReplaced, "a new process of the same id registered in its place"
+		}
 	case cluster.EventLeft:
 		e.Kind, e.Detail = EventLeft, "left the run cleanly"
 	case cluster.EventRegistered:

@@ -55,7 +55,7 @@ func historyCharts(h coordinator.History, suffix, class string) []chart {
 
 const (
 	chartW, chartH         = 360, 180
-	padL, padR, padT, padB = 52, 10, 10, 24
+	padL, padR, padT, padB = 66, 10, 10, 24
 	plotW, plotH           = chartW - padL - padR, chartH - padT - padB
 	maxTicks               = 5
 	emptyChart             = "no validated epoch yet"
@@ -140,7 +140,9 @@ func tickLabel(v, span float64) string {
 	mag := math.Abs(v)
 	if mag != 0 && (mag >= 1e5 || mag < 1e-2) {
 		digits := int(math.Ceil(math.Log10(mag / span)))
-		return strconv.FormatFloat(v, 'e', min(max(digits, 1), 6), 64)
+		s := strconv.FormatFloat(v, 'e', min(max(digits, 1), 6), 64)
+		s = strings.Replace(s, "e-0", "e-", 1)
+		return strings.Replace(s, "e+0", "e+", 1)
 	}
 	decimals := int(math.Ceil(-math.Log10(span))) + 1
 	return strconv.FormatFloat(v, 'f', min(max(decimals, 0), 6), 64)

@@ -146,7 +146,7 @@ func TestDashboardBrowser(t *testing.T) {
 	if took > 5*time.Second {
 		t.Errorf("w1 was shown lost %v after SIGKILL, want within 5 s", took)
 	}
-	if s := p.text(`document.querySelector('#events tr[data-kind="lost"][data-member="w1"]').textContent`); !strings.Contains(s, "by gossip") && !strings.Contains(s, "by lease") {
+	if s := p.text(`document.querySelector('#events tr[data-kind="lost"][data-member="w1"]').textContent`); !strings.Contains(s, "by gossip") && !strings.Contains(s, "by lease") && !strings.Contains(s, "by restart") {
 		t.Errorf("the event log's line of w1's death does not say how it was noticed: %q", s)
 	}
 	t.Logf("w1 shown lost %v after SIGKILL", took.Round(100*time.Millisecond))
