@@ -27,8 +27,9 @@ func runLocal(ctx context.Context, env *Env) int {
 Starts a real cluster on this machine and trains on it: an embedded etcd, a
 coordinator (and with --standby a second one), --ps parameter servers and
 --workers workers, each a separate tailor process on 127.0.0.1. Every role
-serves Prometheus /metrics on a free port; 'tailor status' shows the run.
-Ctrl-C stops every process. The model, history, plot and TensorBoard event
+serves Prometheus /metrics on a free port; 'tailor status' shows the run,
+and so does the run's dashboard, whose address is printed first (--dashboard;
+see 'tailor dashboard --help'). Ctrl-C stops every process. The model, history, plot and TensorBoard event
 files end up in OUT/run.
 
 The output. Each process's output goes to its log file,
