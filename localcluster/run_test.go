@@ -306,7 +306,7 @@ func TestRunSecure(t *testing.T) {
 	sec := "--tls-ca " + filepath.Join(dir, "ca.pem") + " --tls-cert " + filepath.Join(dir, "node.pem") + " --tls-key " + filepath.Join(dir, "node-key.pem") +
 		" --etcd-ca " + filepath.Join(dir, "ca.pem") + " --etcd-cert " + filepath.Join(dir, "node.pem") + " --etcd-key " + filepath.Join(dir, "node-key.pem") +
 		" --etcd-user tailor --etcd-password-file " + filepath.Join(dir, "etcd-password")
-	if !regexp.MustCompile(`^run local: etcd https://127\.0\.0\.1:\d+; watch it with: tailor status --etcd https://\S+ --run local ` + regexp.QuoteMeta(sec) + ` --watch 2s\ndashboard: http://127\.0\.0\.1:\d+/ \(sign in with the token in `+regexp.QuoteMeta(filepath.Join(dir, "dashboard.token"))+`\)\n$`).MatchString(stdout.String()) {
+	if !regexp.MustCompile(`^run local: etcd https://127\.0\.0\.1:\d+; watch it with: tailor status --etcd https://\S+ --run local ` + regexp.QuoteMeta(sec) + ` --watch 2s\ndashboard: http://127\.0\.0\.1:\d+/ \(sign in with the token in ` + regexp.QuoteMeta(filepath.Join(dir, "dashboard.token")) + `\)\n$`).MatchString(stdout.String()) {
 		t.Errorf("stdout:\n%s\nwant the security flags %s", stdout, sec)
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "dashboard.token")); err != nil || fi.Mode().Perm() != 0o600 || fi.Size() < 17 {
