@@ -157,15 +157,10 @@ type comparison struct {
 func (c *collector) compare(ctx context.Context, a, b string) (comparison, error) {
 	var cmp comparison
 	for i, run := range []string{a, b} {
-		v, err := runstatus.Collect(ctx, c.cli, run, runstatus.Options{EtcdOnly: true})
+		s, h, err := c.curves(ctx, run)
 		if err != nil {
 			return cmp, err
 		}
-		var h coordinator.History
-		if _, err := cluster.GetJSON(ctx, c.cli, cluster.RunKeys(run).History(), &h); err != nil && !errors.Is(err, cluster.ErrNotFound) {
-			return cmp, err
-		}
-		s := summarise(v, h)
 		if i == 0 {
 			cmp.A, cmp.ChartsA = s, historyCharts(h, "-a", "s1")
 		} else {
@@ -173,6 +168,34 @@ func (c *collector) compare(ctx context.Context, a, b string) (comparison, error
 		}
 	}
 	return cmp, nil
+}
+
+// curves are a run's summary and history: from etcd, or from its
+// checkpoints when etcd no longer has it.
+func (c *collector) curves(ctx context.Context, run string) (RunSummary, coordinator.History, error) {
+	v, err := runstatus.Collect(ctx, c.cli, run, runstatus.Options{EtcdOnly: true})
+	if errors.Is(err, runstatus.ErrNotSubmitted) && c.archive != nil {
+		arch, aerr := archivedRuns(ctx, *c.archive)
+		if aerr != nil {
+			return RunSummary{}, coordinator.History{}, errors.Join(err, aerr)
+		}
+		if jobs, ok := arch[run]; ok {
+			j, m, err := latest(ctx, *c.archive, jobs)
+			if err != nil {
+				return RunSummary{}, coordinator.History{}, err
+			}
+			rv, err := archivedFrom(ctx, *c.archive, j, m, false)
+			return rv.Summary, rv.History, err
+		}
+	}
+	if err != nil {
+		return RunSummary{}, coordinator.History{}, err
+	}
+	var h coordinator.History
+	if _, err := cluster.GetJSON(ctx, c.cli, cluster.RunKeys(run).History(), &h); err != nil && !errors.Is(err, cluster.ErrNotFound) {
+		return RunSummary{}, h, err
+	}
+	return summarise(v, h), h, nil
 }
 
 func unescape(s string) (string, error) { return url.PathUnescape(s) }

@@ -30,6 +30,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tailorml/tailor/checkpoint"
 	"github.com/tailorml/tailor/runstatus"
 )
 
@@ -55,6 +56,11 @@ type Config struct {
 	// TokenFile, if set, holds a bearer token every request must carry
 	// (Authorization: Bearer, or the cookie the login form sets).
 	TokenFile string
+	// Checkpoints, if set, is a checkpoint store (the folder or URL that
+	// holds checkpoints/<run>/<job>/...) whose runs are shown from their
+	// manifests when etcd no longer has them: the curves of the newest
+	// manifest's validation history, the checkpoint timeline.
+	Checkpoints *checkpoint.Location
 	// Refresh is how often the page fetches its sections again.
 	Refresh time.Duration
 	// Timeout bounds the reads behind one page.
@@ -117,7 +123,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, col: &collector{cli: cfg.Etcd, opts: runstatus.Options{TLS: cfg.WireTLS}}, pages: t, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, col: &collector{cli: cfg.Etcd, archive: cfg.Checkpoints, opts: runstatus.Options{TLS: cfg.WireTLS}}, pages: t, mux: http.NewServeMux()}
 	if cfg.TokenFile != "" {
 		if s.token, err = readToken(cfg.TokenFile); err != nil {
 			return nil, err

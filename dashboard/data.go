@@ -105,9 +105,12 @@ type ServerRow struct {
 // collector reads runs from etcd and their members' live numbers. It
 // remembers each worker's last sample for its rate.
 type collector struct {
-	cli  *clientv3.Client
-	opts runstatus.Options
-	hc   *http.Client
+	cli *clientv3.Client
+	// archive, if set, is a checkpoint store whose runs are listed when
+	// etcd no longer has them
+	archive *checkpoint.Location
+	opts    runstatus.Options
+	hc      *http.Client
 
 	mu      sync.Mutex
 	samples map[string]sample // by run, worker id and metrics address
@@ -148,6 +151,32 @@ func (c *collector) ListRuns(ctx context.Context) ([]RunSummary, error) {
 			v.Problems = append(v.Problems, "history: "+err.Error())
 		}
 		out = append(out, summarise(v, h))
+	}
+	if c.archive != nil {
+		inEtcd := map[string]bool{}
+		for _, r := range runs {
+			inEtcd[r] = true
+		}
+		arch, err := archivedRuns(ctx, *c.archive)
+		if err != nil {
+			out = append(out, RunSummary{Run: "(checkpoint store)", State: "unknown", Problem: err.Error()})
+		}
+		for run, jobs := range arch {
+			if inEtcd[run] {
+				continue
+			}
+			j, m, err := latest(ctx, *c.archive, jobs)
+			if err != nil {
+				out = append(out, RunSummary{Run: run, State: StateArchived, Problem: err.Error()})
+				continue
+			}
+			v, err := archivedFrom(ctx, *c.archive, j, m, false)
+			if err != nil {
+				out = append(out, RunSummary{Run: run, State: StateArchived, Problem: err.Error()})
+				continue
+			}
+			out = append(out, v.Summary)
+		}
 	}
 	slices.SortFunc(out, func(a, b RunSummary) int {
 		if c := b.Updated.Compare(a.Updated); c != 0 {
@@ -196,6 +225,16 @@ func eta(p *coordinator.Progress) float64 {
 // View collects what the run page shows for run.
 func (c *collector) View(ctx context.Context, run string) (RunView, error) {
 	st, err := runstatus.Collect(ctx, c.cli, run, c.opts)
+	if errors.Is(err, runstatus.ErrNotSubmitted) && c.archive != nil {
+		// a run etcd no longer has: from its checkpoints, if any
+		arch, aerr := archivedRuns(ctx, *c.archive)
+		if aerr != nil {
+			return RunView{}, errors.Join(err, aerr)
+		}
+		if jobs, ok := arch[run]; ok {
+			return archivedView(ctx, *c.archive, jobs)
+		}
+	}
 	if err != nil {
 		return RunView{}, err
 	}

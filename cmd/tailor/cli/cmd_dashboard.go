@@ -6,7 +6,9 @@ import (
 	"net"
 	"os"
 
+	"github.com/tailorml/tailor/checkpoint"
 	"github.com/tailorml/tailor/dashboard"
+	"github.com/tailorml/tailor/store"
 )
 
 func init() {
@@ -16,9 +18,9 @@ func init() {
 func runDashboard(ctx context.Context, env *Env) int {
 	c := dashboard.DefaultConfig()
 	var (
-		etcd   string
-		secure bool
-		sec    securityFlags
+		etcd, checkpoints string
+		secure            bool
+		sec               securityFlags
 	)
 	fs := newFlagSet(env, "dashboard", "--etcd E [--run R] [--listen 127.0.0.1:8090]", `
 Serves a read-only web page of the runs in etcd: each run's state, epoch,
@@ -31,7 +33,9 @@ the checkpoints with the etcd pointer, and the event log the leaders keep
 (joins, deaths and how they were noticed, elections and failovers,
 rollbacks, skipped checkpoints, etcd and store outages); two runs' curves
 side by side at /compare. The page updates itself every --refresh. JSON:
-/api/runs, /api/run/R.
+/api/runs, /api/run/R. With --checkpoints, the runs of that checkpoint
+store that etcd no longer has are listed too, with their curves from the
+newest checkpoint's validation history and their checkpoints.
 
 It binds to loopback unless told otherwise. --secure requires a client
 certificate signed by --tls-ca (HTTPS with --tls-cert/--tls-key), or, with
@@ -41,6 +45,7 @@ cookie).`)
 	fs.StringVar(&c.Run, "run", os.Getenv("TAILOR_RUN"), "the run the front page opens (env TAILOR_RUN); all runs are listed")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "HTTP listen address host:port")
 	fs.DurationVar(&c.Refresh, "refresh", c.Refresh, "how often the page updates itself")
+	fs.StringVar(&checkpoints, "checkpoints", "", "a checkpoint store (folder or URL holding RUN/JOB/STEP-EPOCHS/ folders, e.g. out/local/checkpoints or s3://bucket/prefix/checkpoints) to list finished runs from")
 	fs.BoolVar(&secure, "secure", false, "require a client certificate signed by --tls-ca (HTTPS), or the token of --token-file")
 	fs.StringVar(&c.TokenFile, "token-file", "", "with --secure: file holding the bearer token every request must carry (at least 16 characters)")
 	sec.add(fs)
@@ -81,6 +86,13 @@ cookie).`)
 	}
 	defer cli.Close()
 	c.Etcd, c.Log = cli, env.Log
+	if checkpoints != "" {
+		st, err := store.Open(ctx, checkpoints)
+		if err != nil {
+			return fail(env, fmt.Errorf("--checkpoints: %w", err))
+		}
+		c.Checkpoints = &checkpoint.Location{Store: st}
+	}
 	srv, err := dashboard.New(c)
 	if err != nil {
 		return fail(env, err)
