@@ -36,6 +36,7 @@ const (
 	EventStoreOutage       = "store-outage"       // the object store was out of reach for the whole retry budget
 	EventEtcdOutage        = "etcd-outage"        // the leader could not write to etcd (Detail: for how long)
 	EventLeaseLost         = "lease-lost"         // the leader's own member lease was lost (etcd out of reach)
+	EventTermLost          = "term-lost"          // a leader's term ended early: its election lease ran out (etcd out of reach), or its guard failed
 	EventStalled           = "stalled"            // the watchdog declared a stall (Detail: what it waits for)
 	EventDone              = "done"               // every epoch trained
 )
@@ -389,20 +390,60 @@ func (j *journal) flush(ctx context.Context) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if err != nil {
-		if j.failing.IsZero() {
-			j.failing, j.failingErr = time.Now(), err
-		}
+		j.etcdFailedLocked(err)
 		return
 	}
 	// written, or refused (no longer the leader: the successor keeps the
 	// journal); what was recorded since is written next
 	j.evWritten, j.histWrote = ev, hist
-	if resp.Succeeded && !j.failing.IsZero() {
-		d := time.Since(j.failing).Round(100 * time.Millisecond)
-		j.addLocked(Event{At: j.failing.UTC(), Kind: EventEtcdOutage, Detail: fmt.Sprintf("the leader could not write to etcd for %s: %v", d, j.failingErr)})
-		j.failing, j.failingErr = time.Time{}, nil
-		j.poke()
+	if resp.Succeeded {
+		j.etcdWorksLocked()
 	}
+}
+
+// etcdWrite notes the outcome of one of the leader's writes to etcd (the
+// journal's, the progress record's): the first failure starts an outage,
+// the next success ends it and records it as an event.
+func (j *journal) etcdWrite(err error) {
+	if j == nil {
+		return
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err != nil {
+		j.etcdFailedLocked(err)
+	} else {
+		j.etcdWorksLocked()
+	}
+}
+
+func (j *journal) etcdFailedLocked(err error) {
+	if j.failing.IsZero() {
+		j.failing, j.failingErr = time.Now(), err
+	}
+}
+
+func (j *journal) etcdWorksLocked() {
+	if j.failing.IsZero() {
+		return
+	}
+	d := time.Since(j.failing).Round(100 * time.Millisecond)
+	j.addLocked(Event{At: j.failing.UTC(), Kind: EventEtcdOutage, Detail: fmt.Sprintf("the leader could not write to etcd for %s: %v", d, j.failingErr)})
+	j.failing, j.failingErr = time.Time{}, nil
+	j.poke()
+}
+
+// termLost records, at the start of a term, that this coordinator's
+// previous term ended early at lostAt, for why: its election lease ran
+// out (etcd out of its reach for longer than the lease) or a write under
+// its guard was refused.
+func (j *journal) termLost(lostAt time.Time, why error) {
+	if j == nil || lostAt.IsZero() {
+		return
+	}
+	d := time.Since(lostAt).Round(100 * time.Millisecond)
+	j.add(Event{At: lostAt.UTC(), Kind: EventTermLost, Role: string(cluster.RoleCoordinator), Member: j.self,
+		Detail: fmt.Sprintf("its term as leader ended (%v); it stood again and leads again %s later", why, d)})
 }
 
 // start records the term's start (termStarted) and writes the journal

@@ -2,9 +2,11 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,4 +143,36 @@ func kinds(l EventLog) []string {
 		out = append(out, e.Kind)
 	}
 	return out
+}
+
+// A failed write to etcd starts an outage and the next one that works
+// records it; a term lost to an expired election lease is recorded by the
+// next term.
+func TestJournalOutages(t *testing.T) {
+	j := &journal{self: "coord-a", kick: make(chan struct{}, 1)}
+	j.etcdWrite(nil)
+	if n := len(j.events.Events); n != 0 {
+		t.Fatalf("%d events after a write that worked", n)
+	}
+	j.etcdWrite(errors.New("context deadline exceeded"))
+	j.etcdWrite(errors.New("connection refused"))
+	if n := len(j.events.Events); n != 0 {
+		t.Fatalf("%d events while etcd is out of reach, want none yet", n)
+	}
+	j.etcdWrite(nil)
+	j.etcdWrite(nil)
+	if n := len(j.events.Events); n != 1 {
+		t.Fatalf("%d events after the outage, want 1", n)
+	}
+	if e := j.events.Events[0]; e.Kind != EventEtcdOutage || !strings.Contains(e.Detail, "context deadline exceeded") || !strings.Contains(e.Detail, "could not write to etcd for") {
+		t.Errorf("the outage's event: %+v", e)
+	}
+	j.termLost(time.Time{}, nil)
+	j.termLost(time.Now().Add(-3*time.Second), errLostLeadership)
+	if n := len(j.events.Events); n != 2 {
+		t.Fatalf("%d events, want the outage and the lost term", n)
+	}
+	if e := j.events.Events[1]; e.Kind != EventTermLost || e.Member != "coord-a" || !strings.Contains(e.Detail, "lost leadership") || !strings.Contains(e.Detail, "leads again 3") {
+		t.Errorf("the lost term's event: %+v", e)
+	}
 }

@@ -60,7 +60,11 @@ type leader struct {
 	benched benchSet     // workers given no work until they ask for it
 	decided chan int64   // sync steps, as commit records them
 
-	journal *journal                // the run's event log and history in etcd (journal.go)
+	journal *journal // the run's event log and history in etcd (journal.go)
+	// lostAt is when this coordinator's previous term was lost to an
+	// expired election lease (zero: none), lostErr why
+	lostAt  time.Time
+	lostErr error
 	ck      *ckpt                   // checkpoints
 	eval    *evaluator              // end-of-epoch validation and the test report
 	att     atomic.Pointer[attempt] // the current attempt (nil before the first)
@@ -132,7 +136,9 @@ func (l *leader) startJournal(ctx context.Context) (stop func()) {
 	if _, err := cluster.GetJSON(ctx, l.cli, keys.TrainProgress(), &p); err == nil && !p.Done {
 		previous = p.Leader
 	}
-	return l.journal.start(ctx, previous)
+	stop = l.journal.start(ctx, previous)
+	l.journal.termLost(l.lostAt, l.lostErr)
+	return stop
 }
 
 // open reads the data's manifest and builds the net, the evaluator and the

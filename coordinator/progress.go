@@ -139,6 +139,9 @@ func (l *leader) publishProgress(ctx context.Context, last *progressSample) erro
 	}
 	key := cluster.RunKeys(l.spec.Run).TrainProgress()
 	resp, err := l.cli.Txn(ctx).If(l.term.Guard()).Then(clientv3.OpPut(key, string(b))).Commit()
+	if ctx.Err() == nil {
+		l.journal.etcdWrite(err)
+	}
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
