@@ -200,7 +200,7 @@ func (c *collector) curves(ctx context.Context, run string) (RunSummary, coordin
 
 func unescape(s string) (string, error) { return url.PathUnescape(s) }
 
-// funcs are the templates' helpers.
+// funcs are the functions the templates call.
 var funcs = template.FuncMap{
 	"pathesc": url.PathEscape,
 	"f":       func(prec int, v float64) string { return strconv.FormatFloat(v, 'f', prec, 64) },
