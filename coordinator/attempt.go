@@ -184,6 +184,7 @@ func (l *leader) restore(ctx context.Context, a *attempt, tensors [][]float32) (
 	}
 	l.eval.uploadEvents(ctx)
 	l.eval.restored()
+	l.journal.restored(l.eval.val.History, l.eval.val.Best)
 	// steps of the old timeline are forgotten; replies carry a new
 	// generation, so workers' reports of undone steps are ignored
 	l.steps.Reset()
@@ -305,6 +306,9 @@ func (l *leader) endEpoch(ctx context.Context, a *attempt, tensors [][]float32, 
 	if err != nil {
 		return err
 	}
+	if last := l.eval.last(); last != nil {
+		l.journal.epoch(*last, l.eval.val.Labels, l.eval.val.Best)
+	}
 	version := step
 	if l.spec.Mode != job.ModeSync {
 		version = -1 // quiesced: every server as it is
@@ -324,6 +328,7 @@ func (l *leader) endEpoch(ctx context.Context, a *attempt, tensors [][]float32, 
 // scored on the test split.
 func (l *leader) finish(ctx context.Context) error {
 	l.board.finish()
+	l.journal.add(Event{Kind: EventDone, Detail: fmt.Sprintf("%d epochs trained", l.spec.Epochs)})
 	l.setPhase(phaseTesting)
 	if err := l.eval.testReport(ctx); err != nil {
 		l.log.Warn("no test report", "err", err)

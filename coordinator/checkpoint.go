@@ -44,14 +44,15 @@ type RunState struct {
 // "Checkpoints, resume and rollback"). The parameter servers, which save
 // and restore the weights, are the current attempt's.
 type ckpt struct {
-	spec   job.Spec
-	cli    *clientv3.Client
-	guard  func() clientv3.Cmp // the leader guard (Term.Guard)
-	log    *slog.Logger
-	loc    checkpoint.Location
-	labels []string
-	val    validatorState
-	flush  func() // the run's logs, before a cut is published
+	journal *journal // checkpoints published and skipped go into the run's history
+	spec    job.Spec
+	cli     *clientv3.Client
+	guard   func() clientv3.Cmp // the leader guard (Term.Guard)
+	log     *slog.Logger
+	loc     checkpoint.Location
+	labels  []string
+	val     validatorState
+	flush   func() // the run's logs, before a cut is published
 
 	version int64     // of the etcd pointer key, for the next compare-and-swap
 	current string    // the checkpoint the pointer names
@@ -119,6 +120,12 @@ func (c *ckpt) save(ctx context.Context, ps partServers, k cut) error {
 	if err != nil {
 		c.log.Warn("checkpoint retention", "err", err)
 	}
+	var bytes int64
+	for _, b := range m.Parts {
+		bytes += b.Bytes
+	}
+	c.journal.checkpoint(CheckpointRecord{Name: name, Reason: k.reason, Step: step, Epochs: k.epochs, Best: k.best, Created: m.Created,
+		Seconds: round4(time.Since(start).Seconds()), Bytes: bytes})
 	c.log.Info("checkpoint", "name", name, "reason", k.reason, "step", step, "epochs", k.epochs, "best", k.best,
 		"seconds", round4(time.Since(start).Seconds()), "removed", len(removed))
 	return nil
@@ -175,6 +182,10 @@ func (c *ckpt) saveOrWarn(ctx context.Context, ps partServers, k cut) error {
 		return fmt.Errorf("%w: checkpoint pointer: %w", errLostLeadership, err)
 	}
 	c.log.Warn("checkpoint failed; training goes on from the previous one's safety", "reason", k.reason, "err", err)
+	if errors.Is(err, store.ErrUnreachable) {
+		c.journal.add(Event{Kind: EventStoreOutage, Detail: err.Error()})
+	}
+	c.journal.add(Event{Kind: EventCheckpointSkipped, Detail: fmt.Sprintf("%s checkpoint at epoch %d: %v", k.reason, k.epochs, err)})
 	return nil
 }
 

@@ -60,10 +60,15 @@ type leader struct {
 	benched benchSet     // workers given no work until they ask for it
 	decided chan int64   // sync steps, as commit records them
 
-	ck   *ckpt                   // checkpoints
-	eval *evaluator              // end-of-epoch validation and the test report
-	att  atomic.Pointer[attempt] // the current attempt (nil before the first)
-	gen  atomic.Uint64           // the generation replies carry: the current attempt's, once it has restored
+	journal *journal // the run's event log and history in etcd (journal.go)
+	// lostAt is when this coordinator's previous term was lost to an
+	// expired election lease (zero: none), lostErr why
+	lostAt  time.Time
+	lostErr error
+	ck      *ckpt                   // checkpoints
+	eval    *evaluator              // end-of-epoch validation and the test report
+	att     atomic.Pointer[attempt] // the current attempt (nil before the first)
+	gen     atomic.Uint64           // the generation replies carry: the current attempt's, once it has restored
 
 	drainSeen atomic.Bool  // await has woken on the preemption notice (cfg.Drain)
 	preempts  *preemptions // the members' preemption requests (preempt.go)
@@ -94,6 +99,7 @@ type runModel struct {
 
 // run leads the run to its end, or until the term is lost.
 func (l *leader) run(ctx context.Context, lis net.Listener) error {
+	defer l.startJournal(ctx)()
 	m, err := l.open(ctx)
 	defer l.eval.closeEvents()
 	if err != nil {
@@ -117,6 +123,22 @@ func (l *leader) run(ctx context.Context, lis net.Listener) error {
 	defer stopPreempts()
 	go l.watchPreempts(pctx)
 	return l.attempts(ctx, m)
+}
+
+// startJournal reads the run's journal and records the term's start: a
+// failover when the progress record names another coordinator and the run
+// was not over. The returned func writes it a last time.
+func (l *leader) startJournal(ctx context.Context) (stop func()) {
+	keys := cluster.RunKeys(l.spec.Run)
+	l.journal = loadJournal(ctx, l.cli, keys, l.term.Guard, l.cfg.ID, l.log)
+	var p Progress
+	previous := ""
+	if _, err := cluster.GetJSON(ctx, l.cli, keys.TrainProgress(), &p); err == nil && !p.Done {
+		previous = p.Leader
+	}
+	stop = l.journal.start(ctx, previous)
+	l.journal.termLost(l.lostAt, l.lostErr)
+	return stop
 }
 
 // open reads the data's manifest and builds the net, the evaluator and the
@@ -143,7 +165,7 @@ func (l *leader) open(ctx context.Context) (*runModel, error) {
 	if err != nil {
 		return nil, err
 	}
-	l.ck = &ckpt{spec: spec, cli: l.cli, guard: l.term.Guard, log: l.log, loc: loc, labels: man.Labels, val: l.eval.val, flush: l.board.flushLogs}
+	l.ck = &ckpt{journal: l.journal, spec: spec, cli: l.cli, guard: l.term.Guard, log: l.log, loc: loc, labels: man.Labels, val: l.eval.val, flush: l.board.flushLogs}
 	if err := l.eval.openEvents(loc, spec); err != nil {
 		return nil, err
 	}
@@ -224,6 +246,7 @@ func (l *leader) attempts(ctx context.Context, m *runModel) error {
 			return err
 		}
 		l.setPhase(phaseRollback)
+		l.journal.add(Event{Kind: EventRollback, Detail: a.reason()})
 		l.log.Warn("pausing, then rolling back to the last checkpoint", "why", a.reason(), "err", err)
 		l.board.stop() // workers wait
 	}

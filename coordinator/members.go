@@ -15,7 +15,11 @@ import (
 // rollback when one of the attempt's servers is lost, and wakes the
 // board's waiters at every event: the live members changed.
 func (l *leader) watch(events <-chan cluster.Event) {
+	self := cluster.Member{ID: l.cfg.ID, Role: cluster.RoleCoordinator}
 	for ev := range events {
+		if ev.Member.Role != self.Role || ev.Member.ID != self.ID || ev.Kind == cluster.EventLeaseLost || ev.Kind == cluster.EventRegistered {
+			l.journal.member(ev, self)
+		}
 		switch ev.Member.Role {
 		case cluster.RoleParamServer:
 			// a rollback is costly: only the lease's expiry (or a leave)

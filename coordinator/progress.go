@@ -70,6 +70,21 @@ type Progress struct {
 	// cut off from etcd).
 	Interval float64   `json:"interval_s,omitempty"`
 	Updated  time.Time `json:"updated"`
+	// Contacts are the leader's gossip contacts with every other
+	// registered member at Updated.
+	Contacts []Contact `json:"contacts,omitempty"`
+}
+
+// Contact is when the leader last heard from a member over gossip (the
+// answer to its last probe of the member).
+type Contact struct {
+	Role string `json:"role"`
+	ID   string `json:"id"`
+	// Live: the member is in the leader's live view (its lease holds and
+	// gossip has it alive).
+	Live    bool      `json:"live"`
+	LastAck time.Time `json:"last_ack,omitzero"`
+	RTTms   float64   `json:"rtt_ms,omitempty"`
 }
 
 // progressSample is the previous sample, for the interval rate.
@@ -124,6 +139,9 @@ func (l *leader) publishProgress(ctx context.Context, last *progressSample) erro
 	}
 	key := cluster.RunKeys(l.spec.Run).TrainProgress()
 	resp, err := l.cli.Txn(ctx).If(l.term.Guard()).Then(clientv3.OpPut(key, string(b))).Commit()
+	if ctx.Err() == nil {
+		l.journal.etcdWrite(err)
+	}
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
@@ -185,6 +203,13 @@ func (l *leader) progress(last *progressSample) Progress {
 	p.ImgPerSec, p.EpochImgPerSec = round1(p.ImgPerSec), round1(p.EpochImgPerSec)
 	p.Workers = len(l.mem.Members(cluster.RoleWorker))
 	p.Interval = l.progressEvery.Seconds()
+	for _, c := range l.mem.Contacts() {
+		ct := Contact{Role: string(c.Role), ID: c.ID, Live: c.Live, RTTms: round1(float64(c.RTT.Microseconds()) / 1000)}
+		if !c.At.IsZero() {
+			ct.LastAck = c.At.UTC()
+		}
+		p.Contacts = append(p.Contacts, ct)
+	}
 	l.stallProgress(&p)
 	*last = progressSample{epoch: p.Epoch, images: images, at: now}
 	return p

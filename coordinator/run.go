@@ -90,6 +90,10 @@ type candidate struct {
 	// leading is set while a term is led: a preemption notice then waits
 	// for the term's checkpoint
 	leading atomic.Bool
+	// lostAt is when the last term was lost to an expired election lease
+	// (zero: it was not), lostErr why; the next term records it
+	lostAt  time.Time
+	lostErr error
 }
 
 // stand campaigns, and leads each term won, until the run is over.
@@ -165,7 +169,8 @@ func (c *candidate) lead(ctx context.Context, term *cluster.Term) error {
 	reg := prometheus.NewRegistry()
 	c.sess.ServeMetrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	l := &leader{cfg: c.cfg, spec: c.sess.Spec, log: c.log, cli: c.sess.Client, mem: c.sess.Members, term: term, lost: term.Done(), reg: reg,
-		board: newBoard(), decided: make(chan int64, 16)}
+		board: newBoard(), decided: make(chan int64, 16), lostAt: c.lostAt, lostErr: c.lostErr}
+	c.lostAt, c.lostErr = time.Time{}, nil
 	l.preempts = &preemptions{changed: l.board.broadcast}
 	c.leading.Store(true)
 	err := l.run(ctx, c.lis)
@@ -188,6 +193,7 @@ func (c *candidate) lead(ctx context.Context, term *cluster.Term) error {
 	// checkpoint. The gRPC server closed the listener: open it again on
 	// the address the membership record publishes.
 	c.log.Warn("lost leadership; standing for election again", "err", err)
+	c.lostAt, c.lostErr = time.Now(), err
 	lis, lerr := net.Listen("tcp", c.lis.Addr().String())
 	if lerr != nil {
 		return fmt.Errorf("coordinator listener: %w", lerr)

@@ -312,6 +312,7 @@ func (l *leader) checkWatchdog() {
 	case stallReport:
 		l.wdActions.WithLabelValues(act.String()).Inc()
 		l.log.Error("no progress", attrs...)
+		l.journal.add(Event{Kind: EventStalled, Detail: fmt.Sprintf("no progress for %s; waiting for %s", stalled.Round(time.Second), d.String())})
 	case stallRedispatch:
 		l.redispatch(d, attrs)
 	case stallRollback:

@@ -103,11 +103,14 @@ func BCE(probs []float32, truth []bool) float64 {
 func Score(labels []string, probs []float32, truth []bool) Scores {
 	rep := metrics.Evaluate(labels, probs, truth, nil)
 	ap := make([]float64, len(rep.Labels))
+	f1 := make([]float64, len(rep.Labels))
+	support := make([]int, len(rep.Labels))
 	for i, l := range rep.Labels {
+		f1[i], support[i] = l.F1, l.Support
 		ap[i] = l.AP
 		if l.Support == 0 {
 			ap[i] = math.NaN()
 		}
 	}
-	return Scores{Loss: BCE(probs, truth), MAP: rep.MAP, MacroF1: rep.MacroF1, SubsetAcc: rep.SubsetAccuracy, AP: ap}
+	return Scores{Loss: BCE(probs, truth), MAP: rep.MAP, MacroF1: rep.MacroF1, SubsetAcc: rep.SubsetAccuracy, AP: ap, F1: f1, Support: support}
 }

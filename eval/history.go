@@ -29,6 +29,11 @@ type Scores struct {
 	// positives (it goes to the TensorBoard event file, not into
 	// history.csv or checkpoints).
 	AP []float64 `json:"-"`
+	// F1 is each label's F1 at the default threshold (0.5), Support its
+	// positives in the split (for the dashboard's table; not kept in
+	// history.csv or checkpoints either).
+	F1      []float64 `json:"-"`
+	Support []int     `json:"-"`
 }
 
 // Equal reports whether two evaluations scored the same, bit for bit (a

@@ -14,9 +14,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"time"
 
+	"github.com/tailorml/tailor/dashboard"
 	"github.com/tailorml/tailor/internal/certs"
 	"github.com/tailorml/tailor/internal/job"
 )
@@ -90,6 +92,11 @@ type Config struct {
 	// Verbose streams the processes' output to Stderr as well as to their
 	// log files (Out/logs/ROLE-ID.log), instead of the status on Stdout.
 	Verbose bool
+	// Dashboard is the listen address of the run's dashboard (package
+	// dashboard), whose URL is printed to Stdout at the start; "" starts
+	// none. When its port is taken, a free loopback port is used instead.
+	// With Secure, it asks for the token in Out/certs/dashboard.token.
+	Dashboard string
 	// Log gets the cluster's progress: the store, etcd, the certificates
 	// (nil: discarded).
 	Log *slog.Logger
@@ -114,6 +121,7 @@ func DefaultConfig() Config {
 		Store:         StoreS3,
 		RestartLimit:  10,
 		RestartWindow: 10 * time.Minute,
+		Dashboard:     dashboard.DefaultListen,
 	}
 }
 
@@ -134,6 +142,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("localcluster: restart window %v: want a positive duration", c.RestartWindow)
 	case c.Store != StoreS3 && c.Store != StoreFile:
 		return fmt.Errorf("localcluster: store %q: want %s or %s", c.Store, StoreS3, StoreFile)
+	}
+	if c.Dashboard != "" {
+		if _, _, err := net.SplitHostPort(c.Dashboard); err != nil {
+			return fmt.Errorf("localcluster: dashboard address %q: %w", c.Dashboard, err)
+		}
 	}
 	return nil
 }

@@ -40,6 +40,7 @@ func TestValidate(t *testing.T) {
 		{"no workers", func(c *Config) { c.Workers = 0 }, "workers 0: want at least 1"},
 		{"negative restart limit", func(c *Config) { c.RestartLimit = -1 }, "restart limit -1: want 0 or more"},
 		{"restarts without a window", func(c *Config) { c.RestartWindow = 0 }, "restart window 0s: want a positive duration"},
+		{"a dashboard address without a port", func(c *Config) { c.Dashboard = "127.0.0.1" }, "dashboard address \"127.0.0.1\""},
 		{"unknown store", func(c *Config) { c.Store = "gcs" }, `store "gcs": want s3 or file`},
 		{"no store", func(c *Config) { c.Store = "" }, `store "": want s3 or file`},
 	} {

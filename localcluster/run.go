@@ -184,6 +184,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	fmt.Fprintf(cfg.Stdout, "run %s: etcd %s; watch it with: %s\n", s.Run, etcdList,
 		strings.Join(append(append([]string{"tailor", "status", "--etcd", etcdList, "--run", s.Run}, child.Args()...), "--watch", "2s"), " "))
 	fmt.Fprintf(cfg.Stdout, "run %s: %s\n", s.Run, s.LRSummary())
+	if cfg.Dashboard != "" {
+		stopDash, err := startDashboard(ctx, cfg, cli, s.Run, child, certDir)
+		if err != nil {
+			return Result{}, err
+		}
+		defer stopDash()
+	}
 	procs := processes(s, cfg.Workers, cfg.Standby, commonArgs(s.Run, endpoints, child, gossipKey))
 	logDir := filepath.Join(cfg.Out, LogsDir)
 	logs, err := openLogs(logDir, procs, cfg.Resume)

@@ -75,6 +75,7 @@ func testConfig(t *testing.T, data string) (Config, *bytes.Buffer, *bytes.Buffer
 	cfg := DefaultConfig()
 	cfg.Out, cfg.Workers, cfg.Store, cfg.Spec.Data, cfg.Spec.ParamServers, cfg.RestartLimit = t.TempDir(), 2, StoreFile, data, 2, 0
 	cfg.Verbose = true
+	cfg.Dashboard = "127.0.0.1:0" // a free port: tests run side by side
 	bin, log := fakeTailor(t, 5)
 	var stdout, stderr bytes.Buffer
 	cfg.Executable, cfg.Stdout, cfg.Stderr = bin, &stdout, &stderr
@@ -137,7 +138,7 @@ func TestRunProcesses(t *testing.T) {
 		TestMetrics: filepath.Join(run, "test_metrics.txt")}); res != want {
 		t.Errorf("Run = %+v, want %+v", res, want)
 	}
-	m := regexp.MustCompile(`^run local: etcd (http://127\.0\.0\.1:\d+); watch it with: tailor status --etcd (\S+) --run local --watch 2s\n$`).FindStringSubmatch(stdout.String())
+	m := regexp.MustCompile(`^run local: etcd (http://127\.0\.0\.1:\d+); watch it with: tailor status --etcd (\S+) --run local --watch 2s\ndashboard: http://127\.0\.0\.1:\d+/\n$`).FindStringSubmatch(stdout.String())
 	if m == nil || m[1] != m[2] {
 		t.Fatalf("stdout:\n%s", stdout)
 	}
@@ -230,8 +231,11 @@ func TestRunQuiet(t *testing.T) {
 	if !strings.HasPrefix(lines[0], "run local: etcd ") {
 		t.Errorf("stdout's first line %q, want the etcd line", lines[0])
 	}
+	if len(lines) < 2 || !strings.HasPrefix(lines[1], "dashboard: http://127.0.0.1:") {
+		t.Errorf("stdout's second line %q, want the dashboard's address", lines[1:])
+	}
 	status := 0
-	for _, l := range lines[1:] {
+	for _, l := range lines[2:] {
 		if !strings.HasPrefix(l, "status ") {
 			t.Errorf("stdout line %q: want only status lines after the first", l)
 		}
@@ -302,8 +306,11 @@ func TestRunSecure(t *testing.T) {
 	sec := "--tls-ca " + filepath.Join(dir, "ca.pem") + " --tls-cert " + filepath.Join(dir, "node.pem") + " --tls-key " + filepath.Join(dir, "node-key.pem") +
 		" --etcd-ca " + filepath.Join(dir, "ca.pem") + " --etcd-cert " + filepath.Join(dir, "node.pem") + " --etcd-key " + filepath.Join(dir, "node-key.pem") +
 		" --etcd-user tailor --etcd-password-file " + filepath.Join(dir, "etcd-password")
-	if !regexp.MustCompile(`^run local: etcd https://127\.0\.0\.1:\d+; watch it with: tailor status --etcd https://\S+ --run local ` + regexp.QuoteMeta(sec) + ` --watch 2s\n$`).MatchString(stdout.String()) {
+	if !regexp.MustCompile(`^run local: etcd https://127\.0\.0\.1:\d+; watch it with: tailor status --etcd https://\S+ --run local ` + regexp.QuoteMeta(sec) + ` --watch 2s\ndashboard: http://127\.0\.0\.1:\d+/ \(sign in with the token in ` + regexp.QuoteMeta(filepath.Join(dir, "dashboard.token")) + `\)\n$`).MatchString(stdout.String()) {
 		t.Errorf("stdout:\n%s\nwant the security flags %s", stdout, sec)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "dashboard.token")); err != nil || fi.Mode().Perm() != 0o600 || fi.Size() < 17 {
+		t.Errorf("the dashboard's token file: %v, %v", fi, err)
 	}
 	procs := procLines(t, log)
 	if n := strings.Count(procs, sec+" --gossip-key-file "+filepath.Join(dir, "gossip.key")); n != 5 {

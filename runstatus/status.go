@@ -123,6 +123,12 @@ type Worker struct {
 	Images     float64 `json:"images"`
 	Loss       float64 `json:"loss"`
 	InputStall float64 `json:"input_stall_s"`
+	// Compute, Push and Pull are the seconds the worker has spent
+	// computing gradients, pushing them and pulling weights (waiting for
+	// the step's decision is in Pull) since it started.
+	Compute float64 `json:"compute_s"`
+	Push    float64 `json:"push_s"`
+	Pull    float64 `json:"pull_s"`
 }
 
 // Options are how Collect reaches the members.
@@ -260,7 +266,8 @@ func Collect(ctx context.Context, cli *clientv3.Client, run string, opts Options
 					return
 				}
 				m.Worker = &Worker{Steps: mv["tailor_worker_steps_total"], Images: mv["tailor_worker_images_total"],
-					Loss: mv["tailor_worker_loss"], InputStall: mv["tailor_worker_input_stall_seconds"]}
+					Loss: mv["tailor_worker_loss"], InputStall: mv["tailor_worker_input_stall_seconds"],
+					Compute: mv["tailor_worker_compute_seconds"], Push: mv["tailor_worker_push_seconds"], Pull: mv["tailor_worker_pull_seconds"]}
 			})
 		}
 	}

@@ -320,7 +320,7 @@ func TestViewJSONNames(t *testing.T) {
 		{"spec", keys(sub(m["spec"])), "batch data epochs mode out param_servers quorum seed shuffle staleness unit_size"},
 		{"member", keys(member), "addrs id leader paramserver rank role version wire_protocol worker"},
 		{"paramserver", keys(sub(member["paramserver"])), "bytes_in bytes_out initialised missing mode pending pushes_accepted pushes_rejected rejected_by step updates version workers"},
-		{"worker", keys(sub(member["worker"])), "images input_stall_s loss steps"},
+		{"worker", keys(sub(member["worker"])), "compute_s images input_stall_s loss pull_s push_s steps"},
 	} {
 		if got := strings.Join(c.got, " "); got != c.want {
 			t.Errorf("the %s's JSON names: %s\nwant %s", c.what, got, c.want)

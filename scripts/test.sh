@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test tier that CI runs: go.mod tidiness, staticcheck, vet, the unit and integration tests with
 # OpenBLAS (the build tailor ships), the net's tests again on the pure-Go BLAS,
-# each fuzz target's seed corpus (part of go test), the chaos suite, the
+# each fuzz target's seed corpus (part of go test; the end-to-end tests include the
+# dashboard driven in headless chromium), the chaos suite, the
 # soak suite, the static checks of the deployment files, the Helm chart's render checks
 # (deploy/helm/charttest), and the compose cluster test on this
 # machine's Docker engine (FROM-scratch images built here; TAILOR_SKIP_DOCKER=1

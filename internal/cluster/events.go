@@ -56,6 +56,9 @@ type Event struct {
 	Kind   EventKind
 	Member Member
 	At     time.Time
+	// Replaced: an EventGone because a new process of the same role and
+	// id registered in the member's place (before its lease expired).
+	Replaced bool
 }
 
 func (e Event) String() string {
@@ -103,7 +106,7 @@ func (m *Membership) emitSelf(kind EventKind) {
 }
 
 func (m *Membership) emitLocked(kind EventKind, mem Member) {
-	ev := Event{Kind: kind, Member: cloneMember(mem), At: time.Now()}
+	ev := Event{Kind: kind, Member: cloneMember(mem), At: time.Now(), Replaced: kind == EventGone && m.replaced}
 	m.log.Debug("membership event", "event", ev.String())
 	for s := range m.subs {
 		s.push(ev)

@@ -41,6 +41,10 @@ const (
 type nodeInfo struct {
 	state nodeState
 	meta  gossipMeta
+	// lastAck is when this process last had an answer to a gossip probe
+	// of the node, rtt how long that probe took (zero: none yet)
+	lastAck time.Time
+	rtt     time.Duration
 }
 
 func (m *Membership) startGossip(cfg MembershipConfig) (*memberlist.Memberlist, error) {
@@ -88,7 +92,7 @@ func (m *Membership) startGossip(cfg MembershipConfig) (*memberlist.Memberlist, 
 		}
 	}
 	d := &gossipDelegate{m: m}
-	mc.Delegate, mc.Events = d, d
+	mc.Delegate, mc.Events, mc.Ping = d, d, d
 	mc.LogOutput = nil
 	mc.Logger = log.New(memberlistLog{m.log}, "", 0)
 	ml, err := memberlist.Create(mc)
@@ -211,6 +215,45 @@ func (m *Membership) gossip(node *memberlist.Node, state nodeState) {
 	}
 }
 
+// acked notes an answer to this process's gossip probe of node.
+func (m *Membership) acked(node string, rtt time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n := m.nodes[node]; n != nil {
+		n.lastAck, n.rtt = time.Now(), rtt
+	}
+}
+
+// Contact is when this process last heard from a registered member over
+// gossip: the answer to its last probe of the member's node.
+type Contact struct {
+	Role Role
+	ID   string
+	Live bool          // in the live view (Members)
+	At   time.Time     // zero: no probe answered yet
+	RTT  time.Duration // of that probe
+}
+
+// Contacts returns the gossip contact of every registered member but this
+// process.
+func (m *Membership) Contacts() []Contact {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Contact
+	for key, e := range m.members {
+		if key == m.selfKey {
+			continue
+		}
+		c := Contact{Role: e.rec.Role, ID: e.rec.ID, Live: e.live}
+		if n := m.nodes[e.rec.Node]; n != nil {
+			c.At, c.RTT = n.lastAck, n.rtt
+		}
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b Contact) int { return strings.Compare(string(a.Role)+"/"+a.ID, string(b.Role)+"/"+b.ID) })
+	return out
+}
+
 // heal joins registered members that gossip does not have alive: members
 // that registered after us and have not reached us yet, and members that
 // gossip declared dead by mistake (a pause, a partition) while their lease
@@ -257,9 +300,13 @@ func (d *gossipDelegate) NotifyMsg([]byte)                           {}
 func (d *gossipDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *gossipDelegate) LocalState(join bool) []byte                { return nil }
 func (d *gossipDelegate) MergeRemoteState(buf []byte, join bool)     {}
-func (d *gossipDelegate) NotifyJoin(n *memberlist.Node)              { d.m.gossip(n, nodeAlive) }
-func (d *gossipDelegate) NotifyUpdate(n *memberlist.Node)            { d.m.gossip(n, nodeAlive) }
-func (d *gossipDelegate) NotifyLeave(n *memberlist.Node)             { d.m.gossip(n, nodeDead) }
+func (d *gossipDelegate) AckPayload() []byte                         { return nil }
+func (d *gossipDelegate) NotifyPingComplete(n *memberlist.Node, rtt time.Duration, _ []byte) {
+	d.m.acked(n.Name, rtt)
+}
+func (d *gossipDelegate) NotifyJoin(n *memberlist.Node)   { d.m.gossip(n, nodeAlive) }
+func (d *gossipDelegate) NotifyUpdate(n *memberlist.Node) { d.m.gossip(n, nodeAlive) }
+func (d *gossipDelegate) NotifyLeave(n *memberlist.Node)  { d.m.gossip(n, nodeDead) }
 
 // memberlistLog turns memberlist's "[LEVEL] memberlist: ..." lines into
 // slog records.

@@ -113,3 +113,17 @@ func (k Keys) Preempt(id string) string { return k.Preempts() + seg(id) }
 // Checkpoint is the pointer to the newest complete checkpoint
 // (checkpoint.Pointer). Only ever moved with a compare on its version.
 func (k Keys) Checkpoint() string { return k.prefix + "checkpoint" }
+
+// Events is events: the run's event log (coordinator.EventLog, JSON), the
+// newest few hundred events the leaders recorded — members joined, lost
+// and how it was noticed, elections and failovers, rollbacks, skipped
+// checkpoints, etcd and store outages. Written by the leader coordinator
+// (a put guarded by the leader guard); read by `tailor dashboard`.
+func (k Keys) Events() string { return k.prefix + "events" }
+
+// History is history: the run's per-epoch numbers, the latest
+// evaluation's per-label scores and the checkpoints taken
+// (coordinator.History, JSON). Written by the leader coordinator after
+// every epoch and checkpoint (leader guard); read by `tailor dashboard`.
+// Like train-progress it outlives the run.
+func (k Keys) History() string { return k.prefix + "history" }

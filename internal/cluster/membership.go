@@ -133,6 +133,9 @@ type Membership struct {
 	closed  bool
 
 	kick chan struct{} // wakes the gossip healer
+	// replaced is set while a member's record is removed because a new
+	// incarnation took its key (Event.Replaced)
+	replaced bool
 
 	// The lease loop and the view loops (watch, healer) stop separately:
 	// Leave stops the lease loop before it revokes the lease.

@@ -97,7 +97,9 @@ func (m *Membership) applyPutLocked(key string, val []byte, modRev int64) {
 	}
 	if e != nil && e.rec.Node != rec.Node {
 		// A new incarnation under the same role and id.
+		m.replaced = true
 		m.removeLocked(key)
+		m.replaced = false
 		e = nil
 	}
 	if e == nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tailorml/tailor/coordinator"
 	"github.com/tailorml/tailor/internal/cluster"
 )
 
@@ -92,6 +93,29 @@ func etcdOutage(t *testing.T, mode string) {
 		t.Errorf("a parameter server was taken for lost:\n%s", grepLines(text, "parameter server lost"))
 	}
 	wantEpochs(t, out, 3)
+	// the run's event log (what the dashboard shows) has the outage
+	cli, err := cluster.NewClient(e.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	var evlog coordinator.EventLog
+	if _, err := cluster.GetJSON(ctx, cli, cluster.RunKeys("local").Events(), &evlog); err != nil {
+		t.Fatalf("the run's event log: %v", err)
+	}
+	var outage, again []string
+	for _, ev := range evlog.Events {
+		switch {
+		case ev.Kind == coordinator.EventEtcdOutage || ev.Kind == coordinator.EventTermLost || ev.Kind == coordinator.EventLeaseLost:
+			outage = append(outage, ev.Kind+": "+ev.Detail)
+		case ev.Kind == coordinator.EventElected && strings.Contains(ev.Detail, "leads again"):
+			again = append(again, ev.Detail)
+		}
+	}
+	if len(outage) == 0 || len(again) == 0 {
+		t.Errorf("the event log has %d outage events and %d elections again, want both: %+v", len(outage), len(again), evlog.Events)
+	}
+	t.Logf("the event log of the outage: %s", strings.Join(outage, "; "))
 	n := checkAudit(t, filepath.Join(out, "run"), data, 3)
 	t.Logf("%d rollbacks; what the processes said of it:\n%s", n, grepLines(text, "level=WARN", "level=ERROR", "msg=resumed", "registered again", "lease kept"))
 }

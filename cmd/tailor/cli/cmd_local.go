@@ -27,8 +27,9 @@ func runLocal(ctx context.Context, env *Env) int {
 Starts a real cluster on this machine and trains on it: an embedded etcd, a
 coordinator (and with --standby a second one), --ps parameter servers and
 --workers workers, each a separate tailor process on 127.0.0.1. Every role
-serves Prometheus /metrics on a free port; 'tailor status' shows the run.
-Ctrl-C stops every process. The model, history, plot and TensorBoard event
+serves Prometheus /metrics on a free port; 'tailor status' shows the run,
+and so does the run's dashboard, whose address is printed first (--dashboard;
+see 'tailor dashboard --help'). Ctrl-C stops every process. The model, history, plot and TensorBoard event
 files end up in OUT/run.
 
 The output. Each process's output goes to its log file,
@@ -105,6 +106,7 @@ TLS and etcd variables), whose fixed ports would collide on one machine.`)
 	fs.DurationVar(&cfg.RestartWindow, "restart-window", cfg.RestartWindow, "the window --restart-limit counts restarts in")
 	fs.StringVar(&cfg.Store, "store", cfg.Store, "where the shards and checkpoints live: s3 (an S3 server embedded in this process, its data in OUT/s3) or file (OUT/shards, OUT/checkpoints, or the --data folder); a --data URL is used as it is")
 	fs.BoolVar(&cfg.Verbose, "verbose", cfg.Verbose, "stream every process's output to stderr (each line prefixed with its name) instead of the status; the log files in OUT/logs get it in any case")
+	fs.StringVar(&cfg.Dashboard, "dashboard", cfg.Dashboard, "listen address of the run's dashboard, whose URL is printed at the start (a free port if it is taken; \"\": none; with --secure it asks for the token in OUT/certs/dashboard.token)")
 	fs.BoolVar(&cfg.Resume, "resume", cfg.Resume, "resume the run in OUT from its newest checkpoint (keeps OUT's etcd data) instead of starting afresh; give it the flags of the run it resumes")
 	addSpecFlags(fs, &cfg.Spec)
 	if code, done := parse(env, fs); done {
