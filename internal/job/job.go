@@ -229,7 +229,7 @@ const (
 
 // DefaultLRScale is LRScale's default for new runs: see BENCHMARKS.md,
 // "Learning rate for N workers", for the measurement that chose it.
-const DefaultLRScale = LRScaleSqrt
+const DefaultLRScale = LRScaleLinear
 
 // LRFactor is what the run multiplies the given learning rate by: √Workers
 // or Workers in a sync run of a fixed worker set (Workers > 1) as LRScale
