@@ -264,18 +264,15 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/run/"+url.PathEscape(s.cfg.Run), http.StatusSeeOther)
 		return
 	}
-	p := s.newPage("runs")
-	ctx, cancel := s.ctx(r)
-	defer cancel()
-	runs, err := s.col.ListRuns(ctx)
-	if err != nil {
-		p.Err = err.Error()
-	}
-	p.Runs = runs
-	s.render(w, "index.html", p)
+	s.render(w, "index.html", s.runsPage(r))
 }
 
 func (s *Server) runsFragment(w http.ResponseWriter, r *http.Request) {
+	s.render(w, "runs", s.runsPage(r))
+}
+
+// runsPage is the list of runs, or the error that kept it from being read.
+func (s *Server) runsPage(r *http.Request) page {
 	p := s.newPage("runs")
 	ctx, cancel := s.ctx(r)
 	defer cancel()
@@ -284,7 +281,7 @@ func (s *Server) runsFragment(w http.ResponseWriter, r *http.Request) {
 		p.Err = err.Error()
 	}
 	p.Runs = runs
-	s.render(w, "runs", p)
+	return p
 }
 
 func (s *Server) runView(w http.ResponseWriter, r *http.Request) (page, bool) {
