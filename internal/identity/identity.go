@@ -251,7 +251,10 @@ func ForPeer(c *tls.Config, run string, roles ...Role) *tls.Config {
 			}
 		}
 		if err := Check(Own(c), Peer(cs), run, roles...); err != nil {
-			return fmt.Errorf("server %s: %w", cs.ServerName, err)
+			if cs.ServerName != "" {
+				return fmt.Errorf("server %s: %w", cs.ServerName, err)
+			}
+			return fmt.Errorf("the server: %w", err)
 		}
 		return nil
 	}

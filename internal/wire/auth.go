@@ -59,7 +59,7 @@ func authorize(ctx context.Context, self *tls.Config, run, method string) error 
 		return status.Errorf(codes.PermissionDenied, "%s: no role may call it", method)
 	}
 	if err := identity.Check(own, identity.Peer(info.State), run, roles...); err != nil {
-		return status.Errorf(codes.PermissionDenied, "%s refused to %s: %v", method, p.Addr, err)
+		return status.Errorf(codes.PermissionDenied, "%s refused to the caller at %s: %v", method, p.Addr, err)
 	}
 	return nil
 }
