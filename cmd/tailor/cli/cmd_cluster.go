@@ -50,7 +50,7 @@ func (c *clusterFlags) node(env *Env, listen string, log *slog.Logger) (job.Node
 	if err != nil {
 		return job.Node{}, err
 	}
-	wt, err := c.sec.wireTLS()
+	wt, err := c.sec.wireTLS(log)
 	if err != nil {
 		return job.Node{}, err
 	}
