@@ -9,13 +9,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tailorml/tailor/internal/certs"
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/identity"
 )
 
 // File names of Secure in Out/certs, besides the CA and the node pair of
@@ -46,13 +46,8 @@ func (s Security) etcdClient(endpoints []string) (*clientv3.Client, error) {
 // readGossipKey checks that path holds a gossip key: 16, 24 or 32 bytes
 // in hex.
 func readGossipKey(path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
+	if _, err := cluster.ReadKeyFile(path); err != nil {
 		return fmt.Errorf("gossip key: %w", err)
-	}
-	k, err := hex.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
-		return fmt.Errorf("gossip key in %s: want 16, 24 or 32 hex-encoded bytes", path)
 	}
 	return nil
 }
@@ -63,7 +58,7 @@ func readGossipKey(path string) error {
 func ensureDevCerts(log *slog.Logger, dir string) (certs.Files, error) {
 	f := certs.Files{CA: filepath.Join(dir, certs.CAFile), Cert: filepath.Join(dir, certs.CertFile(certs.NodeName)), Key: filepath.Join(dir, certs.KeyFile(certs.NodeName))}
 	if c, err := f.Load(); err == nil {
-		leaf := c.Certificates[0].Leaf
+		leaf := identity.Current(c).Certificates[0].Leaf
 		if leaf != nil && leaf.VerifyHostname("127.0.0.1") == nil && time.Until(leaf.NotAfter) > 24*time.Hour {
 			log.Info("using existing certificates", "dir", dir)
 			return f, nil

@@ -177,7 +177,7 @@ func Join(ctx context.Context, cfg Node, self cluster.Member) (*Session, error) 
 	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	s.Members, err = cluster.Join(jctx, cluster.MembershipConfig{Client: cli, Keys: s.Keys, Self: self, GossipBind: cfg.GossipBind,
-		GossipAdvertise: gossipAdvertise, SecretKey: cfg.SecretKey, FastFailure: true, Log: log})
+		GossipAdvertise: gossipAdvertise, SecretKey: cfg.SecretKey, KeyFile: cfg.GossipKeyFile, FastFailure: true, Log: log})
 	if err != nil {
 		if s.srv != nil {
 			s.srv.Close()
