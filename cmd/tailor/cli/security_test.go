@@ -123,3 +123,32 @@ func TestSecretsNotShown(t *testing.T) {
 		t.Errorf("status --help: exit %d, %q; want the password file flag and no password flag", code, out)
 	}
 }
+
+// tailor certs init --pairs ROLES --run R makes role certificates bound to
+// R, and a role refuses to start with a certificate of another role or
+// run, before it reaches etcd.
+func TestRoleCertificatesCommand(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	if code, _, errs := runCLI(t, "certs", "init", "--dir", dir, "--pairs", "paramserver,worker", "--run", "r1"); code != 0 {
+		t.Fatalf("certs init: exit %d, stderr %q", code, errs)
+	}
+	tls := func(pair string) []string {
+		return []string{"--tls-ca", filepath.Join(dir, "ca.pem"), "--tls-cert", filepath.Join(dir, pair+".pem"), "--tls-key", filepath.Join(dir, pair+"-key.pem")}
+	}
+	// no etcd listens there: the check must come first
+	tests := []struct {
+		name, pair, run, want string
+	}{
+		{"a parameter server's certificate", "paramserver", "r1", "roles=paramserver runs=r1, not worker"},
+		{"a worker's certificate of another run", "worker", "r2", "roles=worker runs=r1, not for run r2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"worker", "--etcd", "http://127.0.0.1:1", "--run", tt.run, "--id", "w1"}, tls(tt.pair)...)
+			code, _, errs := runCLI(t, args...)
+			if code == 0 || !strings.Contains(errs, tt.want) {
+				t.Fatalf("worker with %s: exit %d, stderr %q; want an error with %q", tt.pair, code, errs, tt.want)
+			}
+		})
+	}
+}
