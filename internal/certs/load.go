@@ -80,6 +80,9 @@ func (f Files) Watch(log *slog.Logger) (*tls.Config, error) {
 		return nil, err
 	}
 	r.cur, r.seen, r.checked = c, st, time.Now()
+	// clients (and their clones with the same RootCAs) get the current
+	// material through identity.Current
+	identity.Reloading(c.RootCAs, r.current)
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		RootCAs:    c.RootCAs,

@@ -2,6 +2,7 @@ package certs_test
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"os"
 	"path/filepath"
@@ -143,5 +144,17 @@ func TestLoadReloads(t *testing.T) {
 			t.Fatalf("the server still presents %q", got)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// a clone given other CAs keeps them: it is no longer the files'
+	other := cli.Clone()
+	other.RootCAs = x509.NewCertPool()
+	if got := identity.Current(other); got.RootCAs != other.RootCAs {
+		t.Error("Current replaced the CAs of a clone that has its own")
+	}
+	if got := identity.Current(cli); got.RootCAs == nil || got.RootCAs == other.RootCAs || len(got.Certificates) != 1 {
+		t.Error("Current of the loaded config has no current material")
+	}
+	if _, err := handshake(t, srv, other); err == nil {
+		t.Error("a client trusting no CA accepted the server")
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // Role is what a certificate allows its holder to be.
@@ -175,21 +176,35 @@ func joinRoles(roles []Role) string {
 	return strings.Join(s, ",")
 }
 
-// Current is c with its key pair and CAs as they are now: a config whose
-// GetConfigForClient gives the current material (certs.Files.Load's,
-// which re-reads its files when they change) is replaced by what that
-// returns, keeping c's VerifyConnection and ServerName (ForPeer's); any
-// other config is returned as it is. Clients call it before every
-// handshake, servers get it from crypto/tls.
+// sources maps the RootCAs pool of each config that re-reads its files
+// (certs.Files.Load) to the function giving that config's material now.
+// An entry is a pool and a closure, one per config made: a process makes a
+// few.
+var sources sync.Map // *x509.CertPool → func() *tls.Config
+
+// Reloading registers current as the source of the key pair and CAs of the
+// configs whose RootCAs is roots (the pool of a config that re-reads its
+// files, and its clones): Current gives current()'s material for them.
+func Reloading(roots *x509.CertPool, current func() *tls.Config) {
+	sources.Store(roots, current)
+}
+
+// Current is c with its key pair and CAs as they are now: for a config
+// registered with Reloading (certs.Files.Load's, which re-reads its files
+// when they change), or a clone of one that kept its RootCAs, the
+// current material, keeping c's VerifyConnection and ServerName (as
+// ForPeer sets them); any other config (a clone given other RootCAs
+// included) as it is. Clients call it before every handshake; servers get
+// the current material from crypto/tls (GetConfigForClient).
 func Current(c *tls.Config) *tls.Config {
-	if c == nil || c.GetConfigForClient == nil {
+	if c == nil || c.RootCAs == nil {
 		return c
 	}
-	cur, err := c.GetConfigForClient(&tls.ClientHelloInfo{})
-	if err != nil || cur == nil {
+	f, ok := sources.Load(c.RootCAs)
+	if !ok {
 		return c
 	}
-	cur = cur.Clone()
+	cur := f.(func() *tls.Config)().Clone()
 	if c.VerifyConnection != nil {
 		cur.VerifyConnection = c.VerifyConnection
 	}
