@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,9 +81,19 @@ func TestMembershipKeyRotation(t *testing.T) {
 	for _, f := range files {
 		write(f, oldKey)
 	}
+	// the members log to a buffer, shown if the test fails: memberlist may
+	// still log (packets of the member with the dropped key) as the test
+	// ends, when t.Log no longer may be called
+	var logs lockedBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the members' logs:\n%s", logs.String())
+		}
+	})
+	lg := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	withFile := func(f string) func(*cluster.MembershipConfig) {
 		return func(c *cluster.MembershipConfig) {
-			c.KeyFile, c.KeyCheck, c.KeyGrace = f, 50*time.Millisecond, 300*time.Millisecond
+			c.KeyFile, c.KeyCheck, c.KeyGrace, c.Log = f, 50*time.Millisecond, 300*time.Millisecond, lg
 		}
 	}
 	c := join(t, ep, cluster.RoleCoordinator, "c1", withFile(files[0]))
@@ -127,12 +139,12 @@ func TestMembershipKeyRotation(t *testing.T) {
 	}
 	// gossip is really on the new key: a member with only it joins, one
 	// with only the old key cannot
-	w := join(t, ep, cluster.RoleWorker, "w1", func(cfg *cluster.MembershipConfig) { cfg.SecretKey = newKey })
+	w := join(t, ep, cluster.RoleWorker, "w1", func(cfg *cluster.MembershipConfig) { cfg.SecretKey, cfg.Log = newKey, lg })
 	waitFor(t, 5*time.Second, "a member with the new key to be seen", seesAll(append(both, "worker/w1"), c, p, w))
 	jctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
 	if _, err := cluster.Join(jctx, cluster.MembershipConfig{Client: clustertest.Client(t, ep), Keys: cluster.RunKeys("test"),
-		Self: cluster.Member{ID: "w2", Role: cluster.RoleWorker}, TTL: testTTL, FastFailure: true, SecretKey: oldKey}); !errors.Is(err, cluster.ErrGossipJoin) {
+		Self: cluster.Member{ID: "w2", Role: cluster.RoleWorker}, TTL: testTTL, FastFailure: true, SecretKey: oldKey, Log: lg}); !errors.Is(err, cluster.ErrGossipJoin) {
 		t.Errorf("a member with the dropped key: Join = %v, want ErrGossipJoin", err)
 	}
 	for _, r := range []*recorder{recC, recP} {
@@ -142,4 +154,22 @@ func TestMembershipKeyRotation(t *testing.T) {
 			}
 		}
 	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
