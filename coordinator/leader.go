@@ -224,7 +224,7 @@ func (l *leader) startMonitors(ctx context.Context) (stop func()) {
 // serve answers the workers' Work calls and the servers' Steps calls on
 // lis until the returned func is called.
 func (l *leader) serve(lis net.Listener) (stop func()) {
-	gs := grpc.NewServer(wire.ServerOptions(l.cfg.TLS)...)
+	gs := grpc.NewServer(wire.ServerOptions(l.cfg.TLS, l.spec.Run)...)
 	l.work = newWorkService(l.spec.Run, l.spec.Mode == job.ModeSSP, l, l.bn)
 	wire.RegisterWork(gs, l.work)
 	wire.RegisterSteps(gs, l.steps)

@@ -52,7 +52,7 @@ type rig struct {
 
 func serveSteps(tb testing.TB, steps *coordinator.Steps) *grpc.ClientConn {
 	tb.Helper()
-	g := grpc.NewServer(wire.ServerOptions(nil)...)
+	g := grpc.NewServer(wire.ServerOptions(nil, "")...)
 	wire.RegisterSteps(g, steps)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

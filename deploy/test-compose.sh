@@ -11,9 +11,11 @@
 #      reconnected, come back (same process, or restarted by its restart
 #      policy after it gave up) and train again (its step count grows);
 #
-# The roles talk over mutual TLS with the certificates of the certs job and
-# gossip with its key; the test checks tailor status needs the certificates
-# to read the parameter servers. The run must end: state done in etcd, the
+# The roles talk over mutual TLS with the role certificates of the certs job,
+# etcd over TLS with client certificates, and gossip with its key; the test
+# checks that tailor status reads the parameter servers with the admin
+# certificate, is refused by them with a worker's (a role that may not read
+# their counters) and by etcd without any. The run must end: state done in etcd, the
 # coordinators exit 0, and the
 # model it wrote scores the test split (tailor eval). Everything the test
 # made (containers, network, volumes, images) is removed at the end, also on
@@ -145,16 +147,18 @@ certs_vol=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/certs"}}{
 
 # status as the cluster sees it: tailor status --json, from a throwaway
 # container on the cluster's network (the servers exit once the run is
-# done), with the cluster's certificates (it dials the parameter servers
-# over mutual TLS); plain_status has none
-status() {
-  docker run --rm --network "$net" -e TAILOR_ETCD=http://etcd:2379 -e TAILOR_RUN="${TAILOR_RUN:-compose-test}" \
-    -v "$certs_vol:/certs:ro" -e TAILOR_TLS_CA=/certs/ca.pem -e TAILOR_TLS_CERT=/certs/node.pem -e TAILOR_TLS_KEY=/certs/node-key.pem \
+# done), with the operator's certificate (admin: it reads etcd and dials the
+# parameter servers over mutual TLS); status_as PAIR uses another pair,
+# plain_status none
+status_as() {
+  docker run --rm --network "$net" -e TAILOR_ETCD=https://etcd:2379 -e TAILOR_RUN="${TAILOR_RUN:-compose-test}" \
+    -v "$certs_vol:/certs:ro" -e TAILOR_TLS_CA=/certs/ca.pem -e TAILOR_TLS_CERT="/certs/$1.pem" -e TAILOR_TLS_KEY="/certs/$1-key.pem" \
     "$TAILOR_IMAGE" status --json --timeout 5s 2>/dev/null
 }
+status() { status_as admin; }
 plain_status() {
-  docker run --rm --network "$net" -e TAILOR_ETCD=http://etcd:2379 -e TAILOR_RUN="${TAILOR_RUN:-compose-test}" \
-    "$TAILOR_IMAGE" status --json --timeout 5s 2>/dev/null
+  docker run --rm --network "$net" -e TAILOR_ETCD=https://etcd:2379 -e TAILOR_RUN="${TAILOR_RUN:-compose-test}" \
+    "$TAILOR_IMAGE" status --json --timeout 5s 2>&1
 }
 # wait_for DESC SECONDS CMD...: poll CMD every second until it succeeds
 wait_for() {
@@ -182,23 +186,31 @@ log "training: $(status | jq -c '.progress | {epoch, epochs, step, loss, workers
 # the published ports reach the services
 port=$(dc port coordinator 9100 | tail -n1)
 curl -fsS "http://$port/metrics" >/dev/null || die "coordinator /metrics on the published port $port"
+# etcd answers over TLS with a certificate of the cluster, and only so
 port=$(dc port etcd 2379 | tail -n1)
-curl -fsS "http://$port/health" | grep true >/dev/null || die "etcd /health on the published port $port"
-log "published ports answer (coordinator /metrics, etcd /health)"
+for f in ca.pem admin.pem admin-key.pem; do docker cp "$ps0:/certs/$f" "$tmp/$f" >/dev/null || die "docker cp /certs/$f"; done
+curl -fsS --cacert "$tmp/ca.pem" --cert "$tmp/admin.pem" --key "$tmp/admin-key.pem" "https://$port/health" | grep true >/dev/null ||
+  die "etcd /health over TLS on the published port $port"
+curl -fsS --cacert "$tmp/ca.pem" "https://$port/health" >/dev/null 2>&1 && die "etcd answered a client without a certificate"
+curl -fsS "http://$port/health" >/dev/null 2>&1 && die "etcd answered plain HTTP"
+log "published ports answer (coordinator /metrics, etcd /health over TLS with a client certificate; not without one)"
 
 # TLS is on: the servers publish their service names (--advertise, the
-# names in their certificate) and answer tailor status with the cluster's
-# certificate; without it they refuse it (a status problem per server)
+# names in their certificate) and answer tailor status with the admin
+# certificate; with a worker's they refuse it (a worker may not read their
+# counters: a status problem per server), and without one etcd refuses it
 s=$(status)
 jq -e '[.members[] | select(.role == "paramserver") | .addrs.grpc] | sort == ["ps0:7000", "ps1:7000"]' <<<"$s" >/dev/null ||
   die "the parameter servers publish $(jq -c '[.members[] | select(.role == "paramserver") | .addrs.grpc]' <<<"$s"), want ps0:7000 and ps1:7000"
 jq -e '[.members[] | select(.role == "paramserver") | .paramserver.version] | length == 2 and all(. != null)' <<<"$s" >/dev/null ||
   die "tailor status with the certificates got no answer of the parameter servers: $(jq -c .problems <<<"$s")"
-p=$(plain_status) || true
-jq -e '[.problems[]? | select(test("paramserver ps[01]: "))] | length == 2' <<<"$p" >/dev/null &&
+p=$(status_as worker) || true
+jq -e '[.problems[]? | select(test("paramserver ps[01]: .*PermissionDenied"))] | length == 2' <<<"$p" >/dev/null &&
   jq -e '[.members[] | select(.role == "paramserver") | .paramserver] | all(. == null)' <<<"$p" >/dev/null ||
-  die "tailor status without a certificate was answered by the parameter servers: $p"
-log "mutual TLS: status with the certificates reads ps0:7000 and ps1:7000; without them refused: $(jq -r '.problems[0]' <<<"$p" | cut -c1-160)"
+  die "tailor status with a worker's certificate was answered by the parameter servers: $p"
+log "role certificates: status as admin reads ps0:7000 and ps1:7000; as a worker refused: $(jq -r '.problems[0]' <<<"$p" | cut -c1-160)"
+p=$(plain_status) && die "tailor status without a certificate read etcd: $p"
+log "etcd over TLS: status without a certificate refused: $(tail -n1 <<<"$p" | cut -c1-160)"
 if dc logs --no-color ps0 2>/dev/null | grep -qi 'no installed keys'; then
   die "ps0 logs gossip it could not decrypt: the members do not share the key"
 fi

@@ -58,7 +58,8 @@ type Config struct {
 	Etcd []string
 	// Secure runs the cluster over mutual TLS with encrypted gossip, and
 	// the embedded etcd over TLS with client certificates and a user. A
-	// development CA and certificate, a gossip key and etcd's passwords
+	// development CA, a certificate for etcd and a role certificate per
+	// role (each process presents its role's), a gossip key and etcd's passwords
 	// are made in Out/certs (private files 0600) and kept for the next
 	// run; Security's and GossipKeyFile's files, where given, are used
 	// instead.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tailorml/tailor/internal/certs"
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/identity"
 	"github.com/tailorml/tailor/internal/job"
 )
 
@@ -126,7 +127,7 @@ func TestProcesses(t *testing.T) {
 	listen := " --listen 127.0.0.1:0"
 	for _, standby := range []bool{false, true} {
 		var got []string
-		for _, p := range processes(s, 3, standby, common) {
+		for _, p := range processes(s, 3, standby, common, nil) {
 			opt := ""
 			if p.optional {
 				opt = " (optional)"
@@ -222,14 +223,26 @@ func TestSecureEtcd(t *testing.T) {
 	dir := t.TempDir()
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	f, err := ensureDevCerts(log, dir)
+	f, roles, err := ensureDevCerts(log, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.Load(); err != nil {
 		t.Fatalf("the certificates made: %v", err)
 	}
-	if _, err := ensureDevCerts(log, dir); err != nil {
+	if len(roles) != len(devRoles) {
+		t.Errorf("%d role certificates, want %d", len(roles), len(devRoles))
+	}
+	for r, rf := range roles {
+		c, err := rf.Load()
+		if err != nil {
+			t.Fatalf("the certificate of %s: %v", r, err)
+		}
+		if id := identity.Own(c); len(id.Roles) != 1 || id.Roles[0] != r || len(id.Runs) != 0 {
+			t.Errorf("the certificate of %s is %s", r, id)
+		}
+	}
+	if _, _, err := ensureDevCerts(log, dir); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(logs.String(), "made a development CA") || !strings.Contains(logs.String(), "using existing certificates") {

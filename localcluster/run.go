@@ -16,6 +16,7 @@ import (
 
 	"github.com/tailorml/tailor/internal/certs"
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/identity"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/progress"
 	"github.com/tailorml/tailor/localcluster/supervise"
@@ -104,14 +105,18 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	// child is what the processes get: the given settings, or with Secure
 	// the generated ones where none were given
 	child, gossipKey := cfg.Security, cfg.GossipKeyFile
-	var dev certs.Files // with Secure: Out/certs's CA and pair
+	var dev certs.Files // with Secure: Out/certs's CA and node pair
+	// with Secure and no --tls-* given: each role's certificate, which
+	// its processes present instead of child.TLS's
+	var roles map[identity.Role]certs.Files
 	certDir := filepath.Join(cfg.Out, certsDir)
 	if cfg.Secure {
-		if dev, err = ensureDevCerts(cfg.Log, certDir); err != nil {
+		var devRoles map[identity.Role]certs.Files
+		if dev, devRoles, err = ensureDevCerts(cfg.Log, certDir); err != nil {
 			return Result{}, err
 		}
 		if !child.TLS.Enabled() {
-			child.TLS = dev
+			child.TLS, roles = dev, devRoles
 		}
 		if gossipKey == "" {
 			if gossipKey, err = ensureGossipKey(certDir); err != nil {
@@ -181,17 +186,22 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	etcdList := strings.Join(endpoints, ",")
+	// tailor status with the operator's certificate, when there are roles
+	operator := child
+	if a, ok := roles[identity.Admin]; ok {
+		operator.TLS = a
+	}
 	fmt.Fprintf(cfg.Stdout, "run %s: etcd %s; watch it with: %s\n", s.Run, etcdList,
-		strings.Join(append(append([]string{"tailor", "status", "--etcd", etcdList, "--run", s.Run}, child.Args()...), "--watch", "2s"), " "))
+		strings.Join(append(append([]string{"tailor", "status", "--etcd", etcdList, "--run", s.Run}, operator.Args()...), "--watch", "2s"), " "))
 	fmt.Fprintf(cfg.Stdout, "run %s: %s\n", s.Run, s.LRSummary())
 	if cfg.Dashboard != "" {
-		stopDash, err := startDashboard(ctx, cfg, cli, s.Run, child, certDir)
+		stopDash, err := startDashboard(ctx, cfg, cli, s.Run, operator, certDir)
 		if err != nil {
 			return Result{}, err
 		}
 		defer stopDash()
 	}
-	procs := processes(s, cfg.Workers, cfg.Standby, commonArgs(s.Run, endpoints, child, gossipKey))
+	procs := processes(s, cfg.Workers, cfg.Standby, commonArgs(s.Run, endpoints, child, gossipKey), roleArgs(roles))
 	logDir := filepath.Join(cfg.Out, LogsDir)
 	logs, err := openLogs(logDir, procs, cfg.Resume)
 	if err != nil {
@@ -378,12 +388,27 @@ func commonArgs(run string, endpoints []string, sec Security, gossipKeyFile stri
 	return a
 }
 
+// roleArgs are, per role, the flags of its certificate, which come after
+// the common ones and so win over their --tls-cert and --tls-key (nil
+// without role certificates).
+func roleArgs(roles map[identity.Role]certs.Files) map[string][]string {
+	if len(roles) == 0 {
+		return nil
+	}
+	out := map[string][]string{}
+	for r, f := range roles {
+		out[string(r)] = []string{"--tls-cert", f.Cert, "--tls-key", f.Key}
+	}
+	return out
+}
+
 // processes are the cluster's processes, in the order they start: the
-// coordinator (and the standby), the parameter servers, the workers.
-func processes(s job.Spec, workers int, standby bool, common []string) []process {
+// coordinator (and the standby), the parameter servers, the workers. Each
+// gets the common flags, then its role's in byRole.
+func processes(s job.Spec, workers int, standby bool, common []string, byRole map[string][]string) []process {
 	listen := []string{"--listen", "127.0.0.1:0"}
 	role := func(args ...string) []string {
-		return append(append(args, common...), listen...)
+		return append(append(append(args, common...), byRole[args[0]]...), listen...)
 	}
 	// with a standby, either coordinator may fail for good: the other
 	// takes over from the last checkpoint
@@ -401,7 +426,7 @@ func processes(s job.Spec, workers int, standby bool, common []string) []process
 		// a worker that comes back asks for work again; one left down
 		// leaves its units to the others
 		id := fmt.Sprintf("w%d", i)
-		ps = append(ps, process{name: id, log: "worker-" + id + ".log", args: append([]string{"worker", "--id", id}, common...), optional: true})
+		ps = append(ps, process{name: id, log: "worker-" + id + ".log", args: append(append([]string{"worker", "--id", id}, common...), byRole["worker"]...), optional: true})
 	}
 	return ps
 }

@@ -138,7 +138,7 @@ func TestRunProcesses(t *testing.T) {
 		TestMetrics: filepath.Join(run, "test_metrics.txt")}); res != want {
 		t.Errorf("Run = %+v, want %+v", res, want)
 	}
-	m := regexp.MustCompile(`^run local: etcd (http://127\.0\.0\.1:\d+); watch it with: tailor status --etcd (\S+) --run local --watch 2s\ndashboard: http://127\.0\.0\.1:\d+/\n$`).FindStringSubmatch(stdout.String())
+	m := regexp.MustCompile(`^run local: etcd (http://127\.0\.0\.1:\d+); watch it with: tailor status --etcd (\S+) --run local --watch 2s\nrun local: learning rate [^\n]+\ndashboard: http://127\.0\.0\.1:\d+/\n$`).FindStringSubmatch(stdout.String())
 	if m == nil || m[1] != m[2] {
 		t.Fatalf("stdout:\n%s", stdout)
 	}
@@ -303,18 +303,40 @@ func TestRunSecure(t *testing.T) {
 		t.Fatalf("Run: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
 	}
 	dir := filepath.Join(cfg.Out, "certs")
-	sec := "--tls-ca " + filepath.Join(dir, "ca.pem") + " --tls-cert " + filepath.Join(dir, "node.pem") + " --tls-key " + filepath.Join(dir, "node-key.pem") +
-		" --etcd-ca " + filepath.Join(dir, "ca.pem") + " --etcd-cert " + filepath.Join(dir, "node.pem") + " --etcd-key " + filepath.Join(dir, "node-key.pem") +
-		" --etcd-user tailor --etcd-password-file " + filepath.Join(dir, "etcd-password")
-	if !regexp.MustCompile(`^run local: etcd https://127\.0\.0\.1:\d+; watch it with: tailor status --etcd https://\S+ --run local ` + regexp.QuoteMeta(sec) + ` --watch 2s\ndashboard: http://127\.0\.0\.1:\d+/ \(sign in with the token in ` + regexp.QuoteMeta(filepath.Join(dir, "dashboard.token")) + `\)\n$`).MatchString(stdout.String()) {
-		t.Errorf("stdout:\n%s\nwant the security flags %s", stdout, sec)
+	secOf := func(pair string) string {
+		return "--tls-ca " + filepath.Join(dir, "ca.pem") + " --tls-cert " + filepath.Join(dir, pair+".pem") + " --tls-key " + filepath.Join(dir, pair+"-key.pem") +
+			" --etcd-ca " + filepath.Join(dir, "ca.pem") + " --etcd-cert " + filepath.Join(dir, "node.pem") + " --etcd-key " + filepath.Join(dir, "node-key.pem") +
+			" --etcd-user tailor --etcd-password-file " + filepath.Join(dir, "etcd-password")
+	}
+	// tailor status with the operator's (admin) certificate
+	if want := secOf("admin"); !regexp.MustCompile(`^run local: etcd https://127\.0\.0\.1:\d+; watch it with: tailor status --etcd https://\S+ --run local ` + regexp.QuoteMeta(want) + ` --watch 2s\nrun local: learning rate [^\n]+\ndashboard: http://127\.0\.0\.1:\d+/ \(sign in with the token in ` + regexp.QuoteMeta(filepath.Join(dir, "dashboard.token")) + `\)\n$`).MatchString(stdout.String()) {
+		t.Errorf("stdout:\n%s\nwant the security flags %s", stdout, want)
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "dashboard.token")); err != nil || fi.Mode().Perm() != 0o600 || fi.Size() < 17 {
 		t.Errorf("the dashboard's token file: %v, %v", fi, err)
 	}
+	// every process the node pair for etcd and the gossip key, then its
+	// role's certificate for the roles' mutual TLS
+	sec := secOf("node")
 	procs := procLines(t, log)
 	if n := strings.Count(procs, sec+" --gossip-key-file "+filepath.Join(dir, "gossip.key")); n != 5 {
 		t.Errorf("%d processes got the security flags and the gossip key, want 5:\n%s", n, procs)
+	}
+	total := 0
+	for _, role := range []string{"coordinator", "paramserver", "worker"} {
+		n := 0
+		for _, line := range strings.Split(procs, "\n") {
+			if strings.HasPrefix(line, role+" ") && strings.Contains(line, "--tls-cert "+filepath.Join(dir, role+".pem")+" --tls-key "+filepath.Join(dir, role+"-key.pem")) {
+				n++
+			}
+		}
+		if n == 0 {
+			t.Errorf("no %s process got its role's certificate:\n%s", role, procs)
+		}
+		total += n
+	}
+	if total != 5 {
+		t.Errorf("%d processes got their role's certificate, want 5:\n%s", total, procs)
 	}
 	pw, err := os.ReadFile(filepath.Join(dir, "etcd-password"))
 	if err != nil {

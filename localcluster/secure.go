@@ -9,13 +9,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tailorml/tailor/internal/certs"
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/identity"
 )
 
 // File names of Secure in Out/certs, besides the CA and the node pair of
@@ -46,36 +46,53 @@ func (s Security) etcdClient(endpoints []string) (*clientv3.Client, error) {
 // readGossipKey checks that path holds a gossip key: 16, 24 or 32 bytes
 // in hex.
 func readGossipKey(path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
+	if _, err := cluster.ReadKeyFile(path); err != nil {
 		return fmt.Errorf("gossip key: %w", err)
-	}
-	k, err := hex.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
-		return fmt.Errorf("gossip key in %s: want 16, 24 or 32 hex-encoded bytes", path)
 	}
 	return nil
 }
 
-// ensureDevCerts returns the CA and node pair in dir, made with
-// certs.Init unless a pair there is signed by the CA, good for 127.0.0.1
-// and valid for another day.
-func ensureDevCerts(log *slog.Logger, dir string) (certs.Files, error) {
-	f := certs.Files{CA: filepath.Join(dir, certs.CAFile), Cert: filepath.Join(dir, certs.CertFile(certs.NodeName)), Key: filepath.Join(dir, certs.KeyFile(certs.NodeName))}
-	if c, err := f.Load(); err == nil {
-		leaf := c.Certificates[0].Leaf
-		if leaf != nil && leaf.VerifyHostname("127.0.0.1") == nil && time.Until(leaf.NotAfter) > 24*time.Hour {
-			log.Info("using existing certificates", "dir", dir)
-			return f, nil
+// devRoles are the roles of the role certificates --secure makes.
+var devRoles = []identity.Role{identity.Coordinator, identity.ParamServer, identity.Worker, identity.Admin}
+
+// ensureDevCerts returns the CA and node pair in dir (etcd's, server and
+// clients), and a role certificate for every role of devRoles (the
+// processes' mutual TLS), made with certs.Init unless every pair there is
+// signed by the CA, good for 127.0.0.1 and valid for another day.
+func ensureDevCerts(log *slog.Logger, dir string) (certs.Files, map[identity.Role]certs.Files, error) {
+	pair := func(name string) certs.Files {
+		return certs.Files{CA: filepath.Join(dir, certs.CAFile), Cert: filepath.Join(dir, certs.CertFile(name)), Key: filepath.Join(dir, certs.KeyFile(name))}
+	}
+	f := pair(certs.NodeName)
+	roles := map[identity.Role]certs.Files{}
+	names := []string{certs.NodeName}
+	for _, r := range devRoles {
+		roles[r] = pair(string(r))
+		names = append(names, string(r))
+	}
+	good := func(f certs.Files) bool {
+		c, err := f.Load()
+		if err != nil {
+			return false
 		}
+		leaf := identity.Current(c).Certificates[0].Leaf
+		return leaf != nil && leaf.VerifyHostname("127.0.0.1") == nil && time.Until(leaf.NotAfter) > 24*time.Hour
+	}
+	kept := good(f)
+	for _, r := range devRoles {
+		kept = kept && good(roles[r])
+	}
+	if kept {
+		log.Info("using existing certificates", "dir", dir)
+		return f, roles, nil
 	}
 	cfg := certs.DefaultInitConfig(dir)
-	cfg.Force = true
+	cfg.Pairs, cfg.Force = names, true
 	if _, err := certs.Init(cfg); err != nil {
-		return f, fmt.Errorf("secure: %w", err)
+		return f, nil, fmt.Errorf("secure: %w", err)
 	}
-	log.Info("made a development CA and certificate", "dir", dir)
-	return f, nil
+	log.Info("made a development CA and certificates", "dir", dir, "pairs", names)
+	return f, roles, nil
 }
 
 // ensureGossipKey returns dir's gossip key file, written (0600, 32 random

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/identity"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/wire"
 	"github.com/tailorml/tailor/store"
@@ -199,7 +200,7 @@ func (d *leaderDecider) client(ctx context.Context) (*wire.DeciderClient, error)
 	if d.conn != nil {
 		d.conn.Close()
 	}
-	conn, err := grpc.NewClient(addr, wire.DialOptions(d.tls)...)
+	conn, err := grpc.NewClient(addr, wire.DialOptions(identity.ForPeer(d.tls, d.run, identity.Coordinator))...)
 	if err != nil {
 		return nil, err
 	}

@@ -192,7 +192,7 @@ func (s *Server) Version() int64 {
 // Serve answers the wire protocol on lis until ctx is done or the server
 // is closed, then stops the gRPC server (pending calls get a short grace).
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	g := grpc.NewServer(wire.ServerOptions(s.cfg.TLS)...)
+	g := grpc.NewServer(wire.ServerOptions(s.cfg.TLS, s.cfg.RunID)...)
 	wire.Register(g, s)
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(lis) }()

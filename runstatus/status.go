@@ -29,6 +29,7 @@ import (
 
 	"github.com/tailorml/tailor/coordinator"
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/identity"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/version"
 	"github.com/tailorml/tailor/internal/wire"
@@ -342,7 +343,7 @@ func roleOrder(r cluster.Role) int {
 
 // paramServerStatus asks one parameter server for its counters.
 func paramServerStatus(ctx context.Context, addr, run string, sec *tls.Config) (*ParamServer, error) {
-	conn, err := grpc.NewClient(addr, wire.DialOptions(sec)...)
+	conn, err := grpc.NewClient(addr, wire.DialOptions(identity.ForPeer(sec, run, identity.ParamServer))...)
 	if err != nil {
 		return nil, err
 	}

@@ -240,7 +240,7 @@ func statusServer(t *testing.T, reply *wire.StatusReply) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(wire.ServerOptions(nil)...)
+	srv := grpc.NewServer(wire.ServerOptions(nil, "")...)
 	wire.Register(srv, statusOnly{reply: reply})
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)

@@ -18,6 +18,7 @@ import (
 	"github.com/tailorml/tailor/input"
 	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/fault"
+	"github.com/tailorml/tailor/internal/identity"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/internal/netspec"
 	"github.com/tailorml/tailor/internal/retry"
@@ -242,7 +243,7 @@ func (w *runner) coordinator(ctx context.Context) (*wire.WorkClient, error) {
 			if w.conn != nil {
 				w.conn.Close()
 			}
-			conn, err := grpc.NewClient(addr, wire.DialOptions(w.cfg.TLS)...)
+			conn, err := grpc.NewClient(addr, wire.DialOptions(identity.ForPeer(w.cfg.TLS, w.cfg.Run, identity.Coordinator))...)
 			if err != nil {
 				return nil, err
 			}

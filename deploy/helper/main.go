@@ -12,11 +12,14 @@
 //	                            (http://host:port) unless it exists, with the
 //	                            credentials in AWS_ACCESS_KEY_ID and
 //	                            AWS_SECRET_ACCESS_KEY; retries for up to a minute
-//	helper pki DIR HOSTS        the cluster's TLS and gossip key in DIR, unless
+//	helper pki DIR HOSTS [PAIRS]
+//	                            the cluster's TLS and gossip key in DIR, unless
 //	                            there: tailor certs init --dir DIR --hosts HOSTS
-//	                            (ca.pem, node.pem, node-key.pem; ca-key.pem is
-//	                            removed: no role needs it), and gossip.key (32
-//	                            random bytes in hex); private files 0600
+//	                            --pairs PAIRS (default node; ca.pem, and
+//	                            NAME.pem, NAME-key.pem for every pair; all made
+//	                            again if one is missing; ca-key.pem is removed:
+//	                            no role needs it), and gossip.key (32 random
+//	                            bytes in hex); private files 0600
 //
 // "{hostname}" is replaced in get's URL too. A worker needs a unique id and
 // an address its peers can reach; in a scaled compose service only the host
@@ -49,7 +52,7 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
-const usage = `usage: helper get URL | helper exec PROG [ARG...] | helper mkbucket ENDPOINT BUCKET | helper pki DIR HOSTS`
+const usage = `usage: helper get URL | helper exec PROG [ARG...] | helper mkbucket ENDPOINT BUCKET | helper pki DIR HOSTS [PAIRS]`
 
 func run(args []string) int {
 	if len(args) == 0 {
@@ -66,8 +69,12 @@ func run(args []string) int {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		err = mkbucket(ctx, args[1], args[2])
-	case args[0] == "pki" && len(args) == 3:
-		err = pki(args[1], args[2])
+	case args[0] == "pki" && (len(args) == 3 || len(args) == 4):
+		pairs := "node"
+		if len(args) == 4 {
+			pairs = args[3]
+		}
+		err = pki(args[1], args[2], pairs)
 	default:
 		fmt.Fprintln(os.Stderr, usage)
 		return 2
@@ -157,14 +164,24 @@ func mkbucket(ctx context.Context, endpoint, bucket string) error {
 
 // pki makes the cluster's certificates (tailor certs init) and gossip key
 // in dir, each unless it is there: running it again (a second "docker
-// compose up") keeps what the running processes use.
-func pki(dir, hosts string) error {
-	if _, err := os.Stat(filepath.Join(dir, "node.pem")); errors.Is(err, os.ErrNotExist) {
+// compose up") keeps what the running processes use. A volume that lacks
+// one of the pairs (made before it was asked for) gets a new CA and every
+// pair.
+func pki(dir, hosts, pairs string) error {
+	missing := ""
+	for _, p := range append([]string{"ca"}, strings.Split(pairs, ",")...) {
+		if _, err := os.Stat(filepath.Join(dir, p+".pem")); errors.Is(err, os.ErrNotExist) {
+			missing = p
+		} else if err != nil {
+			return err
+		}
+	}
+	if missing != "" {
 		tailor, err := exec.LookPath("tailor")
 		if err != nil {
 			return err
 		}
-		cmd := exec.Command(tailor, "certs", "init", "--force", "--dir", dir, "--hosts", hosts)
+		cmd := exec.Command(tailor, "certs", "init", "--force", "--dir", dir, "--hosts", hosts, "--pairs", pairs)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("tailor certs init: %w", err)
@@ -173,8 +190,6 @@ func pki(dir, hosts string) error {
 		if err := os.Remove(filepath.Join(dir, "ca-key.pem")); err != nil {
 			return err
 		}
-	} else if err != nil {
-		return err
 	} else {
 		fmt.Printf("certificates in %s kept\n", dir)
 	}

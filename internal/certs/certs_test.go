@@ -2,6 +2,7 @@ package certs_test
 
 import (
 	"bytes"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tailorml/tailor/internal/certs"
+	"github.com/tailorml/tailor/internal/identity"
 )
 
 func readCert(t *testing.T, path string) *x509.Certificate {
@@ -176,8 +178,15 @@ func TestFilesLoad(t *testing.T) {
 			tt.change(&f)
 			c, err := f.Load()
 			if tt.want == "" {
-				if err != nil || c == nil || len(c.Certificates) != 1 || c.RootCAs == nil || c.ClientCAs == nil {
+				if err != nil || c == nil || c.RootCAs == nil || c.ClientCAs == nil || c.ClientAuth != tls.RequireAndVerifyClientCert {
 					t.Fatalf("Load() = %v, %v; want a mutual TLS config", c, err)
+				}
+				// the key pair is the files' current one, for both ends
+				if cur := identity.Current(c); len(cur.Certificates) != 1 {
+					t.Fatalf("Load's current config has %d key pairs, want 1", len(cur.Certificates))
+				}
+				if pair, err := c.GetClientCertificate(&tls.CertificateRequestInfo{}); err != nil || len(pair.Certificate) == 0 {
+					t.Fatalf("GetClientCertificate = %v, %v", pair, err)
 				}
 				return
 			}

@@ -13,6 +13,8 @@ import (
 	"net"
 	"os"
 	"time"
+
+	"github.com/tailorml/tailor/internal/identity"
 )
 
 // CA is a certificate authority: its certificate and private key.
@@ -69,6 +71,12 @@ func (ca *CA) KeyPEM() ([]byte, error) { return keyPEM(ca.Key) }
 // signed by ca and valid for validFor, usable as a TLS server and as a TLS
 // client. It returns the certificate and the private key, PEM-encoded.
 func (ca *CA) Issue(name string, hosts []string, validFor time.Duration) (certPEM, keyPEMBytes []byte, err error) {
+	return ca.IssueFor(name, hosts, identity.Identity{}, validFor)
+}
+
+// IssueFor is Issue of a certificate that names id's roles and runs (SAN
+// URIs tailor://role/R and tailor://run/RUN; see package identity).
+func (ca *CA) IssueFor(name string, hosts []string, id identity.Identity, validFor time.Duration) (certPEM, keyPEMBytes []byte, err error) {
 	if name == "" {
 		return nil, nil, errors.New("certs: a certificate needs a name")
 	}
@@ -88,6 +96,7 @@ func (ca *CA) Issue(name string, hosts []string, validFor time.Duration) (certPE
 		NotAfter:     now.Add(validFor),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:         id.URIs(),
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/tailorml/tailor/internal/identity"
 )
 
 // File names Init writes in InitConfig.Dir.
@@ -40,8 +42,15 @@ type InitConfig struct {
 	Days int
 	// Pairs are the names of the key pairs to make besides the CA, e.g.
 	// "node" (shared by every role) or one per role ("coordinator",
-	// "paramserver", "worker"). Each name gives NAME.pem and NAME-key.pem.
+	// "paramserver", "worker", "admin"). Each name gives NAME.pem and
+	// NAME-key.pem. A pair named as a role (identity.Roles) names that
+	// role in its certificate (tailor://role/NAME), and its holder checks
+	// its peers' roles; any other name makes a certificate of no role,
+	// good for every role.
 	Pairs []string
+	// Runs, if set, bind the role pairs to these runs (SAN URIs
+	// tailor://run/RUN): peers of another run refuse them.
+	Runs []string
 	// Force overwrites existing files; without it Init writes nothing if
 	// any of its files exists.
 	Force bool
@@ -72,6 +81,11 @@ func (c InitConfig) Validate() error {
 			return fmt.Errorf("certs: pair %q named twice", p)
 		}
 		seen[p] = true
+	}
+	for _, r := range c.Runs {
+		if r == "" || strings.ContainsAny(r, "/?#% ") {
+			return fmt.Errorf("certs: run %q: want a run id", r)
+		}
 	}
 	for _, h := range c.Hosts {
 		if !validHost(h) {
@@ -109,6 +123,15 @@ func (c InitConfig) hosts() []string {
 	return out
 }
 
+// identity is what pair's certificate names: its role and cfg.Runs if
+// pair is a role's name, else nothing (a node certificate).
+func (c InitConfig) identity(pair string) identity.Identity {
+	if r := identity.Role(pair); r.Valid() {
+		return identity.Identity{Roles: []identity.Role{r}, Runs: c.Runs}
+	}
+	return identity.Identity{}
+}
+
 // Init makes a CA (ca.pem, ca-key.pem) and the key pairs cfg names, signed
 // by it, in cfg.Dir. Private keys are written 0600, certificates 0644. It
 // returns the paths it wrote.
@@ -142,7 +165,7 @@ func Init(cfg InitConfig) ([]string, error) {
 	}
 	hosts := cfg.hosts()
 	for _, p := range cfg.Pairs {
-		c, k, err := ca.Issue("tailor "+p, hosts, valid)
+		c, k, err := ca.IssueFor("tailor "+p, hosts, cfg.identity(p), valid)
 		if err != nil {
 			return nil, err
 		}

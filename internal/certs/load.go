@@ -7,6 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
+	"time"
+
+	"github.com/tailorml/tailor/internal/identity"
 )
 
 // Files names a process's TLS material: the CA that signs every peer's
@@ -39,14 +43,63 @@ func (f Files) String() string {
 func (f Files) LogValue() slog.Value { return slog.StringValue(f.String()) }
 
 // Load reads the files and returns the tls.Config of Config, or nil
-// without error when f is the zero value (plaintext).
-func (f Files) Load() (*tls.Config, error) {
+// without error when f is the zero value (plaintext). The config re-reads
+// the files when they change (Watch).
+func (f Files) Load() (*tls.Config, error) { return f.Watch(nil) }
+
+// Watch is Load with a logger for reloads. The config it returns presents
+// the files' current key pair and trusts their current CAs, without a
+// restart: before a handshake (at most once per ReloadCheck) it compares
+// the files' modification times and sizes with those it read, and reads
+// them again if any changed. New material that does not load (a pair
+// half written, a key that is not the certificate's, a certificate the CA
+// did not sign) is logged and not used: the config keeps the last good
+// material and tries again at the next check. Connections already open
+// keep theirs. A server gets the current material from crypto/tls
+// (GetConfigForClient, GetCertificate); a client gets its key pair from
+// GetClientCertificate and, through identity.Current (the wire package
+// calls it before every handshake), its CAs. Other clients (etcd's) trust
+// the CAs read at start.
+func (f Files) Watch(log *slog.Logger) (*tls.Config, error) {
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
 	if !f.Enabled() {
 		return nil, nil
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &reloader{files: f, log: log}
+	st, err := f.stamps()
+	if err != nil {
+		return nil, err
+	}
+	c, err := f.read()
+	if err != nil {
+		return nil, err
+	}
+	r.cur, r.seen, r.checked = c, st, time.Now()
+	// clients (and their clones with the same RootCAs) get the current
+	// material through identity.Current
+	identity.Reloading(c.RootCAs, r.current)
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		RootCAs:    c.RootCAs,
+		ClientCAs:  c.ClientCAs,
+		ClientAuth: tls.RequireAndVerifyClientCert,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return &r.current().Certificates[0], nil
+		},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return &r.current().Certificates[0], nil
+		},
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return r.current(), nil },
+	}, nil
+}
+
+// read reads the three files into a Config.
+func (f Files) read() (*tls.Config, error) {
 	ca, err := os.ReadFile(f.CA)
 	if err != nil {
 		return nil, fmt.Errorf("certs: ca: %w", err)
@@ -67,6 +120,72 @@ func (f Files) Load() (*tls.Config, error) {
 	return c, nil
 }
 
+// ReloadCheck is how often, at most, a config of Watch looks at its files.
+const ReloadCheck = time.Second
+
+// stamp is what tells a changed file: its modification time and size.
+type stamp struct {
+	mod  time.Time
+	size int64
+}
+
+type stamps [3]stamp
+
+func (f Files) stamps() (stamps, error) {
+	var st stamps
+	for i, p := range []string{f.CA, f.Cert, f.Key} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return st, fmt.Errorf("certs: %w", err)
+		}
+		st[i] = stamp{fi.ModTime(), fi.Size()}
+	}
+	return st, nil
+}
+
+// reloader holds a config's current material.
+type reloader struct {
+	files Files
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	cur     *tls.Config // Config of the files as last read well
+	seen    stamps      // the files' stamps when cur was read
+	failed  stamps      // the stamps of the last material that did not load
+	checked time.Time
+}
+
+// current is the current material, read again first if the files changed.
+func (r *reloader) current() *tls.Config {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	if now.Sub(r.checked) < ReloadCheck {
+		return r.cur
+	}
+	r.checked = now
+	st, err := r.files.stamps()
+	if err != nil || st == r.seen {
+		if err != nil && st != r.failed {
+			r.failed = st
+			r.log.Warn("tls files unreadable: keeping the loaded ones", "files", r.files, "err", err)
+		}
+		return r.cur
+	}
+	c, err := r.files.read()
+	if err != nil {
+		if st != r.failed {
+			r.failed = st
+			r.log.Warn("tls files changed but do not load: keeping the loaded ones", "files", r.files, "err", err)
+		}
+		return r.cur
+	}
+	r.cur, r.seen = c, st
+	leaf := c.Certificates[0].Leaf
+	r.log.Info("tls files reloaded", "files", r.files, "subject", leaf.Subject.CommonName, "not_after", leaf.NotAfter, "identity", identity.Of(leaf))
+	return r.cur
+}
+
 // ErrNoCertificates means a CA file holds no PEM certificate.
 var ErrNoCertificates = errors.New("certs: no PEM certificates in the CA file")
 
@@ -85,12 +204,12 @@ func Config(caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {
 		// crypto/tls's errors describe the PEM blocks, not the key
 		return nil, fmt.Errorf("certs: key pair: %w", err)
 	}
-	leaf := pair.Leaf
-	if leaf == nil {
-		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+	if pair.Leaf == nil {
+		if pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
 			return nil, fmt.Errorf("certs: certificate: %w", err)
 		}
 	}
+	leaf := pair.Leaf
 	// a pair from another CA is refused by every peer: say so now
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return nil, fmt.Errorf("certs: the certificate is not signed by the CA: %w", err)

@@ -68,9 +68,19 @@ func (m *Membership) startGossip(cfg MembershipConfig) (*memberlist.Memberlist, 
 		mc.ProbeTimeout = 300 * time.Millisecond
 		mc.SuspicionMult = 2
 	}
-	if len(cfg.SecretKey) > 0 {
-		mc.SecretKey = cfg.SecretKey
+	keys := [][]byte{cfg.SecretKey}
+	if len(cfg.SecretKey) == 0 {
+		keys = nil
 	}
+	if cfg.KeyFile != "" {
+		if keys, err = ReadKeyFile(cfg.KeyFile); err != nil {
+			return nil, err
+		}
+	}
+	if m.ring, err = keyring(keys); err != nil {
+		return nil, fmt.Errorf("cluster: gossip keys: %w", err)
+	}
+	mc.Keyring = m.ring
 	if cfg.Gossip != nil {
 		cfg.Gossip(mc)
 	}

@@ -80,6 +80,19 @@ type MembershipConfig struct {
 	// SecretKey (16, 24 or 32 bytes) encrypts gossip. Members with another
 	// key cannot join.
 	SecretKey []byte
+	// KeyFile, if set, holds the gossip keys instead (ReadKeyFile: one hex
+	// key a line, the first the one gossip is sent with, every one
+	// accepted), and is read again every KeyCheck while the member runs:
+	// new keys are installed, the first becomes the one sent with, and a
+	// key gone from the file is still accepted for KeyGrace. So a key
+	// is rotated without a restart: add the new key as a second line on
+	// every member, then move it first, then drop the old one.
+	KeyFile string
+	// KeyCheck is how often KeyFile is read; default DefaultKeyCheck.
+	KeyCheck time.Duration
+	// KeyGrace is how long a key dropped from KeyFile is still accepted;
+	// default DefaultKeyGrace.
+	KeyGrace time.Duration
 	// FastFailure detects a dead member in about 1.5 s: probe every
 	// 400 ms, 300 ms probe timeout, suspicion multiplier 2. Otherwise
 	// memberlist.DefaultLocalConfig (about 5 s).
@@ -121,6 +134,7 @@ type Membership struct {
 	self    record
 	selfKey string
 	ml      *memberlist.Memberlist
+	ring    *memberlist.Keyring // the gossip keys; nil without encryption
 
 	metaMu sync.Mutex
 	meta   gossipMeta
@@ -241,6 +255,17 @@ func Join(ctx context.Context, cfg MembershipConfig) (*Membership, error) {
 	m.viewWG.Add(2)
 	go m.watch(viewCtx, rev)
 	go m.heal(viewCtx)
+	if cfg.KeyFile != "" {
+		check, grace := cfg.KeyCheck, cfg.KeyGrace
+		if check <= 0 {
+			check = DefaultKeyCheck
+		}
+		if grace <= 0 {
+			grace = DefaultKeyGrace
+		}
+		m.viewWG.Add(1)
+		go m.watchKeys(viewCtx, m.ring, cfg.KeyFile, check, grace)
+	}
 	return m, nil
 }
 

@@ -28,12 +28,15 @@ import (
 )
 
 // TestSecureLocal runs `tailor local --secure`: mutual TLS between the
-// processes, encrypted gossip, etcd over TLS with client certificates and
-// a user. The sync run completes, every record once per epoch. While it
-// trains, clients without a certificate of the run's CA (none, self-signed,
-// another CA's, plaintext, or not trusting the CA) can neither pull weights
-// from a parameter server nor get work from the coordinator, and neither
-// reach etcd; a worker with the wrong gossip key and one without any TLS
+// processes with a role certificate each, encrypted gossip, etcd over TLS
+// with client certificates and a user. The sync run completes, every
+// record once per epoch. While it trains, clients without a certificate of
+// the run's CA (none, self-signed, another CA's, plaintext, or not
+// trusting the CA) can neither pull weights from a parameter server nor
+// get work from the coordinator, and neither reach etcd; certificates of
+// the CA in a role that may not make a call (a worker's reading a
+// parameter server's counters, the admin's pulling weights or asking for
+// work, a node certificate of no role) are refused it; a worker with the wrong gossip key and one without any TLS
 // flags exit with an error instead of training; `tailor status` works
 // with the flags local prints and not without them. No password or key
 // shows in any output.
@@ -54,7 +57,8 @@ func TestSecureLocal(t *testing.T) {
 	// the files of OUT/certs, private ones 0600
 	dir := filepath.Join(out, "certs")
 	secrets := map[string]string{}
-	for _, f := range []string{"ca-key.pem", "node-key.pem", "gossip.key", "etcd-password", "etcd-root-password"} {
+	for _, f := range []string{"ca-key.pem", "node-key.pem", "coordinator-key.pem", "paramserver-key.pem", "worker-key.pem", "admin-key.pem",
+		"gossip.key", "etcd-password", "etcd-root-password"} {
 		p := filepath.Join(dir, f)
 		st, err := os.Stat(p)
 		if err != nil {
@@ -79,7 +83,19 @@ func TestSecureLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 	pki := &certstest.PKI{Dir: dir, CA: ca, Files: files, TLS: good}
-	for _, want := range []string{"--tls-ca " + files.CA, "--tls-cert " + files.Cert, "--tls-key " + files.Key,
+	// the role certificates local made: tailor status gets the admin's,
+	// each process its role's
+	role := func(name string) (certs.Files, *tls.Config) {
+		f := certs.Files{CA: files.CA, Cert: filepath.Join(dir, name+".pem"), Key: filepath.Join(dir, name+"-key.pem")}
+		c, err := f.Load()
+		if err != nil {
+			t.Fatalf("the %s certificate: %v", name, err)
+		}
+		return f, c
+	}
+	adminFiles, adminTLS := role("admin")
+	workerFiles, workerTLS := role("worker")
+	for _, want := range []string{"--tls-ca " + files.CA, "--tls-cert " + adminFiles.Cert, "--tls-key " + adminFiles.Key,
 		"--etcd-user tailor", "--etcd-password-file " + filepath.Join(dir, "etcd-password")} {
 		if !strings.Contains(statusCmd, want) {
 			t.Errorf("the status command %q lacks %q", statusCmd, want)
@@ -192,8 +208,8 @@ func TestSecureLocal(t *testing.T) {
 	}
 	rogues := []*rogue{
 		{name: "wrong gossip key", want: "could not join gossip",
-			args: []string{"--tls-ca", files.CA, "--tls-cert", files.Cert, "--tls-key", files.Key,
-				"--etcd-user", "tailor", "--etcd-password-file", filepath.Join(dir, "etcd-password"), "--gossip-key-file", wrongKey}},
+			args: []string{"--tls-ca", files.CA, "--tls-cert", workerFiles.Cert, "--tls-key", workerFiles.Key,
+				"--etcd-ca", files.CA, "--etcd-cert", files.Cert, "--etcd-key", files.Key, "--etcd-user", "tailor", "--etcd-password-file", filepath.Join(dir, "etcd-password"), "--gossip-key-file", wrongKey}},
 		{name: "no TLS flags", want: "give the etcd CA"},
 	}
 	for i, rg := range rogues {
@@ -208,9 +224,10 @@ func TestSecureLocal(t *testing.T) {
 		go func() { rg.err <- cmd.Wait() }()
 	}
 
-	// the parameter servers and the coordinator: a client of the CA gets
-	// an answer, the others are refused before any handler
-	ps, err := wire.NewClient(wire.ClientConfig{RunID: "local", WorkerID: "tester", Addrs: psAddrs[:], Spec: spec, TLS: good})
+	// the parameter servers and the coordinator: a client of the CA in a
+	// role that may call gets an answer, the others are refused before any
+	// handler
+	ps, err := wire.NewClient(wire.ClientConfig{RunID: "local", WorkerID: "tester", Addrs: psAddrs[:], Spec: spec, TLS: adminTLS})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +236,41 @@ func TestSecureLocal(t *testing.T) {
 	scancel()
 	ps.Close()
 	if err != nil {
-		t.Fatalf("status of the servers with the cluster's certificate: %v", err)
+		t.Fatalf("status of the servers with the admin's certificate: %v", err)
+	}
+	// certificates of the CA in a role that may not: a worker's reads no
+	// counters, a node certificate (no role) nothing, an admin's no weights
+	for name, c := range map[string]struct {
+		sec    *tls.Config
+		method string
+	}{
+		"worker reading counters":    {workerTLS, wire.MethodStatus},
+		"node certificate (no role)": {good, wire.MethodStatus},
+		"admin pulling weights":      {adminTLS, wire.MethodPull},
+	} {
+		conn, err := grpc.NewClient(psAddrs[0], wire.DialOptions(c.sec)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		if c.method == wire.MethodStatus {
+			err = conn.Invoke(cctx, wire.MethodStatus, &wire.StatusRequest{RunID: "local", WorkerID: "intruder"}, new(wire.StatusReply))
+		} else {
+			var st grpc.ClientStream
+			if st, err = wire.NewStream(cctx, conn, wire.MethodPull); err == nil {
+				if err = st.SendMsg(&wire.PullRequest{RunID: "local", WorkerID: "intruder"}); err == nil {
+					_ = st.CloseSend()
+					err = st.RecvMsg(new(wire.Chunk))
+				}
+			}
+		}
+		ccancel()
+		conn.Close()
+		if status.Code(err) != codes.PermissionDenied {
+			t.Errorf("%s: %v, want PermissionDenied", name, err)
+		} else {
+			t.Logf("%s: refused: %v", name, err)
+		}
 	}
 	coord := func(sec *tls.Config) error {
 		conn, err := grpc.NewClient(coordAddr, wire.DialOptions(sec)...)
@@ -234,8 +285,11 @@ func TestSecureLocal(t *testing.T) {
 		_, err = wire.NewWorkClient(conn).Next(cctx, &wire.WorkRequest{RunID: "another-run", WorkerID: "intruder", Done: -1})
 		return err
 	}
-	if err := coord(good); status.Code(err) == codes.Unavailable || err == nil || !strings.Contains(err.Error(), wire.ReasonRunID) {
-		t.Errorf("the coordinator with the cluster's certificate: %v, want refused as %s", err, wire.ReasonRunID)
+	if err := coord(workerTLS); status.Code(err) == codes.Unavailable || err == nil || !strings.Contains(err.Error(), wire.ReasonRunID) {
+		t.Errorf("the coordinator with a worker's certificate: %v, want refused as %s", err, wire.ReasonRunID)
+	}
+	if err := coord(adminTLS); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("the coordinator with the admin's certificate: %v, want PermissionDenied", err)
 	}
 	into := make([][]float32, len(spec))
 	for i, ts := range spec {

@@ -36,6 +36,10 @@ type Node struct {
 	// gossip bind address then needs a fixed port.
 	Advertise string
 	SecretKey []byte // gossip encryption key: 16, 24 or 32 bytes, or none
+	// GossipKeyFile, if set, holds the gossip keys instead of SecretKey
+	// and is read again while the process runs (cluster.MembershipConfig
+	// KeyFile): the key rotates without a restart.
+	GossipKeyFile string
 	// TLS, if set, is mutual TLS on the process's gRPC server and on its
 	// connections to the other roles (certs.Config); nil is plaintext.
 	TLS *tls.Config

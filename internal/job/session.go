@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/identity"
 	"github.com/tailorml/tailor/internal/version"
 	"github.com/tailorml/tailor/internal/wire"
 )
@@ -102,6 +103,11 @@ func Join(ctx context.Context, cfg Node, self cluster.Member) (*Session, error) 
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("joining a run: %w", err)
 	}
+	// a certificate of another role or run would be refused by every
+	// peer: say so now
+	if err := identity.CheckSelf(cfg.TLS, cfg.Run, identity.Role(self.Role)); err != nil {
+		return nil, fmt.Errorf("joining run %s as %s: %w", cfg.Run, self.Role, err)
+	}
 	log := cfg.Logger()
 	cli, err := cluster.NewAuthClient(cfg.Etcd, cfg.EtcdAuth)
 	if err != nil {
@@ -171,7 +177,7 @@ func Join(ctx context.Context, cfg Node, self cluster.Member) (*Session, error) 
 	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	s.Members, err = cluster.Join(jctx, cluster.MembershipConfig{Client: cli, Keys: s.Keys, Self: self, GossipBind: cfg.GossipBind,
-		GossipAdvertise: gossipAdvertise, SecretKey: cfg.SecretKey, FastFailure: true, Log: log})
+		GossipAdvertise: gossipAdvertise, SecretKey: cfg.SecretKey, KeyFile: cfg.GossipKeyFile, FastFailure: true, Log: log})
 	if err != nil {
 		if s.srv != nil {
 			s.srv.Close()

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+
+	"github.com/tailorml/tailor/internal/identity"
 )
 
 // This file holds the Client's setup (config, plan, connections, server
@@ -118,7 +120,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 			c.chunks[i] += (p.Len + c.chunkFloats - 1) / c.chunkFloats
 		}
 	}
-	opts := append(DialOptions(cfg.TLS), cfg.DialOptions...)
+	// the servers dialled must be parameter servers of the run
+	opts := append(DialOptions(identity.ForPeer(cfg.TLS, cfg.RunID, identity.ParamServer)), cfg.DialOptions...)
 	for i, a := range cfg.Addrs {
 		if a == "" {
 			c.Close()

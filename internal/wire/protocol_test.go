@@ -59,7 +59,7 @@ func TestProtocolVersionCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	srvAddr := lis.Addr().String()
-	g := grpc.NewServer(ServerOptions(nil)...)
+	g := grpc.NewServer(ServerOptions(nil, "")...)
 	ps := &countingPS{}
 	Register(g, ps)
 	RegisterWork(g, echoWork{})

@@ -137,8 +137,12 @@ const (
 // presents its certificate and, with sec.ClientAuth set to
 // tls.RequireAndVerifyClientCert, refuses every connection whose client
 // has no certificate signed by sec.ClientCAs (mutual TLS). Nil serves
-// plaintext.
-func ServerOptions(sec *tls.Config) []grpc.ServerOption {
+// plaintext. If the server's certificate names a role (package
+// identity), every call is also checked against Callers and run: a
+// caller whose certificate does not name a role that may call the
+// method, or names another run, is refused with codes.PermissionDenied
+// before any handler runs.
+func ServerOptions(sec *tls.Config, run string) []grpc.ServerOption {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.MaxSendMsgSize(MaxMessageBytes),
@@ -149,8 +153,8 @@ func ServerOptions(sec *tls.Config) []grpc.ServerOption {
 		experimental.BufferPool(sharedPool),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.ChainUnaryInterceptor(protocolUnaryServer),
-		grpc.ChainStreamInterceptor(protocolStreamServer),
+		grpc.ChainUnaryInterceptor(protocolUnaryServer, authUnaryServer(sec, run)),
+		grpc.ChainStreamInterceptor(protocolStreamServer, authStreamServer(sec, run)),
 	}
 	if sec != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(sec)))
@@ -162,8 +166,11 @@ func ServerOptions(sec *tls.Config) []grpc.ServerOption {
 // carries ProtocolVersion, and a server's refusal of it comes back as a
 // *ProtocolError (errors.Is ErrProtocolVersion). sec, if not nil, is the
 // client's TLS (certs.Config): the client verifies the server's certificate
-// against sec.RootCAs and the dialled host name, and presents its own. Nil
-// dials plaintext, for a trusted network (see docs/security.md).
+// against sec.RootCAs and the dialled host name, and presents its own;
+// every handshake uses sec's material of the moment (identity.Current),
+// so new connections pick up rotated files. To check the server's role
+// too, pass identity.ForPeer(sec, ...). Nil dials plaintext, for a
+// trusted network (see docs/security.md).
 func DialOptions(sec *tls.Config) []grpc.DialOption { return DialOptionsVersion(sec, ProtocolVersion) }
 
 // DialOptionsVersion is DialOptions of a client that speaks protocol
@@ -172,7 +179,7 @@ func DialOptions(sec *tls.Config) []grpc.DialOption { return DialOptionsVersion(
 func DialOptionsVersion(sec *tls.Config, v int) []grpc.DialOption {
 	creds := insecure.NewCredentials()
 	if sec != nil {
-		creds = credentials.NewTLS(sec)
+		creds = newTLS(sec)
 	}
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),

@@ -155,7 +155,7 @@ func (f stepsFunc) Decide(ctx context.Context, req *DecideRequest) (*DecideReply
 
 func serveStepsFunc(t *testing.T, f stepsFunc) *grpc.ClientConn {
 	t.Helper()
-	g := grpc.NewServer(ServerOptions(nil)...)
+	g := grpc.NewServer(ServerOptions(nil, "")...)
 	RegisterSteps(g, f)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -33,7 +33,7 @@ func TestCoordinatorServicesMutualTLS(t *testing.T) {
 	pki := certstest.New(t)
 	work := new(countingWork)
 	var decides atomic.Int32
-	g := grpc.NewServer(ServerOptions(pki.TLS)...)
+	g := grpc.NewServer(ServerOptions(pki.TLS, "r")...)
 	RegisterWork(g, work)
 	RegisterSteps(g, stepsFunc(func(ctx context.Context, req *DecideRequest) (*DecideReply, error) {
 		decides.Add(1)

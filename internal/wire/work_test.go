@@ -72,7 +72,7 @@ func TestWorkService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := grpc.NewServer(ServerOptions(nil)...)
+	s := grpc.NewServer(ServerOptions(nil, "")...)
 	RegisterWork(s, echoWork{})
 	go s.Serve(lis)
 	defer s.Stop()

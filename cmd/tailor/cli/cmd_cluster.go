@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tailorml/tailor/coordinator"
+	"github.com/tailorml/tailor/internal/cluster"
 	"github.com/tailorml/tailor/internal/job"
 	"github.com/tailorml/tailor/paramserver"
 	"github.com/tailorml/tailor/worker"
@@ -35,7 +35,7 @@ func (c *clusterFlags) add(fs *flag.FlagSet) {
 	fs.StringVar(&c.run, "run", os.Getenv("TAILOR_RUN"), "run id (env TAILOR_RUN)")
 	fs.StringVar(&c.gossip, "gossip", "127.0.0.1:0", "memberlist bind address host:port")
 	fs.StringVar(&c.metrics, "metrics-listen", "", "Prometheus /metrics listen address (empty: none)")
-	fs.StringVar(&c.secret, "gossip-key-file", "", "file holding the hex gossip encryption key (16, 24 or 32 bytes)")
+	fs.StringVar(&c.secret, "gossip-key-file", "", "file holding the hex gossip encryption key (16, 24 or 32 bytes); one key a line, the first sent with, every one accepted; read again while running (rotation)")
 	fs.StringVar(&c.advertise, "advertise", os.Getenv("TAILOR_ADVERTISE"), "host name or address peers dial this process at, with each listener's port (for listeners on 0.0.0.0; needs a fixed --gossip port; env TAILOR_ADVERTISE)")
 	fs.DurationVar(&c.grace, "preempt-grace", job.DefaultPreemptGrace, "on SIGTERM or Ctrl-C (a preemption notice), the longest this process takes to leave the run cleanly: a worker finishes its step, the leader and the parameter servers checkpoint first; a second signal stops at once")
 	c.sec.add(fs)
@@ -50,7 +50,7 @@ func (c *clusterFlags) node(env *Env, listen string, log *slog.Logger) (job.Node
 	if err != nil {
 		return job.Node{}, err
 	}
-	wt, err := c.sec.wireTLS()
+	wt, err := c.sec.wireTLS(log)
 	if err != nil {
 		return job.Node{}, err
 	}
@@ -59,7 +59,7 @@ func (c *clusterFlags) node(env *Env, listen string, log *slog.Logger) (job.Node
 		return job.Node{}, err
 	}
 	return job.Node{Run: c.run, Etcd: c.endpoints(), EtcdAuth: auth, Listen: listen, MetricsAddr: c.metrics, GossipBind: c.gossip,
-		Advertise: c.advertise, SecretKey: key, TLS: wt, Log: log, Drain: env.Drain(), PreemptGrace: c.grace}, nil
+		Advertise: c.advertise, SecretKey: key, GossipKeyFile: c.secret, TLS: wt, Log: log, Drain: env.Drain(), PreemptGrace: c.grace}, nil
 }
 
 // ExitPreempted is a role's exit code after it left the run on a
@@ -94,15 +94,11 @@ func (c *clusterFlags) key() ([]byte, error) {
 	if c.secret == "" {
 		return nil, nil
 	}
-	b, err := os.ReadFile(c.secret)
+	keys, err := cluster.ReadKeyFile(c.secret)
 	if err != nil {
 		return nil, fmt.Errorf("gossip key: %w", err)
 	}
-	k, err := hex.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
-		return nil, fmt.Errorf("gossip key in %s: want 16, 24 or 32 hex-encoded bytes", c.secret)
-	}
-	return k, nil
+	return keys[0], nil
 }
 
 func (c *clusterFlags) check(env *Env, cmd string) bool {

@@ -66,7 +66,7 @@ cookie).`)
 		return 2
 	}
 	sec.absolute()
-	wt, err := sec.wireTLS()
+	wt, err := sec.wireTLS(env.Log)
 	if err != nil {
 		return fail(env, err)
 	}

@@ -83,8 +83,8 @@ leader records it done, or on Ctrl-C.
 
 With --secure the processes talk over mutual TLS, gossip is encrypted and
 the embedded etcd serves clients over TLS, requires a client certificate and
-a user and password: a development CA and a certificate (tailor certs init),
-a gossip key and etcd's passwords are made in OUT/certs (private files 0600)
+a user and password: a development CA, a certificate for etcd and one per
+role, each process presenting its role's (tailor certs init), a gossip key and etcd's passwords are made in OUT/certs (private files 0600)
 and kept for the next run. --tls-ca/--tls-cert/--tls-key and
 --gossip-key-file, if given, are used instead of the generated ones; with
 --etcd, etcd's TLS and user come from --etcd-*/--tls-* (or TAILOR_ETCD_*)

@@ -118,7 +118,7 @@ else (model, mode, workers, step decisions) from the run.`)
 		cfg.Adam.Decay = cfg.Adam.LR / float64(epochs)
 	}
 	cfg.Logger = env.Log
-	if cfg.TLS, err = cf.sec.wireTLS(); err != nil {
+	if cfg.TLS, err = cf.sec.wireTLS(env.Log); err != nil {
 		return fail(env, err)
 	}
 	members := paramserver.NewStaticMembers(strings.Split(workers, ",")...)

@@ -63,7 +63,7 @@ TLS (the run's certificates). Ctrl-C finishes the requests in flight.`)
 		return 2
 	}
 	sec.absolute()
-	tlsCfg, err := sec.wireTLS()
+	tlsCfg, err := sec.wireTLS(env.Log)
 	if err != nil {
 		return fail(env, err)
 	}

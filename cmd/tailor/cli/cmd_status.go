@@ -47,7 +47,7 @@ done or Ctrl-C. Exit status 1 if etcd or the run cannot be read.`)
 		fmt.Fprintf(env.Stderr, "tailor status: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	wt, err := cf.sec.wireTLS()
+	wt, err := cf.sec.wireTLS(env.Log)
 	if err != nil {
 		return fail(env, err)
 	}

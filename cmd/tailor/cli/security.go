@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -50,8 +51,9 @@ func (s *securityFlags) wireFiles() certs.Files {
 }
 
 // wireTLS loads the roles' mutual TLS; nil without --tls-* (plaintext).
-func (s *securityFlags) wireTLS() (*tls.Config, error) {
-	c, err := s.wireFiles().Load()
+// The files are read again when they change (rotation), logged to log.
+func (s *securityFlags) wireTLS(log *slog.Logger) (*tls.Config, error) {
+	c, err := s.wireFiles().Watch(log)
 	if err != nil {
 		return nil, fmt.Errorf("--tls-ca/--tls-cert/--tls-key: %w", err)
 	}

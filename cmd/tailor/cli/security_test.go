@@ -3,14 +3,22 @@ package cli
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	"github.com/tailorml/tailor/internal/certs"
 	"github.com/tailorml/tailor/internal/certs/certstest"
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/identity"
+	"github.com/tailorml/tailor/internal/wire"
 )
 
 func runCLI(t *testing.T, args ...string) (int, string, string) {
@@ -121,5 +129,140 @@ func TestSecretsNotShown(t *testing.T) {
 	code, out, errs := runCLI(t, "status", "--help")
 	if code != 0 || !strings.Contains(out, "--etcd-password-file") || strings.Contains(out+errs, "password string") {
 		t.Errorf("status --help: exit %d, %q; want the password file flag and no password flag", code, out)
+	}
+}
+
+// tailor certs init --pairs ROLES --run R makes role certificates bound to
+// R, and a role refuses to start with a certificate of another role or
+// run, before it reaches etcd.
+func TestRoleCertificatesCommand(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	if code, _, errs := runCLI(t, "certs", "init", "--dir", dir, "--pairs", "paramserver,worker", "--run", "r1"); code != 0 {
+		t.Fatalf("certs init: exit %d, stderr %q", code, errs)
+	}
+	tls := func(pair string) []string {
+		return []string{"--tls-ca", filepath.Join(dir, "ca.pem"), "--tls-cert", filepath.Join(dir, pair+".pem"), "--tls-key", filepath.Join(dir, pair+"-key.pem")}
+	}
+	// no etcd listens there: the check must come first
+	tests := []struct {
+		name, pair, run, want string
+	}{
+		{"a parameter server's certificate", "paramserver", "r1", "roles=paramserver runs=r1, not worker"},
+		{"a worker's certificate of another run", "worker", "r2", "roles=worker runs=r1, not for run r2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"worker", "--etcd", "http://127.0.0.1:1", "--run", tt.run, "--id", "w1"}, tls(tt.pair)...)
+			code, _, errs := runCLI(t, args...)
+			if code == 0 || !strings.Contains(errs, tt.want) {
+				t.Fatalf("worker with %s: exit %d, stderr %q; want an error with %q", tt.pair, code, errs, tt.want)
+			}
+		})
+	}
+}
+
+// A running `tailor paramserver` presents a new certificate once its
+// files change, without a restart: new connections see the new pair, and
+// a pair of another role put in its place is refused by a client that
+// dials a parameter server. It logs each reload.
+func TestParamServerReloadsCertificate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	if code, _, errs := runCLI(t, "certs", "init", "--dir", dir, "--pairs", "paramserver,admin", "--run", "r1"); code != 0 {
+		t.Fatalf("certs init: exit %d, stderr %q", code, errs)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out, errb bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- RunContext(ctx, []string{"paramserver", "--run", "r1", "--workers", "w0", "--labels", "2", "--size", "32", "--listen", addr,
+			"--tls-ca", filepath.Join(dir, "ca.pem"), "--tls-cert", filepath.Join(dir, "paramserver.pem"), "--tls-key", filepath.Join(dir, "paramserver-key.pem")}, &out, &errb)
+	}()
+
+	admin, err := certs.Files{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "admin.pem"), Key: filepath.Join(dir, "admin-key.pem")}.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// serial is the serial number of the certificate the server presents
+	// to a new connection, or the error of the call
+	serial := func() (string, error) {
+		conn, err := grpc.NewClient(addr, wire.DialOptions(identity.ForPeer(admin, "r1", identity.ParamServer))...)
+		if err != nil {
+			return "", err
+		}
+		defer conn.Close()
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		defer ccancel()
+		var p peer.Peer
+		if err := conn.Invoke(cctx, wire.MethodStatus, &wire.StatusRequest{RunID: "r1", WorkerID: "tester"}, new(wire.StatusReply), grpc.Peer(&p)); err != nil {
+			return "", err
+		}
+		return p.AuthInfo.(credentials.TLSInfo).State.PeerCertificates[0].SerialNumber.String(), nil
+	}
+	var first string
+	for deadline := time.Now().Add(30 * time.Second); first == ""; time.Sleep(100 * time.Millisecond) {
+		if first, err = serial(); err != nil && time.Now().After(deadline) {
+			cancel()
+			<-done // the server's log is complete
+			t.Fatalf("the parameter server does not answer: %v\nstderr:\n%s", err, errb.String())
+		}
+	}
+
+	ca, err := certs.LoadCA(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	replace := func(role identity.Role) {
+		t.Helper()
+		c, k, err := ca.IssueFor("tailor next", []string{"127.0.0.1"}, identity.Identity{Roles: []identity.Role{role}, Runs: []string{"r1"}}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, b := range map[string][]byte{"paramserver-key.pem": k, "paramserver.pem": c} {
+			tmp := filepath.Join(dir, name+".new")
+			if err := os.WriteFile(tmp, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	replace(identity.ParamServer)
+	for deadline := time.Now().Add(10 * certs.ReloadCheck); ; time.Sleep(100 * time.Millisecond) {
+		got, err := serial()
+		if err != nil {
+			t.Fatalf("after the rotation: %v", err)
+		}
+		if got != first {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("new connections still get the first certificate")
+		}
+	}
+	replace(identity.Worker)
+	for deadline := time.Now().Add(10 * certs.ReloadCheck); ; time.Sleep(100 * time.Millisecond) {
+		_, err := serial()
+		if err != nil && strings.Contains(err.Error(), "roles=worker") {
+			t.Logf("refused: %v", err)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a parameter server with a worker's certificate: %v, want refused", err)
+		}
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("tailor paramserver: exit %d\nstderr:\n%s", code, errb.String())
+	}
+	if n := strings.Count(errb.String(), "tls files reloaded"); n < 2 {
+		t.Errorf("%d reloads logged, want 2:\n%s", n, errb.String())
 	}
 }

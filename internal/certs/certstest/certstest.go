@@ -6,11 +6,13 @@ package certstest
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/tailorml/tailor/internal/certs"
+	"github.com/tailorml/tailor/internal/identity"
 )
 
 // PKI is a CA and one "node" key pair for 127.0.0.1, ::1 and localhost,
@@ -35,7 +37,7 @@ func New(tb testing.TB) *PKI {
 		tb.Fatalf("certs.Init: %v", err)
 	}
 	f := certs.Files{CA: filepath.Join(dir, certs.CAFile), Cert: filepath.Join(dir, certs.CertFile(certs.NodeName)), Key: filepath.Join(dir, certs.KeyFile(certs.NodeName))}
-	c, err := f.Load()
+	c, err := static(f)
 	if err != nil {
 		tb.Fatalf("load %v: %v", f, err)
 	}
@@ -44,6 +46,53 @@ func New(tb testing.TB) *PKI {
 		tb.Fatal(err)
 	}
 	return &PKI{Dir: dir, CA: ca, Files: f, TLS: c}
+}
+
+// static is certs.Config of f's files: a config that does not re-read
+// them, whose fields a test may change (WrongServer's RootCAs).
+func static(f certs.Files) (*tls.Config, error) {
+	var b [3][]byte
+	for i, p := range []string{f.CA, f.Cert, f.Key} {
+		var err error
+		if b[i], err = os.ReadFile(p); err != nil {
+			return nil, err
+		}
+	}
+	return certs.Config(b[0], b[1], b[2])
+}
+
+// Pair writes a key pair of the PKI's CA named name (name.pem,
+// name-key.pem in Dir), for 127.0.0.1, ::1 and localhost, whose
+// certificate names id; it returns the files of the pair with the CA.
+func (p *PKI) Pair(tb testing.TB, name string, id identity.Identity) certs.Files {
+	tb.Helper()
+	cert, key, err := p.CA.IssueFor("tailor "+name, []string{"127.0.0.1", "::1", "localhost"}, id, validFor)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := certs.Files{CA: p.Files.CA, Cert: filepath.Join(p.Dir, certs.CertFile(name)), Key: filepath.Join(p.Dir, certs.KeyFile(name))}
+	if err := os.WriteFile(f.Cert, cert, 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(f.Key, key, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return f
+}
+
+// Role is the static TLS config of a new pair of the PKI (Pair) whose
+// certificate names role and runs (none: every run).
+func (p *PKI) Role(tb testing.TB, role identity.Role, runs ...string) *tls.Config {
+	tb.Helper()
+	name := string(role)
+	for _, r := range runs {
+		name += "-" + r
+	}
+	c, err := static(p.Pair(tb, name, identity.Identity{Roles: []identity.Role{role}, Runs: runs}))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
 }
 
 // Roots is a pool of the PKI's CA.
