@@ -231,11 +231,11 @@ func TestRunQuiet(t *testing.T) {
 	if !strings.HasPrefix(lines[0], "run local: etcd ") {
 		t.Errorf("stdout's first line %q, want the etcd line", lines[0])
 	}
-	if len(lines) < 2 || !strings.HasPrefix(lines[1], "dashboard: http://127.0.0.1:") {
-		t.Errorf("stdout's second line %q, want the dashboard's address", lines[1:])
+	if len(lines) < 3 || !strings.HasPrefix(lines[1], "run local: learning rate ") || !strings.HasPrefix(lines[2], "dashboard: http://127.0.0.1:") {
+		t.Errorf("stdout's second and third lines %q, want the learning rate and the dashboard's address", lines[1:])
 	}
 	status := 0
-	for _, l := range lines[2:] {
+	for _, l := range lines[3:] {
 		if !strings.HasPrefix(l, "status ") {
 			t.Errorf("stdout line %q: want only status lines after the first", l)
 		}
