@@ -12,8 +12,20 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 # hygiene: go.mod and go.sum are tidy, staticcheck (pinned) finds nothing
+# what comes from the network (the module proxy) is tried three times: a
+# name lookup that times out once should not fail the run
+retry() {
+  local try
+  for try in 1 2 3; do
+    "$@" && return 0
+    [ "$try" = 3 ] && return 1
+    echo "test.sh: '$*' failed (try $try of 3); again in $((try * 10)) s" >&2
+    sleep $((try * 10))
+  done
+}
+retry go mod download
 go mod tidy -diff
-go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+retry go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 "$(go env GOPATH)/bin/staticcheck" -tags 'openblas chaos soak' ./...
 go vet -tags openblas ./...
 go test -tags openblas -count=1 -timeout 20m ./...
