@@ -279,7 +279,7 @@ func measure(cfg Config, a, b snapshot, steps int64) Row {
 		step := cfg.Step.Seconds() + comm
 		r.BoundImgPerSec = float64(cfg.Workers*cfg.Batch) / step
 	}
-	cores := float64(runtime.NumCPU()) * win.Seconds()
+	cores := float64(numCPU()) * win.Seconds()
 	var total time.Duration
 	for name, c := range b.cpu {
 		d := c - a.cpu[name]
@@ -329,3 +329,6 @@ func poll(ctx context.Context, d time.Duration, procs []*proc, f func() (bool, e
 		}
 	}
 }
+
+// numCPU is the machine's cores, the CPU share's denominator.
+func numCPU() int { return runtime.NumCPU() }

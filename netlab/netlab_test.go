@@ -1,0 +1,125 @@
+package netlab
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestValidate(t *testing.T) {
+	ok := DefaultConfig()
+	ok.Tailor, ok.Etcd, ok.Dir, ok.Data = "tailor", "etcd", "dir", "data"
+	for _, c := range []struct {
+		name string
+		edit func(*Config)
+		want string // in the error; "" for none
+	}{
+		{"default", func(*Config) {}, ""},
+		{"no binaries", func(c *Config) { c.Tailor = "" }, "binaries"},
+		{"long prefix", func(c *Config) { c.Prefix = "123456789" }, "prefix"},
+		{"no workers", func(c *Config) { c.Workers = 0 }, "workers"},
+		{"too many hosts", func(c *Config) { c.Workers = 247 }, "workers"},
+		{"dilation below 1", func(c *Config) { c.Dilation = 0.5 }, "dilation"},
+		{"ssp", func(c *Config) { c.Mode = "ssp" }, "mode"},
+		{"bad compression", func(c *Config) { c.Compression = "zip" }, "compression"},
+		{"empty window", func(c *Config) { c.Steps = 0 }, "window"},
+	} {
+		cfg := ok
+		c.edit(&cfg)
+		err := cfg.Validate()
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: Validate() = %v, want an error with %q", c.name, err, c.want)
+		}
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	text := `# HELP a_total A.
+# TYPE a_total counter
+a_total 3
+b{x="1",y="a b"} 2.5
+b{x="2"} 1e1
+c_seconds_bucket{le="+Inf"} 7
+`
+	m, err := parseMetrics(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]float64{"a_total": 3, "b": 12.5, "c_seconds_bucket": 7} {
+		if m[name] != want {
+			t.Errorf("%s = %g, want %g", name, m[name], want)
+		}
+	}
+	if _, err := parseMetrics(strings.NewReader("a_total x\n")); err == nil {
+		t.Error("a bad value parsed")
+	}
+}
+
+// The process's own CPU time grows as it spins.
+func TestCPUTime(t *testing.T) {
+	a, err := cpuTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for t0 := time.Now(); time.Since(t0) < 300*time.Millisecond; {
+	}
+	b, err := cpuTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := b - a; d < 100*time.Millisecond || d > 5*time.Second {
+		t.Errorf("300 ms of spinning used %v of CPU", d)
+	}
+}
+
+func TestTBF(t *testing.T) {
+	for _, c := range []struct {
+		rate float64
+		want string
+	}{
+		{1e9, "tbf rate 1000000000bit burst 500000 latency 50ms"},
+		{1e8, "tbf rate 100000000bit burst 131072 latency 50ms"},
+	} {
+		if got := strings.Join(tbf(c.rate), " "); got != c.want {
+			t.Errorf("tbf(%g) = %q, want %q", c.rate, got, c.want)
+		}
+	}
+}
+
+// measure turns two snapshots into undilated rates and per-role CPU
+// shares.
+func TestMeasure(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Workers, cfg.Servers, cfg.Batch, cfg.Dilation, cfg.Rate, cfg.Step, cfg.Overlap = 4, 2, 32, 2, 1e9, 200*time.Millisecond, false
+	t0 := time.Unix(1000, 0)
+	a := snapshot{t: t0, coord: map[string]float64{"tailor_coordinator_batches_total": 8}, etcd: map[string]float64{"etcd_server_proposals_committed_total": 10},
+		w0:  map[string]float64{"tailor_worker_steps_total": 2, "tailor_worker_push_bytes_total": 2e6},
+		cpu: map[string]time.Duration{"coordinator": time.Second, "ps0": 0, "w0": 0, "etcd": 0}}
+	b := snapshot{t: t0.Add(10 * time.Second), coord: map[string]float64{"tailor_coordinator_batches_total": 48}, etcd: map[string]float64{"etcd_server_proposals_committed_total": 30},
+		w0:  map[string]float64{"tailor_worker_steps_total": 12, "tailor_worker_push_bytes_total": 12e6},
+		cpu: map[string]time.Duration{"coordinator": 2 * time.Second, "ps0": 4 * time.Second, "w0": 2 * time.Second, "etcd": time.Second}}
+	r := measure(cfg, a, b, 10)
+	cores := float64(10 * numCPU())
+	for _, c := range []struct {
+		name      string
+		got, want float64
+	}{
+		{"img/s", r.ImgPerSec, 40 * 32 / 10.0 * 2},
+		{"step s", r.StepSeconds, 10.0 / 10 / 2},
+		{"push bytes", r.PushBytes, 1e6},
+		// 0.2 s + 2·1 MB·8·(4/2)/1 Gbit/s = 0.232 s per step of 128 images
+		{"bound", r.BoundImgPerSec, 128 / 0.232},
+		{"cpu", r.CPUShare, 8 / cores},
+		{"coordinator", r.Coordinator, 1 / cores},
+		{"servers", r.Servers, 4 / cores},
+		{"workers", r.Workers, 2 / cores},
+		{"etcd", r.Etcd, 1 / cores},
+		{"etcd writes", r.EtcdWritesPerStep, 2},
+		{"coordinator ms/step", float64(r.CoordCPUPerStep.Milliseconds()), 100},
+	} {
+		if d := c.got - c.want; d > 1e-9*max(1, c.want) || d < -1e-9*max(1, c.want) {
+			t.Errorf("%s = %g, want %g", c.name, c.got, c.want)
+		}
+	}
+}
