@@ -10,9 +10,18 @@ const Header = "| workers | servers | link | mode | compression | overlap | k | 
 func (r Row) Markdown() string {
 	c := r.Config
 	return fmt.Sprintf("| %d | %d | %s | %s | %s | %s | %g | %.0f | %.3f | %.2f | %.0f | %.0f %% (%.0f / %.0f / %.0f / %.0f) | %.1f | %.1f |",
-		c.Workers, c.Servers, rateName(c.Rate), c.Mode, c.Compression, onOff(c.Overlap), c.Dilation, r.ImgPerSec, r.StepSeconds,
+		c.Workers, c.Servers, rateName(c.Rate), modeName(c), c.Compression, onOff(c.Overlap), c.Dilation, r.ImgPerSec, r.StepSeconds,
 		r.PushBytes/1e6, r.BoundImgPerSec, 100*r.CPUShare, 100*r.Coordinator, 100*r.Servers, 100*r.Workers, 100*r.Etcd,
 		float64(r.CoordCPUPerStep.Microseconds())/1000, r.EtcdWritesPerStep)
+}
+
+// modeName is the update mode, and in sync mode whether BatchNorm is
+// synchronised.
+func modeName(c Config) string {
+	if c.Mode == "sync" && !c.SyncBN {
+		return "sync, local BN"
+	}
+	return c.Mode
 }
 
 func onOff(b bool) string {

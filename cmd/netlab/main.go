@@ -50,11 +50,15 @@ func run(args []string) int {
 	source := fs.String("fashion", "", "Fashion-MNIST folder (default: the fashion package's)")
 	openblas := fs.Bool("openblas", true, "build tailor with OpenBLAS")
 	verbose := fs.Bool("v", false, "log the lab's progress")
+	plotTo := fs.String("plot", "", "run nothing: plot the scaling efficiency of the rows in the files given as arguments (this command's output) to this PNG")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if *plotTo != "" {
+		return plotRows(*plotTo, fs.Args())
 	}
 	level := slog.LevelWarn
 	if *verbose {
@@ -89,6 +93,28 @@ func run(args []string) int {
 	fmt.Println(netlab.Header)
 	fmt.Println(row.Markdown())
 	fmt.Printf("window: %d steps in %v; scenario %v\n", row.Steps, row.Window.Round(time.Millisecond), time.Since(t0).Round(time.Second))
+	return 0
+}
+
+// plotRows is --plot: the rows of files, drawn to png.
+func plotRows(png string, files []string) int {
+	var rows []netlab.Measured
+	for _, name := range files {
+		f, err := os.Open(name)
+		if err != nil {
+			return fail(err)
+		}
+		r, err := netlab.ReadRows(f)
+		f.Close()
+		if err != nil {
+			return fail(err)
+		}
+		rows = append(rows, r...)
+	}
+	if err := netlab.Plot(png, rows); err != nil {
+		return fail(err)
+	}
+	fmt.Println("wrote", png)
 	return 0
 }
 
