@@ -101,6 +101,11 @@ func TestLab(t *testing.T) {
 		if want := float64(4 * spec.Total()); math.Abs(row.PushBytes-want) > 0.01*want {
 			t.Errorf("%.0f bytes pushed per step by a worker, want the model's %d floats × 4 = %.0f", row.PushBytes, spec.Total(), want)
 		}
+		// the synthetic step's sleep, undilated (k = 1), at least
+		if row.ComputeS < 0.9*c.Step.Seconds() || row.BNSyncS <= 0 || row.PullS <= 0 {
+			t.Errorf("worker's step: compute %.3f s, BN sync %.3f s, pull %.3f s: want the %v of compute at least, and some of each",
+				row.ComputeS, row.BNSyncS, row.PullS, c.Step)
+		}
 		if row.CPUShare <= 0 || row.Coordinator <= 0 || row.Servers <= 0 || row.Workers <= 0 {
 			t.Errorf("CPU shares %+v: want every role's above 0", row)
 		}

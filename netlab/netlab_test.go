@@ -106,10 +106,12 @@ func TestMeasure(t *testing.T) {
 	cfg.Workers, cfg.Servers, cfg.Batch, cfg.Dilation, cfg.Rate, cfg.Step, cfg.Overlap = 4, 2, 32, 2, 1e9, 200*time.Millisecond, false
 	t0 := time.Unix(1000, 0)
 	a := snapshot{t: t0, coord: map[string]float64{"tailor_coordinator_batches_total": 8}, etcd: map[string]float64{"etcd_server_proposals_committed_total": 10},
-		w0:  map[string]float64{"tailor_worker_steps_total": 2, "tailor_worker_push_bytes_total": 2e6},
+		w0: map[string]float64{"tailor_worker_steps_total": 2, "tailor_worker_push_bytes_total": 2e6, "tailor_worker_compute_seconds": 1,
+			"tailor_worker_bn_sync_seconds": 0.5, "tailor_worker_push_seconds": 0, "tailor_worker_pull_seconds": 1},
 		cpu: map[string]time.Duration{"coordinator": time.Second, "ps0": 0, "w0": 0, "etcd": 0}}
 	b := snapshot{t: t0.Add(10 * time.Second), coord: map[string]float64{"tailor_coordinator_batches_total": 48}, etcd: map[string]float64{"etcd_server_proposals_committed_total": 30},
-		w0:  map[string]float64{"tailor_worker_steps_total": 12, "tailor_worker_push_bytes_total": 12e6},
+		w0: map[string]float64{"tailor_worker_steps_total": 12, "tailor_worker_push_bytes_total": 12e6, "tailor_worker_compute_seconds": 9,
+			"tailor_worker_bn_sync_seconds": 1.5, "tailor_worker_push_seconds": 2, "tailor_worker_pull_seconds": 3},
 		cpu: map[string]time.Duration{"coordinator": 2 * time.Second, "ps0": 4 * time.Second, "w0": 2 * time.Second, "etcd": time.Second}}
 	r := measure(cfg, a, b, 10)
 	cores := float64(10 * numCPU())
@@ -120,6 +122,11 @@ func TestMeasure(t *testing.T) {
 		{"img/s", r.ImgPerSec, 40 * 32 / 10.0 * 2},
 		{"step s", r.StepSeconds, 10.0 / 10 / 2},
 		{"push bytes", r.PushBytes, 1e6},
+		// per step of 10, undilated (÷ 2): compute 8 s - BN 1 s
+		{"compute s", r.ComputeS, 0.35},
+		{"bn sync s", r.BNSyncS, 0.05},
+		{"push s", r.PushS, 0.1},
+		{"pull s", r.PullS, 0.1},
 		// 0.2 s + 2·1 MB·8·(4/2)/1 Gbit/s = 0.232 s per step of 128 images
 		{"bound", r.BoundImgPerSec, 128 / 0.232},
 		{"cpu", r.CPUShare, 8 / cores},
@@ -140,9 +147,9 @@ func TestMeasure(t *testing.T) {
 // a one-worker row.
 func TestEfficiency(t *testing.T) {
 	table := Header + `
-| 1 | 4 | 10 Gbit/s | sync | none | on | 8 | 100 | 0.3 | 14.31 | 150 | 4 % (1 / 2 / 1 / 1) | 22.5 | 1.0 |
-| 4 | 4 | 10 Gbit/s | sync | none | on | 8 | 360 | 0.3 | 14.31 | 500 | 9 % (1 / 3 / 4 / 1) | 32.5 | 1.1 |
-| 4 | 4 | 1 Gbit/s | sync | none | on | 8 | 200 | 0.3 | 14.31 | 300 | 9 % (1 / 3 / 4 / 1) | 32.5 | 1.1 |
+| 1 | 4 | 10 Gbit/s | sync | none | on | 8 | 100 | 0.3 | 0.2 / 0 / 0 / 0.1 | 14.31 | 150 | 4 % (1 / 2 / 1 / 1) | 22.5 | 1.0 |
+| 4 | 4 | 10 Gbit/s | sync | none | on | 8 | 360 | 0.3 | 0.2 / 0 / 0 / 0.1 | 14.31 | 500 | 9 % (1 / 3 / 4 / 1) | 32.5 | 1.1 |
+| 4 | 4 | 1 Gbit/s | sync | none | on | 8 | 200 | 0.3 | 0.2 / 0 / 0 / 0.1 | 14.31 | 300 | 9 % (1 / 3 / 4 / 1) | 32.5 | 1.1 |
 some other line
 `
 	rows, err := ReadRows(strings.NewReader(table))

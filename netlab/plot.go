@@ -37,11 +37,11 @@ func ReadRows(r io.Reader) ([]Measured, error) {
 			f[i] = strings.TrimSpace(f[i])
 		}
 		n, err := strconv.Atoi(f[0])
-		if err != nil || len(f) < 11 {
+		if err != nil || len(f) < 12 {
 			continue // the header, its rule, or another table
 		}
 		img, err1 := strconv.ParseFloat(f[7], 64)
-		bound, err2 := strconv.ParseFloat(f[10], 64)
+		bound, err2 := strconv.ParseFloat(f[11], 64)
 		if err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("netlab: bad row %q", line)
 		}

@@ -25,6 +25,13 @@ type Row struct {
 	StepSeconds float64
 	// PushBytes is what one worker pushed per step (after compression).
 	PushBytes float64
+	// Where a worker's step went (the first worker's, per step,
+	// undilated): computing (the synthetic sleep), the synchronised
+	// BatchNorm exchanges (waiting for the step's slowest worker
+	// included), the push past the compute (what overlap did not hide),
+	// the pull of the next weights (waiting for the step's decision
+	// included). The rest of the step is asking the coordinator for work.
+	ComputeS, BNSyncS, PushS, PullS float64
 	// BoundImgPerSec is the throughput the servers' and workers' links
 	// allow with this push size: a step computes for Step and moves
 	// 2·M·max(N/P, 1) bytes over the busiest link at Rate (the push, then
@@ -267,7 +274,12 @@ func measure(cfg Config, a, b snapshot, steps int64) Row {
 	r.ImgPerSec = images / win.Seconds() * k
 	r.StepSeconds = win.Seconds() / float64(steps) / k
 	if pushes := b.w0["tailor_worker_steps_total"] - a.w0["tailor_worker_steps_total"]; pushes > 0 {
-		r.PushBytes = (b.w0["tailor_worker_push_bytes_total"] - a.w0["tailor_worker_push_bytes_total"]) / pushes
+		per := func(name string) float64 { return (b.w0[name] - a.w0[name]) / pushes }
+		r.PushBytes = per("tailor_worker_push_bytes_total")
+		r.BNSyncS = per("tailor_worker_bn_sync_seconds") / k
+		r.ComputeS = per("tailor_worker_compute_seconds")/k - r.BNSyncS
+		r.PushS = per("tailor_worker_push_seconds") / k
+		r.PullS = per("tailor_worker_pull_seconds") / k
 	}
 	if r.PushBytes > 0 {
 		// the busiest link: a server's (N/P workers' pushes in, their

@@ -21,7 +21,7 @@ if [ "$set_" = core ] || [ "$set_" = all ]; then
 	for n in 1 2 4 8 16; do row --workers "$n" --servers 4 --rate 1e9 --steps 4 --timeout 10m; done
 fi
 if [ "$set_" = variants ] || [ "$set_" = all ]; then
-	for p in 1 2; do row --workers 16 --servers "$p" --rate 10e9 --steps 6; done
+	for p in 1 2 8; do row --workers 16 --servers "$p" --rate 10e9 --steps 6; done
 	for c in fp16 topk; do row --workers 16 --servers 4 --rate 10e9 --steps 8 --compression "$c"; done
 	row --workers 16 --servers 4 --rate 10e9 --steps 8 --overlap=false
 	row --workers 16 --servers 4 --rate 10e9 --steps 8 --sync-bn=false

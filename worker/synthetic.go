@@ -72,11 +72,20 @@ func (c *Compute) syntheticStep(ctx context.Context, step int64, k int) (float64
 	}
 	SyntheticGradient(c.synth, c.cfg.Seed, step, c.cfg.Worker)
 	bn := c.net.BN()
+	// the sleeps end at times fixed from the step's start (shifted by the
+	// exchanges' waits, when the worker computes nothing), so that late
+	// wake-ups on a loaded machine do not add up
+	var done time.Duration // of the compute, slept
+	bn0 := c.BNSyncTime
+	work := func(d time.Duration) bool {
+		done += d
+		return sleepCtx(ctx, time.Until(t0.Add(done+c.BNSyncTime-bn0)))
+	}
 	// the forward pass: each BatchNorm layer's sums (count, Σx, Σx²) over
 	// the step's workers, a unit-variance batch
 	fwd := time.Duration(float64(c.cfg.Synthetic) * forwardShare)
 	for l := range bn {
-		if !sleepCtx(ctx, fwd/time.Duration(len(bn)+1)) {
+		if !work(fwd / time.Duration(len(bn)+1)) {
 			return 0, ctx.Err()
 		}
 		if c.bnSync != nil {
@@ -91,7 +100,7 @@ func (c *Compute) syntheticStep(ctx context.Context, step int64, k int) (float64
 			}
 		}
 	}
-	if !sleepCtx(ctx, fwd/time.Duration(len(bn)+1)) {
+	if !work(fwd - fwd/time.Duration(len(bn)+1)*time.Duration(len(bn))) {
 		return 0, ctx.Err()
 	}
 	// the backward pass: parameters from the last to the first, each after
@@ -135,8 +144,11 @@ func (c *Compute) syntheticStep(ctx context.Context, step int64, k int) (float64
 		}
 		return 0, err
 	}
+	var sofar int
 	for p := len(params) - 1; p >= 0; p-- {
-		if !sleepCtx(ctx, time.Duration(float64(back)*float64(len(params[p].Data))/float64(total))) {
+		// to the parameter's cumulative share, so the last ends the step
+		sofar += len(params[p].Data)
+		if !work(fwd + time.Duration(float64(back)*float64(sofar)/float64(total)) - done) {
 			return fail(ctx.Err())
 		}
 		if l, ok := bnLayer[params[p].Name]; ok && c.bnSync != nil {

@@ -84,7 +84,8 @@ func run(args []string) int {
 	if cfg.Data, err = netlab.Data(ctx, *source, filepath.Join(*dir, fmt.Sprintf("data-%d-%d", *size, *train)), *size, *train, log); err != nil {
 		return fail(err)
 	}
-	cfg.Dir = filepath.Join(*dir, "lab")
+	// each scenario's logs stay in a folder of its own
+	cfg.Dir = filepath.Join(*dir, "lab-"+cfg.Prefix)
 	t0 := time.Now()
 	row, err := netlab.Run(ctx, cfg, log)
 	if err != nil {
