@@ -167,7 +167,7 @@ some other line
 	if want := [][2]float64{{1, 1}, {4, 0.9}}; !slicesEqual(eff[k], want) {
 		t.Errorf("efficiency %v, want %v", eff[k], want)
 	}
-	if want := [][2]float64{{1, 1.5}, {4, 1.25}}; !slicesEqual(bound[k], want) {
+	if want := [][2]float64{{1, 1}, {4, 500.0 / 600}}; !slicesEqual(bound[k], want) {
 		t.Errorf("bound %v, want %v", bound[k], want)
 	}
 	if err := Plot(t.TempDir()+"/eff.png", rows); err != nil {

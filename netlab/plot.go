@@ -51,13 +51,14 @@ func ReadRows(r io.Reader) ([]Measured, error) {
 }
 
 // Efficiency is the scaling efficiency of each scenario with a one-worker
-// row: img/s at N ÷ (N × img/s at 1), and the links' bound on it, by
-// workers; keys in the order of their first row.
+// row, by workers: measured, img/s at N ÷ (N × img/s at 1); and the
+// links' bound's, bound at N ÷ (N × bound at 1). Keys are in the order of
+// their first row.
 func Efficiency(rows []Measured) (keys []string, eff, bound map[string][][2]float64) {
-	one := map[string]float64{}
+	one, oneBound := map[string]float64{}, map[string]float64{}
 	for _, r := range rows {
 		if r.Workers == 1 {
-			one[r.Key] = r.ImgPerSec
+			one[r.Key], oneBound[r.Key] = r.ImgPerSec, r.BoundImgPerSec
 		}
 	}
 	eff, bound = map[string][][2]float64{}, map[string][][2]float64{}
@@ -71,7 +72,9 @@ func Efficiency(rows []Measured) (keys []string, eff, bound map[string][][2]floa
 		}
 		n := float64(r.Workers)
 		eff[r.Key] = append(eff[r.Key], [2]float64{n, r.ImgPerSec / (n * base)})
-		bound[r.Key] = append(bound[r.Key], [2]float64{n, r.BoundImgPerSec / (n * base)})
+		if b := oneBound[r.Key]; b > 0 {
+			bound[r.Key] = append(bound[r.Key], [2]float64{n, r.BoundImgPerSec / (n * b)})
+		}
 	}
 	return keys, eff, bound
 }
