@@ -21,9 +21,11 @@ import (
 //
 // The forward pass takes a third of the time and the backward pass the
 // rest (a backward pass costs about twice a forward pass); the backward
-// sleep is spread over the parameters in proportion to their size, so that
-// an overlapped push starts with the output layer's gradient as a real one
-// does.
+// sleep is spread over the layers in proportion to their FLOPs
+// (model.Config.KernelFLOPs), each layer's parameters ready at its end, so
+// that an overlapped push gets each gradient when a real step would have
+// it: the dense layers' (most of the bytes) early, the convolutions' (most
+// of the time) late.
 
 // forwardShare is the forward pass's part of a synthetic step.
 const forwardShare = 1.0 / 3
@@ -107,9 +109,13 @@ func (c *Compute) syntheticStep(ctx context.Context, step int64, k int) (float64
 	// its share of the time; a BatchNorm layer's backward exchange (Σdy,
 	// Σdy·x̂) before its γ
 	back := c.cfg.Synthetic - fwd
-	total := 0
+	// each parameter's share of the backward time: its layer's FLOPs, on
+	// the layer's kernel (the layer's bias and BatchNorm parameters are
+	// ready with it)
+	flops := c.net.Config().KernelFLOPs()
+	var total float64
 	for _, p := range params {
-		total += len(p.Data)
+		total += flops[p.Name]
 	}
 	bnLayer := map[string]int{}
 	for l, st := range bn {
@@ -144,11 +150,11 @@ func (c *Compute) syntheticStep(ctx context.Context, step int64, k int) (float64
 		}
 		return 0, err
 	}
-	var sofar int
+	var sofar float64
 	for p := len(params) - 1; p >= 0; p-- {
 		// to the parameter's cumulative share, so the last ends the step
-		sofar += len(params[p].Data)
-		if !work(fwd + time.Duration(float64(back)*float64(sofar)/float64(total)) - done) {
+		sofar += flops[params[p].Name]
+		if !work(fwd + time.Duration(float64(back)*sofar/total) - done) {
 			return fail(ctx.Err())
 		}
 		if l, ok := bnLayer[params[p].Name]; ok && c.bnSync != nil {
