@@ -1,44 +1,40 @@
 #!/usr/bin/env bash
-# Runs the scaling rows of BENCHMARKS.md ("Scaling on an emulated network")
-# one scenario at a time with cmd/netlab, and appends each row (and the
-# load average before it) to ${OUT:-netlab-scaling.md}. Needs root. Every
-# row: synthetic 64 px workers (a 210 ms step, tailor bench's median),
-# time dilation 8, batch 32.
-#   bash scripts/netlab-scaling.sh [ROWSET]   (ROWSET: core, variants, more, all)
-set -euo pipefail
+# Runs the rows of BENCHMARKS.md's "Scaling on an emulated network" one
+# scenario at a time with cmd/netlab and appends each row (after a comment
+# line with the time, the load average and the flags) to
+# ${OUT:-netlab-scaling.md}; `go run ./cmd/netlab --plot PNG FILE` draws
+# them. Needs root. Every row: synthetic workers (the median step of tailor
+# bench: 210 ms at 64 px, 557 ms at 96 px), time dilation 8, batch 32.
+#   bash scripts/netlab-scaling.sh [ROWSET]   (ROWSET: scaling, variants, 96, all)
+set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-netlab-scaling.md}
 dir=${NETLAB_DIR:-/tmp/netlab}
 set_=${1:-all}
-go build -o "$dir/netlab" ./cmd/netlab
+mkdir -p "$dir"
+go build -o "$dir/netlab" ./cmd/netlab || exit 1
+# row SIZE STEP TRAIN FLAGS...: one scenario
 row() {
-	echo "# $(date -u +%H:%M:%S) load $(cut -d' ' -f1-3 /proc/loadavg): $*" >>"$out"
-	"$dir/netlab" --dir "$dir" --train 16384 --dilation 8 --step 210ms "$@" 2>>"$out.log" | grep '^| [0-9]' >>"$out" ||
-		echo "| failed: $* |" >>"$out"
+	local size=$1 step=$2 train=$3
+	shift 3
+	echo "# $(date -u +%H:%M:%S) load $(cut -d' ' -f1-3 /proc/loadavg): --size $size $*" >>"$out"
+	"$dir/netlab" --dir "$dir" --size "$size" --train "$train" --dilation 8 --step "$step" "$@" 2>>"$out.log" |
+		grep '^| [0-9]' | sed "s/\$/ $size px/" >>"$out" || echo "| failed: --size $size $* |" >>"$out"
 }
-if [ "$set_" = core ] || [ "$set_" = all ]; then
-	for n in 1 2 4 8 16 32; do row --workers "$n" --servers 4 --rate 10e9 --steps 8; done
-	for n in 1 2 4 8 16; do row --workers "$n" --servers 4 --rate 1e9 --steps 4 --timeout 10m; done
+r64() { row 64 210ms 16384 "$@"; }
+if [ "$set_" = scaling ] || [ "$set_" = all ]; then
+	for n in 1 2 4 8 16 32; do r64 --workers "$n" --servers 4 --rate 10e9 --steps 8 --timeout 8m; done
+	for n in 1 4 8 16; do r64 --workers "$n" --servers 4 --rate 1e9 --steps 4 --timeout 10m; done
 fi
 if [ "$set_" = variants ] || [ "$set_" = all ]; then
-	for p in 1 2 8; do row --workers 16 --servers "$p" --rate 10e9 --steps 6; done
-	for c in fp16 topk; do row --workers 16 --servers 4 --rate 10e9 --steps 8 --compression "$c"; done
-	row --workers 16 --servers 4 --rate 10e9 --steps 8 --overlap=false
-	row --workers 16 --servers 4 --rate 10e9 --steps 8 --sync-bn=false
-	row --workers 16 --servers 4 --rate 10e9 --steps 8 --mode async
-	for c in fp16 topk; do row --workers 16 --servers 4 --rate 1e9 --steps 4 --timeout 10m --compression "$c"; done
+	for p in 1 2; do r64 --workers 16 --servers "$p" --rate 10e9 --steps 6; done
+	r64 --workers 16 --servers 8 --rate 10e9 --steps 8
+	for c in fp16 topk; do r64 --workers 16 --servers 4 --rate 10e9 --steps 8 --compression "$c"; done
+	for n in 1 16; do r64 --workers "$n" --servers 4 --rate 10e9 --steps 8 --overlap=false; done
+	for n in 1 16; do r64 --workers "$n" --servers 4 --rate 10e9 --steps 8 --mode async; done
+	r64 --workers 1 --servers 4 --rate 10e9 --steps 8 --sync-bn=false
+	for p in 4 8; do r64 --workers 16 --servers "$p" --rate 10e9 --steps 8 --sync-bn=false; done
 fi
-if [ "$set_" = more ] || [ "$set_" = all ]; then
-	# the one-worker baselines of the variants that change a step at N = 1
-	row --workers 1 --servers 4 --rate 10e9 --steps 8 --mode async
-	row --workers 1 --servers 4 --rate 10e9 --steps 8 --sync-bn=false
-	# both fixes of the target row together: more servers, local BatchNorm
-	row --workers 16 --servers 8 --rate 10e9 --steps 8 --sync-bn=false
-	row --workers 32 --servers 4 --rate 10e9 --steps 8 --timeout 8m
-	# 96 px: a 557 ms step (tailor bench's median), its own data set
-	for n in 1 16; do
-		echo "# $(date -u +%H:%M:%S) load $(cut -d' ' -f1-3 /proc/loadavg): 96 px --workers $n --servers 4 --rate 10e9" >>"$out"
-		"$dir/netlab" --dir "$dir" --size 96 --train 8192 --dilation 8 --step 557ms --workers "$n" --servers 4 --rate 10e9 --steps 6 \
-			2>>"$out.log" | grep '^| [0-9]' | sed 's/$/ 96 px/' >>"$out" || echo "| failed: 96 px --workers $n |" >>"$out"
-	done
+if [ "$set_" = 96 ] || [ "$set_" = all ]; then
+	for n in 1 16; do row 96 557ms 8192 --workers "$n" --servers 4 --rate 10e9 --steps 6; done
 fi
