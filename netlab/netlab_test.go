@@ -2,6 +2,7 @@ package netlab
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -150,18 +151,19 @@ func TestEfficiency(t *testing.T) {
 | 1 | 4 | 10 Gbit/s | sync | none | on | 8 | 100 | 0.3 | 0.2 / 0 / 0 / 0.1 | 14.31 | 150 | 4 % (1 / 2 / 1 / 1) | 22.5 | 1.0 |
 | 4 | 4 | 10 Gbit/s | sync | none | on | 8 | 360 | 0.3 | 0.2 / 0 / 0 / 0.1 | 14.31 | 500 | 9 % (1 / 3 / 4 / 1) | 32.5 | 1.1 |
 | 4 | 4 | 1 Gbit/s | sync | none | on | 8 | 200 | 0.3 | 0.2 / 0 / 0 / 0.1 | 14.31 | 300 | 9 % (1 / 3 / 4 / 1) | 32.5 | 1.1 |
+| 1 | 4 | 10 Gbit/s | sync | none | on | 8 | 50 | 0.3 | 0.2 / 0 / 0 / 0.1 | 14.31 | 300 | 9 % (1 / 3 / 4 / 1) | 32.5 | 1.1 | 96 px
 some other line
 `
 	rows, err := ReadRows(strings.NewReader(table))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 3 {
-		t.Fatalf("%d rows, want 3", len(rows))
+	if len(rows) != 4 {
+		t.Fatalf("%d rows, want 4", len(rows))
 	}
 	keys, eff, bound := Efficiency(rows)
-	if len(keys) != 1 || keys[0] != "P=4, 10 Gbit/s, sync, none, overlap on" {
-		t.Fatalf("keys %q, want the 10 Gbit/s scenario's only (the other has no one-worker row)", keys)
+	if want := []string{"P=4, 10 Gbit/s, sync, none, overlap on", "96 px, P=4, 10 Gbit/s, sync, none, overlap on"}; !slices.Equal(keys, want) {
+		t.Fatalf("keys %q, want %q (the 1 Gbit/s scenario has no one-worker row)", keys, want)
 	}
 	k := keys[0]
 	if want := [][2]float64{{1, 1}, {4, 0.9}}; !slicesEqual(eff[k], want) {

@@ -45,7 +45,13 @@ func ReadRows(r io.Reader) ([]Measured, error) {
 		if err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("netlab: bad row %q", line)
 		}
-		out = append(out, Measured{Key: fmt.Sprintf("P=%s, %s, %s, %s, overlap %s", f[1], f[2], f[3], f[4], f[5]), Workers: n, ImgPerSec: img, BoundImgPerSec: bound})
+		key := fmt.Sprintf("P=%s, %s, %s, %s, overlap %s", f[1], f[2], f[3], f[4], f[5])
+		// a note after the row's last column (scripts/netlab-scaling.sh
+		// writes the image size there) is part of its scenario
+		if last := f[len(f)-1]; len(f) > 15 && last != "" {
+			key = last + ", " + key
+		}
+		out = append(out, Measured{Key: key, Workers: n, ImgPerSec: img, BoundImgPerSec: bound})
 	}
 	return out, sc.Err()
 }
