@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -185,13 +186,27 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (row Row, err error)
 			return Row{}, err
 		}
 	}
-	for _, h := range wH {
+	// workers start a few at a time, each group once the one before has
+	// joined the run (/readyz): dozens of processes starting at once on a
+	// few cores starve each other past gossip's probe timeouts, and the
+	// run then begins with members that flap
+	for i, h := range wH {
 		args := append([]string{"worker", "--id", h.name}, common(h)...)
 		if cfg.Step > 0 {
 			args = append(args, "--synthetic-compute", cfg.stepTime().String())
 		}
 		if err := role(h.name, h, args...); err != nil {
 			return Row{}, err
+		}
+		if (i+1)%startGroup != 0 && i+1 < len(wH) {
+			continue
+		}
+		for _, g := range wH[max(0, i+1-startGroup) : i+1] {
+			if err := poll(ctx, time.Minute, procs, func() (bool, error) {
+				return ready(ctx, g, g.ip+":"+portMetrics), nil
+			}); err != nil {
+				return Row{}, fmt.Errorf("%s joining the run: %w", g.name, err)
+			}
 		}
 	}
 	log.Info("lab processes started", "servers", cfg.Servers, "workers", cfg.Workers, "step", cfg.stepTime())
@@ -256,6 +271,25 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (row Row, err error)
 		return Row{}, fmt.Errorf("window (%d steps): %w (logs in %s)", cfg.Steps, err, logs)
 	}
 	return measure(cfg, a, b, progress(b.coord)-progress(a.coord)), nil
+}
+
+// startGroup is how many workers start at once.
+const startGroup = 4
+
+// ready reports whether the role in h answers /readyz at addr: it has
+// joined the run.
+func ready(ctx context.Context, h host, addr string) bool {
+	cl := &http.Client{Transport: &http.Transport{DialContext: dialIn(h.ns), DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/readyz", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := cl.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // snapshot is the lab's counters at one time.
