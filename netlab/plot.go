@@ -86,11 +86,17 @@ func Efficiency(rows []Measured) (keys []string, eff, bound map[string][][2]floa
 }
 
 // Plot draws the scaling efficiency of every scenario of rows that has a
-// one-worker row, measured and bound, against the workers, to a PNG at
-// path.
+// one-worker row and at least two others (a curve, not a pair), measured
+// and bound, against the workers, to a PNG at path.
 func Plot(path string, rows []Measured) error {
-	keys, eff, bound := Efficiency(rows)
-	c := plot.Chart{Title: "scaling efficiency: img/s at N / (N × img/s at 1)", XLabel: "workers", YLabel: "efficiency", Width: 900, Height: 500}
+	all, eff, bound := Efficiency(rows)
+	var keys []string
+	for _, k := range all {
+		if len(eff[k]) >= 3 {
+			keys = append(keys, k)
+		}
+	}
+	c := plot.Chart{Title: "scaling efficiency: img/s at N / (N x img/s at 1)", XLabel: "workers", YLabel: "efficiency", Width: 900, Height: 500}
 	for i, k := range keys {
 		for j, s := range []struct {
 			name string
