@@ -29,10 +29,10 @@ type proc struct {
 	err  error
 }
 
-// start runs bin args in host h, its output to dir/<name>.log. The
-// process is killed if this one dies (its parent-death signal), and by
-// stop.
-func start(dir, name string, h host, bin string, args ...string) (*proc, error) {
+// start runs bin args in host h with the environment env (nil: this
+// process's), its output to dir/<name>.log. The process is killed if this
+// one dies (its parent-death signal), and by stop.
+func start(dir, name string, h host, env []string, bin string, args ...string) (*proc, error) {
 	f, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		return nil, err
@@ -40,6 +40,7 @@ func start(dir, name string, h host, bin string, args ...string) (*proc, error) 
 	// ip netns exec enters the namespace and execs bin: the pid is bin's
 	cmd := exec.Command("ip", append([]string{"netns", "exec", h.ns, bin}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()

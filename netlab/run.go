@@ -130,7 +130,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (row Row, err error)
 	_ = os.RemoveAll(etcdDir)
 	client := "http://" + etcdH.ip + ":" + portEtcd
 	peer := "http://" + etcdH.ip + ":" + portPeer
-	ep, err := start(logs, "etcd", etcdH, cfg.Etcd, "--name", "lab", "--data-dir", etcdDir,
+	ep, err := start(logs, "etcd", etcdH, nil, cfg.Etcd, "--name", "lab", "--data-dir", etcdDir,
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "lab="+peer,
 		"--listen-metrics-urls", "http://"+etcdH.ip+":"+portEtcdMet, "--log-level", "warn")
@@ -155,7 +155,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (row Row, err error)
 		"--batch", strconv.Itoa(cfg.Batch), "--epochs", "1000", "--shuffle", "units", "--wait-workers", strconv.Itoa(cfg.Workers),
 		"--checkpoint-every", "0", "--bn-estimate=false", "--out", filepath.Join(cfg.Dir, "out"),
 		"--checkpoints", filepath.Join(cfg.Dir, "checkpoints"))
-	sp, err := start(logs, "submit", coordH, cfg.Tailor, append([]string{"submit"}, submit...)...)
+	// gossip's probe timeout (300 ms) dilated with the links and the
+	// compute: a probe that waits behind a link's traffic waits k times
+	// longer here than on the network the lab stands for
+	env := append(os.Environ(), fmt.Sprintf("TAILOR_FAULTS=gossip.probe=%v", time.Duration(float64(gossipProbe)*cfg.Dilation)))
+	sp, err := start(logs, "submit", coordH, env, cfg.Tailor, append([]string{"submit"}, submit...)...)
 	if err != nil {
 		return Row{}, err
 	}
@@ -171,7 +175,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (row Row, err error)
 	}
 
 	role := func(name string, h host, args ...string) error {
-		p, err := start(logs, name, h, cfg.Tailor, args...)
+		p, err := start(logs, name, h, env, cfg.Tailor, args...)
 		if err != nil {
 			return err
 		}
@@ -272,6 +276,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (row Row, err error)
 	}
 	return measure(cfg, a, b, progress(b.coord)-progress(a.coord)), nil
 }
+
+// gossipProbe is the roles' gossip probe timeout (internal/cluster's
+// FastFailure setting), which the lab dilates.
+const gossipProbe = 300 * time.Millisecond
 
 // startGroup is how many workers start at once.
 const startGroup = 4
