@@ -41,9 +41,11 @@ var rules = []rule{
 	{"nothing imports the CLI", []string{""}, []string{"cmd/tailor/cli"}},
 	{"the roles and the libraries under them know nothing of the tools built on them",
 		[]string{"coordinator", "worker", "paramserver", "checkpoint", "store", "shard", "model", "optim", "input", "eval", "train", "onnxexport", "internal/wire", "internal/cluster", "internal/job", "internal/identity", "internal/certs"},
-		[]string{"localcluster", "runstatus", "dashboard", "bench", "serve", "cmd/tailor"}},
+		[]string{"localcluster", "runstatus", "dashboard", "bench", "serve", "netlab", "cmd/tailor", "cmd/netlab"}},
 	{"the dashboard reads etcd and the members' numbers; it drives no role and runs no training", []string{"dashboard"},
 		[]string{"worker", "paramserver", "train", "localcluster", "bench", "serve", "cmd/tailor"}},
+	{"the network lab runs the roles as processes: it imports none of them", []string{"netlab"},
+		[]string{"coordinator", "worker", "paramserver", "localcluster", "cmd/tailor"}},
 	{"serving needs the net and the run's keys, not the roles, the trainer or the tools", []string{"serve"},
 		[]string{"coordinator", "worker", "paramserver", "train", "localcluster", "runstatus", "bench", "cmd/tailor"}},
 }

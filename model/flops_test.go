@@ -13,3 +13,26 @@ func TestForwardFLOPs(t *testing.T) {
 		}
 	}
 }
+
+// KernelFLOPs names every kernel of the net, and nothing else, with a
+// positive count.
+func TestKernelFLOPs(t *testing.T) {
+	cfg := DefaultConfig(64, 15)
+	n, err := New(cfg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := cfg.KernelFLOPs()
+	kernels := 0
+	for _, p := range n.Params() {
+		if v, ok := f[p.Name]; ok != p.Kernel || ok && v <= 0 {
+			t.Errorf("%s (kernel %v): %g FLOPs, listed %v", p.Name, p.Kernel, v, ok)
+		}
+		if p.Kernel {
+			kernels++
+		}
+	}
+	if len(f) != kernels {
+		t.Errorf("%d layers counted, the net has %d kernels", len(f), kernels)
+	}
+}

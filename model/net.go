@@ -555,9 +555,22 @@ func (n *Net) build(batch int, train bool) (*graph, error) {
 // through the convolutions and dense layers (the rest is noise): 106.7 MFLOP
 // at 64 px with 15 labels. A training step costs about three times as much.
 func (c Config) ForwardFLOPs() float64 {
-	f, in, side := 0.0, c.Channels, c.Size
+	f := 0.0
+	for _, v := range c.KernelFLOPs() {
+		f += v
+	}
+	return f
+}
+
+// KernelFLOPs is ForwardFLOPs by layer, keyed by the layer's kernel's
+// parameter name (conv1/w … conv5/w, dense1/w, out/w): where a step's
+// time goes, layer by layer (a layer's backward pass costs about twice its
+// forward).
+func (c Config) KernelFLOPs() map[string]float64 {
+	m := map[string]float64{}
+	in, side := c.Channels, c.Size
 	for i, o := range convOut {
-		f += 2 * float64(o*in*9*side*side)
+		m[fmt.Sprintf("conv%d/w", i+1)] = 2 * float64(o*in*9*side*side)
 		in = o
 		switch i {
 		case 0:
@@ -567,5 +580,7 @@ func (c Config) ForwardFLOPs() float64 {
 		}
 	}
 	flat := in * side * side
-	return f + 2*float64(flat*c.Dense) + 2*float64(c.Dense*c.Labels)
+	m["dense1/w"] = 2 * float64(flat*c.Dense)
+	m["out/w"] = 2 * float64(c.Dense*c.Labels)
+	return m
 }

@@ -3,7 +3,7 @@
 # OpenBLAS (the build tailor ships), the net's tests again on the pure-Go BLAS,
 # each fuzz target's seed corpus (part of go test; the end-to-end tests include the
 # dashboard driven in headless chromium), the chaos suite, the
-# soak suite, the static checks of the deployment files, the Helm chart's render checks
+# soak suite, the network lab (netlab, root), the static checks of the deployment files, the Helm chart's render checks
 # (deploy/helm/charttest), and the compose cluster test on this
 # machine's Docker engine (FROM-scratch images built here; TAILOR_SKIP_DOCKER=1
 # leaves it out on a machine without Docker, and says so).
@@ -26,7 +26,7 @@ retry() {
 retry go mod download
 go mod tidy -diff
 retry go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
-"$(go env GOPATH)/bin/staticcheck" -tags 'openblas chaos soak' ./...
+"$(go env GOPATH)/bin/staticcheck" -tags 'openblas chaos soak netlab' ./...
 go vet -tags openblas ./...
 go test -tags openblas -count=1 -timeout 20m ./...
 go test -count=1 -timeout 10m ./model/ ./eval/ ./train/
@@ -37,6 +37,11 @@ go test -tags 'openblas chaos' -count=1 -timeout 15m -run TestChaos -v ./interna
 # (scripts/soak.sh runs it for an hour)
 go vet -tags 'openblas soak' ./internal/e2e/
 go test -tags 'openblas soak' -count=1 -timeout 20m -run TestSoak -v ./internal/e2e/
+# the network lab: 4 synthetic workers, 2 parameter servers, etcd and the
+# coordinator, each a process in a network namespace of its own, on 1 Gbit/s
+# token-bucket links, a few steps; then no namespace may be left (needs root)
+go vet -tags 'openblas netlab' ./netlab/
+go test -tags 'openblas netlab' -count=1 -timeout 15m -run TestLab -v ./netlab/
 bash deploy/check.sh
 # the Helm chart: rendered for several values files with Helm's Go library
 # (no helm binary, no cluster), every object decoded strictly into the

@@ -30,6 +30,14 @@ type ComputeConfig struct {
 	// PosWeight weighs each label's positive targets in the loss (nil:
 	// none); the run's input.PosWeight over the training counts.
 	PosWeight []float32
+	// Synthetic, if positive, replaces the forward and backward pass by a
+	// sleep of this long and a gradient of the real shapes with
+	// deterministic values (see SyntheticGradient): a stand-in for a
+	// worker's compute, for network and scaling experiments.
+	Synthetic time.Duration
+	// Worker is the worker's own rank (Rank of its id), whatever Rank is:
+	// it seeds the synthetic gradients' values.
+	Worker uint64
 }
 
 // Compute is one worker's step machinery: the net, its input buffers and the
@@ -43,6 +51,7 @@ type Compute struct {
 	version int64
 	// bnSync, if set, synchronises BatchNorm with the step's other workers
 	bnSync func(ctx context.Context, step int64, slot int, vals []float64) error
+	synth  [][]float32 // a synthetic step's gradients (ComputeConfig.Synthetic)
 
 	// Time spent, for the "share of a step spent communicating" figure.
 	// ComputeTime includes InputTime (decoding and augmenting the batch).
@@ -102,6 +111,9 @@ var ErrEmptyBatch = errors.New("worker: empty batch")
 func (c *Compute) Step(ctx context.Context, step int64, epoch, offset int, recs []*shard.Record) (float64, error) {
 	if len(recs) < 2 {
 		return 0, fmt.Errorf("%w: %d records (BatchNorm needs two)", ErrEmptyBatch, len(recs))
+	}
+	if c.cfg.Synthetic > 0 {
+		return c.syntheticStep(ctx, step, len(recs))
 	}
 	cfg := c.net.Config()
 	n := cfg.InputLen()

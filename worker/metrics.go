@@ -14,6 +14,7 @@ type metrics struct {
 	loss                       prometheus.Gauge
 	stepSeconds                prometheus.Histogram
 	compute, push, pull, stall prometheus.Gauge
+	bnSync                     prometheus.Gauge
 	pushBytes                  prometheus.Counter
 	pushBytesSeen              uint64
 }
@@ -28,10 +29,12 @@ func newMetrics() *metrics {
 	m.compute = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_worker_compute_seconds", Help: "Total time computing gradients."})
 	m.push = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_worker_push_seconds", Help: "Total time pushing gradients."})
 	m.pull = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_worker_pull_seconds", Help: "Total time pulling weights."})
+	m.bnSync = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_worker_bn_sync_seconds",
+		Help: "Total time of the synchronised-BatchNorm exchanges (part of the compute time), waiting for the step's slowest worker included."})
 	m.stall = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tailor_worker_input_stall_seconds", Help: "Total time waiting for shard reads."})
 	m.pushBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "tailor_worker_push_bytes_total",
 		Help: "Payload bytes of the gradients pushed, after compression (chunk headers not counted)."})
-	m.reg.MustRegister(m.steps, m.images, m.loss, m.stepSeconds, m.compute, m.push, m.pull, m.stall, m.pushBytes)
+	m.reg.MustRegister(m.steps, m.images, m.loss, m.stepSeconds, m.compute, m.push, m.pull, m.stall, m.pushBytes, m.bnSync)
 	return m
 }
 
@@ -45,6 +48,7 @@ func (m *metrics) step(images int, loss float64, d time.Duration, c *Compute) {
 	m.compute.Set(c.ComputeTime.Seconds())
 	m.push.Set(c.PushTime.Seconds())
 	m.pull.Set(c.PullTime.Seconds())
+	m.bnSync.Set(c.BNSyncTime.Seconds())
 	m.pushBytes.Add(float64(c.PushBytes - m.pushBytesSeen))
 	m.pushBytesSeen = c.PushBytes
 }

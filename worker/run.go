@@ -39,6 +39,12 @@ type Config struct {
 	job.Node
 	ID         string
 	ShardCache int // shards kept in memory
+	// SyntheticCompute, if positive, replaces every step's forward and
+	// backward pass by a sleep of this long and pushes a gradient of the
+	// net's real shapes with deterministic values (ComputeConfig.Synthetic):
+	// many workers on few cores, with the real protocol, servers and
+	// coordinator. The worker still reads its batches' records.
+	SyntheticCompute time.Duration
 }
 
 // Validate checks the configuration.
@@ -48,6 +54,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Node.Validate(); err != nil {
 		return fmt.Errorf("worker: %w", err)
+	}
+	if c.SyntheticCompute < 0 {
+		return fmt.Errorf("worker: negative synthetic compute time %v", c.SyntheticCompute)
 	}
 	return nil
 }
@@ -134,7 +143,11 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	comp := NewCompute(ComputeConfig{Rank: rank, Seed: spec.Seed, Augment: spec.Augment, Mean: mean, Std: std, Overlap: spec.Overlap,
-		Sync: spec.Mode == job.ModeSync, Delay: fault.Duration("worker." + cfg.ID + ".delay"), PosWeight: posW}, net, client)
+		Sync: spec.Mode == job.ModeSync, Delay: fault.Duration("worker." + cfg.ID + ".delay"), PosWeight: posW,
+		Synthetic: cfg.SyntheticCompute, Worker: Rank(cfg.ID)}, net, client)
+	if cfg.SyntheticCompute > 0 {
+		log.Info("synthetic compute: every step sleeps instead of computing", "step", cfg.SyntheticCompute)
+	}
 	csize := max(cfg.ShardCache, 2)
 	if spec.GlobalShuffle() {
 		// every batch draws from the whole training split

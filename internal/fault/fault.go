@@ -10,6 +10,9 @@
 //	                             synchronised-BatchNorm exchange (a member that does not compute)
 //	worker.<id>.hold=PATH        after each step, while the file PATH exists, a worker
 //	                             waits before asking for more work (idle through a fault)
+//	gossip.probe=DURATION        gossip's probe timeout (probe interval 4/3 of it):
+//	                             the network lab's time dilation stretches it with
+//	                             the links (default 300 ms)
 package fault
 
 import (

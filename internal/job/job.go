@@ -84,8 +84,8 @@ type Spec struct {
 	LRScale string `json:"lr_scale,omitempty"`
 	// WarmupSteps is the number of sync steps over which a scaled learning
 	// rate ramps linearly up from the unscaled one (0: none).
-	WarmupSteps int `json:"warmup_steps,omitempty"`
-	BNEstimate bool `json:"bn_estimate"`
+	WarmupSteps int  `json:"warmup_steps,omitempty"`
+	BNEstimate  bool `json:"bn_estimate"`
 	// SyncBN synchronises BatchNorm across the workers of a sync step
 	// (every layer normalises with the statistics of the whole global
 	// batch, as one process would): see SyncBatchNorm.

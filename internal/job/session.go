@@ -11,9 +11,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tailorml/tailor/internal/cluster"
+	"github.com/tailorml/tailor/internal/fault"
 	"github.com/tailorml/tailor/internal/identity"
 	"github.com/tailorml/tailor/internal/version"
 	"github.com/tailorml/tailor/internal/wire"
@@ -177,7 +179,7 @@ func Join(ctx context.Context, cfg Node, self cluster.Member) (*Session, error) 
 	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	s.Members, err = cluster.Join(jctx, cluster.MembershipConfig{Client: cli, Keys: s.Keys, Self: self, GossipBind: cfg.GossipBind,
-		GossipAdvertise: gossipAdvertise, SecretKey: cfg.SecretKey, KeyFile: cfg.GossipKeyFile, FastFailure: true, Log: log})
+		GossipAdvertise: gossipAdvertise, SecretKey: cfg.SecretKey, KeyFile: cfg.GossipKeyFile, FastFailure: true, Log: log, Gossip: dilatedGossip()})
 	if err != nil {
 		if s.srv != nil {
 			s.srv.Close()
@@ -242,4 +244,17 @@ func (s *Session) Close(ctx context.Context) {
 		s.srv.Close()
 	}
 	s.Client.Close()
+}
+
+// dilatedGossip is the fault gossip.probe: gossip's probe timeout, and its
+// interval 4/3 of it, for a run whose time the network lab dilates (nil
+// when the fault is unset).
+func dilatedGossip() func(*memberlist.Config) {
+	d := fault.Duration("gossip.probe")
+	if d <= 0 {
+		return nil
+	}
+	return func(mc *memberlist.Config) {
+		mc.ProbeTimeout, mc.ProbeInterval = d, d+d/3
+	}
 }

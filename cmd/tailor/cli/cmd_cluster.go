@@ -142,6 +142,7 @@ and keeps the best model in the run's output folder. Start two for a standby.`)
 func runWorker(ctx context.Context, env *Env) int {
 	var cf clusterFlags
 	var id string
+	var synthetic time.Duration
 	fs := newFlagSet(env, "worker", "--etcd E --run R --id ID", `
 Joins run R as a worker: streams its batches' shards from the object store,
 computes gradients, pushes them to the parameter servers and pulls the new
@@ -149,6 +150,7 @@ weights, until the coordinator says the run is done.`)
 	cf.add(fs)
 	host, _ := os.Hostname()
 	fs.StringVar(&id, "id", host, "this worker's id, unique in the run (default: the host name, e.g. a container's)")
+	fs.DurationVar(&synthetic, "synthetic-compute", 0, "replace every step's forward and backward pass by a sleep of this long (a measured step time) and push gradients of the real shapes with deterministic values: many workers on few cores for network and scaling experiments; the model learns nothing (0: compute)")
 	if code, done := parse(env, fs); done {
 		return code
 	}
@@ -163,7 +165,7 @@ weights, until the coordinator says the run is done.`)
 	if err != nil {
 		return fail(env, err)
 	}
-	return roleExit(env, worker.Run(ctx, worker.Config{Node: node, ID: id}))
+	return roleExit(env, worker.Run(ctx, worker.Config{Node: node, ID: id, SyntheticCompute: synthetic}))
 }
 
 // runParamServerNode is `tailor paramserver --etcd ...`: a server of a
