@@ -136,6 +136,11 @@ func (l *leader) startJournal(ctx context.Context) (stop func()) {
 	if _, err := cluster.GetJSON(ctx, l.cli, keys.TrainProgress(), &p); err == nil && !p.Done {
 		previous = p.Leader
 	}
+	if previous == "" && !l.lostAt.IsZero() {
+		// its own term ended early (the progress record may have gone
+		// with its lease): this term is the same coordinator's again
+		previous = l.cfg.ID
+	}
 	stop = l.journal.start(ctx, previous)
 	l.journal.termLost(l.lostAt, l.lostErr)
 	return stop
