@@ -231,6 +231,13 @@ func (a *Adam) LR() float64 { return a.cfg.LRAt(a.step) }
 // the L2 term in the gradient and the decoupled weight decay (see
 // AdamConfig). grads align with params and are not modified.
 func (a *Adam) Update(params, grads [][]float32) error {
+	return a.UpdateScaled(params, grads, 1)
+}
+
+// UpdateScaled is Update with this step's learning rate (and its decoupled
+// weight decay) multiplied by f: a sync step of fewer workers than the
+// run's learning rate was scaled for (job.Spec.StepLRFactor).
+func (a *Adam) UpdateScaled(params, grads [][]float32, f float64) error {
 	if len(params) != len(a.m) || len(grads) != len(a.m) {
 		return fmt.Errorf("adam: got %d params and %d grads, want %d", len(params), len(grads), len(a.m))
 	}
@@ -239,7 +246,7 @@ func (a *Adam) Update(params, grads [][]float32) error {
 			return fmt.Errorf("adam: tensor %d has %d params and %d grads, want %d", i, len(params[i]), len(grads[i]), len(a.m[i]))
 		}
 	}
-	lr := a.LR()
+	lr := a.LR() * f
 	a.step++
 	t := float64(a.step)
 	lrT := lr * math.Sqrt(1-math.Pow(a.cfg.Beta2, t)) / (1 - math.Pow(a.cfg.Beta1, t))

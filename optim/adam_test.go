@@ -475,3 +475,32 @@ func TestAdamWarmup(t *testing.T) {
 		}
 	}
 }
+
+// UpdateScaled(f) is Update with the learning rate times f: at f = 1 the
+// same bits, at f = 0.5 half the first step of a constant-sign gradient.
+func TestAdamUpdateScaled(t *testing.T) {
+	cfg := AdamConfig{LR: 0.01, Beta1: 0.9, Beta2: 0.999, Epsilon: 1e-12}
+	a, _ := NewAdam(cfg, []int{3})
+	b, _ := NewAdam(cfg, []int{3})
+	pa, pb := []float32{1, -2, 3}, []float32{1, -2, 3}
+	g := []float32{0.3, -0.1, 2}
+	for range 3 {
+		if err := a.Update([][]float32{pa}, [][]float32{g}); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.UpdateScaled([][]float32{pb}, [][]float32{g}, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(pa, pb) {
+		t.Errorf("f = 1: %v, Update gives %v", pb, pa)
+	}
+	c, _ := NewAdam(cfg, []int{1})
+	p := []float32{0}
+	if err := c.UpdateScaled([][]float32{p}, [][]float32{{1}}, 0.5); err != nil {
+		t.Fatal(err)
+	}
+	if got := -float64(p[0]); math.Abs(got-0.005)/0.005 > 1e-4 {
+		t.Errorf("f = 0.5 moved the weight by %g, want 0.005", got)
+	}
+}

@@ -28,6 +28,10 @@ type Config struct {
 	Adam optim.AdamConfig `json:"adam"`
 	// Mode is the update rule.
 	Mode job.Mode `json:"mode"`
+	// StepLR, if set (Sync), is the factor a step applied with n
+	// gradients multiplies the learning rate by (job.Spec.StepLRFactor);
+	// nil: 1.
+	StepLR func(n int) float64 `json:"-"`
 	// Staleness is SSP's bound: how many steps a worker may run ahead of
 	// the slowest active one.
 	Staleness int `json:"staleness"`

@@ -187,6 +187,12 @@ func newReference(tb testing.TB, cfg Config, init [][]float32) *reference {
 // rounded — and applies Adam; State tensors take the average.
 func (r *reference) step(tb testing.TB, grads ...[][]float32) {
 	tb.Helper()
+	r.stepScaled(tb, 1, grads...)
+}
+
+// stepScaled is step with the learning rate times f.
+func (r *reference) stepScaled(tb testing.TB, f float64, grads ...[][]float32) {
+	tb.Helper()
 	var params, gs [][]float32
 	for i, t := range r.spec {
 		avg := make([]float32, t.Size)
@@ -203,7 +209,7 @@ func (r *reference) step(tb testing.TB, grads ...[][]float32) {
 		}
 		params, gs = append(params, r.weights[i]), append(gs, avg)
 	}
-	if err := r.adam.Update(params, gs); err != nil {
+	if err := r.adam.UpdateScaled(params, gs, f); err != nil {
 		tb.Fatal(err)
 	}
 }

@@ -96,6 +96,9 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	pc.Checkpoints = ckpts
 	pc.Index, pc.Servers, pc.Adam, pc.Mode = cfg.Index, spec.ParamServers, spec.AdamConfig(), spec.Mode
 	pc.Staleness, pc.StepDeadline, pc.Logger = spec.Staleness, spec.StepDeadline, log
+	if spec.Mode == job.ModeSync {
+		pc.StepLR = spec.StepLRFactor
+	}
 	pc.Encoding = spec.WireCompression().Encoding
 	pc.TLS = cfg.TLS
 	var ld *leaderDecider

@@ -261,3 +261,46 @@ func TestPullWaitsWithContext(t *testing.T) {
 		t.Fatal("pull of a future version returned")
 	}
 }
+
+// With StepLR, a step applied with fewer gradients than the run was
+// scaled for updates with the learning rate times StepLR(n): here 2 of 3
+// workers (quorum 2), at 2/3 of the rate.
+func TestSyncStepLR(t *testing.T) {
+	members := NewStaticMembers("w0", "w1", "w2")
+	calls := make(chan int, 4)
+	cfgs := syncConfigs(t, 1, func(c *Config) {
+		c.SyncQuorum = 2
+		c.StepLR = func(n int) float64 { calls <- n; return float64(n) / 3 }
+	})
+	c := startCluster(t, members, cfgs...)
+	init := initCluster(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, w := range []int{1, 0} {
+		if _, err := c.client(t, workerID(w)).Push(ctx, 0, 0, grad(c.spec, w, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	into := zeros(c.spec)
+	if v, err := c.client(t, "w2").Pull(ctx, 1, into); err != nil || v != 1 {
+		t.Fatalf("pull: version %d, %v", v, err)
+	}
+	if n := <-calls; n != 2 {
+		t.Errorf("StepLR(%d), want StepLR(2)", n)
+	}
+	ref := newReference(t, cfgs[0], init)
+	ref.stepScaled(t, 2.0/3, grad(c.spec, 0, 0), grad(c.spec, 1, 0))
+	sameBits(t, c.spec, into, ref.weights)
+	// the unscaled step differs: the factor is applied
+	plain := newReference(t, cfgs[0], init)
+	plain.step(t, grad(c.spec, 0, 0), grad(c.spec, 1, 0))
+	differ := false
+	for i := range plain.weights {
+		if !slices.Equal(plain.weights[i], ref.weights[i]) {
+			differ = true
+		}
+	}
+	if !differ {
+		t.Error("the scaled and unscaled steps give the same weights")
+	}
+}

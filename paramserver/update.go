@@ -106,7 +106,11 @@ func (s *Server) slowestLocked(self string) (int64, bool) {
 
 // applyLocked runs one optimizer step with grad (a flat vector of the
 // server's parts) and sets the State parts to grad's values.
-func (s *Server) applyLocked(grad []float32) {
+func (s *Server) applyLocked(grad []float32) { s.applyScaledLocked(grad, 1) }
+
+// applyScaledLocked is applyLocked with the step's learning rate
+// multiplied by f.
+func (s *Server) applyScaledLocked(grad []float32, f float64) {
 	start := time.Now()
 	defer func() { s.m.updateSeconds.Observe(time.Since(start).Seconds()) }()
 	if s.skipUpdate {
@@ -122,7 +126,7 @@ func (s *Server) applyLocked(grad []float32) {
 			copy(s.weights[p.Flat:p.Flat+p.Len], g)
 		}
 	}
-	if err := s.adam.Update(s.pviews, s.gviews); err != nil {
+	if err := s.adam.UpdateScaled(s.pviews, s.gviews, f); err != nil {
 		panic("paramserver: optimizer views out of shape: " + err.Error()) // sizes are fixed at New
 	}
 	clear(s.gviews)
@@ -216,18 +220,22 @@ func (s *Server) applyPendingLocked(ids []string) {
 	for i, w := range ids {
 		grads[i] = s.pending[w]
 	}
+	f := 1.0
+	if s.cfg.StepLR != nil && len(grads) > 0 {
+		f = s.cfg.StepLR(len(grads))
+	}
 	switch len(grads) {
 	case 0:
 		// an empty step (a decision that includes nobody): the version
 		// moves on, the weights and the optimizer's state stay
 	case 1:
-		s.applyLocked(grads[0])
+		s.applyScaledLocked(grads[0], f)
 	default:
 		if s.avg == nil {
 			s.avg = make([]float32, s.size)
 		}
 		average(s.avg, grads)
-		s.applyLocked(s.avg)
+		s.applyScaledLocked(s.avg, f)
 	}
 	for w, b := range s.pending {
 		s.bufs.put(b)

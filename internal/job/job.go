@@ -249,6 +249,20 @@ func (s Spec) LRFactor() float64 {
 	return 1
 }
 
+// StepLRFactor is what a sync step applied with the gradients of n
+// workers multiplies the run's learning rate by: the rule's factor for n
+// over its factor for Workers (LRFactor), so a step of fewer workers (one
+// died, or was stopped, or missed the step) updates with the rate of its
+// own global batch. 1 for a full step and for runs without scaling.
+func (s Spec) StepLRFactor(n int) float64 {
+	if s.LRFactor() == 1 || n <= 0 || n >= s.Workers {
+		return 1
+	}
+	t := s
+	t.Workers = n // LRFactor is 1 for one worker
+	return t.LRFactor() / s.LRFactor()
+}
+
 // AdamConfig is the optimizer with the decay resolved: what every
 // parameter server of the run applies. With a learning-rate factor k ≠ 1
 // (LRFactor), the rate is k times the given one, ramped up from the given

@@ -376,3 +376,31 @@ func TestSpecLRScale(t *testing.T) {
 		t.Errorf("lr scale quadratic: %v, want an error", err)
 	}
 }
+
+// A sync step of fewer workers than the run was scaled for updates with
+// the rate of its own global batch; a full step, or a run without scaling,
+// with the run's rate.
+func TestSpecStepLRFactor(t *testing.T) {
+	s := DefaultSpec("r", "/data")
+	s.Workers = 4
+	for _, tc := range []struct {
+		scale string
+		n     int
+		want  float64
+	}{
+		{LRScaleLinear, 4, 1}, {LRScaleLinear, 3, 0.75}, {LRScaleLinear, 2, 0.5}, {LRScaleLinear, 1, 0.25},
+		{LRScaleLinear, 5, 1}, {LRScaleLinear, 0, 1},
+		{LRScaleSqrt, 1, 0.5}, {LRScaleSqrt, 2, math.Sqrt(2) / 2}, {LRScaleSqrt, 4, 1},
+		{LRScaleNone, 1, 1}, {"", 2, 1},
+	} {
+		s.LRScale = tc.scale
+		if got := s.StepLRFactor(tc.n); math.Abs(got-tc.want) > 1e-15 {
+			t.Errorf("%s, %d of 4 workers: %g, want %g", tc.scale, tc.n, got, tc.want)
+		}
+	}
+	a := s
+	a.LRScale, a.Mode = LRScaleLinear, ModeAsync
+	if got := a.StepLRFactor(2); got != 1 {
+		t.Errorf("async: %g, want 1", got)
+	}
+}
