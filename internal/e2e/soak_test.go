@@ -123,9 +123,17 @@ func TestSoak(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), total)
 	defer cancel()
+	// The unscaled learning rate (--lr-scale none): at 3 times the rate
+	// (the default for 3 workers) on this small 24 px set, the test mAP
+	// of a run under faults moved with the faults' timing by more than the
+	// 1-point bound resolves (0.6512, 0.6370 and 0.6345 against 0.6515 for
+	// the clean run, with every record consumed once per epoch each time;
+	// 2026-12-07, BENCHMARKS.md "Learning rate for N workers"), so the
+	// bound is checked at the rate it was calibrated at.
 	args := func(out, etcd string, epochs int) []string {
 		return []string{"--out", out, "--data", data, "--etcd", etcd, "--workers", "3", "--ps", "2", "--standby",
-			"--epochs", strconv.Itoa(epochs), "--batch", "16", "--unit-size", "64", "--checkpoint-every", "10", "--audit"}
+			"--epochs", strconv.Itoa(epochs), "--batch", "16", "--unit-size", "64", "--checkpoint-every", "10", "--audit",
+			"--lr-scale", "none"}
 	}
 
 	// a clean run: the reference mAP, and the time an epoch takes here
