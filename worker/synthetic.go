@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tailorml/tailor/internal/netspec"
+	"github.com/tailorml/tailor/internal/retry"
 )
 
 // A synthetic step (ComputeConfig.Synthetic) stands in for the forward and
@@ -81,7 +82,7 @@ func (c *Compute) syntheticStep(ctx context.Context, step int64, k int) (float64
 	bn0 := c.BNSyncTime
 	work := func(d time.Duration) bool {
 		done += d
-		return sleepCtx(ctx, time.Until(t0.Add(done+c.BNSyncTime-bn0)))
+		return retry.Sleep(ctx, time.Until(t0.Add(done+c.BNSyncTime-bn0)))
 	}
 	// the forward pass: each BatchNorm layer's sums (count, Σx, Σx²) over
 	// the step's workers, a unit-variance batch
@@ -211,19 +212,4 @@ func (c *Compute) syncBN(ctx context.Context, step int64, slot int, vals []float
 type pushed struct {
 	v   int64
 	err error
-}
-
-// sleepCtx sleeps d, or until ctx ends (false).
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
