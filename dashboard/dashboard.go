@@ -264,16 +264,17 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/run/"+url.PathEscape(s.cfg.Run), http.StatusSeeOther)
 		return
 	}
-	s.render(w, "index.html", s.runsPage(r))
+	s.render(w, "index.html", s.runsPage(r, "runs"))
 }
 
 func (s *Server) runsFragment(w http.ResponseWriter, r *http.Request) {
-	s.render(w, "runs", s.runsPage(r))
+	s.render(w, "runs", s.runsPage(r, "runs"))
 }
 
-// runsPage is the list of runs, or the error that kept it from being read.
-func (s *Server) runsPage(r *http.Request) page {
-	p := s.newPage("runs")
+// runsPage is a page titled title with the list of runs, or the error
+// that kept it from being read.
+func (s *Server) runsPage(r *http.Request, title string) page {
+	p := s.newPage(title)
 	ctx, cancel := s.ctx(r)
 	defer cancel()
 	runs, err := s.col.ListRuns(ctx)
@@ -319,14 +320,9 @@ func (s *Server) runFragment(w http.ResponseWriter, r *http.Request) {
 func (s *Server) compare(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	a, b := q.Get("a"), q.Get("b")
-	p := s.newPage("compare")
+	p := s.runsPage(r, "compare")
 	ctx, cancel := s.ctx(r)
 	defer cancel()
-	runs, err := s.col.ListRuns(ctx)
-	if err != nil {
-		p.Err = err.Error()
-	}
-	p.Runs = runs
 	if a != "" && b != "" {
 		c, err := s.col.compare(ctx, a, b)
 		if err != nil {
