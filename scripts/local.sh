@@ -20,7 +20,7 @@ OUT=${OUT:-out/local}
 mkdir -p bin
 echo "== building tailor (OpenBLAS)"
 go build -tags openblas -ldflags "$(bash scripts/ldflags.sh)" -o bin/tailor ./cmd/tailor
-args=(local --out "$OUT" --workers "${WORKERS:-3}" --ps "${PS:-2}" --epochs "${EPOCHS:-10}"
+args=(local --out "$OUT" --workers "${WORKERS:-3}" --ps "${PS:-2}" --epochs "${EPOCHS:-18}"
 	--mode "${MODE:-sync}" --size "${SIZE:-64}" --store "${STORE:-s3}" --standby --checkpoint-every 100
 	--augment="${AUGMENT:-false}")
 if [ -n "${RESUME:-}" ]; then args+=(--resume); fi
